@@ -1,0 +1,46 @@
+//! Shared helpers for ringmail's benchmarks (`benches/`): timing, and the one
+//! machine-readable `BENCH <name> key=value ...` line each benchmark ends with.
+//!
+//! Benchmarks measure; they never assert timings. Compare figures taken side by
+//! side in one run (these machines are noisy) and report ratios.
+
+use std::fmt::Write as _;
+
+/// Formats the closing line of a benchmark: `BENCH <name> k=v k=v ...`.
+pub fn bench_line(name: &str, fields: &[(&str, String)]) -> String {
+    let mut line = format!("BENCH {name}");
+    for (key, value) in fields {
+        let _ = write!(line, " {key}={value}");
+    }
+    line
+}
+
+/// A rate rounded for reading: whole units per second.
+pub fn per_second(count: u64, elapsed: std::time::Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        return 0.0;
+    }
+    count as f64 / seconds
+}
+
+/// Where benchmark stores live: `$BENCH_DIR` if set (to measure another disk),
+/// else the system temp directory.
+pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    match std::env::var_os("BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_line_is_machine_readable() {
+        let line = bench_line("x", &[("a", "1".into()), ("b_s", format!("{:.0}", 2.4))]);
+        assert_eq!(line, "BENCH x a=1 b_s=2");
+        assert_eq!(per_second(10, std::time::Duration::from_millis(500)), 20.0);
+    }
+}

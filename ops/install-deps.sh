@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what building and testing ringmail needs on a fresh Debian machine, and
+# nothing that is already there. Safe to run again. Needs root (or sudo) only when
+# something is missing.
+#
+#   libclang-dev  bindgen, for RocksDB's bindings (librocksdb-sys)
+#   g++, make     RocksDB's C++ (usually present with the toolchain)
+set -euo pipefail
+
+packages=(libclang-dev g++ make)
+
+missing=()
+for package in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$package")
+    fi
+done
+
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "install-deps: need root or sudo to install ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }

@@ -1,0 +1,72 @@
+//! Opening RocksDB: column families and their options.
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
+
+use crate::config::StoreConfig;
+use crate::error::StoreError;
+
+/// Envelopes and per-recipient state (see `keys` for the layout).
+pub const CF_ENVELOPES: &str = "envelopes";
+/// Message bodies, once per message.
+pub const CF_BODIES: &str = "bodies";
+/// Due-time index per shard; rebuilt from the recipient records at every open.
+pub const CF_DUE: &str = "due";
+/// Recipients by destination domain, for suspend, list and admin bounce.
+pub const CF_DOMAINS: &str = "domains";
+/// The id high-water mark and the suspensions.
+pub const CF_META: &str = "meta";
+/// Records that failed their checks, kept for an operator to inspect.
+pub const CF_QUARANTINE: &str = "quarantine";
+
+const COLUMN_FAMILIES: [&str; 6] = [CF_ENVELOPES, CF_BODIES, CF_DUE, CF_DOMAINS, CF_META, CF_QUARANTINE];
+
+pub(crate) const META_NEXT_ID: &[u8] = b"next_id";
+pub(crate) const META_SUSPEND_PREFIX: &[u8] = b"suspend/";
+
+/// A column family handle by name.
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    #[allow(clippy::expect_used)]
+    // Invariant: `open` creates every name in COLUMN_FAMILIES, and callers only use
+    // those constants; the due family is dropped and recreated before any other use.
+    db.cf_handle(name).expect("column family opened at start")
+}
+
+fn db_options(config: &StoreConfig) -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_paranoid_checks(true);
+    // Two cores: one background flush and one compaction at a time.
+    options.increase_parallelism(2);
+    options.set_max_background_jobs(2);
+    // With several column families, a quiet one can pin old WAL files; bound the WAL
+    // so RocksDB flushes it and keeps disk use and recovery time in check.
+    options.set_max_total_wal_size(512 * 1024 * 1024);
+    options.set_bytes_per_sync(1024 * 1024);
+    // RocksDB's own info log: bounded, so a long-running node never fills its disk.
+    options.set_max_log_file_size(16 * 1024 * 1024);
+    options.set_keep_log_file_num(4);
+    options.set_write_buffer_size(config.write_buffer_bytes);
+    options
+}
+
+pub(crate) fn cf_options(name: &str, config: &StoreConfig) -> Options {
+    let mut options = Options::default();
+    options.set_compression_type(DBCompressionType::Lz4);
+    let buffer = match name {
+        // Index families hold tiny keys: a smaller buffer flushes (and so drops
+        // deletion tombstones) sooner.
+        CF_DUE | CF_DOMAINS => (config.write_buffer_bytes / 4).max(4 * 1024 * 1024),
+        CF_META | CF_QUARANTINE => 4 * 1024 * 1024,
+        _ => config.write_buffer_bytes,
+    };
+    options.set_write_buffer_size(buffer);
+    options
+}
+
+pub(crate) fn open_db(config: &StoreConfig) -> Result<DB, StoreError> {
+    std::fs::create_dir_all(&config.path)
+        .map_err(|error| StoreError::Storage(format!("creating {}: {error}", config.path.display())))?;
+    let families = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, config)));
+    Ok(DB::open_cf_descriptors(&db_options(config), &config.path, families)?)
+}

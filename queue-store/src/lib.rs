@@ -1,0 +1,60 @@
+//! queue-store: ringmail's durable message queue, on RocksDB.
+//!
+//! ```text
+//!  producers (any thread/runtime)          delivery shards
+//!     │ submit_enqueue (bounded, try_send)     │ claim / complete (bounded, try_send)
+//!     ▼                                        ▼
+//!  ┌─────────────── writer thread (one) ─────────────────┐
+//!  │ drain both channels → state changes: 1 batch, no sync│
+//!  │                     → enqueues: 1 batch, 1 fdatasync │──► RocksDB (WAL + column families)
+//!  │ answer every waiter after its write                  │
+//!  └──────────────────────────────────────────────────────┘
+//! ```
+//!
+//! What it does: stores each message once (envelope + body) with per-recipient state,
+//! acknowledges an enqueue only after the write-ahead log is synced (many messages per
+//! sync: group commit), hands due recipients of one shard to a delivery worker
+//! (`claim`), records their outcomes (`complete`), and keeps the operator's views
+//! (counts, lists, suspensions, admin bounce). On open it checks every record,
+//! quarantines corrupt ones, and makes whatever was in flight due again.
+//!
+//! What it does not do: SMTP, DNS, retry policy or logging of deliveries. The caller
+//! decides when a deferred recipient is due again and when it expires, and writes the
+//! log record from the [`TerminalRecord`] each terminal change returns.
+//!
+//! Backpressure is immediate and typed ([`StoreError::QueueFull`],
+//! [`StoreError::ChannelFull`], [`StoreError::Unhealthy`]); see
+//! [`StoreError::is_temporary`] for the SMTP 4xx / HTTP 503 mapping.
+
+mod claim;
+mod codec;
+mod config;
+mod db;
+mod error;
+mod keys;
+mod pending;
+mod recovery;
+mod shared;
+mod store;
+mod types;
+mod validate;
+mod writer;
+
+pub use codec::DecodeError;
+pub use config::{Durability, Limits, StoreConfig};
+pub use error::{Health, Invalid, StoreError, TransitionError};
+pub use keys::shard_of;
+pub use pending::Pending;
+pub use recovery::{OpenReport, QuarantinedRecord};
+pub use shared::StoreMetrics;
+pub use store::{Store, LIST_LIMIT_MAX};
+pub use types::{
+    domain_of, AdminReport, Applied, Claimed, Envelope, MessageId, MessageView, Metadata, NewMessage, NewRecipient,
+    Outcome, RecipientKey, RecipientRecord, RecipientState, Selector, StateChange, StateCounts, TerminalKind,
+    TerminalRecord,
+};
+
+/// Column family names, for tools that open the database directly (backups, tests).
+pub mod column_families {
+    pub use crate::db::{CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, CF_QUARANTINE};
+}

@@ -1,0 +1,41 @@
+//! The completion a caller waits on for a request the writer thread serves.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The answer to a request, once the writer has handled it (for an enqueue: once it
+/// is synced). Wait from a plain thread with [`Pending::wait`], or `.await` it on any
+/// async runtime (tokio, tokio-uring, ...): awaiting never blocks the runtime's thread.
+#[derive(Debug)]
+#[must_use = "a request's outcome is only known by waiting for it"]
+pub struct Pending<T> {
+    receiver: oneshot::Receiver<Result<T, StoreError>>,
+}
+
+pub(crate) fn pending<T>() -> (Reply<T>, Pending<T>) {
+    let (sender, receiver) = oneshot::channel();
+    (sender, Pending { receiver })
+}
+
+impl<T> Pending<T> {
+    /// Blocks this thread until the answer comes. Must not be called on an async
+    /// runtime's thread (tokio panics if it is): `.await` the `Pending` there.
+    pub fn wait(self) -> Result<T, StoreError> {
+        self.receiver.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver).poll(cx).map(|answer| answer.unwrap_or(Err(StoreError::Closed)))
+    }
+}

@@ -1,0 +1,177 @@
+//! State shared between the store's handle (readers, admission) and its writer thread.
+//!
+//! The writer is the only thread that changes `Tables`; it takes the lock once per
+//! step, never across a disk sync. Readers lock it briefly to overlay in-flight
+//! state and to read counts. Admission (`recipients_queued`, `health`) is lock-free.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::Health;
+use crate::types::{Envelope, MessageId, RecipientKey, RecipientRecord, RecipientState, StateCounts};
+
+/// A recipient a delivery worker holds.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub envelope: Arc<Envelope>,
+    pub record: RecipientRecord,
+    /// Set by an administrative bounce while the attempt was under way: a deferral
+    /// or release then ends the recipient as `AdminBounced` with this reason.
+    pub admin_bounce: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub counts: HashMap<String, StateCounts>,
+    pub in_flight: HashMap<RecipientKey, InFlight>,
+    /// Suspended domains and when the suspension ends (None: until resumed).
+    pub suspended: HashMap<String, Option<u64>>,
+    /// Non-terminal recipients per message; a message leaves when its count hits 0.
+    pub remaining: BTreeMap<MessageId, u32>,
+}
+
+impl Tables {
+    pub fn count_move(&mut self, domain: &str, from: Option<RecipientState>, to: Option<RecipientState>) {
+        if let Some(counts) = self.counts.get_mut(domain) {
+            shift(counts, from, to);
+            if counts.total() == 0 {
+                self.counts.remove(domain);
+            }
+            return;
+        }
+        let mut counts = StateCounts::default();
+        shift(&mut counts, from, to);
+        if counts.total() != 0 {
+            self.counts.insert(domain.to_string(), counts);
+        }
+    }
+
+    pub fn is_suspended(&self, domain: &str) -> bool {
+        self.suspended.contains_key(domain)
+    }
+}
+
+fn shift(counts: &mut StateCounts, from: Option<RecipientState>, to: Option<RecipientState>) {
+    if let Some(state) = from {
+        let slot = counts.slot(state);
+        debug_assert!(*slot > 0, "count underflow for {state:?}");
+        *slot = slot.saturating_sub(1);
+    }
+    if let Some(state) = to {
+        *counts.slot(state) += 1;
+    }
+}
+
+/// Counters for metrics and benchmarks. Monotonic unless noted.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub syncs: AtomicU64,
+    pub synced_messages: AtomicU64,
+    pub sync_nanos: AtomicU64,
+    pub sync_nanos_max: AtomicU64,
+    pub enqueued_messages: AtomicU64,
+    pub enqueued_recipients: AtomicU64,
+    pub claimed: AtomicU64,
+    pub terminal: AtomicU64,
+    pub deferred: AtomicU64,
+    pub rejected_full: AtomicU64,
+    pub rejected_busy: AtomicU64,
+    pub rejected_unhealthy: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub corrupt_records: AtomicU64,
+}
+
+/// A snapshot of the store's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMetrics {
+    /// Synced writes (group commits) done.
+    pub syncs: u64,
+    /// Messages made durable by those syncs: `synced_messages / syncs` is the mean group.
+    pub synced_messages: u64,
+    pub sync_nanos_total: u64,
+    pub sync_nanos_max: u64,
+    pub enqueued_messages: u64,
+    pub enqueued_recipients: u64,
+    pub claimed: u64,
+    pub terminal: u64,
+    pub deferred: u64,
+    pub rejected_full: u64,
+    pub rejected_busy: u64,
+    pub rejected_unhealthy: u64,
+    pub write_errors: u64,
+    pub corrupt_records: u64,
+    /// Recipients in the queue now (not terminal), including reservations of
+    /// enqueues under way.
+    pub recipients_queued: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub health: AtomicU8,
+    /// Recipients admitted and not yet terminal: reserved before an enqueue is sent
+    /// to the writer, so the queue limit holds without waiting for it.
+    pub recipients_queued: AtomicU64,
+    pub counters: Counters,
+    tables: Mutex<Tables>,
+}
+
+impl Shared {
+    pub fn new(tables: Tables, recipients_queued: u64) -> Self {
+        Shared {
+            health: AtomicU8::new(Health::Healthy.code()),
+            recipients_queued: AtomicU64::new(recipients_queued),
+            counters: Counters::default(),
+            tables: Mutex::new(tables),
+        }
+    }
+
+    pub fn tables(&self) -> MutexGuard<'_, Tables> {
+        // A panic while holding the lock leaves counts possibly off by one step;
+        // the queue on disk is unaffected, so carry on with the data as it is.
+        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_code(self.health.load(Ordering::Acquire))
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.health.store(health.code(), Ordering::Release);
+    }
+
+    pub fn release_recipients(&self, count: u64) {
+        let previous = self.recipients_queued.fetch_sub(count, Ordering::AcqRel);
+        debug_assert!(previous >= count, "recipients_queued underflow");
+    }
+
+    pub fn record_sync(&self, messages: u64, nanos: u64) {
+        let c = &self.counters;
+        c.syncs.fetch_add(1, Ordering::Relaxed);
+        c.synced_messages.fetch_add(messages, Ordering::Relaxed);
+        c.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        c.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    pub fn metrics(&self) -> StoreMetrics {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StoreMetrics {
+            syncs: read(&c.syncs),
+            synced_messages: read(&c.synced_messages),
+            sync_nanos_total: read(&c.sync_nanos),
+            sync_nanos_max: read(&c.sync_nanos_max),
+            enqueued_messages: read(&c.enqueued_messages),
+            enqueued_recipients: read(&c.enqueued_recipients),
+            claimed: read(&c.claimed),
+            terminal: read(&c.terminal),
+            deferred: read(&c.deferred),
+            rejected_full: read(&c.rejected_full),
+            rejected_busy: read(&c.rejected_busy),
+            rejected_unhealthy: read(&c.rejected_unhealthy),
+            write_errors: read(&c.write_errors),
+            corrupt_records: read(&c.corrupt_records),
+            recipients_queued: read(&self.recipients_queued),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The store's handle: admission and submission of requests to the writer, and the
+//! reads that need no writer (lookups, lists, counts, bodies).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
+use rocksdb::{Direction, IteratorMode, DB};
+
+use crate::codec::{decode_envelope, decode_recipient, DecodeError};
+use crate::config::StoreConfig;
+use crate::db::{cf, open_db, CF_BODIES, CF_DOMAINS, CF_ENVELOPES};
+use crate::error::{Health, Invalid, StoreError, TransitionError};
+use crate::keys::{
+    domain_key, domain_prefix, envelope_key, parse_domain_key_tail, parse_envelopes_key, recipient_key, EnvelopesKey,
+};
+use crate::pending::{pending, Pending};
+use crate::recovery::{recover, OpenReport};
+use crate::shared::{Shared, StoreMetrics};
+use crate::types::{
+    AdminReport, Applied, Claimed, MessageId, MessageView, NewMessage, RecipientKey, RecipientRecord, RecipientState,
+    Selector, StateChange, StateCounts,
+};
+use crate::writer::{ControlRequest, EnqueueRequest, Writer};
+
+/// Recipients one `list_domain` call returns at most.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+
+/// The durable queue. Share it between threads behind an `Arc`; dropping it stops the
+/// writer after it has finished the requests it already took.
+#[derive(Debug)]
+pub struct Store {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+    config: Arc<StoreConfig>,
+    ingest: Sender<EnqueueRequest>,
+    control: Sender<ControlRequest>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EnqueueRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EnqueueRequest({} messages)", self.messages.len())
+    }
+}
+
+impl std::fmt::Debug for ControlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlRequest")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `config.path`, checks and recovers it, and
+    /// starts its writer thread.
+    pub fn open(config: StoreConfig) -> Result<(Store, OpenReport), StoreError> {
+        config.validate()?;
+        let mut db = open_db(&config)?;
+        let recovered = recover(&mut db, &config)?;
+        let db = Arc::new(db);
+        let recipients = recovered.report.recipients;
+        let shared = Arc::new(Shared::new(recovered.tables, recipients));
+        let config = Arc::new(config);
+        let (ingest, ingest_receiver) = crossbeam_channel::bounded(config.ingest_channel_capacity);
+        let (control, control_receiver) = crossbeam_channel::bounded(config.control_channel_capacity);
+        let writer = Writer {
+            db: Arc::clone(&db),
+            shared: Arc::clone(&shared),
+            config: Arc::clone(&config),
+            ingest: ingest_receiver,
+            control: control_receiver,
+            next_id: recovered.next_id,
+            floors: vec![None; usize::from(config.shard_count)],
+            last_housekeeping: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("queue-store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|error| StoreError::Storage(format!("starting the writer thread: {error}")))?;
+        let store = Store { db, shared, config, ingest, control, writer: Mutex::new(Some(handle)) };
+        Ok((store, recovered.report))
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Submits a batch for durable storage. Refuses at once (never waits) when the
+    /// batch is invalid, the queue is full, the writer is busy or the disk is unwell.
+    /// The `Pending` answers with the new ids once the batch is synced.
+    pub fn submit_enqueue(&self, messages: Vec<NewMessage>) -> Result<Pending<Vec<MessageId>>, StoreError> {
+        self.validate_batch(&messages)?;
+        let health = self.shared.health();
+        if health != Health::Healthy {
+            self.shared.counters.rejected_unhealthy.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::Unhealthy(health));
+        }
+        let recipients: u64 = messages.iter().map(|message| message.recipients.len() as u64).sum();
+        self.reserve(recipients)?;
+        let (reply, answer) = pending();
+        let request = EnqueueRequest { messages, recipients, reply };
+        match self.ingest.try_send(request) {
+            Ok(()) => Ok(answer),
+            Err(refused) => {
+                self.shared.release_recipients(recipients);
+                Err(self.refused(refused))
+            }
+        }
+    }
+
+    /// `submit_enqueue`, then waits for the sync. Not for an async runtime's thread.
+    pub fn enqueue(&self, messages: Vec<NewMessage>) -> Result<Vec<MessageId>, StoreError> {
+        self.submit_enqueue(messages)?.wait()
+    }
+
+    /// Takes up to `limit` recipients of `shard` due at or before `now_ms`, in due
+    /// order, and marks them in flight. Not synced: after a crash they are due again.
+    pub fn submit_claim(&self, shard: u16, now_ms: u64, limit: usize) -> Result<Pending<Vec<Claimed>>, StoreError> {
+        self.submit_control(|reply| ControlRequest::Claim { shard, now_ms, limit, reply })
+    }
+
+    pub fn claim(&self, shard: u16, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        self.submit_claim(shard, now_ms, limit)?.wait()
+    }
+
+    /// Applies the outcomes of in-flight recipients; one result per change, in order.
+    /// Terminal results carry the record to log.
+    pub fn submit_complete(
+        &self,
+        changes: Vec<StateChange>,
+    ) -> Result<Pending<Vec<Result<Applied, TransitionError>>>, StoreError> {
+        self.submit_control(|reply| ControlRequest::Complete { changes, reply })
+    }
+
+    pub fn complete(&self, changes: Vec<StateChange>) -> Result<Vec<Result<Applied, TransitionError>>, StoreError> {
+        self.submit_complete(changes)?.wait()
+    }
+
+    /// Holds a domain's recipients (waiting ones now, in-flight ones when they come
+    /// back, new ones on arrival) until `resume` or until `until_ms`.
+    pub fn suspend(&self, domain: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
+        let domain = domain.to_string();
+        self.submit_control(|reply| ControlRequest::Suspend { domain, until_ms, reply })?.wait()
+    }
+
+    pub fn resume(&self, domain: &str) -> Result<AdminReport, StoreError> {
+        let domain = domain.to_string();
+        self.submit_control(|reply| ControlRequest::Resume { domain, reply })?.wait()
+    }
+
+    /// Ends the selected recipients as `AdminBounced`: waiting ones now (returned for
+    /// the log), in-flight ones when their attempt comes back without a delivery.
+    pub fn admin_bounce(&self, selector: Selector, reason: &str) -> Result<AdminReport, StoreError> {
+        let reason = reason.to_string();
+        self.submit_control(|reply| ControlRequest::AdminBounce { selector, reason, reply })?.wait()
+    }
+
+    /// Writes and syncs every change submitted before it.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.submit_control(|reply| ControlRequest::Sync { reply })?.wait()
+    }
+
+    fn submit_control<T>(
+        &self,
+        request: impl FnOnce(crate::pending::Reply<T>) -> ControlRequest,
+    ) -> Result<Pending<T>, StoreError> {
+        let (reply, answer) = pending();
+        match self.control.try_send(request(reply)) {
+            Ok(()) => Ok(answer),
+            Err(refused) => Err(self.refused(refused)),
+        }
+    }
+
+    fn refused<T>(&self, refused: TrySendError<T>) -> StoreError {
+        match refused {
+            TrySendError::Full(_) => {
+                self.shared.counters.rejected_busy.fetch_add(1, Ordering::Relaxed);
+                StoreError::ChannelFull
+            }
+            TrySendError::Disconnected(_) => StoreError::Closed,
+        }
+    }
+
+    fn reserve(&self, recipients: u64) -> Result<(), StoreError> {
+        let max = self.config.limits.queue_recipients_max;
+        let before = self.shared.recipients_queued.fetch_add(recipients, Ordering::AcqRel);
+        if before.saturating_add(recipients) > max {
+            self.shared.release_recipients(recipients);
+            self.shared.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::QueueFull { queued: before, max });
+        }
+        Ok(())
+    }
+
+    fn validate_batch(&self, messages: &[NewMessage]) -> Result<(), StoreError> {
+        let limits = &self.config.limits;
+        if messages.len() > limits.batch_messages_max {
+            let reason = Invalid::BatchTooLarge { count: messages.len(), max: limits.batch_messages_max };
+            return Err(StoreError::Invalid { index: 0, reason });
+        }
+        for (index, message) in messages.iter().enumerate() {
+            crate::validate::message(message, limits).map_err(|reason| StoreError::Invalid { index, reason })?;
+        }
+        Ok(())
+    }
+
+    /// Whether writes are accepted now. O(1): an atomic load.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    pub fn metrics(&self) -> StoreMetrics {
+        self.shared.metrics()
+    }
+
+    /// Recipients in the queue by state, all domains together.
+    pub fn counts(&self) -> StateCounts {
+        let tables = self.shared.tables();
+        tables.counts.values().fold(StateCounts::default(), |mut sum, counts| {
+            sum.queued += counts.queued;
+            sum.in_flight += counts.in_flight;
+            sum.deferred += counts.deferred;
+            sum.suspended += counts.suspended;
+            sum
+        })
+    }
+
+    /// Recipients in the queue by domain and state, the largest domains first.
+    pub fn domain_counts(&self) -> Vec<(String, StateCounts)> {
+        let mut out: Vec<(String, StateCounts)> =
+            self.shared.tables().counts.iter().map(|(domain, counts)| (domain.clone(), *counts)).collect();
+        out.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+
+    /// The oldest message still in the queue and when it arrived (ms since epoch).
+    pub fn oldest_message(&self) -> Option<(MessageId, u64)> {
+        let tables = self.shared.tables();
+        tables.remaining.keys().next().map(|id| (*id, id.timestamp_ms()))
+    }
+
+    /// Messages in the queue.
+    pub fn message_count(&self) -> u64 {
+        self.shared.tables().remaining.len() as u64
+    }
+
+    /// Suspended domains and when each suspension ends.
+    pub fn suspensions(&self) -> Vec<(String, Option<u64>)> {
+        let mut out: Vec<_> = self.shared.tables().suspended.iter().map(|(d, u)| (d.clone(), *u)).collect();
+        out.sort();
+        out
+    }
+
+    /// A message's envelope and its recipients still in the queue.
+    pub fn message(&self, id: MessageId) -> Result<Option<MessageView>, StoreError> {
+        let prefix = envelope_key(id);
+        let mut envelope = None;
+        let mut recipients = Vec::new();
+        let mode = IteratorMode::From(&prefix, Direction::Forward);
+        for item in self.db.iterator_cf(cf(&self.db, CF_ENVELOPES), mode) {
+            let (raw, value) = item?;
+            match parse_envelopes_key(&raw) {
+                Some(EnvelopesKey::Envelope(found)) if found == id => {
+                    envelope = Some(decode_envelope(id, &value).map_err(|reason| corrupt(&raw, reason))?);
+                }
+                Some(EnvelopesKey::Recipient(key)) if key.message == id => {
+                    let record = decode_recipient(&value).map_err(|reason| corrupt(&raw, reason))?;
+                    recipients.push((key, record));
+                }
+                _ => break,
+            }
+        }
+        let Some(envelope) = envelope else { return Ok(None) };
+        self.overlay_in_flight(&mut recipients);
+        Ok(Some(MessageView { envelope, recipients }))
+    }
+
+    /// Up to `limit` recipients of a domain in arrival order, after `after` if given.
+    pub fn list_domain(
+        &self,
+        domain: &str,
+        after: Option<RecipientKey>,
+        limit: usize,
+    ) -> Result<Vec<(RecipientKey, RecipientRecord)>, StoreError> {
+        let domain = domain.to_ascii_lowercase();
+        let prefix = domain_prefix(&domain);
+        let start = match after {
+            Some(key) => {
+                let mut start = domain_key(&domain, key);
+                start.push(0); // just past `after`
+                start
+            }
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf(cf(&self.db, CF_DOMAINS), mode) {
+            if out.len() >= limit.min(LIST_LIMIT_MAX) {
+                break;
+            }
+            let (raw, _) = item?;
+            if !raw.starts_with(&prefix) {
+                break;
+            }
+            let Some(key) = parse_domain_key_tail(&raw) else { continue };
+            let record_key = recipient_key(key);
+            let Some(value) = self.db.get_cf(cf(&self.db, CF_ENVELOPES), record_key)? else { continue };
+            let record = decode_recipient(&value).map_err(|reason| corrupt(&record_key, reason))?;
+            out.push((key, record));
+        }
+        self.overlay_in_flight(&mut out);
+        Ok(out)
+    }
+
+    fn overlay_in_flight(&self, recipients: &mut [(RecipientKey, RecipientRecord)]) {
+        let tables = self.shared.tables();
+        for (key, record) in recipients {
+            if tables.in_flight.contains_key(key) {
+                record.state = RecipientState::InFlight;
+            }
+        }
+    }
+
+    /// A message's body, checked against the length and checksum in its envelope.
+    pub fn body(&self, id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = envelope_key(id);
+        let Some(raw) = self.db.get_cf(cf(&self.db, CF_ENVELOPES), key)? else { return Ok(None) };
+        let envelope = decode_envelope(id, &raw).map_err(|reason| corrupt(&key, reason))?;
+        let Some(body) = self.db.get_cf(cf(&self.db, CF_BODIES), key)? else {
+            return Err(corrupt(&key, DecodeError::Field("body missing")));
+        };
+        if body.len() as u64 != envelope.body_len || crc32fast::hash(&body) != envelope.body_crc32 {
+            self.shared.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            return Err(corrupt(&key, DecodeError::Checksum));
+        }
+        Ok(Some(body))
+    }
+}
+
+fn corrupt(key: &[u8], reason: DecodeError) -> StoreError {
+    StoreError::Corrupt { key: key.iter().map(|byte| format!("{byte:02x}")).collect(), reason }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Blocking send: the writer is alive and draining, so there is room soon.
+        let _ = self.control.send(ControlRequest::Shutdown);
+        let handle = self.writer.lock().map(|mut slot| slot.take()).unwrap_or(None);
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}

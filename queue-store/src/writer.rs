@@ -1,0 +1,524 @@
+//! The store's one writer thread: every change to the queue passes through here.
+//!
+//! Requests arrive on two bounded channels: `ingest` (enqueues) and `control`
+//! (claims, state changes, admin). Each turn of the loop takes everything waiting, up
+//! to the group bounds, and handles it as one group:
+//! 1. control requests in arrival order: state changes go into one `WriteBatch`;
+//!    claims and admin actions read the database, so the batch is written first;
+//! 2. all enqueues of the group go into a second batch, written with one sync after
+//!    the first batch (so one fdatasync covers both): this is the group commit;
+//! 3. every waiter gets its answer once its batch is written (synced, for enqueues).
+//!
+//! State changes are not synced on their own: a crash may lose the last few, which
+//! only repeats work (DESIGN.md, durability contract). A failed write leaves the
+//! store unhealthy; the in-memory tables may then be ahead of the disk, so the store
+//! must be reopened, and recovery rebuilds them from the records.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+use crate::codec::{encode_envelope, encode_recipient};
+use crate::config::{Durability, StoreConfig};
+use crate::db::{cf, CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_NEXT_ID};
+use crate::error::{Health, StoreError, TransitionError};
+use crate::keys::{domain_key, due_key, envelope_key, recipient_key, shard_of, DUE_KEY_LEN};
+use crate::pending::Reply;
+use crate::shared::{InFlight, Shared, Tables};
+use crate::types::{
+    domain_of, AdminReport, Applied, Claimed, Envelope, MessageId, NewMessage, Outcome, RecipientKey, RecipientRecord,
+    RecipientState, Selector, StateChange, TerminalKind, TerminalRecord, ID_SEQUENCE_BITS,
+};
+
+/// Control requests taken in one turn at most: bounds the time one turn holds
+/// enqueues back, while still batching a burst of completions into one write.
+const CONTROL_GROUP_MAX: usize = 1024;
+/// How often expired suspensions are lifted and an unhealthy store is probed.
+pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(200);
+
+pub(crate) struct EnqueueRequest {
+    pub messages: Vec<NewMessage>,
+    /// Recipients reserved against the queue limit for this request.
+    pub recipients: u64,
+    pub reply: Reply<Vec<MessageId>>,
+}
+
+/// The answer to a `Complete`: one result per change, in order.
+pub(crate) type Completed = Vec<Result<Applied, TransitionError>>;
+
+pub(crate) enum ControlRequest {
+    Complete {
+        changes: Vec<StateChange>,
+        reply: Reply<Vec<Result<Applied, TransitionError>>>,
+    },
+    Claim {
+        shard: u16,
+        now_ms: u64,
+        limit: usize,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Suspend {
+        domain: String,
+        until_ms: Option<u64>,
+        reply: Reply<AdminReport>,
+    },
+    Resume {
+        domain: String,
+        reply: Reply<AdminReport>,
+    },
+    AdminBounce {
+        selector: Selector,
+        reason: String,
+        reply: Reply<AdminReport>,
+    },
+    /// Write and sync everything before it; answers when done.
+    Sync {
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Group {
+    control: Vec<ControlRequest>,
+    ingest: Vec<EnqueueRequest>,
+    messages: usize,
+    bytes: usize,
+}
+
+/// The unsynced batch of a turn and the answers that wait for it.
+#[derive(Default)]
+pub(crate) struct Step {
+    pub batch: WriteBatch,
+    completions: Vec<(Reply<Completed>, Completed)>,
+}
+
+pub(crate) struct Writer {
+    pub db: Arc<DB>,
+    pub shared: Arc<Shared>,
+    pub config: Arc<StoreConfig>,
+    pub ingest: Receiver<EnqueueRequest>,
+    pub control: Receiver<ControlRequest>,
+    pub next_id: u64,
+    /// Per shard, a key at or below every live due key of that shard: claims start
+    /// their scan there instead of wading through the tombstones of earlier claims.
+    pub floors: Vec<Option<[u8; DUE_KEY_LEN]>>,
+    pub last_housekeeping: Instant,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+enum Wait {
+    Request,
+    Tick,
+    Closed,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        loop {
+            let mut group = Group::default();
+            match self.wait_first(&mut group) {
+                Wait::Closed => break,
+                Wait::Tick => {}
+                Wait::Request => {
+                    self.gather(&mut group);
+                    if self.handle_group(group) {
+                        break;
+                    }
+                }
+            }
+            if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+                self.housekeeping();
+            }
+        }
+    }
+
+    fn wait_first(&self, group: &mut Group) -> Wait {
+        crossbeam_channel::select! {
+            recv(self.control) -> request => match request {
+                Ok(request) => group.control.push(request),
+                Err(_) => return Wait::Closed,
+            },
+            recv(self.ingest) -> request => match request {
+                Ok(request) => group.add_ingest(request),
+                Err(_) => return Wait::Closed,
+            },
+            default(HOUSEKEEPING_INTERVAL) => return Wait::Tick,
+        }
+        Wait::Request
+    }
+
+    fn gather(&self, group: &mut Group) {
+        while group.control.len() < CONTROL_GROUP_MAX {
+            match self.control.try_recv() {
+                Ok(request) => group.control.push(request),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        while group.messages < self.config.group_messages_max && group.bytes < self.config.group_bytes_max {
+            match self.ingest.try_recv() {
+                Ok(request) => group.add_ingest(request),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Handles one group; returns true when asked to shut down.
+    fn handle_group(&mut self, group: Group) -> bool {
+        let mut step = Step::default();
+        let mut shutdown = false;
+        for request in group.control {
+            match request {
+                ControlRequest::Complete { changes, reply } => {
+                    let results = self.apply_changes(&mut step.batch, changes);
+                    step.completions.push((reply, results));
+                }
+                ControlRequest::Claim { shard, now_ms, limit, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.claim(shard, now_ms, limit));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::Suspend { domain, until_ms, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.suspend(&domain, until_ms));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::Resume { domain, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.resume(&domain));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::AdminBounce { selector, reason, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.admin_bounce(&selector, &reason));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::Sync { reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.write(WriteBatch::default(), true));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::Shutdown => shutdown = true,
+            }
+        }
+        self.enqueue_group(group.ingest, &mut step);
+        let _ = self.flush(&mut step);
+        shutdown
+    }
+
+    /// Writes the turn's unsynced batch and answers the state changes waiting on it.
+    pub fn flush(&mut self, step: &mut Step) -> Result<(), StoreError> {
+        let result = if step.batch.is_empty() { Ok(()) } else { self.write(std::mem::take(&mut step.batch), false) };
+        for (reply, results) in step.completions.drain(..) {
+            let answer = match &result {
+                Ok(()) => results,
+                Err(error) => results.into_iter().map(|_| Err(TransitionError::Store(error.clone()))).collect(),
+            };
+            let _ = reply.send(Ok(answer));
+        }
+        result
+    }
+
+    /// One RocksDB write. A failure marks the store unhealthy.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync && self.config.durability == Durability::Sync);
+        self.db.write_opt(batch, &options).map_err(|error| self.write_failed(&error))
+    }
+
+    fn write_failed(&self, error: &rocksdb::Error) -> StoreError {
+        let health = classify(error);
+        self.shared.set_health(health);
+        self.shared.counters.write_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(%error, ?health, "queue-store write failed");
+        StoreError::Unhealthy(health)
+    }
+
+    fn enqueue_group(&mut self, requests: Vec<EnqueueRequest>, step: &mut Step) {
+        if requests.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut batch = WriteBatch::default();
+        let mut added: Vec<(MessageId, Vec<(String, RecipientState)>)> = Vec::new();
+        let mut answers = Vec::with_capacity(requests.len());
+        {
+            let shared = Arc::clone(&self.shared);
+            let tables = shared.tables();
+            for request in requests {
+                let ids: Vec<MessageId> = request
+                    .messages
+                    .iter()
+                    .map(|message| self.encode_message(&tables, &mut batch, message, now, &mut added))
+                    .collect();
+                answers.push((request.reply, request.recipients, ids));
+            }
+        }
+        batch.put_cf(cf(&self.db, CF_META), META_NEXT_ID, self.next_id.to_be_bytes());
+        // State changes of this turn first, unsynced; the enqueue's sync covers them.
+        let _ = self.flush(step);
+        let started = Instant::now();
+        let mut options = WriteOptions::default();
+        options.set_sync(self.config.durability == Durability::Sync);
+        // Refuse rather than wait when RocksDB stalls writes: the caller answers 451.
+        options.set_no_slowdown(true);
+        match self.db.write_opt(batch, &options) {
+            Ok(()) => {
+                self.shared.record_sync(added.len() as u64, started.elapsed().as_nanos() as u64);
+                self.enqueued(added);
+                for (reply, _, ids) in answers {
+                    let _ = reply.send(Ok(ids));
+                }
+            }
+            Err(error) => {
+                let failure = self.write_failed(&error);
+                for (reply, recipients, _) in answers {
+                    self.shared.release_recipients(recipients);
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+
+    fn encode_message(
+        &mut self,
+        tables: &Tables,
+        batch: &mut WriteBatch,
+        message: &NewMessage,
+        now: u64,
+        added: &mut Vec<(MessageId, Vec<(String, RecipientState)>)>,
+    ) -> MessageId {
+        let id = self.allocate_id(now);
+        let envelope = Envelope {
+            id,
+            sender: message.sender.clone(),
+            tenant: message.tenant.clone(),
+            campaign: message.campaign.clone(),
+            metadata: message.metadata.clone(),
+            created_ms: now,
+            recipient_count: message.recipients.len() as u32,
+            body_len: message.body.len() as u64,
+            body_crc32: crc32fast::hash(&message.body),
+        };
+        batch.put_cf(cf(&self.db, CF_ENVELOPES), envelope_key(id), encode_envelope(&envelope));
+        batch.put_cf(cf(&self.db, CF_BODIES), envelope_key(id), &message.body);
+        let mut states = Vec::with_capacity(message.recipients.len());
+        for (index, recipient) in message.recipients.iter().enumerate() {
+            let key = RecipientKey { message: id, index: index as u32 };
+            // Validated on submit: every address has a domain.
+            let domain = domain_of(&recipient.address).unwrap_or_default();
+            let state = if tables.is_suspended(&domain) { RecipientState::Suspended } else { RecipientState::Queued };
+            let record = RecipientRecord {
+                address: recipient.address.clone(),
+                domain,
+                state,
+                attempts: 0,
+                due_ms: now,
+                last_response: None,
+                metadata: recipient.metadata.clone(),
+            };
+            self.put_recipient(batch, key, &record);
+            batch.put_cf(cf(&self.db, CF_DOMAINS), domain_key(&record.domain, key), []);
+            states.push((record.domain, state));
+        }
+        added.push((id, states));
+        id
+    }
+
+    fn allocate_id(&mut self, now: u64) -> MessageId {
+        self.next_id = self.next_id.max(now << ID_SEQUENCE_BITS);
+        let id = MessageId::from_u64(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn enqueued(&mut self, added: Vec<(MessageId, Vec<(String, RecipientState)>)>) {
+        let mut tables = self.shared.tables();
+        let mut recipients = 0u64;
+        for (id, states) in &added {
+            tables.remaining.insert(*id, states.len() as u32);
+            for (domain, state) in states {
+                tables.count_move(domain, None, Some(*state));
+            }
+            recipients += states.len() as u64;
+        }
+        drop(tables);
+        let counters = &self.shared.counters;
+        counters.enqueued_messages.fetch_add(added.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        counters.enqueued_recipients.fetch_add(recipients, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes a recipient's record, and its due key when it is waiting for delivery.
+    pub fn put_recipient(&mut self, batch: &mut WriteBatch, key: RecipientKey, record: &RecipientRecord) {
+        debug_assert!(record.state != RecipientState::InFlight, "in-flight is never stored");
+        batch.put_cf(cf(&self.db, CF_ENVELOPES), recipient_key(key), encode_recipient(record));
+        if matches!(record.state, RecipientState::Queued | RecipientState::Deferred) {
+            let shard = shard_of(&record.domain, self.config.shard_count);
+            let due = due_key(shard, record.due_ms, key);
+            batch.put_cf(cf(&self.db, CF_DUE), due, []);
+            let floor = &mut self.floors[usize::from(shard)];
+            if floor.is_some_and(|current| due < current) {
+                *floor = Some(due);
+            }
+        }
+    }
+
+    /// Deletes the due key of a stored (not in-flight) recipient, if it has one.
+    pub fn delete_due(&self, batch: &mut WriteBatch, key: RecipientKey, record: &RecipientRecord) {
+        if matches!(record.state, RecipientState::Queued | RecipientState::Deferred) {
+            let shard = shard_of(&record.domain, self.config.shard_count);
+            batch.delete_cf(cf(&self.db, CF_DUE), due_key(shard, record.due_ms, key));
+        }
+    }
+
+    fn apply_changes(
+        &mut self,
+        batch: &mut WriteBatch,
+        changes: Vec<StateChange>,
+    ) -> Vec<Result<Applied, TransitionError>> {
+        let shared = Arc::clone(&self.shared);
+        let mut tables = shared.tables();
+        changes.into_iter().map(|change| self.apply_change(&mut tables, batch, change)).collect()
+    }
+
+    fn apply_change(
+        &mut self,
+        tables: &mut Tables,
+        batch: &mut WriteBatch,
+        change: StateChange,
+    ) -> Result<Applied, TransitionError> {
+        let key = change.key;
+        let entry = tables.in_flight.remove(&key).ok_or(TransitionError::NotInFlight(key))?;
+        let InFlight { envelope, mut record, admin_bounce } = entry;
+        let from = Some(RecipientState::InFlight);
+        let (kind, response) = match change.outcome {
+            Outcome::Delivered { response } => (TerminalKind::Delivered, response),
+            Outcome::Bounced { response } => (TerminalKind::Bounced, response),
+            Outcome::Expired { response } => (TerminalKind::Expired, response),
+            Outcome::Deferred { .. } | Outcome::Released { .. } if admin_bounce.is_some() => {
+                (TerminalKind::AdminBounced, admin_bounce.unwrap_or_default())
+            }
+            Outcome::Deferred { due_ms, response } => {
+                record.attempts = record.attempts.saturating_add(1);
+                record.last_response = Some(response);
+                self.shared.counters.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(self.requeue(tables, batch, key, record, due_ms, RecipientState::Deferred));
+            }
+            Outcome::Released { due_ms } => {
+                let state = RecipientState::waiting(record.attempts);
+                return Ok(self.requeue(tables, batch, key, record, due_ms, state));
+            }
+        };
+        Ok(Applied::Terminal(self.retire(tables, batch, key, envelope, record, from, kind, response)))
+    }
+
+    fn requeue(
+        &mut self,
+        tables: &mut Tables,
+        batch: &mut WriteBatch,
+        key: RecipientKey,
+        mut record: RecipientRecord,
+        due_ms: u64,
+        state: RecipientState,
+    ) -> Applied {
+        record.due_ms = due_ms;
+        record.state = if tables.is_suspended(&record.domain) { RecipientState::Suspended } else { state };
+        tables.count_move(&record.domain, Some(RecipientState::InFlight), Some(record.state));
+        self.put_recipient(batch, key, &record);
+        match record.state {
+            RecipientState::Suspended => Applied::Suspended { attempts: record.attempts },
+            _ if state == RecipientState::Deferred => Applied::Deferred { attempts: record.attempts, due_ms },
+            _ => Applied::Released { due_ms },
+        }
+    }
+
+    /// Removes a recipient for good (and its message, when it was the last one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn retire(
+        &self,
+        tables: &mut Tables,
+        batch: &mut WriteBatch,
+        key: RecipientKey,
+        envelope: Arc<Envelope>,
+        record: RecipientRecord,
+        from: Option<RecipientState>,
+        kind: TerminalKind,
+        response: String,
+    ) -> TerminalRecord {
+        batch.delete_cf(cf(&self.db, CF_ENVELOPES), recipient_key(key));
+        batch.delete_cf(cf(&self.db, CF_DOMAINS), domain_key(&record.domain, key));
+        if from != Some(RecipientState::InFlight) {
+            self.delete_due(batch, key, &record);
+        }
+        tables.count_move(&record.domain, from, None);
+        match tables.remaining.get_mut(&key.message) {
+            Some(left) if *left > 1 => *left -= 1,
+            Some(_) => {
+                tables.remaining.remove(&key.message);
+                batch.delete_cf(cf(&self.db, CF_ENVELOPES), envelope_key(key.message));
+                batch.delete_cf(cf(&self.db, CF_BODIES), envelope_key(key.message));
+            }
+            None => debug_assert!(false, "retiring {key} of a message with no remaining recipients"),
+        }
+        self.shared.release_recipients(1);
+        self.shared.counters.terminal.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TerminalRecord { key, kind, envelope, recipient: record, response }
+    }
+
+    fn housekeeping(&mut self) {
+        self.last_housekeeping = Instant::now();
+        let now = now_ms();
+        let expired: Vec<String> = {
+            let tables = self.shared.tables();
+            tables
+                .suspended
+                .iter()
+                .filter(|(_, until)| until.is_some_and(|until| until <= now))
+                .map(|(domain, _)| domain.clone())
+                .collect()
+        };
+        for domain in expired {
+            if let Err(error) = self.resume(&domain) {
+                tracing::warn!(%domain, %error, "lifting an expired suspension failed");
+            }
+        }
+        if self.shared.health() != Health::Healthy {
+            self.probe();
+        }
+    }
+
+    /// A small synced write that refuses to wait: healthy again when it succeeds.
+    fn probe(&self) {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), META_NEXT_ID, self.next_id.to_be_bytes());
+        let mut options = WriteOptions::default();
+        options.set_sync(self.config.durability == Durability::Sync);
+        options.set_no_slowdown(true);
+        if self.db.write_opt(batch, &options).is_ok() {
+            tracing::info!("queue-store writes succeed again");
+            self.shared.set_health(Health::Healthy);
+        }
+    }
+}
+
+impl Group {
+    fn add_ingest(&mut self, request: EnqueueRequest) {
+        self.messages += request.messages.len();
+        self.bytes += request.messages.iter().map(|message| message.body.len()).sum::<usize>();
+        self.ingest.push(request);
+    }
+}
+
+fn classify(error: &rocksdb::Error) -> Health {
+    let text = error.to_string();
+    if error.kind() == rocksdb::ErrorKind::Incomplete || text.contains("stall") {
+        Health::WriteStall
+    } else if text.contains("No space left") || text.contains("NoSpace") {
+        Health::DiskFull
+    } else {
+        Health::IoError
+    }
+}
