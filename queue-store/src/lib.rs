@@ -1,15 +1,19 @@
 //! queue-store: ringmail's durable message queue, on RocksDB.
 //!
 //! ```text
-//!  producers (any thread/runtime)          delivery shards
-//!     │ submit_enqueue (bounded, try_send)     │ claim / complete (bounded, try_send)
-//!     ▼                                        ▼
-//!  ┌─────────────── writer thread (one) ─────────────────┐
-//!  │ drain both channels → state changes: 1 batch, no sync│
-//!  │                     → enqueues: 1 batch, 1 fdatasync │──► RocksDB (WAL + column families)
-//!  │ answer every waiter after its write                  │
-//!  └──────────────────────────────────────────────────────┘
+//!  producers (any thread/runtime)             delivery shards
+//!     │ submit_enqueue (bounded, try_send)        │ claim / complete (bounded, try_send)
+//!     ▼                                           ▼
+//!  writer thread: drains both channels; per turn, state changes in one batch and
+//!     │           enqueues in another, both written without a sync ──► RocksDB
+//!     │ waiters of written enqueue groups                               ▲
+//!     ▼                                                                 │
+//!  syncer thread: one WAL fdatasync for every group written so far ─────┘,
+//!                 then answers them (group commit)
 //! ```
+//!
+//! Claims and state changes are answered by the writer once written: they need no
+//! sync (a crash only repeats their work).
 //!
 //! What it does: stores each message once (envelope + body) with per-recipient state,
 //! acknowledges an enqueue only after the write-ahead log is synced (many messages per
@@ -36,6 +40,7 @@ mod pending;
 mod recovery;
 mod shared;
 mod store;
+mod syncer;
 mod types;
 mod validate;
 mod writer;

@@ -19,6 +19,7 @@ use crate::keys::{
 use crate::pending::{pending, Pending};
 use crate::recovery::{recover, OpenReport};
 use crate::shared::{Shared, StoreMetrics};
+use crate::syncer::{Syncer, SYNC_QUEUE_GROUPS_MAX};
 use crate::types::{
     AdminReport, Applied, Claimed, MessageId, MessageView, NewMessage, RecipientKey, RecipientRecord, RecipientState,
     Selector, StateChange, StateCounts,
@@ -37,7 +38,14 @@ pub struct Store {
     config: Arc<StoreConfig>,
     ingest: Sender<EnqueueRequest>,
     control: Sender<ControlRequest>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|error| StoreError::Storage(format!("starting thread {name}: {error}")))
 }
 
 impl std::fmt::Debug for EnqueueRequest {
@@ -65,21 +73,24 @@ impl Store {
         let config = Arc::new(config);
         let (ingest, ingest_receiver) = crossbeam_channel::bounded(config.ingest_channel_capacity);
         let (control, control_receiver) = crossbeam_channel::bounded(config.control_channel_capacity);
+        let (sync_sender, sync_jobs) = crossbeam_channel::bounded(SYNC_QUEUE_GROUPS_MAX);
+        let syncer = Syncer { db: Arc::clone(&db), shared: Arc::clone(&shared), jobs: sync_jobs };
+        let syncer_thread = spawn("queue-store-sync", move || syncer.run())?;
         let writer = Writer {
             db: Arc::clone(&db),
             shared: Arc::clone(&shared),
             config: Arc::clone(&config),
             ingest: ingest_receiver,
             control: control_receiver,
+            syncer: sync_sender,
             next_id: recovered.next_id,
             floors: vec![None; usize::from(config.shard_count)],
             last_housekeeping: Instant::now(),
         };
-        let handle = std::thread::Builder::new()
-            .name("queue-store-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|error| StoreError::Storage(format!("starting the writer thread: {error}")))?;
-        let store = Store { db, shared, config, ingest, control, writer: Mutex::new(Some(handle)) };
+        let writer_thread = spawn("queue-store-writer", move || writer.run())?;
+        // Joined in this order on drop: the writer's exit ends the syncer's input.
+        let threads = Mutex::new(vec![writer_thread, syncer_thread]);
+        let store = Store { db, shared, config, ingest, control, threads };
         Ok((store, recovered.report))
     }
 
@@ -347,9 +358,9 @@ impl Drop for Store {
     fn drop(&mut self) {
         // Blocking send: the writer is alive and draining, so there is room soon.
         let _ = self.control.send(ControlRequest::Shutdown);
-        let handle = self.writer.lock().map(|mut slot| slot.take()).unwrap_or(None);
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        let threads = self.threads.lock().map(|mut threads| std::mem::take(&mut *threads)).unwrap_or_default();
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 }

@@ -5,9 +5,11 @@
 //! to the group bounds, and handles it as one group:
 //! 1. control requests in arrival order: state changes go into one `WriteBatch`;
 //!    claims and admin actions read the database, so the batch is written first;
-//! 2. all enqueues of the group go into a second batch, written with one sync after
-//!    the first batch (so one fdatasync covers both): this is the group commit;
-//! 3. every waiter gets its answer once its batch is written (synced, for enqueues).
+//! 2. all enqueues of the group go into a second batch, written after the first;
+//!    the group's waiters go to the syncer thread (`syncer.rs`), which syncs the WAL
+//!    once for every group written since its last sync and then answers them: this
+//!    is the group commit, pipelined so the writer works while the disk syncs;
+//! 3. every other waiter gets its answer once its batch is written.
 //!
 //! State changes are not synced on their own: a crash may lose the last few, which
 //! only repeats work (DESIGN.md, durability contract). A failed write leaves the
@@ -17,7 +19,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::codec::{encode_envelope, encode_recipient};
@@ -27,6 +29,7 @@ use crate::error::{Health, StoreError, TransitionError};
 use crate::keys::{domain_key, due_key, envelope_key, recipient_key, shard_of, DUE_KEY_LEN};
 use crate::pending::Reply;
 use crate::shared::{InFlight, Shared, Tables};
+use crate::syncer::SyncJob;
 use crate::types::{
     domain_of, AdminReport, Applied, Claimed, Envelope, MessageId, NewMessage, Outcome, RecipientKey, RecipientRecord,
     RecipientState, Selector, StateChange, TerminalKind, TerminalRecord, ID_SEQUENCE_BITS,
@@ -101,6 +104,8 @@ pub(crate) struct Writer {
     pub config: Arc<StoreConfig>,
     pub ingest: Receiver<EnqueueRequest>,
     pub control: Receiver<ControlRequest>,
+    /// Written enqueue groups go here to be synced and answered.
+    pub syncer: Sender<SyncJob>,
     pub next_id: u64,
     /// Per shard, a key at or below every live due key of that shard: claims start
     /// their scan there instead of wading through the tombstones of earlier claims.
@@ -198,7 +203,7 @@ impl Writer {
                     let _ = reply.send(answer);
                 }
                 ControlRequest::Sync { reply } => {
-                    let answer = self.flush(&mut step).and_then(|()| self.write(WriteBatch::default(), true));
+                    let answer = self.flush(&mut step).and_then(|()| self.sync_wal());
                     let _ = reply.send(answer);
                 }
                 ControlRequest::Shutdown => shutdown = true,
@@ -227,6 +232,10 @@ impl Writer {
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.config.durability == Durability::Sync);
         self.db.write_opt(batch, &options).map_err(|error| self.write_failed(&error))
+    }
+
+    fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|error| self.write_failed(&error))
     }
 
     fn write_failed(&self, error: &rocksdb::Error) -> StoreError {
@@ -258,20 +267,17 @@ impl Writer {
             }
         }
         batch.put_cf(cf(&self.db, CF_META), META_NEXT_ID, self.next_id.to_be_bytes());
-        // State changes of this turn first, unsynced; the enqueue's sync covers them.
+        // State changes of this turn first; the sync that follows covers them too.
         let _ = self.flush(step);
-        let started = Instant::now();
         let mut options = WriteOptions::default();
-        options.set_sync(self.config.durability == Durability::Sync);
         // Refuse rather than wait when RocksDB stalls writes: the caller answers 451.
         options.set_no_slowdown(true);
         match self.db.write_opt(batch, &options) {
             Ok(()) => {
-                self.shared.record_sync(added.len() as u64, started.elapsed().as_nanos() as u64);
+                let messages = added.len() as u64;
                 self.enqueued(added);
-                for (reply, _, ids) in answers {
-                    let _ = reply.send(Ok(ids));
-                }
+                let answers = answers.into_iter().map(|(reply, _, ids)| (reply, ids)).collect();
+                self.acknowledge(SyncJob { answers, messages });
             }
             Err(error) => {
                 let failure = self.write_failed(&error);
@@ -280,6 +286,20 @@ impl Writer {
                     let _ = reply.send(Err(failure.clone()));
                 }
             }
+        }
+    }
+
+    /// Answers a written group: through the syncer (after the WAL sync) under
+    /// `Durability::Sync`, at once under `Durability::Os`.
+    fn acknowledge(&self, job: SyncJob) {
+        if self.config.durability == Durability::Sync {
+            // The syncer only stops after this writer does, so the send succeeds;
+            // should it not, the waiters see their answers dropped: `Closed`.
+            let _ = self.syncer.send(job);
+            return;
+        }
+        for (reply, ids) in job.answers {
+            let _ = reply.send(Ok(ids));
         }
     }
 

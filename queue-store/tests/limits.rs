@@ -84,3 +84,74 @@ fn a_full_request_channel_refuses_at_once() {
     assert_eq!(store.counts().total() as usize, stored, "refused submissions left nothing");
     assert_eq!(store.metrics().recipients_queued as usize, stored, "reservations were released");
 }
+
+/// Unmounts the small tmpfs the disk-full test writes to, whatever happens.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gets_a_typed_refusal_and_loses_nothing_acknowledged() {
+    // Mounting a small tmpfs needs root (CI runs as root).
+    let Some(disk) = SmallDisk::mount("24m") else {
+        eprintln!("SKIPPED a_full_disk_gets_a_typed_refusal...: mounting a tmpfs needs root");
+        return;
+    };
+    let path = disk.dir.path().join("store");
+    let mut config = queue_store::StoreConfig::new(&path);
+    config.write_buffer_bytes = 4 * 1024 * 1024;
+    let (store, _) = queue_store::Store::open(config.clone()).unwrap();
+    let body = vec![b'x'; 64 * 1024];
+    let mut acknowledged = Vec::new();
+    let refusal = loop {
+        match store.enqueue(vec![message(&["a@full-disk.test"], &body)]) {
+            Ok(ids) => acknowledged.push(ids[0]),
+            Err(error) => break error,
+        }
+        assert!(acknowledged.len() < 10_000, "a 24 MiB disk cannot hold 640 MiB");
+    };
+    assert!(matches!(refusal, StoreError::Unhealthy(_)), "got {refusal}");
+    assert!(refusal.is_temporary());
+    assert_ne!(store.health(), queue_store::Health::Healthy);
+    // Refused at once from now on, without reaching the disk.
+    let again = store.submit_enqueue(vec![message(&["b@full-disk.test"], b"small")]).unwrap_err();
+    assert!(matches!(again, StoreError::Unhealthy(_)));
+    assert!(store.metrics().rejected_unhealthy >= 1);
+    drop(store);
+    // Room again (an operator freed space): everything acknowledged is there.
+    disk.resize("512m");
+    let (store, report) = queue_store::Store::open(config).unwrap();
+    assert!(report.quarantined.is_empty());
+    for id in &acknowledged {
+        assert_eq!(store.body(*id).unwrap().as_deref(), Some(&body[..]), "acknowledged {id} lost");
+    }
+    assert!(acknowledged.len() > 10, "only {} messages fitted", acknowledged.len());
+    store.enqueue(vec![message(&["c@full-disk.test"], b"after")]).unwrap();
+}
