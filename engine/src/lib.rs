@@ -5,8 +5,10 @@
 //! group recipients by destination site and egress address, and deliver over pooled
 //! TLS connections (see `../shared/DESIGN.md`).
 //!
-//! Status: only the queue (the `queue-store` crate) exists so far. The SMTP protocol
-//! and transport, the shards, scheduler, ingest and admin API are the subject of
-//! later issues; nothing here pretends to do them yet.
+//! Status: the queue (the `queue-store` crate) and the sans-IO SMTP protocol
+//! ([`smtp`]) exist. The io_uring transport, the shards, scheduler, ingest and admin
+//! API are the subject of later issues; nothing here pretends to do them yet.
 
 pub use queue_store;
+
+pub mod smtp;

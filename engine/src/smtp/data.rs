@@ -1,0 +1,201 @@
+//! The DATA phase's byte transforms (RFC 5321 §4.5.2): dot-stuffing with line-end
+//! normalisation on the client side, dot-unstuffing with limits on the server side.
+
+/// The end-of-data marker.
+pub const END_OF_DATA: &[u8] = b".\r\n";
+
+/// Appends `message` to `out` ready for the DATA phase: every line ends in CRLF
+/// (a bare LF or bare CR becomes CRLF), a line that starts with `.` gets another
+/// `.`, and the text ends with CRLF (added if missing) and then `.` CRLF.
+pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
+    out.reserve(message.len() + message.len() / 64 + 5);
+    let mut at_line_start = true;
+    let mut index = 0;
+    while index < message.len() {
+        let byte = message[index];
+        if at_line_start && byte == b'.' {
+            out.push(b'.');
+        }
+        match byte {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if message.get(index + 1) == Some(&b'\n') {
+                    index += 1;
+                }
+                at_line_start = true;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                at_line_start = true;
+            }
+            _ => {
+                out.push(byte);
+                at_line_start = false;
+            }
+        }
+        index += 1;
+    }
+    if !at_line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(END_OF_DATA);
+}
+
+/// Whether a message needs `BODY=8BITMIME` (any byte above 127).
+pub fn is_8bit(message: &[u8]) -> bool {
+    message.iter().any(|&byte| byte >= 0x80)
+}
+
+/// What the server's DATA reader found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unstuffed {
+    /// More input needed.
+    Partial,
+    /// The end-of-data line was read; `used` bytes of the last input belong to DATA.
+    Complete { used: usize },
+}
+
+/// Why a DATA stream is refused (the reader keeps reading to the end marker so the
+/// session stays in step, then answers with this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataProblem {
+    /// The message exceeded the size limit (552 5.3.4).
+    TooLarge,
+    /// A text line exceeded 1000 octets with its CRLF (RFC 5321 §4.5.3.1.6; 500 5.5.6).
+    LineTooLong,
+}
+
+/// Longest text line the server accepts, CRLF included (RFC 5321 §4.5.3.1.6).
+pub const TEXT_LINE_MAX: usize = 1000;
+
+/// Server-side DATA reader: removes dot-stuffing, finds the end marker, and bounds the
+/// message size and line length. Once over a limit it stops storing bytes but keeps
+/// scanning for the end marker.
+#[derive(Debug)]
+pub struct Unstuffer {
+    size_max: usize,
+    line: Vec<u8>,
+    problem: Option<DataProblem>,
+}
+
+impl Unstuffer {
+    pub fn new(size_max: usize) -> Self {
+        Unstuffer { size_max, line: Vec::with_capacity(256), problem: None }
+    }
+
+    pub fn problem(&self) -> Option<DataProblem> {
+        self.problem
+    }
+
+    /// Reads from `input`, appending unstuffed message bytes to `message`.
+    pub fn read(&mut self, input: &[u8], message: &mut Vec<u8>) -> Unstuffed {
+        let mut used = 0;
+        while used < input.len() {
+            let rest = &input[used..];
+            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(at) => (&rest[..=at], true),
+                None => (rest, false),
+            };
+            used += chunk.len();
+            if self.line.len() + chunk.len() > TEXT_LINE_MAX + 1 {
+                // Keep only enough to recognise the line's end; the content is lost anyway.
+                self.problem.get_or_insert(DataProblem::LineTooLong);
+                let keep = chunk.len().min(2);
+                self.line.clear();
+                self.line.extend_from_slice(b"xx");
+                self.line.extend_from_slice(&chunk[chunk.len() - keep..]);
+            } else {
+                self.line.extend_from_slice(chunk);
+            }
+            if complete && self.finish_line(message) {
+                return Unstuffed::Complete { used };
+            }
+        }
+        Unstuffed::Partial
+    }
+
+    /// Handles one whole line; true at the end marker.
+    fn finish_line(&mut self, message: &mut Vec<u8>) -> bool {
+        let line = std::mem::take(&mut self.line);
+        if line == b".\r\n" || line == b".\n" {
+            return true;
+        }
+        if line.len() > TEXT_LINE_MAX {
+            self.problem.get_or_insert(DataProblem::LineTooLong);
+        }
+        let text = line.strip_prefix(b".").unwrap_or(&line);
+        if self.problem.is_none() {
+            if message.len() + text.len() > self.size_max {
+                self.problem = Some(DataProblem::TooLarge);
+            } else {
+                message.extend_from_slice(text);
+            }
+        }
+        self.line = line;
+        self.line.clear();
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unstuff_all(wire: &[u8], size_max: usize) -> (Vec<u8>, Option<DataProblem>, usize) {
+        let mut reader = Unstuffer::new(size_max);
+        let mut message = Vec::new();
+        match reader.read(wire, &mut message) {
+            Unstuffed::Complete { used } => (message, reader.problem(), used),
+            Unstuffed::Partial => panic!("no end marker"),
+        }
+    }
+
+    #[test]
+    fn stuffing_normalises_line_ends_and_doubles_leading_dots() {
+        let mut out = Vec::new();
+        stuff(b"a\n.b\r\n..c\rd", &mut out);
+        assert_eq!(out, b"a\r\n..b\r\n...c\r\nd\r\n.\r\n");
+        let mut out = Vec::new();
+        stuff(b".", &mut out);
+        assert_eq!(out, b"..\r\n.\r\n");
+        let mut out = Vec::new();
+        stuff(b"", &mut out);
+        assert_eq!(out, b".\r\n");
+    }
+
+    #[test]
+    fn unstuffing_restores_what_stuffing_wrote() {
+        for message in [&b"Subject: x\r\n\r\n.hidden\r\n..two\r\nend\r\n"[..], b".\r\n", b"x\r\n"] {
+            let mut wire = Vec::new();
+            stuff(message, &mut wire);
+            wire.extend_from_slice(b"QUIT\r\n");
+            let (back, problem, used) = unstuff_all(&wire, 1 << 20);
+            assert_eq!((back.as_slice(), problem), (message, None));
+            assert_eq!(&wire[used..], b"QUIT\r\n", "the reader stops right after the marker");
+        }
+    }
+
+    #[test]
+    fn limits_are_reported_and_the_marker_still_found() {
+        let (_, problem, _) = unstuff_all(b"0123456789\r\n0123456789\r\n.\r\n", 15);
+        assert_eq!(problem, Some(DataProblem::TooLarge));
+        let mut wire = vec![b'a'; 5000];
+        wire.extend_from_slice(b"\r\n.\r\n");
+        let (message, problem, used) = unstuff_all(&wire, 1 << 20);
+        assert_eq!((problem, used), (Some(DataProblem::LineTooLong), wire.len()));
+        assert!(message.is_empty());
+    }
+
+    #[test]
+    fn input_split_anywhere_reads_the_same() {
+        let mut wire = Vec::new();
+        stuff(b"one\r\n.two\r\nthree", &mut wire);
+        for split in 0..wire.len() {
+            let mut reader = Unstuffer::new(1 << 20);
+            let mut message = Vec::new();
+            assert_eq!(reader.read(&wire[..split], &mut message), Unstuffed::Partial);
+            assert!(matches!(reader.read(&wire[split..], &mut message), Unstuffed::Complete { .. }));
+            assert_eq!(message, b"one\r\n.two\r\nthree\r\n", "split at {split}");
+        }
+    }
+}
