@@ -5,9 +5,13 @@
 #
 #   libclang-dev  bindgen, for RocksDB's bindings (librocksdb-sys)
 #   g++, make     RocksDB's C++ (usually present with the toolchain)
+#   postfix       smtp-sink / smtp-source / smtpd: real peers in interop tests
+#                 (installed "No configuration": no mail service is started)
+#   swaks         a real SMTP client in interop tests
+#   dnsmasq-base  a local DNS server for tests (not the dnsmasq service)
 set -euo pipefail
 
-packages=(libclang-dev g++ make)
+packages=(libclang-dev g++ make postfix swaks dnsmasq-base)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -24,6 +28,7 @@ if ((${#missing[@]})); then
         sudo="sudo"
     fi
     export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

@@ -11,4 +11,5 @@
 
 pub use queue_store;
 
+pub mod io;
 pub mod smtp;

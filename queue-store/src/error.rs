@@ -47,6 +47,8 @@ pub enum Invalid {
     TooManyRecipients { count: usize, max: u32 },
     #[error("message has no recipients")]
     NoRecipients,
+    #[error("sender: {reason}")]
+    Sender { reason: &'static str },
     #[error("recipient {index}: {reason}")]
     Recipient { index: usize, reason: &'static str },
     #[error("{field} is {len} bytes, the limit is {max}")]

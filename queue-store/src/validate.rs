@@ -16,7 +16,10 @@ pub(crate) fn message(message: &NewMessage, limits: &Limits) -> Result<(), Inval
     if count > limits.recipients_per_message_max as usize {
         return Err(Invalid::TooManyRecipients { count, max: limits.recipients_per_message_max });
     }
-    field("sender", &message.sender, limits.address_length_max)?;
+    // The null reverse-path (empty) is valid: bounces are sent with it.
+    if !message.sender.is_empty() {
+        address(&message.sender, limits).map_err(|reason| Invalid::Sender { reason })?;
+    }
     for text in [&message.tenant, &message.campaign].into_iter().flatten() {
         field("tenant or campaign", text, limits.field_length_max)?;
     }

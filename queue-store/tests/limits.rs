@@ -58,6 +58,14 @@ fn invalid_messages_are_refused_whole_with_the_reason() {
         let err = store.enqueue(vec![m]).unwrap_err();
         assert!(matches!(err, StoreError::Invalid { reason: Invalid::Recipient { index: 0, .. }, .. }), "{bad}: {err}");
     }
+    let mut injected = message(&["ok@x.test"], b"b");
+    injected.sender = "s@x.test>\r\nRCPT TO:<evil@x.test".into();
+    let err = store.enqueue(vec![injected]).unwrap_err();
+    assert!(matches!(err, StoreError::Invalid { reason: Invalid::Sender { .. }, .. }), "{err}");
+    let mut bounce = message(&["ok@x.test"], b"b");
+    bounce.sender = String::new();
+    store.enqueue(vec![bounce]).unwrap();
+    store.admin_bounce(queue_store::Selector::Domain("x.test".into()), "test cleanup").unwrap();
     let long = format!("{}@x.test", "a".repeat(400));
     assert!(store.enqueue(vec![message(&[&long], b"b")]).is_err());
     assert_eq!(store.counts().total(), 0, "nothing of a refused batch is stored");

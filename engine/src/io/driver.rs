@@ -1,0 +1,176 @@
+//! One loop per connection: moves bytes between a [`Connection`] and a sans-IO
+//! session, applies the session's deadlines, performs STARTTLS when asked, and hands
+//! events to the caller.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::pki_types::ServerName;
+
+use super::tls::{ClientTls, Connection};
+use super::{Stream, READ_BUFFER_BYTES};
+use crate::smtp::{ClientEvent, ClientSession, Outcome, ServerEvent, ServerSession, Transaction, Verdict};
+
+/// What the caller decides for a server session's questions.
+#[allow(async_fn_in_trait)] // single-threaded runtimes: the futures need not be Send
+pub trait ServerHandler {
+    /// Answers `Mail`, `Recipient`, `Authenticate` and `Message` events.
+    async fn decide(&mut self, event: ServerEvent, tls: bool) -> Verdict;
+}
+
+/// Reads once, or until `deadline`; `None` when the deadline came first.
+async fn read_until<S: Stream>(
+    connection: &mut Connection<S>,
+    buf: Vec<u8>,
+    deadline: Option<Instant>,
+) -> Option<(io::Result<usize>, Vec<u8>)> {
+    match deadline {
+        None => Some(connection.read_owned(buf).await),
+        Some(deadline) => {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            tokio::time::timeout_at(deadline, connection.read_owned(buf)).await.ok()
+        }
+    }
+}
+
+/// How one client connection ended.
+#[derive(Debug)]
+pub struct ClientReport {
+    /// One entry per transaction handed to the session, in order.
+    pub results: Vec<Vec<(String, Outcome)>>,
+    /// Transactions never started (the session ended first); retry them elsewhere.
+    pub unsent: Vec<Transaction>,
+    /// `None` after a clean QUIT.
+    pub error: Option<crate::smtp::SessionError>,
+    pub tls: bool,
+}
+
+/// Runs a client session over `connection` until every transaction is done (then
+/// QUIT) or the session fails.
+pub async fn run_client<S: Stream>(
+    mut connection: Connection<S>,
+    mut session: ClientSession,
+    tls: &ClientTls,
+    server_name: ServerName<'static>,
+    transactions: Vec<Transaction>,
+) -> ClientReport {
+    let mut pending = std::collections::VecDeque::from(transactions);
+    let mut report = ClientReport { results: Vec::new(), unsent: Vec::new(), error: None, tls: false };
+    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut buf = Vec::with_capacity(READ_BUFFER_BYTES);
+    loop {
+        session.poll_transmit(&mut out);
+        if !out.is_empty() {
+            let (result, returned) = connection.write_all_owned(std::mem::take(&mut out)).await;
+            out = returned;
+            out.clear();
+            if result.is_err() {
+                session.handle_closed(Instant::now());
+            }
+        }
+        let mut acted = false;
+        while let Some(event) = session.poll_event() {
+            acted = true;
+            match event {
+                ClientEvent::Ready => match pending.pop_front() {
+                    Some(transaction) => {
+                        if let Err(error) = session.send(transaction.clone(), Instant::now()) {
+                            tracing::warn!(%error, "transaction refused by the session");
+                            report.unsent.push(transaction);
+                        }
+                    }
+                    None => session.quit(Instant::now()),
+                },
+                ClientEvent::StartTls => match connection.upgrade_client(tls, server_name.clone()).await {
+                    Ok(()) => session.handle_tls_established(Instant::now()),
+                    Err(error) => session.handle_tls_failed(error.to_string()),
+                },
+                ClientEvent::TransactionDone(outcomes) => report.results.push(outcomes),
+                ClientEvent::Closed(error) => {
+                    report.error = error;
+                    report.tls = connection.is_tls();
+                    report.unsent.extend(pending);
+                    return report;
+                }
+            }
+        }
+        if acted {
+            continue; // what the events set going may have output to write
+        }
+        match read_until(&mut connection, std::mem::take(&mut buf), session.poll_timeout()).await {
+            None => session.handle_timeout(Instant::now()),
+            Some((Ok(0) | Err(_), returned)) => {
+                buf = returned;
+                session.handle_closed(Instant::now());
+            }
+            Some((Ok(_), returned)) => {
+                session.handle_input(&returned, Instant::now());
+                buf = returned;
+            }
+        }
+    }
+}
+
+/// Runs a server session over `connection` until it closes. `tls_config` enables
+/// STARTTLS (the session's config must offer it too).
+pub async fn run_server<S: Stream, H: ServerHandler>(
+    mut connection: Connection<S>,
+    mut session: ServerSession,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    handler: &mut H,
+) {
+    let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
+    let mut buf = Vec::with_capacity(READ_BUFFER_BYTES);
+    loop {
+        while let Some(event) = session.poll_event() {
+            match event {
+                ServerEvent::StartTls => {
+                    flush(&mut connection, &mut session, &mut out).await;
+                    let Some(config) = tls_config.clone() else { return };
+                    match connection.upgrade_server(config).await {
+                        Ok(()) => session.handle_tls_established(Instant::now()),
+                        Err(error) => {
+                            tracing::debug!(%error, "server-side TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+                ServerEvent::Closed => {
+                    flush(&mut connection, &mut session, &mut out).await;
+                    return;
+                }
+                question => {
+                    let verdict = handler.decide(question, connection.is_tls()).await;
+                    session.handle_verdict(verdict, Instant::now());
+                }
+            }
+        }
+        if !flush(&mut connection, &mut session, &mut out).await {
+            return;
+        }
+        if session.is_closed() {
+            return;
+        }
+        match read_until(&mut connection, std::mem::take(&mut buf), session.poll_timeout()).await {
+            None => session.handle_timeout(Instant::now()),
+            Some((Ok(0) | Err(_), _)) => return,
+            Some((Ok(_), returned)) => {
+                session.handle_input(&returned, Instant::now());
+                buf = returned;
+            }
+        }
+    }
+}
+
+/// Writes what the server session has to say; false if the connection failed.
+async fn flush<S: Stream>(connection: &mut Connection<S>, session: &mut ServerSession, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    session.poll_transmit(out);
+    if out.is_empty() {
+        return true;
+    }
+    let (result, returned) = connection.write_all_owned(std::mem::take(out)).await;
+    *out = returned;
+    result.is_ok()
+}

@@ -1,0 +1,301 @@
+//! The transports on loopback: ringmail's client over io_uring and over epoll,
+//! plaintext and STARTTLS (rustls), against ringmail's own server session on
+//! io_uring and against Postfix's `smtp-sink`; the egress source address the peer
+//! sees; certificate verification policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
+use ringmail::io::driver::{run_client, run_server, ClientReport, ServerHandler};
+use ringmail::io::tls::{server_config, ClientTls, Connection, Verification};
+use ringmail::smtp::{
+    ClientConfig, ClientSession, ReceivedMessage, ServerConfig, ServerEvent, ServerSession, SessionError, TlsMode,
+    Transaction, Verdict,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+struct TestPki {
+    root: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// A CA and a certificate for `mx.test` signed by it.
+fn pki() -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringmail test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["mx.test".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    TestPki {
+        root: ca.der().clone(),
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+type Received = Vec<(ReceivedMessage, SocketAddr)>;
+
+#[derive(Default)]
+struct Collect {
+    messages: Rc<RefCell<Vec<ReceivedMessage>>>,
+}
+
+impl ServerHandler for Collect {
+    async fn decide(&mut self, event: ServerEvent, _tls: bool) -> Verdict {
+        if let ServerEvent::Message(message) = event {
+            self.messages.borrow_mut().push(message);
+        }
+        Verdict::Accept
+    }
+}
+
+/// ringmail's server session on io_uring, serving `connections` connections.
+fn spawn_server(pki: Option<&TestPki>, connections: usize) -> (SocketAddr, std::thread::JoinHandle<Received>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let tls = pki.map(|pki| server_config(pki.chain.clone(), pki.key.clone_key()).unwrap());
+    let handle = std::thread::spawn(move || {
+        tokio_uring::start(async move {
+            let listener = tokio_uring::net::TcpListener::from_std(listener);
+            let mut config = ServerConfig::new("mx.test");
+            config.starttls = tls.is_some();
+            let config = Arc::new(config);
+            let mut received = Vec::new();
+            for _ in 0..connections {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let mut handler = Collect::default();
+                let session = ServerSession::new(Arc::clone(&config), false, Instant::now());
+                run_server(Connection::Plain(stream), session, tls.clone(), &mut handler).await;
+                received.extend(handler.messages.take().into_iter().map(|m| (m, peer)));
+            }
+            received
+        })
+    });
+    (address, handle)
+}
+
+fn transactions(count: usize) -> Vec<Transaction> {
+    (0..count)
+        .map(|i| {
+            let message = format!(
+                "Message-ID: <{i}@transport.test>\r\nSubject: test {i}\r\n\r\nline one\r\n.a line with a dot\r\n..two\r\n.\r\n{}",
+                format!("{}\r\n", "x".repeat(990)).repeat(4)
+            );
+            Transaction {
+                sender: "sender@ringmail.test".into(),
+                recipients: vec![format!("a{i}@d.test"), format!("b{i}@d.test")],
+                message: message.into_bytes().into(),
+            }
+        })
+        .collect()
+}
+
+fn client_session(tls: TlsMode, pipelining: bool) -> ClientSession {
+    let mut config = ClientConfig::new("client.ringmail.test");
+    config.tls = tls;
+    config.pipelining = pipelining;
+    ClientSession::new(Arc::new(config), Instant::now())
+}
+
+fn server_name() -> ServerName<'static> {
+    ServerName::try_from("mx.test").unwrap()
+}
+
+fn assert_all_delivered(report: &ClientReport, sent: &[Transaction], received: &Received) {
+    assert_eq!(report.error, None, "clean QUIT");
+    assert!(report.unsent.is_empty());
+    assert_eq!(report.results.len(), sent.len());
+    assert!(report.results.iter().flatten().all(|(_, outcome)| outcome.is_delivered()), "{:?}", report.results);
+    assert_eq!(received.len(), sent.len());
+    for ((message, _), transaction) in received.iter().zip(sent) {
+        assert_eq!(message.data, &transaction.message[..], "bytes arrive intact, dots included");
+        assert_eq!(message.recipients, transaction.recipients);
+    }
+}
+
+#[test]
+fn uring_client_starttls_to_own_server_many_messages_on_one_connection() {
+    let pki = pki();
+    let (address, server) = spawn_server(Some(&pki), 1);
+    let sent = transactions(20);
+    let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
+    let report = tokio_uring::start(async {
+        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        let session = client_session(TlsMode::Required, true);
+        run_client(Connection::Plain(stream), session, &tls, server_name(), sent.clone()).await
+    });
+    let received = server.join().unwrap();
+    assert!(report.tls, "the connection was upgraded");
+    assert!(received.iter().all(|(m, _)| m.tls), "the server saw every message over TLS");
+    assert_all_delivered(&report, &sent, &received);
+}
+
+#[test]
+fn epoll_client_plain_and_unpipelined_to_own_server() {
+    let (address, server) = spawn_server(None, 1);
+    let sent = transactions(5);
+    let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(async {
+        let stream = connect_epoll(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        let session = client_session(TlsMode::Opportunistic, false);
+        run_client(Connection::Plain(stream), session, &tls, server_name(), sent.clone()).await
+    });
+    let received = server.join().unwrap();
+    assert!(!report.tls, "no STARTTLS offered: plaintext");
+    assert_all_delivered(&report, &sent, &received);
+}
+
+#[test]
+fn the_peer_sees_the_bound_egress_address() {
+    let (address, server) = spawn_server(None, 2);
+    let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
+    let sources: [IpAddr; 2] = ["127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap()];
+    tokio_uring::start(async {
+        for source in sources {
+            let options = ConnectOptions { source: Some(source), timeout: Duration::from_secs(5) };
+            let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
+            let session = client_session(TlsMode::Opportunistic, true);
+            let report = run_client(Connection::Plain(stream), session, &tls, server_name(), transactions(1)).await;
+            assert_eq!(report.error, None);
+        }
+    });
+    let peers: Vec<IpAddr> = server.join().unwrap().iter().map(|(_, peer)| peer.ip()).collect();
+    assert_eq!(peers, sources);
+}
+
+#[test]
+fn certificate_policy_verify_accepts_a_trusted_chain_and_refuses_an_unknown_one() {
+    let pki_trusted = pki();
+    let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki_trusted.root.clone()] }).unwrap();
+    let (address, server) = spawn_server(Some(&pki_trusted), 1);
+    let sent = transactions(1);
+    let report = tokio_uring::start(async {
+        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        run_client(
+            Connection::Plain(stream),
+            client_session(TlsMode::Required, true),
+            &tls,
+            server_name(),
+            sent.clone(),
+        )
+        .await
+    });
+    assert_all_delivered(&report, &sent, &server.join().unwrap());
+
+    // A server whose certificate chains to another CA: TLS required, so no delivery.
+    let untrusted = pki();
+    let (address, server) = spawn_server(Some(&untrusted), 1);
+    let report = tokio_uring::start(async {
+        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        run_client(
+            Connection::Plain(stream),
+            client_session(TlsMode::Required, true),
+            &tls,
+            server_name(),
+            sent.clone(),
+        )
+        .await
+    });
+    assert!(matches!(report.error, Some(SessionError::TlsFailed(_))), "{:?}", report.error);
+    assert!(report.results.iter().flatten().all(|(_, o)| !o.is_delivered()));
+    assert!(server.join().unwrap().is_empty(), "nothing was sent in plaintext");
+}
+
+#[test]
+fn connections_outside_the_allowlist_are_refused_before_any_packet() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let only_one = Allowlist::parse(["127.0.0.9/32"]).unwrap();
+    let error = runtime
+        .block_on(connect_epoll("127.0.0.1:9".parse().unwrap(), &ConnectOptions::default(), &only_one))
+        .unwrap_err();
+    assert!(error.to_string().contains("not in the allowlist"), "{error}");
+}
+
+/// Postfix's smtp-sink on a loopback port, dumping every transaction to files.
+struct SmtpSink {
+    child: std::process::Child,
+    address: SocketAddr,
+    dump: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    fn start() -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.5:0").unwrap().local_addr().unwrap().port();
+        let address: SocketAddr = format!("127.0.0.5:{port}").parse().unwrap();
+        let dump = tempfile::tempdir().unwrap();
+        let template = format!("{}/%H%M%S.", dump.path().display());
+        let mut command = std::process::Command::new("/usr/sbin/smtp-sink");
+        // As root smtp-sink must drop privileges; the dump directory must let it write.
+        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            command.args(["-u", "nobody"]);
+        }
+        let child = command
+            .args(["-d", &template, &format!("127.0.0.5:{port}"), "64"])
+            .spawn()
+            .expect("smtp-sink (Debian package postfix) is installed by make test");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(address).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SmtpSink { child, address, dump }
+    }
+
+    fn dumped(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dump.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|path| std::fs::read(path).unwrap()).collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn interop_with_postfix_smtp_sink_pipelined_and_not() {
+    let sink = SmtpSink::start();
+    let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
+    let mut expected = 0;
+    for pipelining in [true, false] {
+        let sent = transactions(10);
+        let report = tokio_uring::start(async {
+            let stream = connect_uring(sink.address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+            let session = client_session(TlsMode::Opportunistic, pipelining);
+            run_client(Connection::Plain(stream), session, &tls, server_name(), sent.clone()).await
+        });
+        assert_eq!(report.error, None);
+        assert_eq!(report.results.len(), 10);
+        assert!(report.results.iter().flatten().all(|(_, o)| o.is_delivered()));
+        expected += sent.len();
+    }
+    // smtp-sink writes its dump files as each transaction ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sink.dumped().len() < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dumped = sink.dumped();
+    assert_eq!(dumped.len(), expected, "one dump per transaction");
+    for file in dumped {
+        let text = String::from_utf8_lossy(&file);
+        // smtp-sink stores lines with LF: the leading dots must come out as sent.
+        assert!(text.contains("\n.a line with a dot\n..two\n.\n"), "dot-stuffing undone by the sink: {text}");
+    }
+}
