@@ -7,11 +7,11 @@
 #   g++, make     RocksDB's C++ (usually present with the toolchain)
 #   postfix       smtp-sink / smtp-source / smtpd: real peers in interop tests
 #                 (installed "No configuration": no mail service is started)
-#   swaks         a real SMTP client in interop tests
+#   swaks         a real SMTP client in interop tests (with its TLS modules)
 #   dnsmasq-base  a local DNS server for tests (not the dnsmasq service)
 set -euo pipefail
 
-packages=(libclang-dev g++ make postfix swaks dnsmasq-base)
+packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -4,85 +4,18 @@
 //! sees; certificate verification policy.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::RefCell;
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{pki, spawn_server, Received};
 use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
-use ringmail::io::driver::{run_client, run_server, ClientReport, ServerHandler};
-use ringmail::io::tls::{server_config, ClientTls, Connection, Verification};
-use ringmail::smtp::{
-    ClientConfig, ClientSession, ReceivedMessage, ServerConfig, ServerEvent, ServerSession, SessionError, TlsMode,
-    Transaction, Verdict,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-
-struct TestPki {
-    root: CertificateDer<'static>,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-/// A CA and a certificate for `mx.test` signed by it.
-fn pki() -> TestPki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringmail test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["mx.test".to_string()]).unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    TestPki {
-        root: ca.der().clone(),
-        chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    }
-}
-
-type Received = Vec<(ReceivedMessage, SocketAddr)>;
-
-#[derive(Default)]
-struct Collect {
-    messages: Rc<RefCell<Vec<ReceivedMessage>>>,
-}
-
-impl ServerHandler for Collect {
-    async fn decide(&mut self, event: ServerEvent, _tls: bool) -> Verdict {
-        if let ServerEvent::Message(message) = event {
-            self.messages.borrow_mut().push(message);
-        }
-        Verdict::Accept
-    }
-}
-
-/// ringmail's server session on io_uring, serving `connections` connections.
-fn spawn_server(pki: Option<&TestPki>, connections: usize) -> (SocketAddr, std::thread::JoinHandle<Received>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let tls = pki.map(|pki| server_config(pki.chain.clone(), pki.key.clone_key()).unwrap());
-    let handle = std::thread::spawn(move || {
-        tokio_uring::start(async move {
-            let listener = tokio_uring::net::TcpListener::from_std(listener);
-            let mut config = ServerConfig::new("mx.test");
-            config.starttls = tls.is_some();
-            let config = Arc::new(config);
-            let mut received = Vec::new();
-            for _ in 0..connections {
-                let (stream, peer) = listener.accept().await.unwrap();
-                let mut handler = Collect::default();
-                let session = ServerSession::new(Arc::clone(&config), false, Instant::now());
-                run_server(Connection::Plain(stream), session, tls.clone(), &mut handler).await;
-                received.extend(handler.messages.take().into_iter().map(|m| (m, peer)));
-            }
-            received
-        })
-    });
-    (address, handle)
-}
+use ringmail::io::driver::{run_client, ClientReport};
+use ringmail::io::tls::{ClientTls, Connection, Verification};
+use ringmail::smtp::{ClientConfig, ClientSession, SessionError, TlsMode, Transaction};
+use rustls::pki_types::ServerName;
 
 fn transactions(count: usize) -> Vec<Transaction> {
     (0..count)

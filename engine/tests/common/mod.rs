@@ -1,0 +1,98 @@
+//! Helpers shared by the engine's loopback tests: a test PKI and ringmail's own
+//! server session on io_uring.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringmail::io::driver::{run_server, ServerHandler};
+use ringmail::io::tls::{server_config, Connection};
+use ringmail::smtp::{ReceivedMessage, Reply, ServerConfig, ServerEvent, ServerSession, Verdict};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub struct TestPki {
+    pub root: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// A CA and a certificate for `mx.test` signed by it.
+pub fn pki() -> TestPki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringmail test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["mx.test".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    TestPki {
+        root: ca.der().clone(),
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    }
+}
+
+pub type Received = Vec<(ReceivedMessage, SocketAddr)>;
+
+/// The one user the test server knows, when AUTH is on.
+pub const USER: (&str, &str) = ("alice", "s3cret");
+
+#[derive(Default)]
+struct Collect {
+    messages: Rc<RefCell<Vec<ReceivedMessage>>>,
+}
+
+impl ServerHandler for Collect {
+    async fn decide(&mut self, event: ServerEvent, _tls: bool) -> Verdict {
+        match event {
+            ServerEvent::Message(message) => {
+                self.messages.borrow_mut().push(message);
+                Verdict::Accept
+            }
+            ServerEvent::Authenticate { identity, password } if (identity.as_str(), password.as_str()) != USER => {
+                Verdict::Reject(Reply::new(535, None, "5.7.8 Authentication credentials invalid"))
+            }
+            _ => Verdict::Accept,
+        }
+    }
+}
+
+/// ringmail's server session on io_uring, serving `connections` connections one
+/// after the other.
+pub fn spawn_server(pki: Option<&TestPki>, connections: usize) -> (SocketAddr, std::thread::JoinHandle<Received>) {
+    spawn_server_with(pki, connections, |_| {})
+}
+
+pub fn spawn_server_with(
+    pki: Option<&TestPki>,
+    connections: usize,
+    configure: impl FnOnce(&mut ServerConfig) + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<Received>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let tls = pki.map(|pki| server_config(pki.chain.clone(), pki.key.clone_key()).unwrap());
+    let handle = std::thread::spawn(move || {
+        tokio_uring::start(async move {
+            let listener = tokio_uring::net::TcpListener::from_std(listener);
+            let mut config = ServerConfig::new("mx.test");
+            config.starttls = tls.is_some();
+            configure(&mut config);
+            let config = Arc::new(config);
+            let mut received = Vec::new();
+            for _ in 0..connections {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let mut handler = Collect::default();
+                let session = ServerSession::new(Arc::clone(&config), false, Instant::now());
+                run_server(Connection::Plain(stream), session, tls.clone(), &mut handler).await;
+                received.extend(handler.messages.take().into_iter().map(|m| (m, peer)));
+            }
+            received
+        })
+    });
+    (address, handle)
+}
