@@ -288,9 +288,17 @@ pub struct ClientSession {
     capabilities: Capabilities,
     tls_active: bool,
     active: Option<Active>,
+    /// A transaction begun behind `active`, whose content is sent and awaits only the
+    /// final reply: RFC 2920 §3.1 lets message content lead the next group, so the
+    /// next MAIL/RCPT/DATA go out in the same write as the content.
+    next: Option<Active>,
     /// A transaction waiting for the RSET that clears an aborted one.
     queued: Option<Transaction>,
     needs_rset: bool,
+    /// `Ready` was announced and no transaction has been sent since.
+    ready_announced: bool,
+    /// QUIT once the transactions under way are done.
+    quit_pending: bool,
     error: Option<SessionError>,
 }
 
@@ -309,8 +317,11 @@ impl ClientSession {
             capabilities: Capabilities::default(),
             tls_active,
             active: None,
+            next: None,
             queued: None,
             needs_rset: false,
+            ready_announced: false,
+            quit_pending: false,
             error: None,
         }
     }
@@ -323,8 +334,23 @@ impl ClientSession {
         self.tls_active
     }
 
+    /// Whether `send` takes a transaction now: when idle, and (with PIPELINING) while
+    /// the one under way awaits only its final reply.
     pub fn is_ready(&self) -> bool {
-        self.phase == Phase::Ready && self.queued.is_none()
+        if self.queued.is_some() || self.quit_pending {
+            return false;
+        }
+        match self.phase {
+            Phase::Ready => true,
+            Phase::Transaction => self.next.is_none() && !self.needs_rset && self.awaits_only_final_reply(),
+            _ => false,
+        }
+    }
+
+    fn awaits_only_final_reply(&self) -> bool {
+        self.active.as_ref().is_some_and(|active| {
+            active.pipelined && active.expected.len() == 1 && active.expected[0] == Expect::Dot { real: true }
+        })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -410,6 +436,7 @@ impl ClientSession {
         if transaction.recipients.is_empty() {
             return Err(MisuseError::NoRecipients);
         }
+        self.ready_announced = false;
         if let Some(reason) = self.unsendable(&transaction) {
             let outcomes = transaction
                 .recipients
@@ -417,7 +444,7 @@ impl ClientSession {
                 .map(|r| (r, Outcome::Permanent { reply: None, reason: reason.clone() }))
                 .collect();
             self.events.push_back(ClientEvent::TransactionDone(outcomes));
-            self.events.push_back(ClientEvent::Ready);
+            self.announce_ready();
             return Ok(());
         }
         if self.needs_rset {
@@ -429,12 +456,14 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Says QUIT when idle; the session then ends with `Closed(None)`.
+    /// Says QUIT when idle, or once the transaction under way is done; the session
+    /// then ends with `Closed(None)`.
     pub fn quit(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Ready) {
-            self.command(Command::Quit, Phase::Quit, self.config.timeouts.quit, now);
-        } else if self.phase != Phase::Closed {
-            self.close(None);
+        match self.phase {
+            Phase::Ready => self.command(Command::Quit, Phase::Quit, self.config.timeouts.quit, now),
+            Phase::Transaction | Phase::Rset => self.quit_pending = true,
+            Phase::Closed | Phase::Quit => {}
+            _ => self.close(None),
         }
     }
 
@@ -469,15 +498,14 @@ impl ClientSession {
             write_command(&Command::Data, &mut self.out);
             expected.push_back(Expect::Data);
         }
-        self.active = Some(Active {
-            transaction,
-            expected,
-            pipelined,
-            mail: None,
-            rcpt: vec![None; count],
-            data: None,
-            dot: None,
-        });
+        let begun =
+            Active { transaction, expected, pipelined, mail: None, rcpt: vec![None; count], data: None, dot: None };
+        if self.active.is_some() {
+            // Behind the content of the one under way; its deadline stands.
+            self.next = Some(begun);
+            return;
+        }
+        self.active = Some(begun);
         self.phase = Phase::Transaction;
         self.deadline = Some(now + self.config.timeouts.mail);
     }
@@ -627,6 +655,9 @@ impl ClientSession {
         self.needs_rset = false;
         match self.queued.take() {
             Some(transaction) => self.begin(transaction, now),
+            None if std::mem::take(&mut self.quit_pending) => {
+                self.command(Command::Quit, Phase::Quit, self.config.timeouts.quit, now)
+            }
             None => self.become_ready(),
         }
     }
@@ -634,7 +665,15 @@ impl ClientSession {
     fn become_ready(&mut self) {
         self.phase = Phase::Ready;
         self.deadline = None;
-        self.events.push_back(ClientEvent::Ready);
+        self.announce_ready();
+    }
+
+    /// Tells the caller, once, that `send` would take a transaction.
+    fn announce_ready(&mut self) {
+        if !self.ready_announced && self.is_ready() {
+            self.ready_announced = true;
+            self.events.push_back(ClientEvent::Ready);
+        }
     }
 
     fn on_transaction_reply(&mut self, reply: Reply, now: Instant) {
@@ -690,25 +729,35 @@ impl ClientSession {
                 }
                 self.deadline = Some(now + timeouts.data_end);
             }
-            Some(Expect::Mail) | None => return self.finish_transaction(),
+            Some(Expect::Mail) | None => return self.finish_transaction(now),
         }
         if let Some(expect) = next {
             active.expected.push_back(expect);
         }
+        // Content sent: the next transaction may follow it in the same write.
+        self.announce_ready();
     }
 
-    fn finish_transaction(&mut self) {
+    fn finish_transaction(&mut self, now: Instant) {
         let Some(active) = self.active.take() else { return };
         let completed = active.dot.is_some() && active.expected.is_empty();
         // A transaction the server still holds open must be cleared before the next.
         self.needs_rset = active.mail_accepted() && !completed;
         let outcomes = outcomes(&active, None);
         self.events.push_back(ClientEvent::TransactionDone(outcomes));
-        self.become_ready();
+        if let Some(next) = self.next.take() {
+            // Its replies are next on the wire.
+            self.active = Some(next);
+            self.deadline = Some(now + self.config.timeouts.mail);
+        } else if std::mem::take(&mut self.quit_pending) {
+            self.command(Command::Quit, Phase::Quit, self.config.timeouts.quit, now);
+        } else {
+            self.become_ready();
+        }
     }
 
     fn fail(&mut self, error: SessionError) {
-        if let Some(active) = self.active.take() {
+        for active in [self.active.take(), self.next.take()].into_iter().flatten() {
             let outcomes = outcomes(&active, Some(&error));
             self.events.push_back(ClientEvent::TransactionDone(outcomes));
         }
@@ -842,10 +891,61 @@ mod tests {
         );
         let data = exchange(&mut client, "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", now);
         assert_eq!(data, "caf\u{e9}\r\n.\r\n");
+        // Content sent: the next transaction may follow it (RFC 2920 §3.1).
+        assert_eq!(events(&mut client), vec![ClientEvent::Ready]);
         exchange(&mut client, "250 ok\r\n", now);
-        assert!(
-            matches!(&events(&mut client)[0], ClientEvent::TransactionDone(o) if o.iter().all(|(_, x)| x.is_delivered()))
-        );
+        let done = events(&mut client);
+        assert_eq!(done.len(), 1, "no second Ready: {done:?}");
+        assert!(matches!(&done[0], ClientEvent::TransactionDone(o) if o.iter().all(|(_, x)| x.is_delivered())));
+        assert!(client.is_ready());
+    }
+
+    #[test]
+    fn the_next_transaction_rides_behind_the_content_of_the_last() {
+        let (mut client, now) = session(|_| {});
+        exchange(&mut client, "220 mx.test\r\n", now);
+        exchange(&mut client, EHLO_OK, now);
+        events(&mut client);
+        client.send(transaction(&["a@d.test"], b"one"), now).unwrap();
+        exchange(&mut client, "", now);
+        exchange(&mut client, "250 ok\r\n250 ok\r\n354 go\r\n", now);
+        assert_eq!(events(&mut client), vec![ClientEvent::Ready]);
+        client.send(transaction(&["b@d.test"], b"two"), now).unwrap();
+        assert!(!client.is_ready(), "one transaction behind another at most");
+        let group = exchange(&mut client, "", now);
+        assert_eq!(group, "MAIL FROM:<s@x.test> SIZE=3\r\nRCPT TO:<b@d.test>\r\nDATA\r\n");
+        // The final reply of the first, then the replies of the second, in one read.
+        let content = exchange(&mut client, "250 first\r\n250 ok\r\n250 ok\r\n354 go\r\n", now);
+        assert_eq!(content, "two\r\n.\r\n");
+        client.quit(now);
+        let first = events(&mut client);
+        assert!(matches!(&first[0], ClientEvent::TransactionDone(o) if o[0].0 == "a@d.test" && o[0].1.is_delivered()));
+        // QUIT waits for the second's final reply.
+        assert_eq!(exchange(&mut client, "250 second\r\n", now), "QUIT\r\n");
+        let second = events(&mut client);
+        assert!(matches!(&second[0], ClientEvent::TransactionDone(o) if o[0].0 == "b@d.test" && o[0].1.is_delivered()));
+        exchange(&mut client, "221 bye\r\n", now);
+        assert_eq!(events(&mut client), vec![ClientEvent::Closed(None)]);
+    }
+
+    #[test]
+    fn a_failure_with_two_transactions_under_way_answers_both() {
+        let (mut client, now) = session(|_| {});
+        exchange(&mut client, "220 mx.test\r\n", now);
+        exchange(&mut client, EHLO_OK, now);
+        events(&mut client);
+        client.send(transaction(&["a@d.test"], b"one"), now).unwrap();
+        exchange(&mut client, "250 ok\r\n250 ok\r\n354 go\r\n", now);
+        events(&mut client);
+        client.send(transaction(&["b@d.test"], b"two"), now).unwrap();
+        exchange(&mut client, "421 4.7.0 closing\r\n", now);
+        let done: Vec<ClientEvent> = events(&mut client);
+        assert_eq!(done.len(), 3, "{done:?}");
+        for event in &done[..2] {
+            let ClientEvent::TransactionDone(outcomes) = event else { panic!("{event:?}") };
+            assert!(matches!(&outcomes[0].1, Outcome::Transient { reply: Some(r), .. } if r.code == 421));
+        }
+        assert!(matches!(&done[2], ClientEvent::Closed(Some(SessionError::ServiceClosing(_)))));
     }
 
     #[test]
@@ -953,6 +1053,7 @@ mod tests {
         events(&mut client);
         client.send(transaction(&["a@d.test", "b@d.test"], b"x"), now).unwrap();
         exchange(&mut client, "250 ok\r\n550 no\r\n250 ok\r\n354 go\r\n", now);
+        assert_eq!(events(&mut client), vec![ClientEvent::Ready]);
         client.handle_closed(now);
         let done = events(&mut client);
         let ClientEvent::TransactionDone(outcomes) = &done[0] else { panic!("{done:?}") };
