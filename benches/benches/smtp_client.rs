@@ -184,6 +184,7 @@ fn own_sink(tls: bool) -> SocketAddr {
             let config = Arc::new(config);
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
+                let _ = stream.set_nodelay(true);
                 let (config, tls_config) = (Arc::clone(&config), tls_config.clone());
                 tokio_uring::spawn(async move {
                     let session = ServerSession::new(config, false, Instant::now());

@@ -60,18 +60,9 @@ pub async fn run_client<S: Stream>(
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut buf = Vec::with_capacity(READ_BUFFER_BYTES);
     loop {
-        session.poll_transmit(&mut out);
-        if !out.is_empty() {
-            let (result, returned) = connection.write_all_owned(std::mem::take(&mut out)).await;
-            out = returned;
-            out.clear();
-            if result.is_err() {
-                session.handle_closed(Instant::now());
-            }
-        }
-        let mut acted = false;
+        // Events first, so that what they set going (the next transaction behind a
+        // message's content) leaves in the same write: one segment, no Nagle stall.
         while let Some(event) = session.poll_event() {
-            acted = true;
             match event {
                 ClientEvent::Ready => match pending.pop_front() {
                     Some(transaction) => {
@@ -82,10 +73,13 @@ pub async fn run_client<S: Stream>(
                     }
                     None => session.quit(Instant::now()),
                 },
-                ClientEvent::StartTls => match connection.upgrade_client(tls, server_name.clone()).await {
-                    Ok(()) => session.handle_tls_established(Instant::now()),
-                    Err(error) => session.handle_tls_failed(error.to_string()),
-                },
+                ClientEvent::StartTls => {
+                    // The STARTTLS reply has been read; nothing may be pending to write.
+                    match connection.upgrade_client(tls, server_name.clone()).await {
+                        Ok(()) => session.handle_tls_established(Instant::now()),
+                        Err(error) => session.handle_tls_failed(error.to_string()),
+                    }
+                }
                 ClientEvent::TransactionDone(outcomes) => report.results.push(outcomes),
                 ClientEvent::Closed(error) => {
                     report.error = error;
@@ -95,8 +89,15 @@ pub async fn run_client<S: Stream>(
                 }
             }
         }
-        if acted {
-            continue; // what the events set going may have output to write
+        session.poll_transmit(&mut out);
+        if !out.is_empty() {
+            let (result, returned) = connection.write_all_owned(std::mem::take(&mut out)).await;
+            out = returned;
+            out.clear();
+            if result.is_err() {
+                session.handle_closed(Instant::now());
+            }
+            continue;
         }
         match read_until(&mut connection, std::mem::take(&mut buf), session.poll_timeout()).await {
             None => session.handle_timeout(Instant::now()),

@@ -86,6 +86,7 @@ pub fn spawn_server_with(
             let mut received = Vec::new();
             for _ in 0..connections {
                 let (stream, peer) = listener.accept().await.unwrap();
+                stream.set_nodelay(true).unwrap();
                 let mut handler = Collect::default();
                 let session = ServerSession::new(Arc::clone(&config), false, Instant::now());
                 run_server(Connection::Plain(stream), session, tls.clone(), &mut handler).await;
