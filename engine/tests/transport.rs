@@ -10,10 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pki, spawn_server, Received};
+use common::{pki, spawn_server, spawn_server_at, Received};
 use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
 use ringmail::io::driver::{run_client, ClientReport};
-use ringmail::io::tls::{ClientTls, Connection, Verification};
+use ringmail::io::tls::{ClientTls, Connection, TlsStream, Verification};
 use ringmail::smtp::{ClientConfig, ClientSession, SessionError, TlsMode, Transaction};
 use rustls::pki_types::ServerName;
 
@@ -231,4 +231,70 @@ fn interop_with_postfix_smtp_sink_pipelined_and_not() {
         // smtp-sink stores lines with LF: the leading dots must come out as sent.
         assert!(text.contains("\n.a line with a dot\n..two\n.\n"), "dot-stuffing undone by the sink: {text}");
     }
+}
+
+#[test]
+fn epoll_client_starttls_to_own_server() {
+    let pki = pki();
+    let (address, server) = spawn_server(Some(&pki), 1);
+    let sent = transactions(3);
+    let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki.root.clone()] }).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(async {
+        let stream = connect_epoll(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        run_client(
+            Connection::Plain(stream),
+            client_session(TlsMode::Required, true),
+            &tls,
+            server_name(),
+            sent.clone(),
+        )
+        .await
+    });
+    let received = server.join().unwrap();
+    assert!(report.tls && received.iter().all(|(m, _)| m.tls));
+    assert_all_delivered(&report, &sent, &received);
+}
+
+#[test]
+fn implicit_tls_as_on_port_465() {
+    let pki = pki();
+    let (address, server) = spawn_server_at("127.0.0.1:0", Some(&pki), true, 1, |_| {});
+    let sent = transactions(2);
+    let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki.root.clone()] }).unwrap();
+    let report = tokio_uring::start(async {
+        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        let stream = TlsStream::connect(stream, &tls, server_name()).await.unwrap();
+        assert!(stream.info().is_some_and(|info| info.verified));
+        let mut config = ClientConfig::new("client.ringmail.test");
+        config.implicit_tls = true;
+        let session = ClientSession::new(Arc::new(config), Instant::now());
+        run_client(Connection::Tls(Box::new(stream)), session, &tls, server_name(), sent.clone()).await
+    });
+    let received = server.join().unwrap();
+    assert!(report.tls);
+    assert!(received.iter().all(|(m, _)| m.tls), "the server saw TLS from the first byte");
+    assert_all_delivered(&report, &sent, &received);
+}
+
+#[test]
+fn ipv6_loopback_with_a_bound_source() {
+    let (address, server) = spawn_server_at("[::1]:0", None, false, 1, |_| {});
+    let sent = transactions(1);
+    let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
+    let report = tokio_uring::start(async {
+        let options = ConnectOptions { source: Some("::1".parse().unwrap()), timeout: Duration::from_secs(5) };
+        let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
+        run_client(
+            Connection::Plain(stream),
+            client_session(TlsMode::Opportunistic, true),
+            &tls,
+            server_name(),
+            sent.clone(),
+        )
+        .await
+    });
+    let received = server.join().unwrap();
+    assert!(received.iter().all(|(_, peer)| peer.is_ipv6()));
+    assert_all_delivered(&report, &sent, &received);
 }

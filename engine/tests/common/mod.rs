@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ringmail::io::driver::{run_server, ServerHandler};
-use ringmail::io::tls::{server_config, Connection};
+use ringmail::io::tls::{server_config, Connection, TlsStream};
 use ringmail::smtp::{ReceivedMessage, Reply, ServerConfig, ServerEvent, ServerSession, Verdict};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -73,14 +73,25 @@ pub fn spawn_server_with(
     connections: usize,
     configure: impl FnOnce(&mut ServerConfig) + Send + 'static,
 ) -> (SocketAddr, std::thread::JoinHandle<Received>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    spawn_server_at("127.0.0.1:0", pki, false, connections, configure)
+}
+
+/// The server on `bind`; with `implicit_tls`, TLS starts at connect (port 465 style).
+pub fn spawn_server_at(
+    bind: &str,
+    pki: Option<&TestPki>,
+    implicit_tls: bool,
+    connections: usize,
+    configure: impl FnOnce(&mut ServerConfig) + Send + 'static,
+) -> (SocketAddr, std::thread::JoinHandle<Received>) {
+    let listener = std::net::TcpListener::bind(bind).unwrap();
     let address = listener.local_addr().unwrap();
     let tls = pki.map(|pki| server_config(pki.chain.clone(), pki.key.clone_key()).unwrap());
     let handle = std::thread::spawn(move || {
         tokio_uring::start(async move {
             let listener = tokio_uring::net::TcpListener::from_std(listener);
             let mut config = ServerConfig::new("mx.test");
-            config.starttls = tls.is_some();
+            config.starttls = tls.is_some() && !implicit_tls;
             configure(&mut config);
             let config = Arc::new(config);
             let mut received = Vec::new();
@@ -88,8 +99,14 @@ pub fn spawn_server_with(
                 let (stream, peer) = listener.accept().await.unwrap();
                 stream.set_nodelay(true).unwrap();
                 let mut handler = Collect::default();
-                let session = ServerSession::new(Arc::clone(&config), false, Instant::now());
-                run_server(Connection::Plain(stream), session, tls.clone(), &mut handler).await;
+                let connection = match (&tls, implicit_tls) {
+                    (Some(tls), true) => {
+                        Connection::Tls(Box::new(TlsStream::accept(stream, Arc::clone(tls)).await.unwrap()))
+                    }
+                    _ => Connection::Plain(stream),
+                };
+                let session = ServerSession::new(Arc::clone(&config), implicit_tls, Instant::now());
+                run_server(connection, session, tls.clone(), &mut handler).await;
                 received.extend(handler.messages.take().into_iter().map(|m| (m, peer)));
             }
             received
