@@ -83,6 +83,11 @@ fn transaction(serial: usize) -> Transaction {
     }
 }
 
+/// The messages of each connection, built ahead.
+fn batches(connections: usize, total: usize) -> Vec<Vec<Transaction>> {
+    (0..connections).map(|c| (c..total).step_by(connections).map(transaction).collect()).collect()
+}
+
 fn session(tls: TlsMode) -> ClientSession {
     let mut config = ClientConfig::new("bench.ringmail.test");
     config.tls = tls;
@@ -96,12 +101,14 @@ fn name() -> rustls::pki_types::ServerName<'static> {
 /// `total` messages over `connections` connections on one io_uring thread.
 fn uring_client(address: SocketAddr, connections: usize, total: usize, tls_mode: TlsMode) -> f64 {
     let tls = Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap());
+    // Messages are built before the clock starts: only delivery is timed.
+    let batches = batches(connections, total);
     tokio_uring::start(async move {
         let started = Instant::now();
-        let tasks: Vec<_> = (0..connections)
-            .map(|c| {
+        let tasks: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
                 let tls = Arc::clone(&tls);
-                let batch: Vec<Transaction> = (c..total).step_by(connections).map(transaction).collect();
                 tokio_uring::spawn(async move {
                     let stream =
                         connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
@@ -123,12 +130,13 @@ fn epoll_client(address: SocketAddr, connections: usize, total: usize) -> f64 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
     let tls = Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap());
+    let batches = batches(connections, total);
     local.block_on(&runtime, async move {
         let started = Instant::now();
-        let tasks: Vec<_> = (0..connections)
-            .map(|c| {
+        let tasks: Vec<_> = batches
+            .into_iter()
+            .map(|batch| {
                 let tls = Arc::clone(&tls);
-                let batch: Vec<Transaction> = (c..total).step_by(connections).map(transaction).collect();
                 tokio::task::spawn_local(async move {
                     let stream =
                         connect_epoll(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
@@ -200,6 +208,12 @@ fn own_sink(tls: bool) -> SocketAddr {
 fn main() {
     let total = messages_total();
     let sink = smtp_sink();
+    // For profiling one side alone: BENCH_ONLY=uring or BENCH_ONLY=epoll (32 connections).
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("uring") => return println!("uring {:.0}", uring_client(sink.1, 32, total, TlsMode::Disabled)),
+        Ok("epoll") => return println!("epoll {:.0}", epoll_client(sink.1, 32, total)),
+        _ => {}
+    }
     println!("{:<44} {:>10}", "run (4 KiB messages, loopback)", "msgs/s");
     let mut at_32 = (0.0, 0.0, 0.0);
     for connections in [1usize, 32] {

@@ -9,34 +9,22 @@ pub const END_OF_DATA: &[u8] = b".\r\n";
 /// `.`, and the text ends with CRLF (added if missing) and then `.` CRLF.
 pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut index = 0;
-    while index < message.len() {
-        let byte = message[index];
-        if at_line_start && byte == b'.' {
+    let mut rest = message;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
             out.push(b'.');
         }
-        match byte {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if message.get(index + 1) == Some(&b'\n') {
-                    index += 1;
-                }
-                at_line_start = true;
-            }
-            b'\n' => {
-                out.extend_from_slice(b"\r\n");
-                at_line_start = true;
-            }
-            _ => {
-                out.push(byte);
-                at_line_start = false;
-            }
-        }
-        index += 1;
-    }
-    if !at_line_start {
+        // A line runs to the next CR or LF; memchr scans far faster than a byte loop.
+        let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
+            out.extend_from_slice(rest);
+            out.extend_from_slice(b"\r\n");
+            break;
+        };
+        out.extend_from_slice(&rest[..end]);
         out.extend_from_slice(b"\r\n");
+        // CRLF, bare LF and bare CR each end one line.
+        let ending = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
+        rest = &rest[end + ending..];
     }
     out.extend_from_slice(END_OF_DATA);
 }
