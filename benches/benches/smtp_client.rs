@@ -17,6 +17,7 @@ use benches::{bench_line, per_second};
 use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
 use ringmail::io::driver::{run_client, run_server, ServerHandler};
 use ringmail::io::tls::{server_config, ClientTls, Connection, Verification};
+use ringmail::io::Stream;
 use ringmail::smtp::{
     ClientConfig, ClientSession, ServerConfig, ServerEvent, ServerSession, TlsMode, Transaction, Verdict,
 };
@@ -98,11 +99,34 @@ fn name() -> rustls::pki_types::ServerName<'static> {
     rustls::pki_types::ServerName::try_from("mx.test").unwrap()
 }
 
-/// `total` messages over `connections` connections on one io_uring thread.
+/// One connection's share: deliver `batch` over `stream`, count the deliveries.
+async fn deliver<S: Stream>(stream: S, tls: Arc<ClientTls>, tls_mode: TlsMode, batch: Vec<Transaction>) -> usize {
+    let report = run_client(Connection::Plain(stream), session(tls_mode), &tls, name(), batch).await;
+    report.results.iter().flatten().filter(|(_, o)| o.is_delivered()).count()
+}
+
+/// Awaits the connections' counts and gives the rate since `started`.
+async fn rate<E: std::fmt::Debug>(
+    started: Instant,
+    total: usize,
+    tasks: Vec<impl std::future::Future<Output = Result<usize, E>>>,
+) -> f64 {
+    let mut delivered = 0;
+    for task in tasks {
+        delivered += task.await.unwrap();
+    }
+    assert_eq!(delivered, total, "every message delivered");
+    per_second(delivered as u64, started.elapsed())
+}
+
+fn opportunistic() -> Arc<ClientTls> {
+    Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap())
+}
+
+/// `total` messages over `connections` connections on one io_uring thread. The
+/// messages are built before the clock starts: only delivery is timed.
 fn uring_client(address: SocketAddr, connections: usize, total: usize, tls_mode: TlsMode) -> f64 {
-    let tls = Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap());
-    // Messages are built before the clock starts: only delivery is timed.
-    let batches = batches(connections, total);
+    let (tls, batches) = (opportunistic(), batches(connections, total));
     tokio_uring::start(async move {
         let started = Instant::now();
         let tasks: Vec<_> = batches
@@ -110,48 +134,34 @@ fn uring_client(address: SocketAddr, connections: usize, total: usize, tls_mode:
             .map(|batch| {
                 let tls = Arc::clone(&tls);
                 tokio_uring::spawn(async move {
-                    let stream =
-                        connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-                    let report = run_client(Connection::Plain(stream), session(tls_mode), &tls, name(), batch).await;
-                    report.results.iter().flatten().filter(|(_, o)| o.is_delivered()).count()
+                    let options = ConnectOptions::default();
+                    let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
+                    deliver(stream, tls, tls_mode, batch).await
                 })
             })
             .collect();
-        let mut delivered = 0;
-        for task in tasks {
-            delivered += task.await.unwrap();
-        }
-        assert_eq!(delivered, total, "every message delivered");
-        per_second(delivered as u64, started.elapsed())
+        rate(started, total, tasks).await
     })
 }
 
+/// The same over plain tokio (epoll), one thread.
 fn epoll_client(address: SocketAddr, connections: usize, total: usize) -> f64 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let local = tokio::task::LocalSet::new();
-    let tls = Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap());
-    let batches = batches(connections, total);
-    local.block_on(&runtime, async move {
+    let (tls, batches) = (opportunistic(), batches(connections, total));
+    tokio::task::LocalSet::new().block_on(&runtime, async move {
         let started = Instant::now();
         let tasks: Vec<_> = batches
             .into_iter()
             .map(|batch| {
                 let tls = Arc::clone(&tls);
                 tokio::task::spawn_local(async move {
-                    let stream =
-                        connect_epoll(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-                    let report =
-                        run_client(Connection::Plain(stream), session(TlsMode::Disabled), &tls, name(), batch).await;
-                    report.results.iter().flatten().filter(|(_, o)| o.is_delivered()).count()
+                    let options = ConnectOptions::default();
+                    let stream = connect_epoll(address, &options, &Allowlist::loopback()).await.unwrap();
+                    deliver(stream, tls, TlsMode::Disabled, batch).await
                 })
             })
             .collect();
-        let mut delivered = 0;
-        for task in tasks {
-            delivered += task.await.unwrap();
-        }
-        assert_eq!(delivered, total, "every message delivered");
-        per_second(delivered as u64, started.elapsed())
+        rate(started, total, tasks).await
     })
 }
 

@@ -80,10 +80,7 @@ impl Unstuffer {
         let mut used = 0;
         while used < input.len() {
             let rest = &input[used..];
-            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
-                Some(at) => (&rest[..=at], true),
-                None => (rest, false),
-            };
+            let (chunk, complete) = super::line_prefix(rest);
             used += chunk.len();
             if self.line.len() + chunk.len() > TEXT_LINE_MAX + 1 {
                 // Keep only enough to recognise the line's end; the content is lost anyway.

@@ -23,5 +23,14 @@ pub use client::{
     Transaction,
 };
 pub use reply::{EnhancedCode, Reply, ReplyError, ReplyParser};
+
+/// Splits `input` after its first LF: the line (LF included) and true, or all of
+/// `input` and false when no LF has arrived yet.
+fn line_prefix(input: &[u8]) -> (&[u8], bool) {
+    match memchr::memchr(b'\n', input) {
+        Some(at) => (&input[..=at], true),
+        None => (input, false),
+    }
+}
 pub use server::{ReceivedMessage, ServerConfig, ServerEvent, ServerSession, Verdict};
 pub use timeouts::Timeouts;

@@ -145,10 +145,7 @@ impl ReplyParser {
         let mut used = 0;
         while used < input.len() {
             let rest = &input[used..];
-            let (chunk, complete) = match rest.iter().position(|&b| b == b'\n') {
-                Some(at) => (&rest[..=at], true),
-                None => (rest, false),
-            };
+            let (chunk, complete) = super::line_prefix(rest);
             used += chunk.len();
             if self.line.len() + chunk.len() > REPLY_LINE_MAX {
                 return Err(ReplyError::LineTooLong);
