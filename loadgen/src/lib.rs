@@ -1,7 +1,11 @@
 //! loadgen: the load tools users run against ringmail and that its tests and
-//! benchmarks use: an injector (HTTP/SMTP), a fleet of strict fake MXs on loopback
-//! addresses, an authoritative DNS server for `.test` domains, and an oracle that
-//! proves after a run that nothing was lost or duplicated.
+//! benchmarks use.
 //!
-//! Status: not built yet (a later issue). This crate exists so the workspace has its
-//! final shape; it holds no code that pretends to work.
+//! Built so far: the scenario file ([`scenario`]) and the sink fleet ([`sink`]): fake
+//! MXs on loopback addresses that behave like mailbox providers and record every
+//! accepted recipient. Not built yet (issue 4 continues): the local DNS server, the
+//! injector, `loadgen run` with its loss/duplicate oracle and plot, and the command
+//! line.
+
+pub mod scenario;
+pub mod sink;

@@ -105,6 +105,8 @@ pub enum Verdict {
     AcceptWith(Reply),
     /// A refusal with its reply (4xx or 5xx).
     Reject(Reply),
+    /// Close the connection without answering (a test sink simulating a crash).
+    Close,
 }
 
 #[derive(Debug)]
@@ -259,12 +261,17 @@ impl ServerSession {
     /// Answers the question the session is paused on.
     pub fn handle_verdict(&mut self, verdict: Verdict, now: Instant) {
         let Some(waiting) = self.waiting.take() else { return };
+        if verdict == Verdict::Close {
+            self.input.clear();
+            return self.close();
+        }
         let accepted = !matches!(verdict, Verdict::Reject(_));
         // 421 means "closing the connection" whatever the stage (RFC 5321 §3.8).
         let closing = matches!(&verdict, Verdict::Reject(reply) if reply.code == 421);
         let positive = |standard: Reply| match &verdict {
             Verdict::Accept => standard,
             Verdict::AcceptWith(reply) | Verdict::Reject(reply) => reply.clone(),
+            Verdict::Close => standard, // handled above
         };
         match waiting {
             Waiting::Mail { from, parameters } => {
