@@ -39,31 +39,46 @@ impl Writer {
         let keys: Vec<RecipientKey> = due.iter().map(|(_, key)| *key).collect();
         let records = self.read_recipients(&keys)?;
         let envelopes = self.read_envelopes(keys.iter().map(|key| key.message))?;
+        // Decide and write first; the tables and the floor change only once the
+        // write succeeded, so a failed claim leaves memory as it was.
         let mut batch = WriteBatch::default();
-        let mut claimed = Vec::with_capacity(keys.len());
-        let shared = Arc::clone(&self.shared);
-        let mut tables = shared.tables();
-        for ((raw, key), record) in due.into_iter().zip(records) {
+        let mut taken = Vec::with_capacity(keys.len());
+        let mut held = Vec::new();
+        let suspended: Vec<bool> = {
+            let tables = self.shared.tables();
+            records.iter().map(|r| r.as_ref().is_some_and(|r| tables.is_suspended(&r.domain))).collect()
+        };
+        for (((raw, key), record), suspended) in due.into_iter().zip(records).zip(suspended) {
             batch.delete_cf(cf(&self.db, CF_DUE), raw);
             let (Some(mut record), Some(envelope)) = (record, envelopes.get(&key.message)) else {
                 continue; // a stale index entry: nothing to deliver
             };
-            if tables.is_suspended(&record.domain) {
-                tables.count_move(&record.domain, Some(record.state), Some(RecipientState::Suspended));
+            if suspended {
+                let from = record.state;
                 record.state = RecipientState::Suspended;
                 self.put_recipient(&mut batch, key, &record);
+                held.push((record.domain, from));
                 continue;
             }
+            taken.push((key, Arc::clone(envelope), record));
+        }
+        self.write(batch, false)?;
+        // Every key before `last` in this shard was just deleted or claimed before.
+        self.floors[usize::from(shard)] = Some(last);
+        let shared = Arc::clone(&self.shared);
+        let mut tables = shared.tables();
+        for (domain, from) in held {
+            tables.count_move(&domain, Some(from), Some(RecipientState::Suspended));
+        }
+        let mut claimed = Vec::with_capacity(taken.len());
+        for (key, envelope, record) in taken {
             tables.count_move(&record.domain, Some(record.state), Some(RecipientState::InFlight));
             let mut shown = record.clone();
             shown.state = RecipientState::InFlight;
-            claimed.push(Claimed { key, envelope: Arc::clone(envelope), recipient: shown });
-            tables.in_flight.insert(key, InFlight { envelope: Arc::clone(envelope), record, admin_bounce: None });
+            claimed.push(Claimed { key, envelope: Arc::clone(&envelope), recipient: shown });
+            tables.in_flight.insert(key, InFlight { envelope, record, admin_bounce: None });
         }
         drop(tables);
-        // Every key before `last` in this shard was just deleted or claimed before.
-        self.floors[usize::from(shard)] = Some(last);
-        self.write(batch, false)?;
         self.shared.counters.claimed.fetch_add(claimed.len() as u64, Ordering::Relaxed);
         Ok(claimed)
     }
@@ -151,6 +166,8 @@ impl Writer {
 
     pub(crate) fn suspend(&mut self, domain: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
         let domain = domain.to_ascii_lowercase();
+        // 0 on disk means "no end": a timed suspension ends at 1 ms at the earliest.
+        let until_ms = until_ms.map(|until| until.max(1));
         let mut meta = WriteBatch::default();
         meta.put_cf(cf(&self.db, CF_META), suspend_key(&domain), until_ms.unwrap_or(0).to_be_bytes());
         self.write(meta, true)?;
@@ -200,7 +217,10 @@ impl Writer {
                 report.changed += 1;
             }
             drop(tables);
-            self.write(batch, true)?;
+            if let Err(error) = self.write(batch, true) {
+                report.error = Some(error);
+                break;
+            }
         }
         Ok(report)
     }
@@ -211,15 +231,25 @@ impl Writer {
             Selector::Domain(domain) => self.domain_keys(&domain.to_ascii_lowercase())?,
         };
         let mut report = AdminReport::default();
+        let reason = crate::writer::bounded(reason.to_string(), self.config.limits.field_length_max);
         for chunk in keys.chunks(ADMIN_CHUNK) {
-            let records = self.read_recipients(chunk)?;
-            let envelopes = self.read_envelopes(chunk.iter().map(|key| key.message))?;
+            // A failure part-way keeps what was already done in the report.
+            let read = self
+                .read_recipients(chunk)
+                .and_then(|records| Ok((records, self.read_envelopes(chunk.iter().map(|key| key.message))?)));
+            let (records, envelopes) = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    report.error = Some(error);
+                    break;
+                }
+            };
             let mut batch = WriteBatch::default();
             let shared = Arc::clone(&self.shared);
             let mut tables = shared.tables();
             for (key, record) in chunk.iter().zip(records) {
                 if let Some(entry) = tables.in_flight.get_mut(key) {
-                    entry.admin_bounce = Some(reason.to_string());
+                    entry.admin_bounce = Some(reason.clone());
                     report.in_flight += 1;
                     continue;
                 }
@@ -227,12 +257,16 @@ impl Writer {
                 let from = Some(record.state);
                 let envelope = Arc::clone(envelope);
                 let kind = TerminalKind::AdminBounced;
-                let terminal =
-                    self.retire(&mut tables, &mut batch, *key, envelope, record, from, kind, reason.to_string());
+                let terminal = self.retire(&mut tables, &mut batch, *key, envelope, record, from, kind, reason.clone());
                 report.terminal.push(terminal);
             }
             drop(tables);
-            self.write(batch, true)?;
+            if let Err(error) = self.write(batch, true) {
+                // The records above are retired in memory; the store now needs a
+                // reopen (write() marks it), and the caller still logs them.
+                report.error = Some(error);
+                break;
+            }
         }
         Ok(report)
     }

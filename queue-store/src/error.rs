@@ -15,6 +15,10 @@ pub enum Health {
     DiskFull,
     /// A write failed with an I/O error.
     IoError,
+    /// A write or sync failed after the in-memory state had moved on (or a WAL sync
+    /// failed, which is never retried): the store must be closed and reopened, and
+    /// recovery rebuilds everything from disk. Sticky.
+    NeedsReopen,
 }
 
 impl Health {
@@ -24,6 +28,7 @@ impl Health {
             Health::WriteStall => 1,
             Health::DiskFull => 2,
             Health::IoError => 3,
+            Health::NeedsReopen => 4,
         }
     }
 
@@ -32,7 +37,8 @@ impl Health {
             0 => Health::Healthy,
             1 => Health::WriteStall,
             2 => Health::DiskFull,
-            _ => Health::IoError,
+            3 => Health::IoError,
+            _ => Health::NeedsReopen,
         }
     }
 }

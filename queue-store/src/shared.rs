@@ -136,8 +136,11 @@ impl Shared {
         Health::from_code(self.health.load(Ordering::Acquire))
     }
 
+    /// Sets the health, except that `NeedsReopen` stays until the store is reopened.
     pub fn set_health(&self, health: Health) {
-        self.health.store(health.code(), Ordering::Release);
+        let _ = self.health.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+            (current != Health::NeedsReopen.code()).then_some(health.code())
+        });
     }
 
     pub fn release_recipients(&self, count: u64) {

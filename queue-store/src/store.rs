@@ -177,6 +177,9 @@ impl Store {
         &self,
         request: impl FnOnce(crate::pending::Reply<T>) -> ControlRequest,
     ) -> Result<Pending<T>, StoreError> {
+        if self.shared.health() == Health::NeedsReopen {
+            return Err(StoreError::Unhealthy(Health::NeedsReopen));
+        }
         let (reply, answer) = pending();
         match self.control.try_send(request(reply)) {
             Ok(()) => Ok(answer),

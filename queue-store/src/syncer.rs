@@ -55,10 +55,11 @@ impl Syncer {
                     }
                 }
                 Err(error) => {
-                    let health =
-                        if error.to_string().contains("No space left") { Health::DiskFull } else { Health::IoError };
+                    // A failed fsync is never retried (the kernel may have dropped the
+                    // pages); the written messages are live but unacknowledged.
+                    let health = Health::NeedsReopen;
                     self.shared.set_health(health);
-                    tracing::error!(%error, ?health, "queue-store WAL sync failed");
+                    tracing::error!(%error, "queue-store WAL sync failed; the store must be reopened");
                     for (reply, _) in jobs.into_iter().flat_map(|job| job.answers) {
                         let _ = reply.send(Err(StoreError::Unhealthy(health)));
                     }

@@ -244,6 +244,9 @@ pub struct AdminReport {
     pub in_flight: u64,
     /// Recipients whose state changed without leaving the queue (suspend/resume).
     pub changed: u64,
+    /// Set when the action stopped part-way on an error: what is above was done
+    /// (and the terminal records must still be logged), the rest was not.
+    pub error: Option<crate::error::StoreError>,
 }
 
 /// Recipient counts by state.

@@ -180,6 +180,7 @@ impl Writer {
     fn handle_group(&mut self, group: Group) -> bool {
         let mut step = Step::default();
         let mut shutdown = false;
+        let mut syncs = Vec::new();
         for request in group.control {
             match request {
                 ControlRequest::Complete { changes, reply } => {
@@ -188,7 +189,10 @@ impl Writer {
                 }
                 ControlRequest::Claim { shard, now_ms, limit, reply } => {
                     let answer = self.flush(&mut step).and_then(|()| self.claim(shard, now_ms, limit));
-                    let _ = reply.send(answer);
+                    if let Err(Ok(claimed)) = reply.send(answer) {
+                        // The claimer gave up waiting: nobody holds these; queue them again.
+                        self.unclaim(&mut step.batch, claimed);
+                    }
                 }
                 ControlRequest::Suspend { domain, until_ms, reply } => {
                     let answer = self.flush(&mut step).and_then(|()| self.suspend(&domain, until_ms));
@@ -202,16 +206,32 @@ impl Writer {
                     let answer = self.flush(&mut step).and_then(|()| self.admin_bounce(&selector, &reason));
                     let _ = reply.send(answer);
                 }
-                ControlRequest::Sync { reply } => {
-                    let answer = self.flush(&mut step).and_then(|()| self.sync_wal());
-                    let _ = reply.send(answer);
-                }
+                // Answered once this turn's enqueues are written too (below).
+                ControlRequest::Sync { reply } => syncs.push(reply),
                 ControlRequest::Shutdown => shutdown = true,
             }
         }
         self.enqueue_group(group.ingest, &mut step);
-        let _ = self.flush(&mut step);
+        let flushed = self.flush(&mut step);
+        if !syncs.is_empty() {
+            let answer = flushed.and_then(|()| self.sync_wal());
+            for reply in syncs {
+                let _ = reply.send(answer.clone());
+            }
+        }
         shutdown
+    }
+
+    /// Puts claimed recipients back in the queue as they were (no attempt counted).
+    fn unclaim(&mut self, batch: &mut WriteBatch, claimed: Vec<Claimed>) {
+        let shared = Arc::clone(&self.shared);
+        let mut tables = shared.tables();
+        for item in claimed {
+            if let Some(entry) = tables.in_flight.remove(&item.key) {
+                tables.count_move(&entry.record.domain, Some(RecipientState::InFlight), Some(entry.record.state));
+                self.put_recipient(batch, item.key, &entry.record);
+            }
+        }
     }
 
     /// Writes the turn's unsynced batch and answers the state changes waiting on it.
@@ -227,15 +247,25 @@ impl Writer {
         result
     }
 
-    /// One RocksDB write. A failure marks the store unhealthy.
+    /// One RocksDB write of the control path. The tables may already reflect it, so
+    /// a failure leaves the store needing a reopen.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.config.durability == Durability::Sync);
-        self.db.write_opt(batch, &options).map_err(|error| self.write_failed(&error))
+        self.db.write_opt(batch, &options).map_err(|error| {
+            self.write_failed(&error);
+            self.shared.set_health(Health::NeedsReopen);
+            StoreError::Unhealthy(Health::NeedsReopen)
+        })
     }
 
     fn sync_wal(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|error| self.write_failed(&error))
+        self.db.flush_wal(true).map_err(|error| {
+            // A failed fsync is never retried (the kernel may have dropped the pages).
+            self.write_failed(&error);
+            self.shared.set_health(Health::NeedsReopen);
+            StoreError::Unhealthy(Health::NeedsReopen)
+        })
     }
 
     fn write_failed(&self, error: &rocksdb::Error) -> StoreError {
@@ -423,7 +453,7 @@ impl Writer {
             }
             Outcome::Deferred { due_ms, response } => {
                 record.attempts = record.attempts.saturating_add(1);
-                record.last_response = Some(response);
+                record.last_response = Some(bounded(response, self.config.limits.field_length_max));
                 self.shared.counters.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(self.requeue(tables, batch, key, record, due_ms, RecipientState::Deferred));
             }
@@ -505,7 +535,7 @@ impl Writer {
                 tracing::warn!(%domain, %error, "lifting an expired suspension failed");
             }
         }
-        if self.shared.health() != Health::Healthy {
+        if !matches!(self.shared.health(), Health::Healthy | Health::NeedsReopen) {
             self.probe();
         }
     }
@@ -530,6 +560,19 @@ impl Group {
         self.bytes += request.messages.iter().map(|message| message.body.len()).sum::<usize>();
         self.ingest.push(request);
     }
+}
+
+/// `text` cut to at most `max` bytes (at a character boundary): stored texts are
+/// read whole on every claim.
+pub(crate) fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 fn classify(error: &rocksdb::Error) -> Health {
