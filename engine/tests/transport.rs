@@ -298,3 +298,31 @@ fn ipv6_loopback_with_a_bound_source() {
     assert!(received.iter().all(|(_, peer)| peer.is_ipv6()));
     assert_all_delivered(&report, &sent, &received);
 }
+
+#[test]
+fn a_message_larger_than_the_tls_buffer_goes_through_starttls() {
+    let pki = pki();
+    let (address, server) = spawn_server(Some(&pki), 1);
+    // 300 KiB: several times rustls's 64 KiB plaintext buffer.
+    let body = format!("Subject: big\r\n\r\n{}", format!("{}\r\n", "y".repeat(998)).repeat(300));
+    let sent = vec![Transaction {
+        sender: "sender@ringmail.test".into(),
+        recipients: vec!["big@d.test".into()],
+        message: body.into_bytes().into(),
+    }];
+    let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki.root.clone()] }).unwrap();
+    let report = tokio_uring::start(async {
+        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
+        run_client(
+            Connection::Plain(stream),
+            client_session(TlsMode::Required, true),
+            &tls,
+            server_name(),
+            sent.clone(),
+        )
+        .await
+    });
+    let received = server.join().unwrap();
+    assert!(report.tls);
+    assert_all_delivered(&report, &sent, &received);
+}

@@ -2,8 +2,10 @@
 //! session, applies the session's deadlines, performs STARTTLS when asked, and hands
 //! events to the caller.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use rustls::pki_types::ServerName;
@@ -17,6 +19,29 @@ use crate::smtp::{ClientEvent, ClientSession, Outcome, ServerEvent, ServerSessio
 pub trait ServerHandler {
     /// Answers `Mail`, `Recipient`, `Authenticate` and `Message` events.
     async fn decide(&mut self, event: ServerEvent, tls: bool) -> Verdict;
+}
+
+/// Hands the session the next transaction it takes, or says QUIT when none is left.
+/// A transaction the session refuses (a caller's mistake) is reported as unsent.
+fn send_next(session: &mut ClientSession, pending: &mut VecDeque<Transaction>, report: &mut ClientReport) {
+    while let Some(transaction) = pending.pop_front() {
+        match session.send(transaction.clone(), Instant::now()) {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "transaction refused by the session");
+                report.unsent.push(transaction);
+            }
+        }
+    }
+    session.quit(Instant::now());
+}
+
+/// Runs `work` until `deadline`; `None` when the deadline came first.
+async fn until<T>(deadline: Option<Instant>, work: impl std::future::Future<Output = T>) -> Option<T> {
+    match deadline {
+        None => Some(work.await),
+        Some(deadline) => tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work).await.ok(),
+    }
 }
 
 /// Reads once, or until `deadline`; `None` when the deadline came first.
@@ -55,7 +80,7 @@ pub async fn run_client<S: Stream>(
     server_name: ServerName<'static>,
     transactions: Vec<Transaction>,
 ) -> ClientReport {
-    let mut pending = std::collections::VecDeque::from(transactions);
+    let mut pending = VecDeque::from(transactions);
     let mut report = ClientReport { results: Vec::new(), unsent: Vec::new(), error: None, tls: false };
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut buf = Vec::with_capacity(READ_BUFFER_BYTES);
@@ -64,20 +89,14 @@ pub async fn run_client<S: Stream>(
         // message's content) leaves in the same write: one segment, no Nagle stall.
         while let Some(event) = session.poll_event() {
             match event {
-                ClientEvent::Ready => match pending.pop_front() {
-                    Some(transaction) => {
-                        if let Err(error) = session.send(transaction.clone(), Instant::now()) {
-                            tracing::warn!(%error, "transaction refused by the session");
-                            report.unsent.push(transaction);
-                        }
-                    }
-                    None => session.quit(Instant::now()),
-                },
+                ClientEvent::Ready => send_next(&mut session, &mut pending, &mut report),
                 ClientEvent::StartTls => {
                     // The STARTTLS reply has been read; nothing may be pending to write.
-                    match connection.upgrade_client(tls, server_name.clone()).await {
-                        Ok(()) => session.handle_tls_established(Instant::now()),
-                        Err(error) => session.handle_tls_failed(error.to_string()),
+                    let upgrade = connection.upgrade_client(tls, server_name.clone());
+                    match until(session.poll_timeout(), upgrade).await {
+                        Some(Ok(())) => session.handle_tls_established(Instant::now()),
+                        Some(Err(error)) => session.handle_tls_failed(error.to_string()),
+                        None => session.handle_tls_failed("handshake timed out".into()),
                     }
                 }
                 ClientEvent::TransactionDone(outcomes) => report.results.push(outcomes),
@@ -91,11 +110,17 @@ pub async fn run_client<S: Stream>(
         }
         session.poll_transmit(&mut out);
         if !out.is_empty() {
-            let (result, returned) = connection.write_all_owned(std::mem::take(&mut out)).await;
-            out = returned;
-            out.clear();
-            if result.is_err() {
-                session.handle_closed(Instant::now());
+            // A peer that stops reading must not hold us: RFC 5321's data-block timeout.
+            let deadline = Some(Instant::now() + session.write_timeout());
+            match until(deadline, connection.write_all_owned(std::mem::take(&mut out))).await {
+                Some((result, returned)) => {
+                    out = returned;
+                    out.clear();
+                    if result.is_err() {
+                        session.handle_closed(Instant::now());
+                    }
+                }
+                None => session.handle_closed(Instant::now()),
             }
             continue;
         }
@@ -129,12 +154,14 @@ pub async fn run_server<S: Stream, H: ServerHandler>(
                 ServerEvent::StartTls => {
                     flush(&mut connection, &mut session, &mut out).await;
                     let Some(config) = tls_config.clone() else { return };
-                    match connection.upgrade_server(config).await {
-                        Ok(()) => session.handle_tls_established(Instant::now()),
-                        Err(error) => {
+                    let deadline = Some(Instant::now() + SERVER_HANDSHAKE_TIMEOUT);
+                    match until(deadline, connection.upgrade_server(config)).await {
+                        Some(Ok(())) => session.handle_tls_established(Instant::now()),
+                        Some(Err(error)) => {
                             tracing::debug!(%error, "server-side TLS handshake failed");
                             return;
                         }
+                        None => return,
                     }
                 }
                 ServerEvent::Closed => {
@@ -164,6 +191,12 @@ pub async fn run_server<S: Stream, H: ServerHandler>(
     }
 }
 
+/// A client gets this long to finish a server-side TLS handshake.
+const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Writing one batch of replies must finish within this (a client that stops
+/// reading is dropped, not waited for).
+const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Writes what the server session has to say; false if the connection failed.
 async fn flush<S: Stream>(connection: &mut Connection<S>, session: &mut ServerSession, out: &mut Vec<u8>) -> bool {
     out.clear();
@@ -171,7 +204,12 @@ async fn flush<S: Stream>(connection: &mut Connection<S>, session: &mut ServerSe
     if out.is_empty() {
         return true;
     }
-    let (result, returned) = connection.write_all_owned(std::mem::take(out)).await;
-    *out = returned;
-    result.is_ok()
+    let deadline = Some(Instant::now() + SERVER_WRITE_TIMEOUT);
+    match until(deadline, connection.write_all_owned(std::mem::take(out))).await {
+        Some((result, returned)) => {
+            *out = returned;
+            result.is_ok()
+        }
+        None => false,
+    }
 }

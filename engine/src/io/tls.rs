@@ -148,6 +148,8 @@ pub struct TlsStream<S> {
     /// Decrypted bytes not yet handed to the reader.
     plaintext: Vec<u8>,
     info: Option<TlsInfo>,
+    /// The peer sent close_notify: the stream ends once `plaintext` is drained.
+    peer_closed: bool,
 }
 
 impl<S: Stream> TlsStream<S> {
@@ -174,7 +176,8 @@ impl<S: Stream> TlsStream<S> {
     }
 
     fn new(inner: S, tls: rustls::Connection) -> Self {
-        TlsStream { inner, tls, incoming: Vec::with_capacity(READ_BUFFER_BYTES), plaintext: Vec::new(), info: None }
+        let incoming = Vec::with_capacity(READ_BUFFER_BYTES);
+        TlsStream { inner, tls, incoming, plaintext: Vec::new(), info: None, peer_closed: false }
     }
 
     pub fn info(&self) -> Option<&TlsInfo> {
@@ -222,13 +225,26 @@ impl<S: Stream> TlsStream<S> {
         if result? == 0 {
             return Ok(false);
         }
+        if self.peer_closed {
+            return Ok(false);
+        }
         let mut rest: &[u8] = &self.incoming;
         while !rest.is_empty() {
             if self.tls.read_tls(&mut rest)? == 0 {
                 return Err(io::Error::other("TLS layer took no input"));
             }
-            let state = self.tls.process_new_packets().map_err(to_io)?;
+            let state = match self.tls.process_new_packets() {
+                Ok(state) => state,
+                Err(error) => {
+                    // Send the alert rustls queued, best effort, then fail.
+                    let mut alert = Vec::new();
+                    let _ = self.tls.write_tls(&mut alert);
+                    let _ = self.inner.write_all_owned(alert).await;
+                    return Err(to_io(error));
+                }
+            };
             let available = state.plaintext_bytes_to_read();
+            self.peer_closed |= state.peer_has_closed();
             if available > 0 {
                 let start = self.plaintext.len();
                 self.plaintext.resize(start + available, 0);
@@ -262,11 +278,21 @@ impl<S: Stream> Stream for TlsStream<S> {
     }
 
     async fn write_all_owned(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        if let Err(error) = self.tls.writer().write_all(&buf) {
-            return (Err(error), buf);
+        // rustls buffers at most 64 KiB of plaintext: feed it in pieces, sending each.
+        let mut written = 0;
+        while written < buf.len() {
+            match self.tls.writer().write(&buf[written..]) {
+                Ok(0) if !self.tls.wants_write() => {
+                    return (Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext")), buf);
+                }
+                Ok(taken) => written += taken,
+                Err(error) => return (Err(error), buf),
+            }
+            if let Err(error) = self.flush_tls().await {
+                return (Err(error), buf);
+            }
         }
-        let result = self.flush_tls().await;
-        (result, buf)
+        (Ok(()), buf)
     }
 }
 

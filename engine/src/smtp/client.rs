@@ -188,6 +188,8 @@ pub enum MisuseError {
     NotReady,
     #[error("a transaction needs at least one recipient")]
     NoRecipients,
+    #[error("an envelope address holds a control character or an angle bracket")]
+    BadAddress,
     #[error("the session has failed: {0}")]
     Failed(SessionError),
 }
@@ -268,11 +270,11 @@ struct Active {
 
 impl Active {
     fn accepted(&self) -> usize {
-        self.rcpt.iter().filter(|reply| reply.as_ref().is_some_and(Reply::is_positive)).count()
+        self.rcpt.iter().filter(|reply| reply.as_ref().is_some_and(is_success)).count()
     }
 
     fn mail_accepted(&self) -> bool {
-        self.mail.as_ref().is_some_and(Reply::is_positive)
+        self.mail.as_ref().is_some_and(is_success)
     }
 }
 
@@ -415,6 +417,11 @@ impl ClientSession {
         if self.phase != Phase::TlsHandshake {
             return;
         }
+        if self.parser.is_mid_reply() {
+            // Bytes after the 220 that would be read as if they came over TLS (RFC 3207 §6).
+            return self.fail(SessionError::TlsFailed("plaintext after the STARTTLS reply".into()));
+        }
+        self.parser = ReplyParser::new();
         self.tls_active = true;
         self.capabilities = Capabilities::default();
         self.command(Command::Ehlo(self.config.ehlo_name.clone()), Phase::Ehlo, self.config.timeouts.command, now);
@@ -435,6 +442,10 @@ impl ClientSession {
         }
         if transaction.recipients.is_empty() {
             return Err(MisuseError::NoRecipients);
+        }
+        let unsafe_path = |path: &str| path.chars().any(|c| c.is_control() || c == '<' || c == '>');
+        if unsafe_path(&transaction.sender) || transaction.recipients.iter().any(|r| unsafe_path(r)) {
+            return Err(MisuseError::BadAddress);
         }
         self.ready_announced = false;
         if let Some(reason) = self.unsendable(&transaction) {
@@ -788,6 +799,11 @@ impl ClientSession {
     }
 }
 
+/// A 2xx: what accepts a MAIL or RCPT (a 3xx there is a protocol error, not a yes).
+fn is_success(reply: &Reply) -> bool {
+    (200..300).contains(&reply.code)
+}
+
 /// Each recipient's outcome from the replies gathered (and the error that cut the
 /// transaction short, if one did).
 fn outcomes(active: &Active, error: Option<&SessionError>) -> Vec<(String, Outcome)> {
@@ -809,10 +825,17 @@ fn outcomes(active: &Active, error: Option<&SessionError>) -> Vec<(String, Outco
         .map(|(index, recipient)| {
             let outcome = if !active.mail_accepted() {
                 decided(&active.mail, "MAIL FROM")
-            } else if !active.rcpt[index].as_ref().is_some_and(Reply::is_positive) {
+            } else if !active.rcpt[index].as_ref().is_some_and(is_success) {
                 decided(&active.rcpt[index], "RCPT TO")
             } else if let Some(reply) = data_refused {
-                Outcome::from_reply(reply, "DATA")
+                // Anything but 354 means no content went: never a delivery.
+                match Outcome::from_reply(reply, "DATA") {
+                    Outcome::Delivered { reply } => Outcome::Transient {
+                        reason: format!("DATA: unexpected reply {}", reply.summary()),
+                        reply: Some(reply),
+                    },
+                    outcome => outcome,
+                }
             } else {
                 decided(&active.dot, "end of data")
             };
@@ -946,6 +969,24 @@ mod tests {
             assert!(matches!(&outcomes[0].1, Outcome::Transient { reply: Some(r), .. } if r.code == 421));
         }
         assert!(matches!(&done[2], ClientEvent::Closed(Some(SessionError::ServiceClosing(_)))));
+    }
+
+    #[test]
+    fn data_answered_with_anything_but_354_is_never_a_delivery() {
+        let (mut client, now) = session(|_| {});
+        exchange(&mut client, "220 mx.test\r\n", now);
+        exchange(&mut client, EHLO_OK, now);
+        events(&mut client);
+        assert_eq!(
+            client.send(transaction(&["a@d.test>\r\nRCPT TO:<b@d.test"], b"x"), now),
+            Err(MisuseError::BadAddress),
+            "CRLF in an address would inject a command"
+        );
+        client.send(transaction(&["a@d.test"], b"x"), now).unwrap();
+        exchange(&mut client, "250 ok\r\n250 ok\r\n250 odd\r\n", now);
+        let done = events(&mut client);
+        let ClientEvent::TransactionDone(outcomes) = &done[0] else { panic!("{done:?}") };
+        assert!(matches!(&outcomes[0].1, Outcome::Transient { reason, .. } if reason.contains("unexpected")));
     }
 
     #[test]

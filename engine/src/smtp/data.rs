@@ -64,11 +64,15 @@ pub struct Unstuffer {
     size_max: usize,
     line: Vec<u8>,
     problem: Option<DataProblem>,
+    /// The previous line ended in CRLF (true at the start). The end of data is
+    /// `CRLF . CRLF` only: a `.` line after a bare LF, or ending in a bare LF, is
+    /// content. Accepting those is what "SMTP smuggling" (CVE-2023-51764) exploits.
+    after_crlf: bool,
 }
 
 impl Unstuffer {
     pub fn new(size_max: usize) -> Self {
-        Unstuffer { size_max, line: Vec::with_capacity(256), problem: None }
+        Unstuffer { size_max, line: Vec::with_capacity(256), problem: None, after_crlf: true }
     }
 
     pub fn problem(&self) -> Option<DataProblem> {
@@ -102,9 +106,10 @@ impl Unstuffer {
     /// Handles one whole line; true at the end marker.
     fn finish_line(&mut self, message: &mut Vec<u8>) -> bool {
         let line = std::mem::take(&mut self.line);
-        if line == b".\r\n" || line == b".\n" {
+        if line == b".\r\n" && self.after_crlf {
             return true;
         }
+        self.after_crlf = line.ends_with(b"\r\n");
         if line.len() > TEXT_LINE_MAX {
             self.problem.get_or_insert(DataProblem::LineTooLong);
         }
@@ -182,5 +187,21 @@ mod tests {
             assert!(matches!(reader.read(&wire[split..], &mut message), Unstuffed::Complete { .. }));
             assert_eq!(message, b"one\r\n.two\r\nthree\r\n", "split at {split}");
         }
+    }
+}
+
+#[cfg(test)]
+mod smuggling_tests {
+    use super::*;
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_the_data() {
+        // A bare-LF "end" followed by a smuggled transaction stays message content.
+        let wire = b"hi\n.\r\nMAIL FROM:<ceo@victim.test>\r\nx\r\n.\n\r\n.\r\n";
+        let mut reader = Unstuffer::new(1 << 20);
+        let mut message = Vec::new();
+        assert_eq!(reader.read(wire, &mut message), Unstuffed::Complete { used: wire.len() });
+        // (Lines that begin with a dot lose it: that is dot-unstuffing, not an end.)
+        assert_eq!(message, b"hi\n\r\nMAIL FROM:<ceo@victim.test>\r\nx\r\n\n\r\n");
     }
 }

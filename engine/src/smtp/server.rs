@@ -253,6 +253,7 @@ impl ServerSession {
             self.tls = true;
             // RFC 3207 §4.2: forget everything learnt before TLS.
             self.hello = None;
+            self.authenticated = None;
             self.reset_transaction();
             self.process(now);
         }
@@ -265,7 +266,12 @@ impl ServerSession {
             self.input.clear();
             return self.close();
         }
-        let accepted = !matches!(verdict, Verdict::Reject(_));
+        // The reply's class decides: an AcceptWith carrying a refusal refuses.
+        let accepted = match &verdict {
+            Verdict::Accept => true,
+            Verdict::AcceptWith(reply) => reply.code < 400,
+            Verdict::Reject(_) | Verdict::Close => false,
+        };
         // 421 means "closing the connection" whatever the stage (RFC 5321 §3.8).
         let closing = matches!(&verdict, Verdict::Reject(reply) if reply.code == 421);
         let positive = |standard: Reply| match &verdict {
