@@ -43,6 +43,10 @@ fn db_options(config: &StoreConfig) -> Options {
     // so RocksDB flushes it and keeps disk use and recovery time in check.
     options.set_max_total_wal_size(512 * 1024 * 1024);
     options.set_bytes_per_sync(1024 * 1024);
+    // WAL records stay in RocksDB's buffer until FlushWAL: the syncer thread then
+    // writes and syncs them together, so the writer thread never copies WAL bytes
+    // into the kernel (that copy was half of its time at 256 producers).
+    options.set_manual_wal_flush(true);
     // RocksDB's own info log: bounded, so a long-running node never fills its disk.
     options.set_max_log_file_size(16 * 1024 * 1024);
     options.set_keep_log_file_num(4);

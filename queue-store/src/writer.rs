@@ -144,6 +144,10 @@ impl Writer {
                 self.housekeeping();
             }
         }
+        // A clean stop leaves nothing in RocksDB's WAL buffer.
+        if let Err(error) = self.sync_wal() {
+            tracing::error!(%error, "final WAL sync failed");
+        }
     }
 
     fn wait_first(&self, group: &mut Group) -> Wait {
@@ -236,7 +240,13 @@ impl Writer {
 
     /// Writes the turn's unsynced batch and answers the state changes waiting on it.
     pub fn flush(&mut self, step: &mut Step) -> Result<(), StoreError> {
-        let result = if step.batch.is_empty() { Ok(()) } else { self.write(std::mem::take(&mut step.batch), false) };
+        let result = if step.batch.is_empty() {
+            Ok(())
+        } else {
+            // Out of RocksDB's WAL buffer into the OS, unsynced: a process crash then
+            // loses none of these changes (a power loss may: that only repeats work).
+            self.write(std::mem::take(&mut step.batch), false).and_then(|()| self.push_wal())
+        };
         for (reply, results) in step.completions.drain(..) {
             let answer = match &result {
                 Ok(()) => results,
@@ -253,6 +263,15 @@ impl Writer {
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.config.durability == Durability::Sync);
         self.db.write_opt(batch, &options).map_err(|error| {
+            self.write_failed(&error);
+            self.shared.set_health(Health::NeedsReopen);
+            StoreError::Unhealthy(Health::NeedsReopen)
+        })
+    }
+
+    /// Writes RocksDB's WAL buffer to the OS without syncing.
+    fn push_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(false).map_err(|error| {
             self.write_failed(&error);
             self.shared.set_health(Health::NeedsReopen);
             StoreError::Unhealthy(Health::NeedsReopen)
@@ -328,8 +347,9 @@ impl Writer {
             let _ = self.syncer.send(job);
             return;
         }
+        let answer = self.push_wal();
         for (reply, ids) in job.answers {
-            let _ = reply.send(Ok(ids));
+            let _ = reply.send(answer.clone().map(|()| ids));
         }
     }
 
