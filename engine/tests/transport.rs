@@ -44,6 +44,21 @@ fn server_name() -> ServerName<'static> {
     ServerName::try_from("mx.test").unwrap()
 }
 
+/// Delivers `sent` over one io_uring connection to `address` (from `source`, if given).
+fn deliver_uring(
+    address: SocketAddr,
+    source: Option<IpAddr>,
+    tls: &ClientTls,
+    session: ClientSession,
+    sent: &[Transaction],
+) -> ClientReport {
+    tokio_uring::start(async {
+        let options = ConnectOptions { source, timeout: Duration::from_secs(5) };
+        let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
+        run_client(Connection::Plain(stream), session, tls, server_name(), sent.to_vec()).await
+    })
+}
+
 fn assert_all_delivered(report: &ClientReport, sent: &[Transaction], received: &Received) {
     assert_eq!(report.error, None, "clean QUIT");
     assert!(report.unsent.is_empty());
@@ -62,11 +77,7 @@ fn uring_client_starttls_to_own_server_many_messages_on_one_connection() {
     let (address, server) = spawn_server(Some(&pki), 1);
     let sent = transactions(20);
     let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
-    let report = tokio_uring::start(async {
-        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-        let session = client_session(TlsMode::Required, true);
-        run_client(Connection::Plain(stream), session, &tls, server_name(), sent.clone()).await
-    });
+    let report = deliver_uring(address, None, &tls, client_session(TlsMode::Required, true), &sent);
     let received = server.join().unwrap();
     assert!(report.tls, "the connection was upgraded");
     assert!(received.iter().all(|(m, _)| m.tls), "the server saw every message over TLS");
@@ -113,33 +124,13 @@ fn certificate_policy_verify_accepts_a_trusted_chain_and_refuses_an_unknown_one(
     let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki_trusted.root.clone()] }).unwrap();
     let (address, server) = spawn_server(Some(&pki_trusted), 1);
     let sent = transactions(1);
-    let report = tokio_uring::start(async {
-        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-        run_client(
-            Connection::Plain(stream),
-            client_session(TlsMode::Required, true),
-            &tls,
-            server_name(),
-            sent.clone(),
-        )
-        .await
-    });
+    let report = deliver_uring(address, None, &tls, client_session(TlsMode::Required, true), &sent);
     assert_all_delivered(&report, &sent, &server.join().unwrap());
 
     // A server whose certificate chains to another CA: TLS required, so no delivery.
     let untrusted = pki();
     let (address, server) = spawn_server(Some(&untrusted), 1);
-    let report = tokio_uring::start(async {
-        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-        run_client(
-            Connection::Plain(stream),
-            client_session(TlsMode::Required, true),
-            &tls,
-            server_name(),
-            sent.clone(),
-        )
-        .await
-    });
+    let report = deliver_uring(address, None, &tls, client_session(TlsMode::Required, true), &sent);
     assert!(matches!(report.error, Some(SessionError::TlsFailed(_))), "{:?}", report.error);
     assert!(report.results.iter().flatten().all(|(_, o)| !o.is_delivered()));
     assert!(server.join().unwrap().is_empty(), "nothing was sent in plaintext");
@@ -209,11 +200,7 @@ fn interop_with_postfix_smtp_sink_pipelined_and_not() {
     let mut expected = 0;
     for pipelining in [true, false] {
         let sent = transactions(10);
-        let report = tokio_uring::start(async {
-            let stream = connect_uring(sink.address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-            let session = client_session(TlsMode::Opportunistic, pipelining);
-            run_client(Connection::Plain(stream), session, &tls, server_name(), sent.clone()).await
-        });
+        let report = deliver_uring(sink.address, None, &tls, client_session(TlsMode::Opportunistic, pipelining), &sent);
         assert_eq!(report.error, None);
         assert_eq!(report.results.len(), 10);
         assert!(report.results.iter().flatten().all(|(_, o)| o.is_delivered()));
@@ -282,18 +269,8 @@ fn ipv6_loopback_with_a_bound_source() {
     let (address, server) = spawn_server_at("[::1]:0", None, false, 1, |_| {});
     let sent = transactions(1);
     let tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();
-    let report = tokio_uring::start(async {
-        let options = ConnectOptions { source: Some("::1".parse().unwrap()), timeout: Duration::from_secs(5) };
-        let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
-        run_client(
-            Connection::Plain(stream),
-            client_session(TlsMode::Opportunistic, true),
-            &tls,
-            server_name(),
-            sent.clone(),
-        )
-        .await
-    });
+    let report =
+        deliver_uring(address, Some("::1".parse().unwrap()), &tls, client_session(TlsMode::Opportunistic, true), &sent);
     let received = server.join().unwrap();
     assert!(received.iter().all(|(_, peer)| peer.is_ipv6()));
     assert_all_delivered(&report, &sent, &received);
@@ -311,17 +288,7 @@ fn a_message_larger_than_the_tls_buffer_goes_through_starttls() {
         message: body.into_bytes().into(),
     }];
     let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki.root.clone()] }).unwrap();
-    let report = tokio_uring::start(async {
-        let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();
-        run_client(
-            Connection::Plain(stream),
-            client_session(TlsMode::Required, true),
-            &tls,
-            server_name(),
-            sent.clone(),
-        )
-        .await
-    });
+    let report = deliver_uring(address, None, &tls, client_session(TlsMode::Required, true), &sent);
     let received = server.join().unwrap();
     assert!(report.tls);
     assert_all_delivered(&report, &sent, &received);
