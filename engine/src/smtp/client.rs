@@ -216,6 +216,9 @@ enum Phase {
     StartTls,
     TlsHandshake,
     AuthPlain,
+    /// `AUTH PLAIN` sent without its response (too long for one command line):
+    /// waiting for the 334 that asks for it.
+    AuthPlainAsked,
     AuthLoginUser,
     AuthLoginPassword,
     AuthLoginDone,
@@ -234,7 +237,11 @@ impl Phase {
             Phase::Helo => "HELO",
             Phase::StartTls => "STARTTLS",
             Phase::TlsHandshake => "TLS handshake",
-            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword | Phase::AuthLoginDone => "AUTH",
+            Phase::AuthPlain
+            | Phase::AuthPlainAsked
+            | Phase::AuthLoginUser
+            | Phase::AuthLoginPassword
+            | Phase::AuthLoginDone => "AUTH",
             Phase::Ready => "idle",
             Phase::Rset => "RSET",
             Phase::Transaction => "transaction",
@@ -536,9 +543,11 @@ impl ClientSession {
             Phase::Ehlo => self.on_ehlo(reply, now),
             Phase::Helo => self.on_helo(reply),
             Phase::StartTls => self.on_starttls(reply, now),
-            Phase::AuthPlain | Phase::AuthLoginUser | Phase::AuthLoginPassword | Phase::AuthLoginDone => {
-                self.on_auth(reply, now)
-            }
+            Phase::AuthPlain
+            | Phase::AuthPlainAsked
+            | Phase::AuthLoginUser
+            | Phase::AuthLoginPassword
+            | Phase::AuthLoginDone => self.on_auth(reply, now),
             Phase::Rset => self.on_rset(reply, now),
             Phase::Transaction => self.on_transaction_reply(reply, now),
             Phase::Quit => self.close(None),
@@ -626,9 +635,15 @@ impl ClientSession {
         let timeout = self.config.timeouts.command;
         let offered = |name: &str| self.capabilities.auth.iter().any(|m| m == name);
         if offered("PLAIN") {
-            let token = format!("\0{}\0{}", credentials.username, credentials.password);
-            let initial = Some(base64::engine::general_purpose::STANDARD.encode(token));
-            self.command(Command::Auth { mechanism: "PLAIN".into(), initial }, Phase::AuthPlain, timeout, now);
+            let token = plain_token(&credentials);
+            // RFC 4954 §4: no initial response if the command would pass 512 octets.
+            if "AUTH PLAIN ".len() + token.len() + 2 > super::command::COMMAND_LINE_MAX {
+                let ask = Command::Auth { mechanism: "PLAIN".into(), initial: None };
+                self.command(ask, Phase::AuthPlainAsked, timeout, now);
+            } else {
+                let initial = Some(token);
+                self.command(Command::Auth { mechanism: "PLAIN".into(), initial }, Phase::AuthPlain, timeout, now);
+            }
         } else if offered("LOGIN") {
             self.command(
                 Command::Auth { mechanism: "LOGIN".into(), initial: None },
@@ -646,6 +661,7 @@ impl ClientSession {
         let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
         match (self.phase, reply.code) {
             (Phase::AuthPlain | Phase::AuthLoginDone, 235) => self.become_ready(),
+            (Phase::AuthPlainAsked, 334) => self.line(plain_token(&credentials), Phase::AuthPlain, now),
             (Phase::AuthLoginUser, 334) => self.line(encode(&credentials.username), Phase::AuthLoginPassword, now),
             (Phase::AuthLoginPassword, 334) => self.line(encode(&credentials.password), Phase::AuthLoginDone, now),
             _ => self.fail(SessionError::AuthFailed(reply)),
@@ -797,6 +813,12 @@ impl ClientSession {
         self.deadline = None;
         self.events.push_back(ClientEvent::Closed(error));
     }
+}
+
+/// The AUTH PLAIN response (RFC 4616): no authorization identity, base64.
+fn plain_token(credentials: &Credentials) -> String {
+    let token = format!("\0{}\0{}", credentials.username, credentials.password);
+    base64::engine::general_purpose::STANDARD.encode(token)
 }
 
 /// A 2xx: what accepts a MAIL or RCPT (a 3xx there is a protocol error, not a yes).
@@ -1084,6 +1106,21 @@ mod tests {
         exchange(&mut plaintext, "220 smarthost.test\r\n", now);
         exchange(&mut plaintext, "250-smarthost.test\r\n250 AUTH PLAIN\r\n", now);
         assert_eq!(events(&mut plaintext), vec![ClientEvent::Closed(Some(SessionError::AuthRequiresTls))]);
+    }
+
+    #[test]
+    fn a_long_auth_plain_response_goes_after_the_334() {
+        let long = Credentials { username: "user".into(), password: "p".repeat(400) };
+        let (mut client, now) = session(|c| {
+            c.implicit_tls = true;
+            c.credentials = Some(long.clone());
+        });
+        exchange(&mut client, "220 smarthost.test\r\n", now);
+        assert_eq!(exchange(&mut client, "250-smarthost.test\r\n250 AUTH PLAIN\r\n", now), "AUTH PLAIN\r\n");
+        let response = exchange(&mut client, "334 \r\n", now);
+        assert_eq!(response, format!("{}\r\n", plain_token(&long)));
+        exchange(&mut client, "235 2.7.0 ok\r\n", now);
+        assert_eq!(events(&mut client), vec![ClientEvent::Ready]);
     }
 
     #[test]
