@@ -100,6 +100,36 @@ pub struct Provider {
     /// oracle's loss detection can be shown to work.
     #[serde(default)]
     pub discard_after_250_percent: f64,
+    /// How the provider's domains answer in DNS.
+    #[serde(default)]
+    pub dns: DnsMode,
+    /// With `dns = "slow"`: the delay before each answer (ms).
+    #[serde(default = "default_dns_delay")]
+    pub dns_delay_ms: u64,
+    /// Also publish AAAA ::1 for the MX hosts.
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// How a provider's domains answer in DNS.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsMode {
+    /// MX records to the provider's hosts.
+    #[default]
+    Mx,
+    /// No MX; an A record for the domain itself (RFC 5321 §5.1).
+    ImplicitMx,
+    /// `MX 0 .`: the domain takes no mail (RFC 7505).
+    NullMx,
+    Nxdomain,
+    Servfail,
+    /// MX records, answered after `dns_delay_ms`.
+    Slow,
+}
+
+fn default_dns_delay() -> u64 {
+    2000
 }
 
 fn default_connections() -> usize {
