@@ -491,8 +491,9 @@ impl ClientSession {
             return Some("the message needs SMTPUTF8 and the server does not offer it".into());
         }
         match self.capabilities.size {
-            Some(limit) if limit > 0 && transaction.message.len() as u64 > limit => {
-                Some(format!("the message ({} octets) exceeds the server's SIZE {limit}", transaction.message.len()))
+            Some(limit) if limit > 0 && data::stuffed_len(&transaction.message) as u64 > limit => {
+                let size = data::stuffed_len(&transaction.message);
+                Some(format!("the message ({size} octets) exceeds the server's SIZE {limit}"))
             }
             _ => None,
         }
@@ -500,7 +501,7 @@ impl ClientSession {
 
     fn begin(&mut self, transaction: Transaction, now: Instant) {
         let parameters = MailParameters {
-            size: self.capabilities.size.map(|_| transaction.message.len() as u64),
+            size: self.capabilities.size.map(|_| data::stuffed_len(&transaction.message) as u64),
             body_8bit: self.capabilities.eight_bit_mime && data::is_8bit(&transaction.message),
             smtputf8: transaction.needs_smtputf8(),
         };
@@ -932,7 +933,7 @@ mod tests {
         let batch = exchange(&mut client, "", now);
         assert_eq!(
             batch,
-            "MAIL FROM:<s@x.test> SIZE=5 BODY=8BITMIME\r\nRCPT TO:<a@d.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\n"
+            "MAIL FROM:<s@x.test> SIZE=7 BODY=8BITMIME\r\nRCPT TO:<a@d.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\n"
         );
         let data = exchange(&mut client, "250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", now);
         assert_eq!(data, "caf\u{e9}\r\n.\r\n");
@@ -958,7 +959,7 @@ mod tests {
         client.send(transaction(&["b@d.test"], b"two"), now).unwrap();
         assert!(!client.is_ready(), "one transaction behind another at most");
         let group = exchange(&mut client, "", now);
-        assert_eq!(group, "MAIL FROM:<s@x.test> SIZE=3\r\nRCPT TO:<b@d.test>\r\nDATA\r\n");
+        assert_eq!(group, "MAIL FROM:<s@x.test> SIZE=5\r\nRCPT TO:<b@d.test>\r\nDATA\r\n");
         // The final reply of the first, then the replies of the second, in one read.
         let content = exchange(&mut client, "250 first\r\n250 ok\r\n250 ok\r\n354 go\r\n", now);
         assert_eq!(content, "two\r\n.\r\n");

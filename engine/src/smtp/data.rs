@@ -29,6 +29,23 @@ pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(END_OF_DATA);
 }
 
+/// How many octets `stuff` writes for `message`, the end-of-data line excluded: the
+/// size that SIZE= declares (RFC 1870 counts the message as transmitted).
+pub fn stuffed_len(message: &[u8]) -> usize {
+    let mut length = 0;
+    let mut rest = message;
+    while !rest.is_empty() {
+        length += usize::from(rest[0] == b'.');
+        let Some(end) = memchr::memchr2(b'\r', b'\n', rest) else {
+            return length + rest.len() + 2;
+        };
+        length += end + 2;
+        let ending = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
+        rest = &rest[end + ending..];
+    }
+    length
+}
+
 /// Whether a message needs `BODY=8BITMIME` (any byte above 127).
 pub fn is_8bit(message: &[u8]) -> bool {
     message.iter().any(|&byte| byte >= 0x80)
@@ -151,6 +168,15 @@ mod tests {
         let mut out = Vec::new();
         stuff(b"", &mut out);
         assert_eq!(out, b".\r\n");
+    }
+
+    #[test]
+    fn stuffed_len_is_what_stuff_writes() {
+        for message in [&b""[..], b"a", b".", b"a\n.b\r\n..c\rd", b"x\r\n", b"\n\n", b"..\r\n.\r"] {
+            let mut out = Vec::new();
+            stuff(message, &mut out);
+            assert_eq!(stuffed_len(message) + END_OF_DATA.len(), out.len(), "{message:?}");
+        }
     }
 
     #[test]
