@@ -101,6 +101,8 @@ pub async fn run_client<S: Stream>(
                 }
                 ClientEvent::TransactionDone(outcomes) => report.results.push(outcomes),
                 ClientEvent::Closed(error) => {
+                    let deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                    let _ = until(deadline, connection.close()).await;
                     report.error = error;
                     report.tls = connection.is_tls();
                     report.unsent.extend(pending);
@@ -166,6 +168,7 @@ pub async fn run_server<S: Stream, H: ServerHandler>(
                 }
                 ServerEvent::Closed => {
                     flush(&mut connection, &mut session, &mut out).await;
+                    let _ = until(Some(Instant::now() + CLOSE_TIMEOUT), connection.close()).await;
                     return;
                 }
                 question => {
@@ -191,6 +194,8 @@ pub async fn run_server<S: Stream, H: ServerHandler>(
     }
 }
 
+/// Saying close_notify may take this long; the connection closes either way.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client gets this long to finish a server-side TLS handshake.
 const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Writing one batch of replies must finish within this (a client that stops

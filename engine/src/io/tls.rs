@@ -196,6 +196,12 @@ impl<S: Stream> TlsStream<S> {
         checker.verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now()).is_ok()
     }
 
+    /// Says close_notify (best effort: the connection is closing anyway).
+    pub async fn close_notify(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush_tls().await;
+    }
+
     async fn handshake(&mut self) -> io::Result<()> {
         while self.tls.is_handshaking() {
             if self.tls.wants_write() {
@@ -314,6 +320,13 @@ impl<S: Stream> Connection<S> {
         match self {
             Connection::Tls(stream) => stream.info(),
             _ => None,
+        }
+    }
+
+    /// Ends the session politely: close_notify on TLS, nothing on plaintext.
+    pub async fn close(&mut self) {
+        if let Connection::Tls(stream) = self {
+            stream.close_notify().await;
         }
     }
 
