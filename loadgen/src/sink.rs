@@ -49,6 +49,8 @@ pub struct SinkCounts {
 #[derive(Debug, Default)]
 pub struct SinkState {
     pub accepted: Vec<Accepted>,
+    /// Recipients refused with a 5xx (at RCPT or after DATA): expected bounces.
+    pub bounced: Vec<String>,
     pub counts: SinkCounts,
     /// Connections open now, per client address.
     connections: HashMap<IpAddr, usize>,
@@ -237,7 +239,10 @@ impl Behaviour {
         };
         let mut state = self.state();
         match &verdict {
-            Verdict::Reject(r) if r.is_permanent() => state.counts.rcpt_permfail += 1,
+            Verdict::Reject(r) if r.is_permanent() => {
+                state.counts.rcpt_permfail += 1;
+                state.bounced.push(to.to_ascii_lowercase());
+            }
             Verdict::Reject(_) => state.counts.rcpt_tempfail += 1,
             _ => {}
         }
@@ -262,7 +267,9 @@ impl Behaviour {
             return Verdict::Close;
         }
         if self.chance(self.provider.data_permfail_percent) {
-            self.state().counts.data_permfail += 1;
+            let mut state = self.state();
+            state.counts.data_permfail += 1;
+            state.bounced.extend(message.recipients.iter().map(|r| r.to_ascii_lowercase()));
             return Verdict::Reject(reply(&self.provider.permfail_reply));
         }
         if self.chance(self.provider.data_tempfail_percent) {
