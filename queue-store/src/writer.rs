@@ -262,29 +262,25 @@ impl Writer {
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.config.durability == Durability::Sync);
-        self.db.write_opt(batch, &options).map_err(|error| {
-            self.write_failed(&error);
-            self.shared.set_health(Health::NeedsReopen);
-            StoreError::Unhealthy(Health::NeedsReopen)
-        })
+        self.db.write_opt(batch, &options).map_err(|error| self.broken(&error))
     }
 
     /// Writes RocksDB's WAL buffer to the OS without syncing.
     fn push_wal(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(false).map_err(|error| {
-            self.write_failed(&error);
-            self.shared.set_health(Health::NeedsReopen);
-            StoreError::Unhealthy(Health::NeedsReopen)
-        })
+        self.db.flush_wal(false).map_err(|error| self.broken(&error))
     }
 
     fn sync_wal(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|error| {
-            // A failed fsync is never retried (the kernel may have dropped the pages).
-            self.write_failed(&error);
-            self.shared.set_health(Health::NeedsReopen);
-            StoreError::Unhealthy(Health::NeedsReopen)
-        })
+        // A failed fsync is never retried (the kernel may have dropped the pages).
+        self.db.flush_wal(true).map_err(|error| self.broken(&error))
+    }
+
+    /// A failure after the tables moved on (or of a WAL sync): logged, counted, and
+    /// the store marked as needing a reopen.
+    fn broken(&self, error: &rocksdb::Error) -> StoreError {
+        self.write_failed(error);
+        self.shared.set_health(Health::NeedsReopen);
+        StoreError::Unhealthy(Health::NeedsReopen)
     }
 
     fn write_failed(&self, error: &rocksdb::Error) -> StoreError {

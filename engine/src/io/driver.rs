@@ -3,7 +3,6 @@
 //! events to the caller.
 
 use std::collections::VecDeque;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -41,21 +40,6 @@ async fn until<T>(deadline: Option<Instant>, work: impl std::future::Future<Outp
     match deadline {
         None => Some(work.await),
         Some(deadline) => tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), work).await.ok(),
-    }
-}
-
-/// Reads once, or until `deadline`; `None` when the deadline came first.
-async fn read_until<S: Stream>(
-    connection: &mut Connection<S>,
-    buf: Vec<u8>,
-    deadline: Option<Instant>,
-) -> Option<(io::Result<usize>, Vec<u8>)> {
-    match deadline {
-        None => Some(connection.read_owned(buf).await),
-        Some(deadline) => {
-            let deadline = tokio::time::Instant::from_std(deadline);
-            tokio::time::timeout_at(deadline, connection.read_owned(buf)).await.ok()
-        }
     }
 }
 
@@ -126,7 +110,7 @@ pub async fn run_client<S: Stream>(
             }
             continue;
         }
-        match read_until(&mut connection, std::mem::take(&mut buf), session.poll_timeout()).await {
+        match until(session.poll_timeout(), connection.read_owned(std::mem::take(&mut buf))).await {
             None => session.handle_timeout(Instant::now()),
             Some((Ok(0) | Err(_), returned)) => {
                 buf = returned;
@@ -183,7 +167,7 @@ pub async fn run_server<S: Stream, H: ServerHandler>(
         if session.is_closed() {
             return;
         }
-        match read_until(&mut connection, std::mem::take(&mut buf), session.poll_timeout()).await {
+        match until(session.poll_timeout(), connection.read_owned(std::mem::take(&mut buf))).await {
             None => session.handle_timeout(Instant::now()),
             Some((Ok(0) | Err(_), _)) => return,
             Some((Ok(_), returned)) => {
