@@ -13,9 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::{bench_line, per_second};
+use benches::{bench_line, per_second, thread_cpu};
 use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
 use ringmail::io::driver::{run_client, run_server, ServerHandler};
+use ringmail::io::ring::{deliver_all, Job};
 use ringmail::io::tls::{server_config, ClientTls, Connection, Verification};
 use ringmail::io::Stream;
 use ringmail::smtp::{
@@ -105,18 +106,39 @@ async fn deliver<S: Stream>(stream: S, tls: Arc<ClientTls>, tls_mode: TlsMode, b
     report.results.iter().flatten().filter(|(_, o)| o.is_delivered()).count()
 }
 
-/// Awaits the connections' counts and gives the rate since `started`.
+/// One client run: messages per second, and per second of the client thread's CPU.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rate: f64,
+    per_cpu_s: f64,
+}
+
+/// When a run started, by the clock and by the thread's CPU time.
+struct Clock(Instant, Duration);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(Instant::now(), thread_cpu())
+    }
+
+    fn stop(&self, delivered: usize, total: usize) -> Run {
+        assert_eq!(delivered, total, "every message delivered");
+        let (elapsed, cpu) = (self.0.elapsed(), thread_cpu().saturating_sub(self.1));
+        Run { rate: per_second(delivered as u64, elapsed), per_cpu_s: per_second(delivered as u64, cpu) }
+    }
+}
+
+/// Awaits the connections' counts.
 async fn rate<E: std::fmt::Debug>(
-    started: Instant,
+    clock: Clock,
     total: usize,
     tasks: Vec<impl std::future::Future<Output = Result<usize, E>>>,
-) -> f64 {
+) -> Run {
     let mut delivered = 0;
     for task in tasks {
         delivered += task.await.unwrap();
     }
-    assert_eq!(delivered, total, "every message delivered");
-    per_second(delivered as u64, started.elapsed())
+    clock.stop(delivered, total)
 }
 
 fn opportunistic() -> Arc<ClientTls> {
@@ -125,10 +147,10 @@ fn opportunistic() -> Arc<ClientTls> {
 
 /// `total` messages over `connections` connections on one io_uring thread. The
 /// messages are built before the clock starts: only delivery is timed.
-fn uring_client(address: SocketAddr, connections: usize, total: usize, tls_mode: TlsMode) -> f64 {
+fn uring_client(address: SocketAddr, connections: usize, total: usize) -> Run {
     let (tls, batches) = (opportunistic(), batches(connections, total));
     tokio_uring::start(async move {
-        let started = Instant::now();
+        let clock = Clock::start();
         let tasks: Vec<_> = batches
             .into_iter()
             .map(|batch| {
@@ -136,20 +158,39 @@ fn uring_client(address: SocketAddr, connections: usize, total: usize, tls_mode:
                 tokio_uring::spawn(async move {
                     let options = ConnectOptions::default();
                     let stream = connect_uring(address, &options, &Allowlist::loopback()).await.unwrap();
-                    deliver(stream, tls, tls_mode, batch).await
+                    deliver(stream, tls, TlsMode::Disabled, batch).await
                 })
             })
             .collect();
-        rate(started, total, tasks).await
+        rate(clock, total, tasks).await
     })
 }
 
+/// The same on ringmail's own io_uring loop (`io::ring`), one thread.
+fn ring_client(address: SocketAddr, connections: usize, total: usize, tls_mode: TlsMode) -> Run {
+    let tls = opportunistic();
+    let jobs: Vec<Job> = batches(connections, total)
+        .into_iter()
+        .map(|transactions| Job {
+            destination: address,
+            options: ConnectOptions::default(),
+            session: session(tls_mode),
+            tls: Some((Arc::clone(&tls), name())),
+            transactions,
+        })
+        .collect();
+    let clock = Clock::start();
+    let reports = deliver_all(jobs, &Allowlist::loopback()).unwrap();
+    let delivered = reports.iter().flat_map(|r| r.results.iter().flatten()).filter(|(_, o)| o.is_delivered()).count();
+    clock.stop(delivered, total)
+}
+
 /// The same over plain tokio (epoll), one thread.
-fn epoll_client(address: SocketAddr, connections: usize, total: usize) -> f64 {
+fn epoll_client(address: SocketAddr, connections: usize, total: usize) -> Run {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (tls, batches) = (opportunistic(), batches(connections, total));
     tokio::task::LocalSet::new().block_on(&runtime, async move {
-        let started = Instant::now();
+        let clock = Clock::start();
         let tasks: Vec<_> = batches
             .into_iter()
             .map(|batch| {
@@ -161,7 +202,7 @@ fn epoll_client(address: SocketAddr, connections: usize, total: usize) -> f64 {
                 })
             })
             .collect();
-        rate(started, total, tasks).await
+        rate(clock, total, tasks).await
     })
 }
 
@@ -218,42 +259,54 @@ fn own_sink(tls: bool) -> SocketAddr {
 fn main() {
     let total = messages_total();
     let sink = smtp_sink();
-    // For profiling one side alone: BENCH_ONLY=uring or BENCH_ONLY=epoll (32 connections).
+    // For profiling one side alone: BENCH_ONLY=ring|uring|epoll (32 connections).
+    let show = |name: &str, run: Run| println!("{name} {:.0} msgs/s, {:.0} per CPU-s", run.rate, run.per_cpu_s);
     match std::env::var("BENCH_ONLY").as_deref() {
-        Ok("uring") => return println!("uring {:.0}", uring_client(sink.1, 32, total, TlsMode::Disabled)),
-        Ok("epoll") => return println!("epoll {:.0}", epoll_client(sink.1, 32, total)),
+        Ok("ring") => return show("ring", ring_client(sink.1, 32, total, TlsMode::Disabled)),
+        Ok("uring") => return show("tokio-uring", uring_client(sink.1, 32, total)),
+        Ok("epoll") => return show("epoll", epoll_client(sink.1, 32, total)),
         _ => {}
     }
-    println!("{:<44} {:>10}", "run (4 KiB messages, loopback)", "msgs/s");
-    let mut at_32 = (0.0, 0.0, 0.0);
+    println!("{:<48} {:>10} {:>12}", "run (4 KiB messages, loopback)", "msgs/s", "msgs/CPU-s");
+    let row = |name: String, run: Run| println!("{name:<48} {:>10.0} {:>12.0}", run.rate, run.per_cpu_s);
+    let mut at_32 = Default::default();
     for connections in [1usize, 32] {
-        let ringmail = uring_client(sink.1, connections, total, TlsMode::Disabled);
+        let ring = ring_client(sink.1, connections, total, TlsMode::Disabled);
         let source = smtp_source(sink.1, connections, total);
         let epoll = epoll_client(sink.1, connections, total);
-        println!("{:<44} {ringmail:>10.0}", format!("ringmail io_uring -> smtp-sink, {connections} conns"));
-        println!("{:<44} {source:>10.0}", format!("smtp-source -> smtp-sink, {connections} conns"));
-        println!("{:<44} {epoll:>10.0}", format!("ringmail epoll -> smtp-sink, {connections} conns"));
-        at_32 = (ringmail, source, epoll);
+        let tokio_uring = uring_client(sink.1, connections, total);
+        row(format!("ringmail io_uring -> smtp-sink, {connections} conns"), ring);
+        println!("{:<48} {source:>10.0}", format!("smtp-source -> smtp-sink, {connections} conns"));
+        row(format!("ringmail epoll -> smtp-sink, {connections} conns"), epoll);
+        row(format!("ringmail on tokio-uring -> smtp-sink, {connections} conns"), tokio_uring);
+        at_32 = (ring, source, epoll, tokio_uring);
     }
     let plain_sink = own_sink(false);
     let tls_sink = own_sink(true);
-    let plain = uring_client(plain_sink, 32, total, TlsMode::Disabled);
-    let tls = uring_client(tls_sink, 32, total, TlsMode::Required);
-    println!("{:<44} {plain:>10.0}", "ringmail -> own sink, plaintext, 32 conns");
-    println!("{:<44} {tls:>10.0}", "ringmail -> own sink, STARTTLS, 32 conns");
-    let (ringmail, source, epoll) = at_32;
+    let plain = ring_client(plain_sink, 32, total, TlsMode::Disabled);
+    let tls = ring_client(tls_sink, 32, total, TlsMode::Required);
+    let epoll_plain = epoll_client(plain_sink, 32, total);
+    row("ringmail -> own sink, plaintext, 32 conns".into(), plain);
+    row("ringmail epoll -> own sink, plaintext, 32 conns".into(), epoll_plain);
+    row("ringmail -> own sink, STARTTLS, 32 conns".into(), tls);
+    let (ring, source, epoll, tokio_uring): (Run, f64, Run, Run) = at_32;
     let line = bench_line(
         "smtp_client",
         &[
             ("conns", "32".into()),
-            ("msgs_s", format!("{ringmail:.0}")),
+            ("msgs_s", format!("{:.0}", ring.rate)),
             ("smtp_source_msgs_s", format!("{source:.0}")),
-            ("ratio", format!("{:.2}", ringmail / source)),
-            ("epoll_msgs_s", format!("{epoll:.0}")),
-            ("uring_vs_epoll", format!("{:.2}", ringmail / epoll)),
-            ("plain_own_sink_msgs_s", format!("{plain:.0}")),
-            ("tls_own_sink_msgs_s", format!("{tls:.0}")),
-            ("tls_ratio", format!("{:.2}", tls / plain)),
+            ("ratio", format!("{:.2}", ring.rate / source)),
+            ("epoll_msgs_s", format!("{:.0}", epoll.rate)),
+            ("uring_vs_epoll", format!("{:.2}", ring.rate / epoll.rate)),
+            ("msgs_per_cpu_s", format!("{:.0}", ring.per_cpu_s)),
+            ("epoll_msgs_per_cpu_s", format!("{:.0}", epoll.per_cpu_s)),
+            ("uring_vs_epoll_cpu", format!("{:.2}", ring.per_cpu_s / epoll.per_cpu_s)),
+            ("tokio_uring_msgs_s", format!("{:.0}", tokio_uring.rate)),
+            ("plain_own_sink_msgs_s", format!("{:.0}", plain.rate)),
+            ("own_sink_uring_vs_epoll", format!("{:.2}", plain.rate / epoll_plain.rate)),
+            ("tls_own_sink_msgs_s", format!("{:.0}", tls.rate)),
+            ("tls_ratio", format!("{:.2}", tls.rate / plain.rate)),
         ],
     );
     println!("{line}");

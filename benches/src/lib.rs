@@ -24,6 +24,14 @@ pub fn per_second(count: u64, elapsed: std::time::Duration) -> f64 {
     count as f64 / seconds
 }
 
+/// CPU time the calling thread has used (`/proc/thread-self/schedstat`, in ns): for
+/// "messages per CPU-second", which a peer sharing the machine does not blur.
+pub fn thread_cpu() -> std::time::Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    std::time::Duration::from_nanos(nanos)
+}
+
 /// Where benchmark stores live: `$BENCH_DIR` if set (to measure another disk),
 /// else the system temp directory.
 pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pki, spawn_server, spawn_server_at, Received};
+use common::{pki, spawn_server, spawn_server_at, Received, SmtpSink};
 use ringmail::io::connect::{connect_epoll, connect_uring, Allowlist, ConnectOptions};
 use ringmail::io::driver::{run_client, ClientReport};
 use ringmail::io::tls::{ClientTls, Connection, TlsStream, Verification};
@@ -144,53 +144,6 @@ fn connections_outside_the_allowlist_are_refused_before_any_packet() {
         .block_on(connect_epoll("127.0.0.1:9".parse().unwrap(), &ConnectOptions::default(), &only_one))
         .unwrap_err();
     assert!(error.to_string().contains("not in the allowlist"), "{error}");
-}
-
-/// Postfix's smtp-sink on a loopback port, dumping every transaction to files.
-struct SmtpSink {
-    child: std::process::Child,
-    address: SocketAddr,
-    dump: tempfile::TempDir,
-}
-
-impl SmtpSink {
-    fn start() -> SmtpSink {
-        let port = std::net::TcpListener::bind("127.0.0.5:0").unwrap().local_addr().unwrap().port();
-        let address: SocketAddr = format!("127.0.0.5:{port}").parse().unwrap();
-        let dump = tempfile::tempdir().unwrap();
-        let template = format!("{}/%H%M%S.", dump.path().display());
-        let mut command = std::process::Command::new("/usr/sbin/smtp-sink");
-        // As root smtp-sink must drop privileges; the dump directory must let it write.
-        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-            command.args(["-u", "nobody"]);
-        }
-        let child = command
-            .args(["-d", &template, &format!("127.0.0.5:{port}"), "64"])
-            .spawn()
-            .expect("smtp-sink (Debian package postfix) is installed by make test");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(address).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        SmtpSink { child, address, dump }
-    }
-
-    fn dumped(&self) -> Vec<Vec<u8>> {
-        let mut files: Vec<_> = std::fs::read_dir(self.dump.path()).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        files.iter().map(|path| std::fs::read(path).unwrap()).collect()
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -22,13 +22,18 @@ pub trait ServerHandler {
 
 /// Hands the session the next transaction it takes, or says QUIT when none is left.
 /// A transaction the session refuses (a caller's mistake) is reported as unsent.
-fn send_next(session: &mut ClientSession, pending: &mut VecDeque<Transaction>, report: &mut ClientReport) {
+/// Hands the session the next transaction it takes; QUIT when none is left.
+pub(super) fn send_next(
+    session: &mut ClientSession,
+    pending: &mut VecDeque<Transaction>,
+    unsent: &mut Vec<Transaction>,
+) {
     while let Some(transaction) = pending.pop_front() {
         match session.send(transaction.clone(), Instant::now()) {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(%error, "transaction refused by the session");
-                report.unsent.push(transaction);
+                unsent.push(transaction);
             }
         }
     }
@@ -73,7 +78,7 @@ pub async fn run_client<S: Stream>(
         // message's content) leaves in the same write: one segment, no Nagle stall.
         while let Some(event) = session.poll_event() {
             match event {
-                ClientEvent::Ready => send_next(&mut session, &mut pending, &mut report),
+                ClientEvent::Ready => send_next(&mut session, &mut pending, &mut report.unsent),
                 ClientEvent::StartTls => {
                     // The STARTTLS reply has been read; nothing may be pending to write.
                     let upgrade = connection.upgrade_client(tls, server_name.clone());

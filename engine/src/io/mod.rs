@@ -20,6 +20,7 @@
 pub mod connect;
 pub mod driver;
 pub mod epoll;
+pub mod ring;
 pub mod tls;
 pub mod uring;
 

@@ -121,6 +121,42 @@ impl ClientTls {
     }
 }
 
+impl ClientTls {
+    /// A client connection for `server_name`, for a transport that drives rustls itself.
+    pub(crate) fn client_connection(
+        &self,
+        server_name: ServerName<'static>,
+    ) -> Result<rustls::ClientConnection, rustls::Error> {
+        rustls::ClientConnection::new(Arc::clone(&self.config), server_name)
+    }
+
+    /// What a finished client handshake tells the log, with the chain checked in
+    /// opportunistic mode (verify mode has refused a bad one already).
+    pub(crate) fn describe(&self, connection: &rustls::ClientConnection, name: &ServerName<'static>) -> TlsInfo {
+        let verified = match &self.checker {
+            None => true,
+            Some(checker) => chain_verifies(connection, checker, name),
+        };
+        describe(connection, verified)
+    }
+}
+
+fn chain_verifies(
+    connection: &rustls::CommonState,
+    checker: &rustls::client::WebPkiServerVerifier,
+    name: &ServerName<'static>,
+) -> bool {
+    let Some(chain) = connection.peer_certificates() else { return false };
+    let Some((end_entity, intermediates)) = chain.split_first() else { return false };
+    checker.verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now()).is_ok()
+}
+
+fn describe(connection: &rustls::CommonState, verified: bool) -> TlsInfo {
+    let protocol = connection.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+    let cipher = connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    TlsInfo { protocol, cipher, verified }
+}
+
 /// Server-side TLS settings (ingest listener, loadgen sink).
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
@@ -160,7 +196,7 @@ impl<S: Stream> TlsStream<S> {
         stream.handshake().await?;
         let verified = match &tls.checker {
             None => true,
-            Some(checker) => stream.chain_verifies(checker, &server_name),
+            Some(checker) => chain_verifies(&stream.tls, checker, &server_name),
         };
         stream.record(verified);
         Ok(stream)
@@ -185,15 +221,7 @@ impl<S: Stream> TlsStream<S> {
     }
 
     fn record(&mut self, verified: bool) {
-        let protocol = self.tls.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-        let cipher = self.tls.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-        self.info = Some(TlsInfo { protocol, cipher, verified });
-    }
-
-    fn chain_verifies(&self, checker: &rustls::client::WebPkiServerVerifier, name: &ServerName<'static>) -> bool {
-        let Some(chain) = self.tls.peer_certificates() else { return false };
-        let Some((end_entity, intermediates)) = chain.split_first() else { return false };
-        checker.verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now()).is_ok()
+        self.info = Some(describe(&self.tls, verified));
     }
 
     /// Says close_notify (best effort: the connection is closing anyway).

@@ -48,7 +48,8 @@ pub fn stuffed_len(message: &[u8]) -> usize {
 
 /// Whether a message needs `BODY=8BITMIME` (any byte above 127).
 pub fn is_8bit(message: &[u8]) -> bool {
-    message.iter().any(|&byte| byte >= 0x80)
+    // `is_ascii` checks a word at a time: this runs on every message sent.
+    !message.is_ascii()
 }
 
 /// What the server's DATA reader found.

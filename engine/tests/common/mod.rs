@@ -114,3 +114,50 @@ pub fn spawn_server_at(
     });
     (address, handle)
 }
+
+/// Postfix's smtp-sink on a loopback port, dumping every transaction to files.
+pub struct SmtpSink {
+    child: std::process::Child,
+    pub address: SocketAddr,
+    dump: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    pub fn start() -> SmtpSink {
+        let port = std::net::TcpListener::bind("127.0.0.5:0").unwrap().local_addr().unwrap().port();
+        let address: SocketAddr = format!("127.0.0.5:{port}").parse().unwrap();
+        let dump = tempfile::tempdir().unwrap();
+        let template = format!("{}/%H%M%S.", dump.path().display());
+        let mut command = std::process::Command::new("/usr/sbin/smtp-sink");
+        // As root smtp-sink must drop privileges; the dump directory must let it write.
+        if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            command.args(["-u", "nobody"]);
+        }
+        let child = command
+            .args(["-d", &template, &format!("127.0.0.5:{port}"), "64"])
+            .spawn()
+            .expect("smtp-sink (Debian package postfix) is installed by make test");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(address).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        SmtpSink { child, address, dump }
+    }
+
+    pub fn dumped(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<_> = std::fs::read_dir(self.dump.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|path| std::fs::read(path).unwrap()).collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

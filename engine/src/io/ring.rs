@@ -1,0 +1,773 @@
+//! A shard's own io_uring loop for outbound SMTP connections.
+//!
+//! tokio-uring parks through tokio's epoll and submits on every park: about three
+//! `io_uring_enter` and three `epoll_wait` calls per message (docs/io.md). This loop
+//! drives the sans-IO [`ClientSession`]s straight from completions instead:
+//!
+//! - one `io_uring_enter` per turn submits everything the last turn queued and waits
+//!   for the next completion or the earliest deadline (`IORING_ENTER_EXT_ARG`);
+//! - every open connection keeps one `recv` posted into its own buffer, and has at
+//!   most one `send` in flight;
+//! - connect, source binding and the allowlist check happen here too (`connect` is an
+//!   io_uring operation, bounded by the connect timeout);
+//! - STARTTLS runs rustls in memory on the same buffers.
+//!
+//! Events reach a [`RingHandler`] synchronously, with the session at hand, so that a
+//! transaction started on `ready` leaves in the same write as the content of the last
+//! one (RFC 2920 §3.1) — the same shape as `driver::run_client`.
+//!
+//! Safety: submitting an entry hands the kernel raw pointers into a connection's
+//! buffers and address. Each [`Slot`] owns those (heap allocations that never move or
+//! resize while an operation is posted on them) and is freed only when every operation
+//! it posted has completed; dropping the ring cancels and waits for what is left.
+#![allow(unsafe_code)] // `push`: see the module docs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+use rustls::pki_types::ServerName;
+
+use super::connect::{Allowlist, ConnectError, ConnectOptions};
+use super::tls::{ClientTls, TlsInfo};
+use crate::smtp::{ClientEvent, ClientSession, Outcome, SessionError, Transaction};
+
+/// Each connection's receive buffer: one TLS record (16 KiB + overhead) fits, and a
+/// pipelined batch of replies comes in one completion.
+const RECV_BYTES: usize = 32 * 1024;
+/// Saying close_notify and shutting down may take this long before the ring cancels.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Submission queue entries; the completion queue is twice that (the kernel default).
+const RING_ENTRIES: u32 = 1024;
+
+const OP_CONNECT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_CANCEL: u64 = 4;
+
+/// One connection of a [`Ring`]; stale ids (of a closed connection) are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    fn user_data(self, op: u64) -> u64 {
+        (u64::from(self.generation & 0x00ff_ffff) << 32) | (u64::from(self.index) << 8) | op
+    }
+
+    fn from_user_data(user_data: u64) -> (u32, u32, u64) {
+        ((user_data >> 8) as u32 & 0x00ff_ffff, (user_data >> 32) as u32, user_data & 0xff)
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct End {
+    /// `None` after a clean QUIT.
+    pub error: Option<SessionError>,
+    /// Set when the connection never opened.
+    pub connect_error: Option<ConnectError>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the ring tells its owner, connection by connection.
+pub trait RingHandler {
+    /// The session can take a transaction (`session.send`) or end (`session.quit`).
+    fn ready(&mut self, id: ConnId, session: &mut ClientSession);
+    /// A transaction ended: one outcome per recipient, in order.
+    fn done(&mut self, id: ConnId, outcomes: Vec<(String, Outcome)>);
+    /// The connection is gone (its socket closed, its buffers free).
+    fn closed(&mut self, id: ConnId, end: End);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Open,
+    /// The session is over: flushing what is left (close_notify), then shutting down.
+    Closing,
+    /// Shut down; waiting for posted operations to complete.
+    Draining,
+}
+
+#[derive(Debug)]
+struct Tls {
+    config: Arc<ClientTls>,
+    name: ServerName<'static>,
+    connection: Option<rustls::ClientConnection>,
+    info: Option<TlsInfo>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u32,
+    state: State,
+    socket: TcpStream,
+    /// Boxed: the kernel reads it while the connect is posted.
+    destination: Box<socket2::SockAddr>,
+    session: ClientSession,
+    tls: Option<Tls>,
+    /// `RECV_BYTES` long; the kernel writes into it while `recv_posted`.
+    incoming: Vec<u8>,
+    /// Bytes being sent; the kernel reads `outgoing[sent..]` while `send_posted`.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Plaintext scratch (session output before encryption, decrypted input).
+    plain: Vec<u8>,
+    connect_posted: bool,
+    recv_posted: bool,
+    send_posted: bool,
+    cancel_sent: bool,
+    connect_deadline: Option<Instant>,
+    send_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    /// The earliest deadline in the timer heap for this slot.
+    armed: Option<Instant>,
+    error: Option<SessionError>,
+    connect_error: Option<ConnectError>,
+}
+
+impl Slot {
+    fn in_flight(&self) -> bool {
+        self.connect_posted || self.recv_posted || self.send_posted
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let session = match self.state {
+            State::Connecting | State::Open => self.session.poll_timeout(),
+            State::Closing | State::Draining => None,
+        };
+        [session, self.connect_deadline, self.send_deadline, self.close_deadline].into_iter().flatten().min()
+    }
+}
+
+/// A single-threaded io_uring event loop of client connections.
+pub struct Ring {
+    ring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    generations: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    completions: Vec<(u64, i32)>,
+    live: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("live", &self.live).finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    /// A ring for one thread. Uses `DEFER_TASKRUN` (completions are reaped only when
+    /// this thread waits) where the kernel has it.
+    pub fn new() -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        Ok(Ring {
+            ring,
+            slots: Vec::new(),
+            free: Vec::new(),
+            generations: Vec::new(),
+            timers: BinaryHeap::new(),
+            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            live: 0,
+        })
+    }
+
+    /// Connections not yet reported closed.
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    /// Starts connecting to `destination` (allowlist checked, source bound). The
+    /// session's events follow through the handler passed to [`Ring::turn`]. With
+    /// `tls`, the session's STARTTLS runs with that configuration and server name.
+    pub fn open(
+        &mut self,
+        destination: SocketAddr,
+        options: &ConnectOptions,
+        allowlist: &Allowlist,
+        session: ClientSession,
+        tls: Option<(Arc<ClientTls>, ServerName<'static>)>,
+    ) -> Result<ConnId, ConnectError> {
+        let socket = new_socket(destination, options, allowlist)?;
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                u32::try_from(self.slots.len() - 1).map_err(|_| ConnectError::Io {
+                    destination,
+                    error: io::Error::other("too many connections on one ring"),
+                })?
+            }
+        };
+        let generation = self.generations[index as usize].wrapping_add(1) & 0x00ff_ffff;
+        self.generations[index as usize] = generation;
+        let id = ConnId { index, generation };
+        let now = Instant::now();
+        let slot = Slot {
+            generation,
+            state: State::Connecting,
+            socket: socket.into(),
+            destination: Box::new(socket2::SockAddr::from(destination)),
+            session,
+            tls: tls.map(|(config, name)| Tls { config, name, connection: None, info: None }),
+            incoming: vec![0; RECV_BYTES],
+            outgoing: Vec::new(),
+            sent: 0,
+            plain: Vec::new(),
+            connect_posted: true,
+            recv_posted: false,
+            send_posted: false,
+            cancel_sent: false,
+            connect_deadline: Some(now + options.timeout),
+            send_deadline: None,
+            close_deadline: None,
+            armed: None,
+            error: None,
+            connect_error: None,
+        };
+        let entry = opcode::Connect::new(
+            types::Fd(slot.socket.as_raw_fd()),
+            slot.destination.as_ptr().cast::<libc::sockaddr>(),
+            slot.destination.len(),
+        )
+        .build()
+        .user_data(id.user_data(OP_CONNECT));
+        self.slots[index as usize] = Some(slot);
+        self.live += 1;
+        self.arm(index);
+        if let Err(error) = push(&mut self.ring, &entry) {
+            // The entry never reached the kernel: nothing is posted.
+            self.slots[index as usize] = None;
+            self.free.push(index);
+            self.live -= 1;
+            return Err(ConnectError::Io { destination, error });
+        }
+        Ok(id)
+    }
+
+    /// Acts on one connection's session between turns (e.g. hands a pooled, idle
+    /// connection a transaction), then sends what that produced. False if `id` is gone.
+    pub fn with_session<H: RingHandler>(
+        &mut self,
+        id: ConnId,
+        handler: &mut H,
+        act: impl FnOnce(&mut ClientSession),
+    ) -> bool {
+        match self.slot_mut(id) {
+            Some(slot) if slot.state == State::Open => act(&mut slot.session),
+            _ => return false,
+        }
+        self.pump(id.index, handler);
+        true
+    }
+
+    /// Submits what is queued, waits up to `max_wait` (or the earliest deadline) for
+    /// completions, and handles them.
+    pub fn turn<H: RingHandler>(&mut self, handler: &mut H, max_wait: Option<Duration>) -> io::Result<()> {
+        let now = Instant::now();
+        let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let wake = [next_timer, max_wait.map(|wait| now + wait)].into_iter().flatten().min();
+        let result = match wake {
+            Some(at) => {
+                let wait = at.saturating_duration_since(now);
+                let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => {}
+            Err(error) if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(error) => return Err(error),
+        }
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        for &(user_data, result) in &completions {
+            self.complete(user_data, result, handler);
+        }
+        completions.clear();
+        self.completions = completions;
+        self.fire_timers(handler);
+        Ok(())
+    }
+
+    /// Turns until every connection has closed.
+    pub fn run<H: RingHandler>(&mut self, handler: &mut H) -> io::Result<()> {
+        while self.live > 0 {
+            self.turn(handler, None)?;
+        }
+        Ok(())
+    }
+
+    fn slot_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
+        self.slots.get_mut(id.index as usize)?.as_mut().filter(|slot| slot.generation == id.generation)
+    }
+
+    fn complete<H: RingHandler>(&mut self, user_data: u64, result: i32, handler: &mut H) {
+        let (index, generation, op) = ConnId::from_user_data(user_data);
+        if op == OP_CANCEL {
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        if slot.generation != generation {
+            return;
+        }
+        let now = Instant::now();
+        match op {
+            OP_CONNECT => {
+                slot.connect_posted = false;
+                slot.connect_deadline = None;
+                match (slot.state, result) {
+                    (State::Connecting, 0..) => slot.state = State::Open,
+                    (State::Connecting, _) => {
+                        let destination = slot.destination.as_socket();
+                        let error = io::Error::from_raw_os_error(-result);
+                        slot.connect_error = destination.map(|destination| ConnectError::Io { destination, error });
+                        slot.state = State::Draining;
+                    }
+                    _ => {} // timed out and cancelled meanwhile
+                }
+            }
+            OP_RECV => {
+                slot.recv_posted = false;
+                match (slot.state, result) {
+                    (State::Open, 1..) => received(slot, result as usize, now),
+                    (State::Open, _) => slot.session.handle_closed(now),
+                    _ => {} // closing: what the server still says no longer matters
+                }
+            }
+            OP_SEND => {
+                slot.send_posted = false;
+                slot.send_deadline = None;
+                if result < 0 {
+                    slot.outgoing.clear();
+                    slot.sent = 0;
+                    if slot.state == State::Open {
+                        slot.session.handle_closed(now);
+                    }
+                } else {
+                    slot.sent += result as usize;
+                    if slot.sent >= slot.outgoing.len() {
+                        slot.outgoing.clear();
+                        slot.sent = 0;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.pump(index, handler);
+    }
+
+    /// Moves one connection forward: session events to the handler, output to the
+    /// socket, a receive posted, and the closing steps.
+    fn pump<H: RingHandler>(&mut self, index: u32, handler: &mut H) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let id = ConnId { index, generation: slot.generation };
+        loop {
+            drain_events(slot, id, handler);
+            if !matches!(slot.state, State::Open | State::Closing) || slot.send_posted {
+                break;
+            }
+            match gather_output(slot) {
+                Ok(()) => break,
+                // The session fails and says Closed: handle that before sending.
+                Err(error) if slot.state == State::Open => slot.session.handle_tls_failed(error.to_string()),
+                Err(_) => {
+                    slot.outgoing.clear();
+                    slot.sent = 0;
+                    break;
+                }
+            }
+        }
+        let mut entries: [Option<squeue::Entry>; 3] = [None, None, None];
+        let sending = matches!(slot.state, State::Open | State::Closing) && !slot.send_posted;
+        if sending && slot.sent < slot.outgoing.len() {
+            let rest = &slot.outgoing[slot.sent..];
+            let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+            entries[0] = Some(
+                opcode::Send::new(types::Fd(slot.socket.as_raw_fd()), rest.as_ptr(), length)
+                    .build()
+                    .user_data(id.user_data(OP_SEND)),
+            );
+            slot.send_posted = true;
+            slot.send_deadline = Some(Instant::now() + slot.session.write_timeout());
+        }
+        if slot.state == State::Closing && !slot.send_posted {
+            let _ = slot.socket.shutdown(Shutdown::Both);
+            slot.state = State::Draining;
+        }
+        if slot.state == State::Open && !slot.recv_posted {
+            entries[1] = Some(
+                opcode::Recv::new(types::Fd(slot.socket.as_raw_fd()), slot.incoming.as_mut_ptr(), RECV_BYTES as u32)
+                    .build()
+                    .user_data(id.user_data(OP_RECV)),
+            );
+            slot.recv_posted = true;
+        }
+        if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
+            // shutdown() ends a posted recv on most kernels; the cancel makes sure.
+            entries[2] =
+                Some(opcode::AsyncCancel::new(id.user_data(OP_RECV)).build().user_data(id.user_data(OP_CANCEL)));
+            slot.cancel_sent = true;
+        }
+        if slot.state == State::Draining && !slot.in_flight() {
+            return self.release(index, handler);
+        }
+        for entry in entries.into_iter().flatten() {
+            if let Err(error) = push(&mut self.ring, &entry) {
+                // Only a failing io_uring_enter gets here; the ring is unusable.
+                tracing::error!(%error, "io_uring submission failed");
+            }
+        }
+        self.arm(index);
+    }
+
+    fn release<H: RingHandler>(&mut self, index: u32, handler: &mut H) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::take) else { return };
+        self.free.push(index);
+        self.live -= 1;
+        let id = ConnId { index, generation: slot.generation };
+        let tls = slot.tls.and_then(|tls| tls.info);
+        handler.closed(id, End { error: slot.error, connect_error: slot.connect_error, tls });
+    }
+
+    /// Keeps one heap entry per slot at (or before) its earliest deadline.
+    fn arm(&mut self, index: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(deadline) = slot.deadline() else { return };
+        if slot.armed.is_none_or(|armed| deadline < armed) {
+            slot.armed = Some(deadline);
+            self.timers.push(Reverse((deadline, index, slot.generation)));
+        }
+    }
+
+    fn fire_timers<H: RingHandler>(&mut self, handler: &mut H) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
+            if slot.generation != generation || slot.armed != Some(at) {
+                continue;
+            }
+            slot.armed = None;
+            expire(slot, now, generation, index, &mut self.ring);
+            self.pump(index, handler);
+        }
+    }
+}
+
+/// Hands the session's events to the handler (STARTTLS is the ring's own).
+fn drain_events<H: RingHandler>(slot: &mut Slot, id: ConnId, handler: &mut H) {
+    if slot.state != State::Open {
+        return;
+    }
+    while let Some(event) = slot.session.poll_event() {
+        match event {
+            ClientEvent::Ready => handler.ready(id, &mut slot.session),
+            ClientEvent::StartTls => start_tls(slot),
+            ClientEvent::TransactionDone(outcomes) => handler.done(id, outcomes),
+            ClientEvent::Closed(error) => {
+                slot.error = error;
+                slot.state = State::Closing;
+                slot.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                if let Some(connection) = slot.tls.as_mut().and_then(|tls| tls.connection.as_mut()) {
+                    connection.send_close_notify();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Acts on whichever of the slot's deadlines have passed.
+fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut IoUring) {
+    let id = ConnId { index, generation };
+    let cancel = |ring: &mut IoUring, op| {
+        let entry = opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL));
+        let _ = push(ring, &entry);
+    };
+    if slot.connect_deadline.is_some_and(|at| at <= now) {
+        slot.connect_deadline = None;
+        if slot.state == State::Connecting {
+            let destination = slot.destination.as_socket();
+            slot.connect_error = destination.map(ConnectError::Timeout);
+            slot.state = State::Draining;
+            cancel(ring, OP_CONNECT);
+        }
+    }
+    if slot.send_deadline.is_some_and(|at| at <= now) {
+        // A peer that stops reading must not hold us: RFC 5321's data-block timeout.
+        slot.send_deadline = None;
+        cancel(ring, OP_SEND);
+        if slot.state == State::Open {
+            slot.session.handle_closed(now);
+        }
+    }
+    if slot.close_deadline.is_some_and(|at| at <= now) {
+        slot.close_deadline = None;
+        let _ = slot.socket.shutdown(Shutdown::Both);
+        slot.state = State::Draining;
+        for op in [OP_RECV, OP_SEND] {
+            cancel(ring, op);
+        }
+    }
+    if slot.state == State::Open {
+        slot.session.handle_timeout(now);
+    }
+}
+
+/// Submits `entry`, making room in a full submission queue first.
+fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    loop {
+        // SAFETY: the entry points only into a `Slot`'s `incoming`, `outgoing` or
+        // boxed `destination`, which stay allocated and unmoved until the operation's
+        // completion is reaped (see the module docs); cancels point at nothing.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+fn new_socket(
+    destination: SocketAddr,
+    options: &ConnectOptions,
+    allowlist: &Allowlist,
+) -> Result<socket2::Socket, ConnectError> {
+    if !allowlist.allows(destination.ip()) {
+        return Err(ConnectError::Denied(destination.ip()));
+    }
+    let io_error = |error| ConnectError::Io { destination, error };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(destination), socket2::Type::STREAM, None)
+        .map_err(io_error)?;
+    socket.set_tcp_nodelay(true).map_err(io_error)?;
+    if let Some(source_address) = options.source {
+        socket
+            .bind(&SocketAddr::new(source_address, 0).into())
+            .map_err(|error| ConnectError::Bind { source_address, error })?;
+    }
+    Ok(socket)
+}
+
+/// Feeds `length` received bytes to the session, through rustls once it runs.
+fn received(slot: &mut Slot, length: usize, now: Instant) {
+    let Some(tls) = slot.tls.as_mut() else {
+        slot.session.handle_input(&slot.incoming[..length], now);
+        return;
+    };
+    let Some(connection) = tls.connection.as_mut() else {
+        slot.session.handle_input(&slot.incoming[..length], now);
+        return;
+    };
+    let was_handshaking = connection.is_handshaking();
+    slot.plain.clear();
+    if let Err(error) = decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
+        if was_handshaking {
+            slot.session.handle_tls_failed(error.to_string());
+        } else {
+            tracing::debug!(%error, "TLS error from the server");
+            slot.session.handle_closed(now);
+        }
+        return;
+    }
+    if was_handshaking && !connection.is_handshaking() {
+        tls.info = Some(tls.config.describe(connection, &tls.name));
+        slot.session.handle_tls_established(now);
+    }
+    if !slot.plain.is_empty() {
+        slot.session.handle_input(&slot.plain, now);
+    }
+}
+
+/// Runs TLS records through rustls; the plaintext they held goes to `plain`.
+fn decrypt(connection: &mut rustls::ClientConnection, mut input: &[u8], plain: &mut Vec<u8>) -> io::Result<()> {
+    while !input.is_empty() {
+        if connection.read_tls(&mut input)? == 0 {
+            return Err(io::Error::other("TLS layer took no input"));
+        }
+        let state = connection.process_new_packets().map_err(io::Error::other)?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let start = plain.len();
+            plain.resize(start + available, 0);
+            connection.reader().read_exact(&mut plain[start..])?;
+        }
+        if state.peer_has_closed() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server said close_notify"));
+        }
+    }
+    Ok(())
+}
+
+fn start_tls(slot: &mut Slot) {
+    let Some(tls) = slot.tls.as_mut() else {
+        return slot.session.handle_tls_failed("no TLS configuration for this connection".into());
+    };
+    match tls.config.client_connection(tls.name.clone()) {
+        Ok(connection) => tls.connection = Some(connection),
+        Err(error) => slot.session.handle_tls_failed(error.to_string()),
+    }
+}
+
+/// Moves the session's output (encrypted once TLS runs) into `outgoing`; only
+/// called with no send posted.
+fn gather_output(slot: &mut Slot) -> io::Result<()> {
+    if slot.sent == slot.outgoing.len() {
+        slot.outgoing.clear();
+        slot.sent = 0;
+    }
+    let connection = slot.tls.as_mut().and_then(|tls| tls.connection.as_mut());
+    let Some(connection) = connection else {
+        slot.session.poll_transmit(&mut slot.outgoing);
+        return Ok(());
+    };
+    if !connection.is_handshaking() {
+        slot.plain.clear();
+        slot.session.poll_transmit(&mut slot.plain);
+        // rustls buffers a bounded amount of plaintext: feed and drain in turns.
+        let mut rest: &[u8] = &slot.plain;
+        while !rest.is_empty() {
+            let taken = connection.writer().write(rest)?;
+            rest = &rest[taken..];
+            while connection.wants_write() {
+                connection.write_tls(&mut slot.outgoing)?;
+            }
+            if taken == 0 && !rest.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
+            }
+        }
+    }
+    while connection.wants_write() {
+        connection.write_tls(&mut slot.outgoing)?;
+    }
+    Ok(())
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // The kernel may still write into posted buffers: cancel, then wait for every
+        // completion before the slots are freed. Leak them if the kernel never answers.
+        let mut waiting: usize = 0;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot.as_mut() else { continue };
+            if !slot.in_flight() {
+                continue;
+            }
+            let _ = slot.socket.shutdown(Shutdown::Both);
+            let id = ConnId { index: index as u32, generation: slot.generation };
+            for (posted, op) in
+                [(slot.connect_posted, OP_CONNECT), (slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)]
+            {
+                if posted {
+                    waiting += 1;
+                    let entry = opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL));
+                    let _ = push(&mut self.ring, &entry);
+                }
+            }
+        }
+        let give_up = Instant::now() + CLOSE_TIMEOUT;
+        while waiting > 0 && Instant::now() < give_up {
+            let timespec = types::Timespec::new().nsec(100_000_000);
+            let args = types::SubmitArgs::new().timespec(&timespec);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            waiting = waiting
+                .saturating_sub(self.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count());
+        }
+        if waiting > 0 {
+            tracing::error!(waiting, "io_uring operations outlived the ring; leaking their buffers");
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}
+
+/// Delivers each job's transactions over its own connection, all on one ring (the
+/// loop's counterpart of `driver::run_client`); one report per job, in order.
+pub fn deliver_all(jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Report>> {
+    let mut ring = Ring::new()?;
+    let mut handler = Deliveries { jobs: Vec::new(), ids: HashMap::new() };
+    for job in jobs {
+        let Job { destination, options, session, tls, transactions } = job;
+        let mut report = Report { results: Vec::new(), unsent: Vec::new(), end: None };
+        match ring.open(destination, &options, allowlist, session, tls) {
+            Ok(id) => {
+                handler.ids.insert(id, handler.jobs.len());
+            }
+            Err(error) => report.end = Some(End { error: None, connect_error: Some(error), tls: None }),
+        }
+        handler.jobs.push((transactions.into(), report));
+    }
+    ring.run(&mut handler)?;
+    Ok(handler.jobs.into_iter().map(|(_, report)| report).collect())
+}
+
+/// One connection's work for [`deliver_all`].
+#[derive(Debug)]
+pub struct Job {
+    pub destination: SocketAddr,
+    pub options: ConnectOptions,
+    pub session: ClientSession,
+    pub tls: Option<(Arc<ClientTls>, ServerName<'static>)>,
+    pub transactions: Vec<Transaction>,
+}
+
+/// What one [`Job`] came to.
+#[derive(Debug)]
+pub struct Report {
+    /// One entry per transaction the session finished, in order.
+    pub results: Vec<Vec<(String, Outcome)>>,
+    /// Transactions never started (the connection ended first).
+    pub unsent: Vec<Transaction>,
+    pub end: Option<End>,
+}
+
+struct Deliveries {
+    jobs: Vec<(VecDeque<Transaction>, Report)>,
+    ids: HashMap<ConnId, usize>,
+}
+
+impl Deliveries {
+    fn job(&mut self, id: ConnId) -> Option<&mut (VecDeque<Transaction>, Report)> {
+        let position = *self.ids.get(&id)?;
+        self.jobs.get_mut(position)
+    }
+}
+
+impl RingHandler for Deliveries {
+    fn ready(&mut self, id: ConnId, session: &mut ClientSession) {
+        match self.job(id) {
+            Some((queue, report)) => super::driver::send_next(session, queue, &mut report.unsent),
+            None => session.quit(Instant::now()),
+        }
+    }
+
+    fn done(&mut self, id: ConnId, outcomes: Vec<(String, Outcome)>) {
+        if let Some((_, report)) = self.job(id) {
+            report.results.push(outcomes);
+        }
+    }
+
+    fn closed(&mut self, id: ConnId, end: End) {
+        if let Some((queue, report)) = self.job(id) {
+            report.unsent.extend(queue.drain(..));
+            report.end = Some(end);
+        }
+    }
+}
