@@ -134,6 +134,7 @@ fn a_destination_outside_the_allowlist_is_refused_before_any_packet() {
     let end = reports[0].end.as_ref().unwrap();
     assert!(matches!(end.connect_error, Some(ConnectError::Denied(_))), "{end:?}");
     assert!(reports[0].results.is_empty());
+    assert_eq!(reports[0].unsent.len(), 2, "handed back for another route, never dropped");
 }
 
 #[test]

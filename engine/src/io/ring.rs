@@ -140,9 +140,11 @@ impl Slot {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        // While connecting only the connect timeout runs: the session's clock (its
+        // greeting timeout) starts when the connection is up.
         let session = match self.state {
-            State::Connecting | State::Open => self.session.poll_timeout(),
-            State::Closing | State::Draining => None,
+            State::Open => self.session.poll_timeout(),
+            State::Connecting | State::Closing | State::Draining => None,
         };
         [session, self.connect_deadline, self.send_deadline, self.close_deadline].into_iter().flatten().min()
     }
@@ -150,7 +152,7 @@ impl Slot {
 
 /// A single-threaded io_uring event loop of client connections.
 pub struct Ring {
-    ring: IoUring,
+    ring: Submissions,
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     generations: Vec<u32>,
@@ -175,7 +177,7 @@ impl Ring {
             .build(RING_ENTRIES)
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
         Ok(Ring {
-            ring,
+            ring: Submissions { ring, backlog: VecDeque::new() },
             slots: Vec::new(),
             free: Vec::new(),
             generations: Vec::new(),
@@ -192,7 +194,8 @@ impl Ring {
 
     /// Starts connecting to `destination` (allowlist checked, source bound). The
     /// session's events follow through the handler passed to [`Ring::turn`]. With
-    /// `tls`, the session's STARTTLS runs with that configuration and server name.
+    /// `tls`, the session's STARTTLS runs with that configuration and server name;
+    /// without it, a session that asks for STARTTLS fails (use `TlsMode::Disabled`).
     pub fn open(
         &mut self,
         destination: SocketAddr,
@@ -201,6 +204,11 @@ impl Ring {
         session: ClientSession,
         tls: Option<(Arc<ClientTls>, ServerName<'static>)>,
     ) -> Result<ConnId, ConnectError> {
+        if session.is_tls() {
+            // Implicit TLS (port 465) would need rustls from the first byte: not built.
+            let error = io::Error::new(io::ErrorKind::Unsupported, "implicit TLS is not supported by the ring yet");
+            return Err(ConnectError::Io { destination, error });
+        }
         let socket = new_socket(destination, options, allowlist)?;
         let index = match self.free.pop() {
             Some(index) => index,
@@ -249,13 +257,7 @@ impl Ring {
         self.slots[index as usize] = Some(slot);
         self.live += 1;
         self.arm(index);
-        if let Err(error) = push(&mut self.ring, &entry) {
-            // The entry never reached the kernel: nothing is posted.
-            self.slots[index as usize] = None;
-            self.free.push(index);
-            self.live -= 1;
-            return Err(ConnectError::Io { destination, error });
-        }
+        self.ring.push(entry);
         Ok(id)
     }
 
@@ -281,22 +283,26 @@ impl Ring {
         let now = Instant::now();
         let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let wake = [next_timer, max_wait.map(|wait| now + wait)].into_iter().flatten().min();
+        self.ring.drain_backlog();
+        let ring = &mut self.ring.ring;
         let result = match wake {
             Some(at) => {
                 let wait = at.saturating_duration_since(now);
                 let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
                 let args = types::SubmitArgs::new().timespec(&timespec);
-                self.ring.submitter().submit_with_args(1, &args)
+                ring.submitter().submit_with_args(1, &args)
             }
-            None => self.ring.submit_and_wait(1),
+            None => ring.submit_and_wait(1),
         };
         match result {
             Ok(_) => {}
-            Err(error) if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            // Timed out, interrupted, or completions to reap first: all retried next turn.
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
             Err(error) => return Err(error),
         }
         let mut completions = std::mem::take(&mut self.completions);
-        completions.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        completions.extend(ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
         for &(user_data, result) in &completions {
             self.complete(user_data, result, handler);
         }
@@ -429,10 +435,7 @@ impl Ring {
             return self.release(index, handler);
         }
         for entry in entries.into_iter().flatten() {
-            if let Err(error) = push(&mut self.ring, &entry) {
-                // Only a failing io_uring_enter gets here; the ring is unusable.
-                tracing::error!(%error, "io_uring submission failed");
-            }
+            self.ring.push(entry);
         }
         self.arm(index);
     }
@@ -458,11 +461,16 @@ impl Ring {
 
     fn fire_timers<H: RingHandler>(&mut self, handler: &mut H) {
         let now = Instant::now();
+        // Due entries first: what handling them re-arms waits for the next turn.
+        let mut due = Vec::new();
         while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
+            due.push((at, index, generation));
+        }
+        for (at, index, generation) in due {
             let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
             if slot.generation != generation || slot.armed != Some(at) {
                 continue;
@@ -498,11 +506,10 @@ fn drain_events<H: RingHandler>(slot: &mut Slot, id: ConnId, handler: &mut H) {
 }
 
 /// Acts on whichever of the slot's deadlines have passed.
-fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut IoUring) {
+fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut Submissions) {
     let id = ConnId { index, generation };
-    let cancel = |ring: &mut IoUring, op| {
-        let entry = opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL));
-        let _ = push(ring, &entry);
+    let cancel = |ring: &mut Submissions, op| {
+        ring.push(opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL)));
     };
     if slot.connect_deadline.is_some_and(|at| at <= now) {
         slot.connect_deadline = None;
@@ -534,16 +541,42 @@ fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut
     }
 }
 
-/// Submits `entry`, making room in a full submission queue first.
-fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
-    loop {
-        // SAFETY: the entry points only into a `Slot`'s `incoming`, `outgoing` or
-        // boxed `destination`, which stay allocated and unmoved until the operation's
-        // completion is reaped (see the module docs); cancels point at nothing.
-        if unsafe { ring.submission().push(entry) }.is_ok() {
-            return Ok(());
+fn try_push(ring: &mut IoUring, entry: &squeue::Entry) -> bool {
+    // SAFETY: the entry points only into a `Slot`'s `incoming`, `outgoing` or boxed
+    // `destination`, which stay allocated and unmoved until the operation's completion
+    // is reaped (see the module docs); cancels point at nothing.
+    unsafe { ring.submission().push(entry) }.is_ok()
+}
+
+/// The submission side: the ring, and entries waiting for room in its queue.
+struct Submissions {
+    ring: IoUring,
+    /// Entries that found the submission queue full and could not be submitted at
+    /// once; they go first on the next turn. Never dropped: a slot counts them posted.
+    backlog: VecDeque<squeue::Entry>,
+}
+
+impl Submissions {
+    /// Queues `entry` for the kernel; it cannot fail (a full queue is submitted, and
+    /// if even that fails the entry waits in the backlog).
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() && try_push(&mut self.ring, &entry) {
+            return;
         }
-        ring.submit()?;
+        if self.ring.submit().is_ok() && self.backlog.is_empty() && try_push(&mut self.ring, &entry) {
+            return;
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Moves backlogged entries into the submission queue while there is room.
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            if !try_push(&mut self.ring, entry) {
+                return;
+            }
+            self.backlog.pop_front();
+        }
     }
 }
 
@@ -579,26 +612,31 @@ fn received(slot: &mut Slot, length: usize, now: Instant) {
     };
     let was_handshaking = connection.is_handshaking();
     slot.plain.clear();
-    if let Err(error) = decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
-        if was_handshaking {
-            slot.session.handle_tls_failed(error.to_string());
-        } else {
+    let peer_closed = match decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
+        Ok(peer_closed) => peer_closed,
+        Err(error) if was_handshaking => return slot.session.handle_tls_failed(error.to_string()),
+        Err(error) => {
             tracing::debug!(%error, "TLS error from the server");
-            slot.session.handle_closed(now);
+            true
         }
-        return;
-    }
+    };
     if was_handshaking && !connection.is_handshaking() {
         tls.info = Some(tls.config.describe(connection, &tls.name));
         slot.session.handle_tls_established(now);
     }
+    // Replies that came with the server's close_notify still count (a 250 among them
+    // must not be retried as if unanswered).
     if !slot.plain.is_empty() {
         slot.session.handle_input(&slot.plain, now);
+    }
+    if peer_closed {
+        slot.session.handle_closed(now);
     }
 }
 
 /// Runs TLS records through rustls; the plaintext they held goes to `plain`.
-fn decrypt(connection: &mut rustls::ClientConnection, mut input: &[u8], plain: &mut Vec<u8>) -> io::Result<()> {
+/// `Ok(true)`: the server said close_notify.
+fn decrypt(connection: &mut rustls::ClientConnection, mut input: &[u8], plain: &mut Vec<u8>) -> io::Result<bool> {
     while !input.is_empty() {
         if connection.read_tls(&mut input)? == 0 {
             return Err(io::Error::other("TLS layer took no input"));
@@ -611,10 +649,10 @@ fn decrypt(connection: &mut rustls::ClientConnection, mut input: &[u8], plain: &
             connection.reader().read_exact(&mut plain[start..])?;
         }
         if state.peer_has_closed() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server said close_notify"));
+            return Ok(true);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn start_tls(slot: &mut Slot) {
@@ -633,6 +671,13 @@ fn gather_output(slot: &mut Slot) -> io::Result<()> {
     if slot.sent == slot.outgoing.len() {
         slot.outgoing.clear();
         slot.sent = 0;
+    }
+    if slot.state == State::Closing {
+        // The session is over: what it still holds (content behind a 421) is dropped;
+        // only rustls's close_notify goes out.
+        slot.plain.clear();
+        slot.session.poll_transmit(&mut slot.plain);
+        slot.plain.clear();
     }
     let connection = slot.tls.as_mut().and_then(|tls| tls.connection.as_mut());
     let Some(connection) = connection else {
@@ -678,8 +723,8 @@ impl Drop for Ring {
             {
                 if posted {
                     waiting += 1;
-                    let entry = opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL));
-                    let _ = push(&mut self.ring, &entry);
+                    self.ring
+                        .push(opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL)));
                 }
             }
         }
@@ -687,9 +732,10 @@ impl Drop for Ring {
         while waiting > 0 && Instant::now() < give_up {
             let timespec = types::Timespec::new().nsec(100_000_000);
             let args = types::SubmitArgs::new().timespec(&timespec);
-            let _ = self.ring.submitter().submit_with_args(1, &args);
-            waiting = waiting
-                .saturating_sub(self.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count());
+            self.ring.drain_backlog();
+            let _ = self.ring.ring.submitter().submit_with_args(1, &args);
+            let done = self.ring.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count();
+            waiting = waiting.saturating_sub(done);
         }
         if waiting > 0 {
             tracing::error!(waiting, "io_uring operations outlived the ring; leaking their buffers");
@@ -700,6 +746,10 @@ impl Drop for Ring {
 
 /// Delivers each job's transactions over its own connection, all on one ring (the
 /// loop's counterpart of `driver::run_client`); one report per job, in order.
+///
+/// Fails only when no ring can be set up. Should the loop itself fail later, a
+/// transaction then in flight is in neither `results` nor `unsent`: its outcome is
+/// unknown, as after a lost connection.
 pub fn deliver_all(jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Report>> {
     let mut ring = Ring::new()?;
     let mut handler = Deliveries { jobs: Vec::new(), ids: HashMap::new() };
@@ -709,12 +759,22 @@ pub fn deliver_all(jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Repo
         match ring.open(destination, &options, allowlist, session, tls) {
             Ok(id) => {
                 handler.ids.insert(id, handler.jobs.len());
+                handler.jobs.push((transactions.into(), report));
             }
-            Err(error) => report.end = Some(End { error: None, connect_error: Some(error), tls: None }),
+            Err(error) => {
+                report.end = Some(End { error: None, connect_error: Some(error), tls: None });
+                report.unsent = transactions;
+                handler.jobs.push((VecDeque::new(), report));
+            }
         }
-        handler.jobs.push((transactions.into(), report));
     }
-    ring.run(&mut handler)?;
+    if let Err(error) = ring.run(&mut handler) {
+        // Keep what is known (delivered stays delivered); the rest is unsent.
+        tracing::error!(%error, "the io_uring loop failed");
+        for (queue, report) in &mut handler.jobs {
+            report.unsent.extend(queue.drain(..));
+        }
+    }
     Ok(handler.jobs.into_iter().map(|(_, report)| report).collect())
 }
 
