@@ -3,14 +3,16 @@
 //! has a unique `Message-ID` and every recipient a unique address, so the oracle can
 //! match each one to what the sinks accepted.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use ringmail::io::connect::{connect_uring, Allowlist, ConnectOptions};
-use ringmail::io::driver::run_client;
-use ringmail::io::tls::{ClientTls, Connection, Verification};
-use ringmail::smtp::{ClientConfig, ClientSession, Outcome, TlsMode, Transaction};
+use ringmail::io::connect::{Allowlist, ConnectOptions};
+use ringmail::io::ring::{ConnId, End, Ring, RingHandler};
+use ringmail::io::tls::{ClientTls, Verification};
+use ringmail::smtp::{ClientConfig, ClientSession, Credentials, Outcome, TlsMode, Transaction};
 
 /// What to inject.
 #[derive(Clone, Debug)]
@@ -25,6 +27,12 @@ pub struct Plan {
     pub connections: usize,
     pub sender: String,
     pub seed: u64,
+    /// Messages per second; `None`: as fast as the MTA takes them.
+    pub rate: Option<f64>,
+    /// Require STARTTLS (any certificate) before MAIL.
+    pub starttls: bool,
+    /// AUTH PLAIN/LOGIN with these (only over TLS).
+    pub auth: Option<Credentials>,
 }
 
 /// One injected recipient and what the MTA under test said.
@@ -87,71 +95,192 @@ fn message_id(transaction: &Transaction) -> String {
     crate::sink::header(&transaction.message, "message-id").unwrap_or_default()
 }
 
-/// Injects the plan into the MTA at `target` over plain SMTP (pipelined), one
-/// io_uring thread, `plan.connections` connections. Returns every recipient with the
-/// MTA's answer; recipients on a connection that failed before their turn come back
-/// as transient, not accepted.
-pub fn smtp(target: SocketAddr, plan: &Plan) -> Vec<Injected> {
-    let transactions = build(plan);
-    let connections = plan.connections.max(1);
-    let mut batches: Vec<Vec<Transaction>> = vec![Vec::new(); connections];
-    for (index, transaction) in transactions.into_iter().enumerate() {
-        batches[index % connections].push(transaction);
-    }
-    let tls = match ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }) {
-        Ok(tls) => Arc::new(tls),
-        Err(_) => return Vec::new(),
-    };
-    tokio_uring::start(async move {
-        let tasks: Vec<_> = batches
-            .into_iter()
-            .map(|batch| tokio_uring::spawn(inject_connection(target, batch, Arc::clone(&tls))))
-            .collect();
-        let mut injected = Vec::new();
-        for task in tasks {
-            if let Ok(part) = task.await {
-                injected.extend(part);
-            }
-        }
-        injected
-    })
+/// Live counts for the progress display, updated as the MTA answers.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Recipients handed to the MTA (answered either way).
+    pub injected: AtomicU64,
+    /// Recipients the MTA took responsibility for.
+    pub accepted: AtomicU64,
+    /// Recipients the MTA refused (or that failed with their connection).
+    pub rejected: AtomicU64,
 }
 
-async fn inject_connection(target: SocketAddr, batch: Vec<Transaction>, tls: Arc<ClientTls>) -> Vec<Injected> {
-    let at = SystemTime::now();
-    let ids: std::collections::HashMap<String, String> =
-        batch.iter().flat_map(|t| t.recipients.iter().map(move |r| (r.clone(), message_id(t)))).collect();
-    let mut config = ClientConfig::new("loadgen.test");
-    config.tls = TlsMode::Disabled;
-    let session = ClientSession::new(Arc::new(config), Instant::now());
-    let report = match connect_uring(target, &ConnectOptions::default(), &Allowlist::loopback()).await {
-        Ok(stream) => {
-            let name = rustls::pki_types::ServerName::try_from("mta.test").map(|n| n.to_owned());
-            let Ok(name) = name else { return Vec::new() };
-            Some(run_client(Connection::Plain(stream), session, &tls, name, batch.clone()).await)
-        }
-        Err(_) => None,
+/// Injects the plan into the MTA at `target` over SMTP (pipelined; STARTTLS and AUTH
+/// as the plan says) on one io_uring thread with `plan.connections` connections,
+/// at `plan.rate` messages a second or as fast as the MTA takes them. Returns every
+/// recipient with the MTA's answer; recipients never sent (every connection failed)
+/// come back as transient, not accepted.
+pub fn smtp(target: SocketAddr, plan: &Plan) -> Vec<Injected> {
+    smtp_with_progress(target, plan, &Progress::default())
+}
+
+/// [`smtp`], counting into `progress` as it goes.
+pub fn smtp_with_progress(target: SocketAddr, plan: &Plan, progress: &Progress) -> Vec<Injected> {
+    let transactions = build(plan);
+    let ids: HashMap<String, String> =
+        transactions.iter().flat_map(|t| t.recipients.iter().map(move |r| (r.clone(), message_id(t)))).collect();
+    let all: Vec<String> = transactions.iter().flat_map(|t| t.recipients.iter().cloned()).collect();
+    let mut injector = Injector {
+        queue: transactions.into(),
+        idle: Vec::new(),
+        ids,
+        injected: Vec::with_capacity(all.len()),
+        progress,
+        sent: 0,
+        started: Instant::now(),
+        rate: plan.rate.filter(|rate| *rate > 0.0),
+        greeted: HashSet::new(),
+        failed_in_row: 0,
     };
-    let mut injected = Vec::new();
-    let mut answered = std::collections::HashSet::new();
-    for outcomes in report.iter().flat_map(|r| r.results.iter()) {
-        for (recipient, outcome) in outcomes {
-            answered.insert(recipient.clone());
-            injected.push(Injected {
-                message_id: ids.get(recipient).cloned().unwrap_or_default(),
-                recipient: recipient.clone(),
-                at,
-                accepted: outcome.is_delivered(),
-                outcome: outcome.clone(),
-            });
+    if let Err(error) = drive(target, plan, &mut injector) {
+        eprintln!("loadgen inject: {error}");
+    }
+    // Whatever never got an answer: transient, not the MTA's.
+    let answered: HashSet<String> = injector.injected.iter().map(|i| i.recipient.clone()).collect();
+    let at = SystemTime::now();
+    for recipient in all.into_iter().filter(|r| !answered.contains(r)) {
+        let outcome = Outcome::Transient { reply: None, reason: "never sent: no connection took it".into() };
+        let message_id = injector.ids.get(&recipient).cloned().unwrap_or_default();
+        progress.rejected.fetch_add(1, Ordering::Relaxed);
+        injector.injected.push(Injected { message_id, recipient, at, accepted: false, outcome });
+    }
+    injector.injected
+}
+
+/// Connections that fail in a row (never became ready) before injection gives up.
+const FAILED_CONNECTIONS_MAX: usize = 20;
+
+fn drive(target: SocketAddr, plan: &Plan, injector: &mut Injector<'_>) -> std::io::Result<()> {
+    let tls = Arc::new(ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).map_err(io_error)?);
+    let name = rustls::pki_types::ServerName::try_from("mta.test").map_err(io_error)?.to_owned();
+    let mut config = ClientConfig::new("loadgen.test");
+    config.tls = if plan.starttls { TlsMode::Required } else { TlsMode::Disabled };
+    config.credentials = plan.auth.clone();
+    let config = Arc::new(config);
+    let mut ring = Ring::new()?;
+    loop {
+        // Keep `connections` open while there is work; replace those that end.
+        while ring.connections() < plan.connections.max(1)
+            && !injector.queue.is_empty()
+            && injector.failed_in_row < FAILED_CONNECTIONS_MAX
+        {
+            let session = ClientSession::new(Arc::clone(&config), Instant::now());
+            let options = ConnectOptions::default();
+            let opened =
+                ring.open(target, &options, &Allowlist::loopback(), session, Some((Arc::clone(&tls), name.clone())));
+            if let Err(error) = opened {
+                return Err(io_error(error));
+            }
+        }
+        if ring.connections() == 0 {
+            return Ok(());
+        }
+        // Rate-limited: hand waiting connections what the budget allows now.
+        while injector.allowance() > 0 && !injector.idle.is_empty() && !injector.queue.is_empty() {
+            let (Some(id), Some(transaction)) = (injector.idle.pop(), injector.queue.pop_front()) else { break };
+            injector.sent += 1;
+            let mut taken = Some(transaction);
+            ring.with_session(id, injector, |session| send_or_keep(session, &mut taken));
+            if let Some(back) = taken {
+                injector.sent -= 1;
+                injector.queue.push_front(back);
+            }
+        }
+        let wait = injector.rate.filter(|_| !injector.idle.is_empty()).map(|rate| Duration::from_secs_f64(1.0 / rate));
+        ring.turn(injector, wait)?;
+    }
+}
+
+fn io_error(error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+fn send_or_keep(session: &mut ClientSession, taken: &mut Option<Transaction>) {
+    if let Some(transaction) = taken.take() {
+        if let Err(error) = session.send(transaction.clone(), Instant::now()) {
+            eprintln!("loadgen inject: the session refused a transaction: {error}");
+            *taken = Some(transaction);
         }
     }
-    for recipient in batch.iter().flat_map(|t| t.recipients.iter()).filter(|r| !answered.contains(*r)) {
-        let outcome = Outcome::Transient { reply: None, reason: "never sent: the connection failed".into() };
-        let message_id = ids.get(recipient).cloned().unwrap_or_default();
-        injected.push(Injected { message_id, recipient: recipient.clone(), at, accepted: false, outcome });
+}
+
+struct Injector<'a> {
+    queue: VecDeque<Transaction>,
+    /// Ready connections waiting for the rate budget.
+    idle: Vec<ConnId>,
+    ids: HashMap<String, String>,
+    injected: Vec<Injected>,
+    progress: &'a Progress,
+    /// Transactions handed to sessions.
+    sent: u64,
+    started: Instant,
+    /// Messages per second; `None`: as fast as the MTA takes them.
+    rate: Option<f64>,
+    /// Connections that became ready at least once (and are still open).
+    greeted: HashSet<ConnId>,
+    /// Connections in a row that closed without ever becoming ready.
+    failed_in_row: usize,
+}
+
+impl Injector<'_> {
+    /// Transactions the rate allows to start now.
+    fn allowance(&self) -> u64 {
+        match self.rate {
+            None => u64::MAX,
+            Some(rate) => ((self.started.elapsed().as_secs_f64() * rate) as u64 + 1).saturating_sub(self.sent),
+        }
     }
-    injected
+}
+
+impl RingHandler for Injector<'_> {
+    fn ready(&mut self, id: ConnId, session: &mut ClientSession) {
+        self.greeted.insert(id);
+        if self.queue.is_empty() {
+            return session.quit(Instant::now());
+        }
+        if self.allowance() == 0 {
+            return self.idle.push(id);
+        }
+        let mut taken = self.queue.pop_front();
+        self.sent += 1;
+        send_or_keep(session, &mut taken);
+        if let Some(refused) = taken {
+            // A transaction this client cannot send is reported as refused.
+            self.sent -= 1;
+            let at = SystemTime::now();
+            for recipient in &refused.recipients {
+                let outcome = Outcome::Permanent { reply: None, reason: "refused by the client session".into() };
+                let message_id = self.ids.get(recipient).cloned().unwrap_or_default();
+                self.progress.rejected.fetch_add(1, Ordering::Relaxed);
+                self.injected.push(Injected { message_id, recipient: recipient.clone(), at, accepted: false, outcome });
+            }
+            session.quit(Instant::now());
+        }
+    }
+
+    fn done(&mut self, _id: ConnId, outcomes: Vec<(String, Outcome)>) {
+        let at = SystemTime::now();
+        for (recipient, outcome) in outcomes {
+            let accepted = outcome.is_delivered();
+            self.progress.injected.fetch_add(1, Ordering::Relaxed);
+            let counter = if accepted { &self.progress.accepted } else { &self.progress.rejected };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let message_id = self.ids.get(&recipient).cloned().unwrap_or_default();
+            self.injected.push(Injected { message_id, recipient, at, accepted, outcome });
+        }
+    }
+
+    fn closed(&mut self, id: ConnId, end: End) {
+        self.idle.retain(|idle| *idle != id);
+        if self.greeted.remove(&id) {
+            self.failed_in_row = 0;
+        } else {
+            self.failed_in_row += 1;
+            let why = end.connect_error.map(|e| e.to_string()).or(end.error.map(|e| e.to_string()));
+            eprintln!("loadgen inject: a connection ended before it could send: {}", why.unwrap_or_default());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,24 @@
 //! `loadgen`: the load tools' command line.
 //!
-//! Built so far: `loadgen dns` (serve or print the scenario's zone) and `loadgen sink`
-//! (run the fake-MX fleet and report what it accepted). `inject` and `run` are not
-//! built yet (issue 4).
+//! `loadgen dns` serves (or prints) the scenario's zone, `loadgen sink` runs the
+//! fake-MX fleet, `loadgen inject` injects over SMTP, `loadgen run` does a whole load
+//! test (DNS, sinks, injection, the oracle's verdict, a plot and the `RESULT` line),
+//! `loadgen transport-map` prints Postfix routes to the sinks. Exit codes: 0 fine,
+//! 1 mail lost or duplicated, 2 bad input.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use loadgen::inject::Plan;
 use loadgen::scenario::Scenario;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "loadgen", version, about = "ringmail's load tools: fake MX fleet and local DNS")]
+#[command(name = "loadgen", version, about = "ringmail's load tools: injector, fake MX fleet, local DNS, oracle")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,11 +44,118 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         report_seconds: u64,
     },
+    /// Inject messages into an MTA over SMTP and report what it accepted.
+    Inject {
+        #[command(flatten)]
+        injection: Injection,
+        /// Recipient domains, most popular first (Zipf skew over them).
+        #[arg(long, value_delimiter = ',', required = true)]
+        domains: Vec<String>,
+    },
+    /// A whole load test: DNS and sinks up, inject, wait, check, report.
+    Run {
+        #[arg(long)]
+        scenario: PathBuf,
+        #[command(flatten)]
+        injection: Injection,
+        /// Seconds to wait after injection for every accepted recipient to arrive.
+        #[arg(long, default_value_t = 300)]
+        deadline_seconds: u64,
+        /// Seconds to keep listening for duplicates once everything has arrived.
+        #[arg(long, default_value_t = 2)]
+        settle_seconds: u64,
+        /// Where the scenario's DNS listens; "none" for no DNS.
+        #[arg(long, default_value = "127.0.0.1:5353")]
+        dns_listen: String,
+        /// Write the injected/delivered-per-second chart here (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Print a Postfix transport map that routes the scenario's domains to its sinks.
+    TransportMap {
+        #[arg(long)]
+        scenario: PathBuf,
+    },
+}
+
+/// What to inject, and where.
+#[derive(Args, Debug)]
+struct Injection {
+    /// The MTA under test (loopback address and port).
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value_t = 1000)]
+    messages: usize,
+    #[arg(long, default_value_t = 1)]
+    recipients: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Messages per second; as fast as the MTA takes them when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Zipf exponent of the recipient-domain skew (0: uniform).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    #[arg(long, default_value = "loadgen@loadgen.test")]
+    sender: String,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// STARTTLS before MAIL (any certificate).
+    #[arg(long)]
+    starttls: bool,
+    /// AUTH as user:password (over TLS only).
+    #[arg(long)]
+    auth: Option<String>,
+}
+
+/// Bounds on what one run may ask for.
+const MESSAGES_MAX: usize = 100_000_000;
+const RECIPIENTS_MAX: usize = 1000;
+const SIZE_MAX: usize = 50 * 1024 * 1024;
+const CONNECTIONS_MAX: usize = 10_000;
+
+impl Injection {
+    fn plan(&self, domains: Vec<String>) -> anyhow::Result<Plan> {
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(anyhow::anyhow!("{what}")) };
+        check(self.target.ip().is_loopback(), "--target: loadgen only injects into loopback addresses")?;
+        check((1..=MESSAGES_MAX).contains(&self.messages), "--messages: between 1 and 100000000")?;
+        check((1..=RECIPIENTS_MAX).contains(&self.recipients), "--recipients: between 1 and 1000")?;
+        check((64..=SIZE_MAX).contains(&self.size), "--size: between 64 bytes and 50 MiB")?;
+        check((1..=CONNECTIONS_MAX).contains(&self.connections), "--connections: between 1 and 10000")?;
+        check(self.rate.is_none_or(|r| r > 0.0 && r.is_finite()), "--rate: a positive number of messages a second")?;
+        check(self.zipf >= 0.0 && self.zipf.is_finite(), "--zipf: a non-negative exponent")?;
+        check(!domains.is_empty(), "no recipient domains")?;
+        let auth = match &self.auth {
+            None => None,
+            Some(pair) => {
+                let (username, password) =
+                    pair.split_once(':').ok_or_else(|| anyhow::anyhow!("--auth: give user:password"))?;
+                Some(ringmail::smtp::Credentials { username: username.into(), password: password.into() })
+            }
+        };
+        Ok(Plan {
+            messages: self.messages,
+            recipients_per_message: self.recipients,
+            domains,
+            zipf_exponent: self.zipf,
+            message_bytes: self.size,
+            connections: self.connections,
+            sender: self.sender.clone(),
+            seed: self.seed,
+            rate: self.rate,
+            starttls: self.starttls,
+            auth,
+        })
+    }
 }
 
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
         Err(error) => {
             eprintln!("loadgen: {error:#}");
             std::process::ExitCode::from(2)
@@ -53,14 +163,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Ok(false): the run found lost or duplicated mail.
+fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Dns { scenario, listen, print } => {
             let scenario = Scenario::load(&scenario)?;
             let zone = loadgen::dns::Zone::from_scenario(&scenario).map_err(anyhow::Error::msg)?;
             if print {
                 print!("{}", zone.render());
-                return Ok(());
+                return Ok(true);
             }
             let server = loadgen::dns::start(zone, listen)?;
             println!("loadgen dns: serving on {} (udp and tcp)", server.address);
@@ -79,6 +190,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let state = fleet.state();
                 println!("{:?}", state.counts);
             }
+        }
+        Command::Inject { injection, domains } => {
+            let plan = injection.plan(domains)?;
+            let started = std::time::Instant::now();
+            let injected = loadgen::inject::smtp(injection.target, &plan);
+            let accepted = injected.iter().filter(|i| i.accepted).count();
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "INJECT recipients={} accepted={accepted} refused={} elapsed_s={seconds:.1} rate_s={:.0}",
+                injected.len(),
+                injected.len() - accepted,
+                injected.len() as f64 / seconds.max(0.001)
+            );
+            Ok(true)
+        }
+        Command::Run { scenario, injection, deadline_seconds, settle_seconds, dns_listen, plot } => {
+            let scenario = Scenario::load(&scenario)?;
+            let domains = scenario.providers.iter().flat_map(|p| p.domains.iter().cloned()).collect();
+            let dns = match dns_listen.as_str() {
+                "none" => None,
+                text => {
+                    Some(text.parse().map_err(|_| anyhow::anyhow!("--dns-listen: {text:?} is not an address:port"))?)
+                }
+            };
+            let config = loadgen::run::RunConfig {
+                target: injection.target,
+                plan: injection.plan(domains)?,
+                deadline: Duration::from_secs(deadline_seconds),
+                settle: Duration::from_secs(settle_seconds),
+                dns,
+                plot: plot.clone(),
+            };
+            let result = loadgen::run::run(&scenario, &config)?;
+            print!("{}", result.table());
+            if let Some(plot) = plot {
+                println!("  plot: {}", plot.display());
+            }
+            if !result.settled {
+                println!("  the deadline passed before every accepted recipient arrived");
+            }
+            println!("{}", result.result_line());
+            Ok(!result.failed())
+        }
+        Command::TransportMap { scenario } => {
+            print!("{}", loadgen::postfix::transport_map(&Scenario::load(&scenario)?));
+            Ok(true)
         }
     }
 }

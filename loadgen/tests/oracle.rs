@@ -27,6 +27,9 @@ fn plan() -> Plan {
         connections: 4,
         sender: "loadgen@loadgen.test".into(),
         seed: 7,
+        rate: None,
+        starttls: false,
+        auth: None,
     }
 }
 
