@@ -175,7 +175,7 @@ fn ring_client(address: SocketAddr, connections: usize, total: usize, tls_mode: 
             destination: address,
             options: ConnectOptions::default(),
             session: session(tls_mode),
-            tls: Some((Arc::clone(&tls), name())),
+            tls: (Arc::clone(&tls), name()),
             transactions,
         })
         .collect();

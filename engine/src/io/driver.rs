@@ -58,6 +58,8 @@ pub struct ClientReport {
     /// `None` after a clean QUIT.
     pub error: Option<crate::smtp::SessionError>,
     pub tls: bool,
+    /// What the TLS handshake gave, when the connection was upgraded.
+    pub tls_info: Option<super::tls::TlsInfo>,
 }
 
 /// Runs a client session over `connection` until every transaction is done (then
@@ -70,7 +72,7 @@ pub async fn run_client<S: Stream>(
     transactions: Vec<Transaction>,
 ) -> ClientReport {
     let mut pending = VecDeque::from(transactions);
-    let mut report = ClientReport { results: Vec::new(), unsent: Vec::new(), error: None, tls: false };
+    let mut report = ClientReport { results: Vec::new(), unsent: Vec::new(), error: None, tls: false, tls_info: None };
     let mut out = Vec::with_capacity(READ_BUFFER_BYTES);
     let mut buf = Vec::with_capacity(READ_BUFFER_BYTES);
     loop {
@@ -94,6 +96,7 @@ pub async fn run_client<S: Stream>(
                     let _ = until(deadline, connection.close()).await;
                     report.error = error;
                     report.tls = connection.is_tls();
+                    report.tls_info = connection.tls_info().cloned();
                     report.unsent.extend(pending);
                     return report;
                 }

@@ -43,13 +43,22 @@ pub trait Stream {
 /// Which socket backend runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// tokio-uring: io_uring submissions.
+    /// io_uring: ringmail's own loop (`ring.rs`) for outbound connections;
+    /// tokio-uring for listeners.
     Uring,
     /// Plain tokio: epoll readiness. Used where io_uring is unavailable (seccomp).
     Epoll,
 }
 
 impl Backend {
+    /// Delivers each job over its own connection on this backend, one thread.
+    pub fn deliver_all(self, jobs: Vec<ring::Job>, allowlist: &connect::Allowlist) -> io::Result<Vec<ring::Report>> {
+        match self {
+            Backend::Uring => ring::deliver_all(jobs, allowlist),
+            Backend::Epoll => epoll::deliver_all(jobs, allowlist),
+        }
+    }
+
     /// io_uring if this kernel and sandbox allow it, else epoll; logs the choice.
     pub fn detect() -> Backend {
         let backend = if uring::available() { Backend::Uring } else { Backend::Epoll };

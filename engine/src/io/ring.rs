@@ -756,7 +756,7 @@ pub fn deliver_all(jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Repo
     for job in jobs {
         let Job { destination, options, session, tls, transactions } = job;
         let mut report = Report { results: Vec::new(), unsent: Vec::new(), end: None };
-        match ring.open(destination, &options, allowlist, session, tls) {
+        match ring.open(destination, &options, allowlist, session, Some(tls)) {
             Ok(id) => {
                 handler.ids.insert(id, handler.jobs.len());
                 handler.jobs.push((transactions.into(), report));
@@ -784,7 +784,7 @@ pub struct Job {
     pub destination: SocketAddr,
     pub options: ConnectOptions,
     pub session: ClientSession,
-    pub tls: Option<(Arc<ClientTls>, ServerName<'static>)>,
+    pub tls: (Arc<ClientTls>, ServerName<'static>),
     pub transactions: Vec<Transaction>,
 }
 
