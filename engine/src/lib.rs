@@ -5,11 +5,22 @@
 //! group recipients by destination site and egress address, and deliver over pooled
 //! TLS connections (see `../shared/DESIGN.md`).
 //!
-//! Status: the queue (the `queue-store` crate) and the sans-IO SMTP protocol
-//! ([`smtp`]) exist. The io_uring transport, the shards, scheduler, ingest and admin
-//! API are the subject of later issues; nothing here pretends to do them yet.
+//! Parts: [`config`], the HTTP control plane ([`ingest`]), the [`schedule`]r and
+//! completer, delivery [`shard`]s on the io_uring loop ([`io`]), routes ([`dns`]),
+//! retry and bounce classification ([`policy`]), the delivery [`log`], [`metrics`],
+//! the sans-IO protocol ([`smtp`]), and the wiring ([`daemon`]). Not built yet: the
+//! SMTP listener, admin API, per-site overrides, rates and the demo (issues 5–7).
 
 pub use queue_store;
 
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod ingest;
 pub mod io;
+pub mod log;
+pub mod metrics;
+pub mod policy;
+pub mod schedule;
+pub mod shard;
 pub mod smtp;

@@ -43,7 +43,8 @@ pub struct Injected {
     pub at: SystemTime,
     /// The MTA took responsibility for it (2xx after DATA).
     pub accepted: bool,
-    pub outcome: Outcome,
+    /// What the MTA said (SMTP reply or HTTP status), or why it was never asked.
+    pub answer: String,
 }
 
 /// Picks domain indexes with probability proportional to 1 / rank^s.
@@ -70,7 +71,7 @@ impl Zipf {
     }
 }
 
-fn build(plan: &Plan) -> Vec<Transaction> {
+pub(crate) fn build(plan: &Plan) -> Vec<Transaction> {
     let mut rng = fastrand::Rng::with_seed(plan.seed);
     let zipf = Zipf::new(plan.domains.len(), plan.zipf_exponent);
     (0..plan.messages)
@@ -91,7 +92,7 @@ fn build(plan: &Plan) -> Vec<Transaction> {
         .collect()
 }
 
-fn message_id(transaction: &Transaction) -> String {
+pub(crate) fn message_id(transaction: &Transaction) -> String {
     crate::sink::header(&transaction.message, "message-id").unwrap_or_default()
 }
 
@@ -140,10 +141,10 @@ pub fn smtp_with_progress(target: SocketAddr, plan: &Plan, progress: &Progress) 
     let answered: HashSet<String> = injector.injected.iter().map(|i| i.recipient.clone()).collect();
     let at = SystemTime::now();
     for recipient in all.into_iter().filter(|r| !answered.contains(r)) {
-        let outcome = Outcome::Transient { reply: None, reason: "never sent: no connection took it".into() };
+        let answer = "never sent: no connection took it".to_string();
         let message_id = injector.ids.get(&recipient).cloned().unwrap_or_default();
         progress.rejected.fetch_add(1, Ordering::Relaxed);
-        injector.injected.push(Injected { message_id, recipient, at, accepted: false, outcome });
+        injector.injected.push(Injected { message_id, recipient, at, accepted: false, answer });
     }
     injector.injected
 }
@@ -181,7 +182,7 @@ fn drive(target: SocketAddr, plan: &Plan, injector: &mut Injector<'_>) -> std::i
             let (Some(id), Some(transaction)) = (injector.idle.pop(), injector.queue.pop_front()) else { break };
             injector.sent += 1;
             let mut taken = Some(transaction);
-            ring.with_session(id, injector, |session| send_or_keep(session, &mut taken));
+            ring.with_session(id, injector, |session, _| send_or_keep(session, &mut taken));
             if let Some(back) = taken {
                 injector.sent -= 1;
                 injector.queue.push_front(back);
@@ -250,10 +251,10 @@ impl RingHandler for Injector<'_> {
             self.sent -= 1;
             let at = SystemTime::now();
             for recipient in &refused.recipients {
-                let outcome = Outcome::Permanent { reply: None, reason: "refused by the client session".into() };
+                let answer = "refused by the client session".to_string();
                 let message_id = self.ids.get(recipient).cloned().unwrap_or_default();
                 self.progress.rejected.fetch_add(1, Ordering::Relaxed);
-                self.injected.push(Injected { message_id, recipient: recipient.clone(), at, accepted: false, outcome });
+                self.injected.push(Injected { message_id, recipient: recipient.clone(), at, accepted: false, answer });
             }
             session.quit(Instant::now());
         }
@@ -267,7 +268,13 @@ impl RingHandler for Injector<'_> {
             let counter = if accepted { &self.progress.accepted } else { &self.progress.rejected };
             counter.fetch_add(1, Ordering::Relaxed);
             let message_id = self.ids.get(&recipient).cloned().unwrap_or_default();
-            self.injected.push(Injected { message_id, recipient, at, accepted, outcome });
+            let answer = match outcome {
+                Outcome::Delivered { reply } => reply.summary(),
+                Outcome::Transient { reply, reason } | Outcome::Permanent { reply, reason } => {
+                    reply.map(|r| r.summary()).unwrap_or(reason)
+                }
+            };
+            self.injected.push(Injected { message_id, recipient, at, accepted, answer });
         }
     }
 

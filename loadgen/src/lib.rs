@@ -12,6 +12,7 @@
 
 pub mod dns;
 pub mod inject;
+pub mod inject_http;
 pub mod oracle;
 pub mod plot;
 pub mod postfix;

@@ -85,6 +85,8 @@ pub trait RingHandler {
     fn done(&mut self, id: ConnId, outcomes: Vec<(String, Outcome)>);
     /// The connection is gone (its socket closed, its buffers free).
     fn closed(&mut self, id: ConnId, end: End);
+    /// The STARTTLS handshake finished (before the session's next `ready`).
+    fn tls(&mut self, _id: ConnId, _info: &TlsInfo) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,8 @@ struct Tls {
     name: ServerName<'static>,
     connection: Option<rustls::ClientConnection>,
     info: Option<TlsInfo>,
+    /// `info` has been given to the handler.
+    reported: bool,
 }
 
 #[derive(Debug)]
@@ -231,7 +235,7 @@ impl Ring {
             socket: socket.into(),
             destination: Box::new(socket2::SockAddr::from(destination)),
             session,
-            tls: tls.map(|(config, name)| Tls { config, name, connection: None, info: None }),
+            tls: tls.map(|(config, name)| Tls { config, name, connection: None, info: None, reported: false }),
             incoming: vec![0; RECV_BYTES],
             outgoing: Vec::new(),
             sent: 0,
@@ -262,15 +266,16 @@ impl Ring {
     }
 
     /// Acts on one connection's session between turns (e.g. hands a pooled, idle
-    /// connection a transaction), then sends what that produced. False if `id` is gone.
+    /// connection a transaction: `|session, handler| handler.ready(id, session)`), then
+    /// sends what that produced. False if `id` is gone.
     pub fn with_session<H: RingHandler>(
         &mut self,
         id: ConnId,
         handler: &mut H,
-        act: impl FnOnce(&mut ClientSession),
+        act: impl FnOnce(&mut ClientSession, &mut H),
     ) -> bool {
         match self.slot_mut(id) {
-            Some(slot) if slot.state == State::Open => act(&mut slot.session),
+            Some(slot) if slot.state == State::Open => act(&mut slot.session, handler),
             _ => return false,
         }
         self.pump(id.index, handler);
@@ -486,6 +491,12 @@ impl Ring {
 fn drain_events<H: RingHandler>(slot: &mut Slot, id: ConnId, handler: &mut H) {
     if slot.state != State::Open {
         return;
+    }
+    if let Some(tls) = slot.tls.as_mut().filter(|tls| !tls.reported) {
+        if let Some(info) = &tls.info {
+            tls.reported = true;
+            handler.tls(id, info);
+        }
     }
     while let Some(event) = slot.session.poll_event() {
         match event {

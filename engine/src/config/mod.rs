@@ -1,0 +1,396 @@
+//! `ringmail.toml`: the daemon's configuration. Every key has a default except where
+//! noted; `ringmail check-config` loads it and names the file, line and key of any
+//! mistake. `ops/ringmail.toml` is the annotated example.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::io::connect::Allowlist;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub dns: DnsSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Egress sources; none: the system picks (no bind).
+    #[serde(default, rename = "egress")]
+    pub egress: Vec<EgressSource>,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Where the queue lives (RocksDB directory).
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// "sync" (default: acknowledged only after fsync) or "os" (faster, loses the last
+    /// moments' mail on a power cut).
+    #[serde(default = "default_durability")]
+    pub durability: String,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/spool/ringmail")
+}
+
+fn default_durability() -> String {
+    "sync".into()
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { path: default_store_path(), durability: default_durability() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// The control plane: inject API, metrics, health. Loopback by default.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body (a batch of messages).
+    #[serde(default = "default_http_body_max")]
+    pub body_max_bytes: usize,
+    /// Messages per inject request at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8025))
+}
+
+fn default_http_body_max() -> usize {
+    64 * 1024 * 1024
+}
+
+fn default_batch_max() -> usize {
+    1000
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection { listen: default_http_listen(), body_max_bytes: default_http_body_max(), batch_max: 1000 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSection {
+    /// Nameservers as address:port; empty: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    #[serde(default = "default_dns_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Lookups in flight at most.
+    #[serde(default = "default_dns_in_flight")]
+    pub in_flight_max: usize,
+    /// Answers cached (hickory honours TTLs, and caches negative answers).
+    #[serde(default = "default_dns_cache")]
+    pub cache_size: usize,
+}
+
+fn default_dns_timeout_ms() -> u64 {
+    5000
+}
+
+fn default_dns_in_flight() -> usize {
+    256
+}
+
+fn default_dns_cache() -> usize {
+    32_768
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection {
+            nameservers: Vec::new(),
+            timeout_ms: default_dns_timeout_ms(),
+            in_flight_max: default_dns_in_flight(),
+            cache_size: default_dns_cache(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySection {
+    /// Delivery threads; 0: one per core.
+    #[serde(default)]
+    pub shards: usize,
+    /// The port MX hosts are reached on (25; test fleets use another).
+    #[serde(default = "default_smtp_port")]
+    pub smtp_port: u16,
+    /// Destinations allowed (CIDRs); absent: anywhere. Tests and demos: loopback.
+    #[serde(default)]
+    pub allowlist: Option<Vec<String>>,
+    /// The EHLO name when the egress source does not give one.
+    #[serde(default = "default_ehlo")]
+    pub ehlo_name: String,
+    /// "opportunistic" (default), "required" or "disabled".
+    #[serde(default = "default_tls")]
+    pub tls: String,
+    /// Per lane (site × egress source).
+    #[serde(default = "default_connections_max")]
+    pub connections_per_lane_max: usize,
+    #[serde(default = "default_messages_per_connection")]
+    pub messages_per_connection_max: usize,
+    #[serde(default = "default_recipients_per_transaction")]
+    pub recipients_per_transaction_max: usize,
+    /// A pooled connection with nothing to do closes after this long.
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Recipients claimed from the queue and not yet finished, at most.
+    #[serde(default = "default_in_flight")]
+    pub in_flight_max: usize,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+fn default_ehlo() -> String {
+    "ringmail.localdomain".into()
+}
+
+fn default_tls() -> String {
+    "opportunistic".into()
+}
+
+fn default_connections_max() -> usize {
+    16
+}
+
+fn default_messages_per_connection() -> usize {
+    1000
+}
+
+fn default_recipients_per_transaction() -> usize {
+    100
+}
+
+fn default_idle_ms() -> u64 {
+    5000
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_in_flight() -> usize {
+    20_000
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            shards: 0,
+            smtp_port: default_smtp_port(),
+            allowlist: None,
+            ehlo_name: default_ehlo(),
+            tls: default_tls(),
+            connections_per_lane_max: default_connections_max(),
+            messages_per_connection_max: default_messages_per_connection(),
+            recipients_per_transaction_max: default_recipients_per_transaction(),
+            idle_timeout_ms: default_idle_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            in_flight_max: default_in_flight(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// First retry after a transient failure; doubles each attempt.
+    #[serde(default = "default_first_retry")]
+    pub first_retry_seconds: u64,
+    #[serde(default = "default_max_retry")]
+    pub max_retry_seconds: u64,
+    /// Then `Expiration`.
+    #[serde(default = "default_max_age")]
+    pub max_age_seconds: u64,
+}
+
+fn default_first_retry() -> u64 {
+    300
+}
+
+fn default_max_retry() -> u64 {
+    3600
+}
+
+fn default_max_age() -> u64 {
+    5 * 24 * 3600
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            first_retry_seconds: default_first_retry(),
+            max_retry_seconds: default_max_retry(),
+            max_age_seconds: default_max_age(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSource {
+    pub address: IpAddr,
+    /// EHLO name for connections from this address.
+    pub ehlo_name: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The delivery log (JSON lines); absent: no log file.
+    pub path: Option<PathBuf>,
+}
+
+/// A configuration that cannot be used, naming the file, line and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{line}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// ":<line>" when known.
+    pub line: String,
+    pub message: String,
+}
+
+/// How the delivery side uses TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsPolicy {
+    Opportunistic,
+    Required,
+    Disabled,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: file.clone(),
+            line: String::new(),
+            message: error.to_string(),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| {
+            let line = error.span().map(|span| format!(":{}", text[..span.start].lines().count().max(1)));
+            ConfigError { file: file.into(), line: line.unwrap_or_default(), message: error.message().to_string() }
+        })?;
+        config.check().map_err(|message| ConfigError { file: file.into(), line: String::new(), message })?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: value ranges and cross-key rules.
+    fn check(&self) -> Result<(), String> {
+        self.allowlist()?;
+        self.tls_policy()?;
+        if !matches!(self.store.durability.as_str(), "sync" | "os") {
+            return Err(format!("store.durability: {:?} is neither \"sync\" nor \"os\"", self.store.durability));
+        }
+        let d = &self.delivery;
+        for (key, value) in [
+            ("delivery.connections_per_lane_max", d.connections_per_lane_max),
+            ("delivery.messages_per_connection_max", d.messages_per_connection_max),
+            ("delivery.recipients_per_transaction_max", d.recipients_per_transaction_max),
+            ("delivery.in_flight_max", d.in_flight_max),
+            ("http.batch_max", self.http.batch_max),
+            ("dns.in_flight_max", self.dns.in_flight_max),
+        ] {
+            if value == 0 {
+                return Err(format!("{key}: must be at least 1"));
+            }
+        }
+        if d.shards > 256 {
+            return Err("delivery.shards: at most 256".into());
+        }
+        if self.retry.first_retry_seconds == 0 || self.retry.max_retry_seconds < self.retry.first_retry_seconds {
+            return Err("retry: first_retry_seconds must be at least 1 and at most max_retry_seconds".into());
+        }
+        if self.egress.iter().any(|source| source.weight == 0) {
+            return Err("egress.weight: must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn allowlist(&self) -> Result<Allowlist, String> {
+        match &self.delivery.allowlist {
+            None => Ok(Allowlist::anywhere()),
+            Some(cidrs) => {
+                Allowlist::parse(cidrs.iter().map(String::as_str)).map_err(|e| format!("delivery.allowlist: {e}"))
+            }
+        }
+    }
+
+    pub fn tls_policy(&self) -> Result<TlsPolicy, String> {
+        match self.delivery.tls.as_str() {
+            "opportunistic" => Ok(TlsPolicy::Opportunistic),
+            "required" => Ok(TlsPolicy::Required),
+            "disabled" => Ok(TlsPolicy::Disabled),
+            other => Err(format!("delivery.tls: {other:?} is not opportunistic, required or disabled")),
+        }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        match self.delivery.shards {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery.idle_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_mistakes_named_by_line_and_key() {
+        let config = Config::parse("[delivery]\nsmtp_port = 2525\nallowlist = [\"127.0.0.0/8\"]\n", "r.toml").unwrap();
+        assert_eq!(config.delivery.smtp_port, 2525);
+        assert_eq!(config.retry.first_retry_seconds, 300);
+        assert!(config.allowlist().unwrap().allows("127.0.0.9".parse().unwrap()));
+        assert!(!config.allowlist().unwrap().allows("10.0.0.1".parse().unwrap()));
+
+        let error = Config::parse("[delivery]\nsmtp_port = 2525\nconections = 3\n", "r.toml").unwrap_err().to_string();
+        assert!(error.starts_with("r.toml:3:") && error.contains("conections"), "{error}");
+        let error = Config::parse("[delivery]\ntls = \"maybe\"\n", "r.toml").unwrap_err().to_string();
+        assert!(error.contains("delivery.tls") && error.contains("maybe"), "{error}");
+        let error = Config::parse("[delivery]\nallowlist = [\"nonsense\"]\n", "r.toml").unwrap_err().to_string();
+        assert!(error.contains("delivery.allowlist"), "{error}");
+        let error = Config::parse("[http]\nlisten = 8025\n", "r.toml").unwrap_err().to_string();
+        assert!(error.starts_with("r.toml:2:"), "{error}");
+    }
+}

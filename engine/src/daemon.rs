@@ -1,0 +1,207 @@
+//! Wiring: the store, the completer, the shards, the scheduler and the HTTP control
+//! plane, each on its own thread(s), and their orderly stop.
+//!
+//! ```text
+//!  HTTP inject ─> queue-store ─> scheduler ─(Work, per lane's shard)─> shard × N
+//!                      ▲                                                  │
+//!                      └──────────── completer <─(Attempt)────────────────┘
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use queue_store::{Durability, Store, StoreConfig};
+
+use crate::config::{Config, TlsPolicy};
+use crate::dns::MxResolver;
+use crate::log::DeliveryLog;
+use crate::metrics::Metrics;
+use crate::schedule::{Completer, Scheduler};
+use crate::shard::ShardSettings;
+use crate::smtp::TlsMode;
+
+/// Work items waiting per shard at most.
+const SHARD_INBOX: usize = 8192;
+/// Attempts waiting for the completer at most.
+const RESULTS_CHANNEL: usize = 65_536;
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    /// Where the HTTP control plane listens (the port is known even when 0 was asked).
+    pub http: SocketAddr,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    http_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(work)
+}
+
+impl Engine {
+    /// Opens the store and starts every part.
+    pub fn start(config: Config) -> Result<Engine, String> {
+        let config = Arc::new(config);
+        let mut store_config = StoreConfig::new(&config.store.path);
+        if config.store.durability == "os" {
+            store_config.durability = Durability::Os;
+        }
+        let (store, report) =
+            Store::open(store_config).map_err(|e| format!("store {}: {e}", config.store.path.display()))?;
+        tracing::info!(messages = report.messages, recipients = report.recipients, "queue opened");
+        if report.quarantined_count > 0 {
+            tracing::warn!(count = report.quarantined_count, "corrupt queue records quarantined at open");
+        }
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+
+        let (results_tx, results_rx) = crossbeam_channel::bounded(RESULTS_CHANNEL);
+        let log = DeliveryLog::open(config.log.path.as_deref()).map_err(|e| e.to_string())?;
+        let completer = Completer {
+            store: Arc::clone(&store),
+            results: results_rx,
+            log,
+            config: Arc::clone(&config),
+            metrics: Arc::clone(&metrics),
+        };
+        threads.push(spawn("ringmail-completer", move || completer.run()).map_err(|e| e.to_string())?);
+
+        let settings = shard_settings(&config)?;
+        let mut inboxes = Vec::new();
+        for index in 0..config.shard_count() {
+            let (tx, rx) = crossbeam_channel::bounded(SHARD_INBOX);
+            inboxes.push(tx);
+            let (results, settings, metrics, stop) =
+                (results_tx.clone(), settings.clone(), Arc::clone(&metrics), Arc::clone(&stop));
+            let thread = spawn(&format!("ringmail-shard-{index}"), move || {
+                if let Err(error) = crate::shard::run(rx, results, settings, metrics, stop) {
+                    tracing::error!(%error, shard = index, "shard stopped");
+                }
+            });
+            threads.push(thread.map_err(|e| e.to_string())?);
+        }
+        tracing::info!(shards = inboxes.len(), "delivery shards on io_uring");
+
+        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics)?;
+        threads.push(http_thread);
+
+        let scheduler_config = Arc::clone(&config);
+        let scheduler = (Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&stop));
+        let thread = spawn("ringmail-scheduler", move || {
+            let (store, metrics, stop) = scheduler;
+            let config = scheduler_config;
+            let resolver = match MxResolver::new(&config.dns, config.delivery.smtp_port) {
+                Ok(resolver) => resolver,
+                Err(error) => return tracing::error!(%error, "no resolver: nothing will be delivered"),
+            };
+            let scheduler = Scheduler {
+                store,
+                resolver,
+                shards: inboxes,
+                results: results_tx,
+                egress: config.egress.clone(),
+                default_ehlo: Arc::from(config.delivery.ehlo_name.as_str()),
+                recipients_per_transaction: config.delivery.recipients_per_transaction_max,
+                in_flight_max: config.delivery.in_flight_max,
+                metrics,
+                stop,
+            };
+            if let Err(error) = scheduler.run() {
+                tracing::error!(%error, "scheduler stopped");
+            }
+        });
+        threads.push(thread.map_err(|e| e.to_string())?);
+        Ok(Engine { http, store, metrics, stop, http_stop: Some(http_stop), threads })
+    }
+
+    /// Stops taking work, finishes or hands back what is in flight (bounded), and
+    /// waits for every thread.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(http_stop) = self.http_stop.take() {
+            let _ = http_stop.send(());
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        if let Err(error) = self.store.sync() {
+            tracing::warn!(%error, "final sync of the queue");
+        }
+    }
+}
+
+fn shard_settings(config: &Config) -> Result<ShardSettings, String> {
+    let tls = match config.tls_policy()? {
+        TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+        TlsPolicy::Required => TlsMode::Required,
+        TlsPolicy::Disabled => TlsMode::Disabled,
+    };
+    Ok(ShardSettings {
+        allowlist: config.allowlist()?,
+        tls,
+        connections_per_lane_max: config.delivery.connections_per_lane_max,
+        messages_per_connection_max: config.delivery.messages_per_connection_max,
+        idle_timeout: config.idle_timeout(),
+        connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
+        backoff: Duration::from_secs(5),
+    })
+}
+
+type HttpParts = (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
+
+fn start_http(config: &Config, store: &Arc<Store>, metrics: &Arc<Metrics>) -> Result<HttpParts, String> {
+    let listen = config.http.listen;
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("http.listen {listen}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = crate::ingest::http::router(
+        Arc::clone(store),
+        Arc::clone(metrics),
+        config.http.batch_max,
+        config.http.body_max_bytes,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = spawn("ringmail-http", move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => return tracing::error!(%error, "http runtime"),
+        };
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "http server");
+            }
+        });
+    })
+    .map_err(|e| e.to_string())?;
+    tracing::info!(%address, "HTTP control plane listening");
+    Ok((address, stop_tx, thread))
+}
+
+/// `ringmail serve`: runs until SIGTERM or SIGINT, then stops gracefully.
+pub fn serve(config: Config) -> Result<(), String> {
+    let engine = Engine::start(config)?;
+    println!("ringmail: serving; HTTP control plane on http://{}", engine.http);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    });
+    tracing::info!("stopping: in-flight deliveries get up to 10 s, the rest stays queued");
+    engine.shutdown();
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Where a domain's mail goes: MX lookup with hickory-resolver (cached with TTLs,
+//! negative answers too), preference order with equal preferences shuffled, implicit
+//! MX, null MX (RFC 7505), and the `site`: the rolled-up MX host set, so that domains
+//! hosted by one provider share a lane.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::Resolver;
+use tokio::sync::Semaphore;
+
+use crate::config::DnsSection;
+
+/// The hosts to try, best first, with the site they make up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The MX host names, sorted and joined (or the domain itself for implicit MX).
+    pub site: String,
+    /// Addresses in the order to try them.
+    pub hosts: Vec<SocketAddr>,
+}
+
+/// Why a domain has no route.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// Null MX: the domain takes no mail (permanent).
+    #[error("the domain publishes a null MX (RFC 7505): it accepts no mail")]
+    NullMx,
+    /// NXDOMAIN, or no MX and no address (permanent).
+    #[error("no such domain: {0}")]
+    NoSuchDomain(String),
+    /// SERVFAIL, timeout, or MX hosts without addresses (retry later).
+    #[error("DNS failure: {0}")]
+    Temporary(String),
+}
+
+impl RouteError {
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, RouteError::Temporary(_))
+    }
+}
+
+/// The engine's resolver; cheap to clone.
+#[derive(Clone)]
+pub struct MxResolver {
+    resolver: Arc<Resolver<TokioRuntimeProvider>>,
+    port: u16,
+    in_flight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for MxResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MxResolver").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl MxResolver {
+    /// `port`: where MX hosts listen (25, or a test fleet's port). Needs a tokio runtime.
+    pub fn new(section: &DnsSection, port: u16) -> Result<MxResolver, String> {
+        let config = if section.nameservers.is_empty() {
+            return Err("dns.nameservers: none configured (ringmail does not use the system resolver)".into());
+        } else {
+            let servers = section
+                .nameservers
+                .iter()
+                .map(|address| {
+                    let mut server = NameServerConfig::udp_and_tcp(address.ip());
+                    for connection in &mut server.connections {
+                        connection.port = address.port();
+                    }
+                    server
+                })
+                .collect();
+            ResolverConfig::from_name_servers(servers)
+        };
+        let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+        builder.options_mut().timeout = Duration::from_millis(section.timeout_ms);
+        builder.options_mut().attempts = 2;
+        builder.options_mut().cache_size = section.cache_size as u64;
+        let resolver = builder.build().map_err(|error| format!("dns: {error}"))?;
+        Ok(MxResolver {
+            resolver: Arc::new(resolver),
+            port,
+            in_flight: Arc::new(Semaphore::new(section.in_flight_max)),
+        })
+    }
+
+    /// The route for `domain` (lowercase, no trailing dot).
+    pub async fn route(&self, domain: &str) -> Result<Route, RouteError> {
+        let _permit = self.in_flight.acquire().await.map_err(|_| RouteError::Temporary("resolver closed".into()))?;
+        let name = format!("{domain}.");
+        match self.resolver.lookup(name.as_str(), RecordType::MX).await {
+            Ok(lookup) => {
+                let mut exchanges: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_string())),
+                        _ => None,
+                    })
+                    .collect();
+                if exchanges.iter().any(|(_, host)| host == ".") {
+                    return Err(RouteError::NullMx);
+                }
+                order(&mut exchanges);
+                self.addresses(exchanges).await
+            }
+            Err(error) if error.is_nx_domain() => Err(RouteError::NoSuchDomain(domain.into())),
+            Err(error) if error.is_no_records_found() => self.implicit(domain).await,
+            Err(error) => Err(RouteError::Temporary(error.to_string())),
+        }
+    }
+
+    /// No MX: the domain's own address is its mail host (RFC 5321 §5.1).
+    async fn implicit(&self, domain: &str) -> Result<Route, RouteError> {
+        match self.resolver.lookup_ip(format!("{domain}.").as_str()).await {
+            Ok(ips) => {
+                let hosts: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, self.port)).collect();
+                if hosts.is_empty() {
+                    return Err(RouteError::NoSuchDomain(domain.into()));
+                }
+                Ok(Route { site: domain.to_string(), hosts })
+            }
+            Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
+                Err(RouteError::NoSuchDomain(format!("{domain} has neither MX nor address records")))
+            }
+            Err(error) => Err(RouteError::Temporary(error.to_string())),
+        }
+    }
+
+    async fn addresses(&self, exchanges: Vec<(u16, String)>) -> Result<Route, RouteError> {
+        let mut names: Vec<String> =
+            exchanges.iter().map(|(_, host)| host.trim_end_matches('.').to_lowercase()).collect();
+        let mut hosts = Vec::new();
+        let mut last_error = String::from("no MX hosts");
+        for (_, host) in &exchanges {
+            match self.resolver.lookup_ip(host.as_str()).await {
+                Ok(ips) => hosts.extend(ips.iter().map(|ip| SocketAddr::new(ip, self.port))),
+                Err(error) => last_error = format!("{host}: {error}"),
+            }
+        }
+        if hosts.is_empty() {
+            return Err(RouteError::Temporary(format!("no address for any MX host ({last_error})")));
+        }
+        names.sort();
+        names.dedup();
+        Ok(Route { site: names.join(","), hosts })
+    }
+}
+
+/// Preference order; hosts of equal preference in random order (RFC 5321 §5.1).
+fn order(exchanges: &mut [(u16, String)]) {
+    fastrand::shuffle(exchanges);
+    exchanges.sort_by_key(|(preference, _)| *preference); // stable: the shuffle stays within a preference
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preference_order_with_equal_ones_shuffled() {
+        let mut seen_first = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut exchanges = vec![(20, "c".to_string()), (10, "a".to_string()), (10, "b".to_string())];
+            order(&mut exchanges);
+            assert_eq!(exchanges[2].1, "c");
+            seen_first.insert(exchanges[0].1.clone());
+        }
+        assert_eq!(seen_first.len(), 2, "both preference-10 hosts come first sometimes");
+    }
+}

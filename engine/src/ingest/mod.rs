@@ -1,0 +1,3 @@
+//! Ingest: how mail comes in.
+
+pub mod http;

@@ -1,0 +1,127 @@
+//! The delivery log: one JSON object per line per event. Record types and field
+//! names follow KumoMTA's log records where they overlap (`type`, `id`, `sender`,
+//! `recipient`, `site`, `response`, `peer_address`, `timestamp`, `created`,
+//! `num_attempts`, `bounce_classification`, `egress_source`, `tls_*`), so existing
+//! consumers can read them.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// One event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// `Reception`, `Delivery`, `TransientFailure`, `Bounce`, `Expiration`,
+    /// `AdminBounce`, `Rejection`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub sender: String,
+    pub recipient: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_address: Option<String>,
+    pub response: Response,
+    pub num_attempts: u32,
+    /// Seconds since the epoch.
+    pub timestamp: f64,
+    pub created: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_classification: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_protocol_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cipher: Option<String>,
+}
+
+/// The reply (or the reason there was none).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Response {
+    pub code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced_code: Option<String>,
+    pub content: String,
+}
+
+impl Response {
+    /// From a reply's summary text ("550 5.1.1 user unknown") or a bare reason.
+    pub fn from_text(text: &str) -> Response {
+        let code = text.get(..3).and_then(|c| c.parse().ok()).filter(|c| (200..600).contains(c)).unwrap_or(0);
+        let enhanced = text
+            .split_whitespace()
+            .nth(1)
+            .filter(|word| {
+                code != 0 && word.split('.').count() == 3 && word.split('.').all(|p| p.parse::<u16>().is_ok())
+            })
+            .map(str::to_string);
+        Response { code, enhanced_code: enhanced, content: text.to_string() }
+    }
+}
+
+pub fn seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Where records go; without a path, nowhere.
+#[derive(Debug)]
+pub struct DeliveryLog {
+    out: Option<BufWriter<File>>,
+    unflushed: usize,
+}
+
+impl DeliveryLog {
+    pub fn open(path: Option<&Path>) -> std::io::Result<DeliveryLog> {
+        let out = match path {
+            None => None,
+            Some(path) => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("delivery log {}: {error}", path.display()))
+                })?;
+                Some(BufWriter::with_capacity(256 * 1024, file))
+            }
+        };
+        Ok(DeliveryLog { out, unflushed: 0 })
+    }
+
+    pub fn write(&mut self, record: &Record) {
+        let Some(out) = self.out.as_mut() else { return };
+        if serde_json::to_writer(&mut *out, record).is_ok() && out.write_all(b"\n").is_ok() {
+            self.unflushed += 1;
+        }
+    }
+
+    /// Flushes what is buffered (the completer calls it after each batch).
+    pub fn flush(&mut self) {
+        if let Some(out) = self.out.as_mut() {
+            if self.unflushed > 0 {
+                if let Err(error) = out.flush() {
+                    tracing::error!(%error, "writing the delivery log");
+                }
+                self.unflushed = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_split_into_code_enhanced_code_and_text() {
+        let response = Response::from_text("550 5.1.1 user unknown");
+        assert_eq!((response.code, response.enhanced_code.as_deref()), (550, Some("5.1.1")));
+        let bare = Response::from_text("connect to 127.0.0.1:25: Connection refused");
+        assert_eq!((bare.code, bare.enhanced_code), (0, None));
+    }
+}

@@ -1,0 +1,88 @@
+//! Counters and gauges, rendered as Prometheus text at `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The engine's counters; shared by every thread (relaxed atomics).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub injected_messages: AtomicU64,
+    pub injected_recipients: AtomicU64,
+    pub rejected_requests: AtomicU64,
+    pub delivered: AtomicU64,
+    pub transient: AtomicU64,
+    pub bounced: AtomicU64,
+    pub expired: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub ready_queue_depth: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub dns_lookups: AtomicU64,
+    pub dns_lookup_micros: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, value: u64) {
+    counter.fetch_add(value, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn count(counter: &AtomicU64, value: u64) {
+        add(counter, value);
+    }
+
+    /// The Prometheus text exposition, with the store's own figures.
+    pub fn render(&self, store: &queue_store::Store) -> String {
+        let mut out = String::new();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let counters = [
+            ("ringmail_injected_messages_total", "Messages accepted by ingest", &self.injected_messages),
+            ("ringmail_injected_recipients_total", "Recipients accepted by ingest", &self.injected_recipients),
+            ("ringmail_rejected_requests_total", "Ingest requests refused", &self.rejected_requests),
+            ("ringmail_delivered_total", "Recipients delivered", &self.delivered),
+            ("ringmail_transient_failures_total", "Delivery attempts failed transiently", &self.transient),
+            ("ringmail_bounced_total", "Recipients bounced", &self.bounced),
+            ("ringmail_expired_total", "Recipients expired", &self.expired),
+            ("ringmail_connections_opened_total", "Outbound connections opened", &self.connections_opened),
+            ("ringmail_connect_failures_total", "Outbound connections that failed", &self.connect_failures),
+            ("ringmail_dns_lookups_total", "Route lookups", &self.dns_lookups),
+            ("ringmail_dns_lookup_seconds_sum", "Time spent in route lookups", &self.dns_lookup_micros),
+        ];
+        for (name, help, counter) in counters {
+            let value = load(counter);
+            let value = if name.ends_with("_seconds_sum") { value as f64 / 1e6 } else { value as f64 };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let gauges = [
+            ("ringmail_connections_open", "Outbound connections open", load(&self.connections_open)),
+            ("ringmail_ready_queue_depth", "Recipients waiting in lanes", load(&self.ready_queue_depth)),
+            ("ringmail_in_flight", "Recipients claimed and not finished", load(&self.in_flight)),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+        let counts = store.counts();
+        let _ = writeln!(out, "# HELP ringmail_queue_recipients Recipients in the queue by state");
+        let _ = writeln!(out, "# TYPE ringmail_queue_recipients gauge");
+        for (state, value) in [
+            ("queued", counts.queued),
+            ("in_flight", counts.in_flight),
+            ("deferred", counts.deferred),
+            ("suspended", counts.suspended),
+        ] {
+            let _ = writeln!(out, "ringmail_queue_recipients{{state=\"{state}\"}} {value}");
+        }
+        let store_metrics = store.metrics();
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_store_syncs_total WAL syncs\n# TYPE ringmail_store_syncs_total counter\nringmail_store_syncs_total {}",
+            store_metrics.syncs
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_store_sync_seconds_sum Time in WAL syncs\n# TYPE ringmail_store_sync_seconds_sum counter\nringmail_store_sync_seconds_sum {}",
+            store_metrics.sync_nanos_total as f64 / 1e9
+        );
+        out
+    }
+}

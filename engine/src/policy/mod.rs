@@ -1,0 +1,131 @@
+//! Delivery policy: when to retry, when to give up, and what a failure was about.
+
+use std::time::Duration;
+
+use crate::config::RetrySection;
+
+/// What a failed (or refused) attempt was about, for the log and for operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Category {
+    InvalidRecipient,
+    MailboxFull,
+    SpamBlock,
+    Reputation,
+    RateLimited,
+    Policy,
+    Dns,
+    Tls,
+    Connection,
+    Other,
+}
+
+impl Category {
+    pub fn name(self) -> &'static str {
+        match self {
+            Category::InvalidRecipient => "InvalidRecipient",
+            Category::MailboxFull => "MailboxFull",
+            Category::SpamBlock => "SpamBlock",
+            Category::Reputation => "Reputation",
+            Category::RateLimited => "RateLimited",
+            Category::Policy => "Policy",
+            Category::Dns => "Dns",
+            Category::Tls => "Tls",
+            Category::Connection => "Connection",
+            Category::Other => "Other",
+        }
+    }
+}
+
+/// Built-in rules, first match wins: (enhanced status code prefix or a word in the
+/// text, category). Codes from RFC 3463; words from what big providers say.
+const RULES: &[(&str, Category)] = &[
+    ("5.1.1", Category::InvalidRecipient),
+    ("5.1.0", Category::InvalidRecipient),
+    ("5.1.10", Category::InvalidRecipient),
+    ("user unknown", Category::InvalidRecipient),
+    ("does not exist", Category::InvalidRecipient),
+    ("5.2.2", Category::MailboxFull),
+    ("4.2.2", Category::MailboxFull),
+    ("mailbox full", Category::MailboxFull),
+    ("over quota", Category::MailboxFull),
+    ("spam", Category::SpamBlock),
+    ("5.7.1", Category::Policy),
+    ("blocklist", Category::Reputation),
+    ("blacklist", Category::Reputation),
+    ("reputation", Category::Reputation),
+    ("spamhaus", Category::Reputation),
+    ("4.7.28", Category::RateLimited),
+    ("rate", Category::RateLimited),
+    ("too many", Category::RateLimited),
+    ("deferred", Category::RateLimited),
+    ("tls", Category::Tls),
+    ("starttls", Category::Tls),
+    ("dns", Category::Dns),
+    ("null mx", Category::Dns),
+    ("no such domain", Category::Dns),
+    ("connection", Category::Connection),
+    ("timed out", Category::Connection),
+    ("connect to", Category::Connection),
+    ("5.7.", Category::Policy),
+    ("4.7.", Category::Policy),
+];
+
+/// The category of a failure's text (the reply, or the reason it never got one).
+pub fn classify(text: &str) -> Category {
+    let lower = text.to_ascii_lowercase();
+    RULES.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, category)| *category).unwrap_or(Category::Other)
+}
+
+/// Whether a transient failure says "slow down" (the lane should back off).
+pub fn is_slow_down(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.starts_with("421") || lower.contains(" 421 ") || classify(text) == Category::RateLimited
+}
+
+/// When to retry after `attempts` attempts (1 = the first failed): the first
+/// retry after `first_retry_seconds`, doubling, capped, with ±10 % jitter so that a
+/// burst of deferrals does not come back as one.
+pub fn retry_delay(retry: &RetrySection, attempts: u32) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(20);
+    let base = retry.first_retry_seconds.saturating_mul(1u64 << doublings).min(retry.max_retry_seconds);
+    let jitter = 0.9 + fastrand::f64() * 0.2;
+    Duration::from_secs_f64(base as f64 * jitter)
+}
+
+/// Whether a message created at `created_ms` has outlived the maximum age at `now_ms`.
+pub fn expired(retry: &RetrySection, created_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(created_ms) >= retry.max_age_seconds.saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_fall_into_categories() {
+        assert_eq!(
+            classify("550 5.1.1 The email account that you tried to reach does not exist"),
+            Category::InvalidRecipient
+        );
+        assert_eq!(classify("552 5.2.2 mailbox full"), Category::MailboxFull);
+        assert_eq!(classify("421-4.7.28 unusual rate of unsolicited mail"), Category::RateLimited);
+        assert_eq!(classify("554 5.7.1 listed on Spamhaus"), Category::Policy);
+        assert_eq!(classify("TLS required by policy but the server does not offer STARTTLS"), Category::Tls);
+        assert_eq!(classify("connect to 127.0.0.1:25: Connection refused"), Category::Connection);
+        assert_eq!(classify("451 4.3.0 try later"), Category::Other);
+        assert!(is_slow_down("421 4.7.0 [TSS04] Messages temporarily deferred"));
+        assert!(!is_slow_down("451 4.3.0 try later"));
+    }
+
+    #[test]
+    fn retries_double_up_to_the_cap_and_expire_at_max_age() {
+        let retry = RetrySection { first_retry_seconds: 300, max_retry_seconds: 3600, max_age_seconds: 86_400 };
+        let first = retry_delay(&retry, 1).as_secs_f64();
+        assert!((270.0..=330.0).contains(&first), "{first}");
+        let third = retry_delay(&retry, 3).as_secs_f64();
+        assert!((1080.0..=1320.0).contains(&third), "{third}");
+        assert!(retry_delay(&retry, 30).as_secs_f64() <= 3960.0);
+        assert!(!expired(&retry, 0, 86_399_999));
+        assert!(expired(&retry, 0, 86_400_000));
+    }
+}

@@ -1,0 +1,309 @@
+//! The scheduler: claims due recipients from the queue, resolves their domains'
+//! routes, groups them into transactions (one message, one lane), picks the egress
+//! source, and hands each to the shard that owns its lane. And the completer: turns
+//! the shards' attempts into queue state changes, log records and metrics.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use queue_store::{Applied, Claimed, MessageId, Store, TerminalKind};
+
+use crate::config::{Config, EgressSource};
+use crate::dns::{MxResolver, Route, RouteError};
+use crate::log::{DeliveryLog, Record, Response};
+use crate::metrics::Metrics;
+use crate::shard::{Attempt, LaneKey, Result as AttemptResult, Work};
+
+/// Claims per round at most.
+const CLAIM_BATCH: usize = 2000;
+
+/// What the scheduler needs.
+pub struct Scheduler {
+    pub store: Arc<Store>,
+    pub resolver: MxResolver,
+    pub shards: Vec<Sender<Work>>,
+    /// Results of attempts that never reached a shard (DNS failures, full shards).
+    pub results: Sender<Attempt>,
+    pub egress: Vec<EgressSource>,
+    pub default_ehlo: Arc<str>,
+    pub recipients_per_transaction: usize,
+    pub in_flight_max: usize,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("shards", &self.shards.len()).finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Runs until `stop` is set (on its own current-thread tokio runtime: the
+    /// resolver needs one).
+    pub fn run(self) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            while !self.stop.load(Ordering::Relaxed) {
+                let in_flight = self.metrics.in_flight.load(Ordering::Relaxed) as usize;
+                let room = self.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
+                if room == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let claimed = match self.store.submit_claim(0, crate::log::now_ms(), room) {
+                    Ok(pending) => pending.await.unwrap_or_default(),
+                    Err(error) => {
+                        tracing::warn!(%error, "claiming from the queue");
+                        Vec::new()
+                    }
+                };
+                if claimed.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Metrics::count(&self.metrics.in_flight, claimed.len() as u64);
+                self.schedule(claimed).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn schedule(&self, claimed: Vec<Claimed>) {
+        let routes = self.routes(&claimed).await;
+        let mut bodies: HashMap<MessageId, Option<Arc<[u8]>>> = HashMap::new();
+        // (message, domain) → one transaction's worth of recipients.
+        let mut groups: HashMap<(MessageId, String), Vec<Claimed>> = HashMap::new();
+        for recipient in claimed {
+            let domain = recipient.recipient.domain.clone();
+            match routes.get(&domain) {
+                Some(Ok(_)) => groups.entry((recipient.key.message, domain)).or_default().push(recipient),
+                Some(Err(error)) => {
+                    let result = match error.is_permanent() {
+                        true => AttemptResult::Permanent(error.to_string()),
+                        false => AttemptResult::Transient(error.to_string()),
+                    };
+                    self.fail(&recipient, result);
+                }
+                None => self.fail(&recipient, AttemptResult::Transient("no route looked up".into())),
+            }
+        }
+        for ((message, domain), recipients) in groups {
+            let Some(Ok(route)) = routes.get(&domain) else { continue };
+            let body = bodies.entry(message).or_insert_with(|| match self.store.body(message) {
+                Ok(Some(body)) => Some(body.into()),
+                _ => None,
+            });
+            let Some(body) = body.clone() else {
+                for recipient in &recipients {
+                    self.fail(recipient, AttemptResult::Transient("the stored body could not be read".into()));
+                }
+                continue;
+            };
+            for chunk in recipients.chunks(self.recipients_per_transaction) {
+                self.hand_over(chunk, route, &body);
+            }
+        }
+    }
+
+    /// One lookup per distinct domain, all at once (the resolver bounds them).
+    async fn routes(&self, claimed: &[Claimed]) -> HashMap<String, std::result::Result<Arc<Route>, RouteError>> {
+        let mut domains: Vec<String> = claimed.iter().map(|c| c.recipient.domain.clone()).collect();
+        domains.sort();
+        domains.dedup();
+        let mut lookups = tokio::task::JoinSet::new();
+        for domain in domains {
+            let resolver = self.resolver.clone();
+            lookups.spawn(async move {
+                let started = Instant::now();
+                let route = resolver.route(&domain).await.map(Arc::new);
+                (domain, route, started.elapsed())
+            });
+        }
+        let mut routes = HashMap::new();
+        while let Some(joined) = lookups.join_next().await {
+            if let Ok((domain, route, took)) = joined {
+                Metrics::count(&self.metrics.dns_lookups, 1);
+                Metrics::count(&self.metrics.dns_lookup_micros, took.as_micros() as u64);
+                routes.insert(domain, route);
+            }
+        }
+        routes
+    }
+
+    fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
+        let source = self.pick_source();
+        let ehlo_name = source
+            .and_then(|s| s.ehlo_name.as_deref())
+            .map(Arc::from)
+            .unwrap_or_else(|| Arc::clone(&self.default_ehlo));
+        let lane = LaneKey { site: route.site.clone(), source: source.map(|s| s.address) };
+        let work = Work {
+            keys: recipients.iter().map(|c| c.key).collect(),
+            recipients: recipients.iter().map(|c| c.recipient.address.clone()).collect(),
+            attempts: recipients.iter().map(|c| c.recipient.attempts).collect(),
+            envelope: Arc::clone(&recipients[0].envelope),
+            body: Arc::clone(body),
+            route: Arc::clone(route),
+            ehlo_name,
+            lane,
+        };
+        let shard = work.lane.shard(self.shards.len());
+        match self.shards[shard].try_send(work) {
+            Ok(()) => {}
+            Err(TrySendError::Full(work) | TrySendError::Disconnected(work)) => {
+                for attempt in Attempt::all(&work, &AttemptResult::Released, None) {
+                    let _ = self.results.send(attempt);
+                }
+            }
+        }
+    }
+
+    /// An egress source by weight; `None` when none is configured.
+    fn pick_source(&self) -> Option<&EgressSource> {
+        let total: u32 = self.egress.iter().map(|s| s.weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = fastrand::u32(0..total);
+        self.egress.iter().find(|source| {
+            if point < source.weight {
+                return true;
+            }
+            point -= source.weight;
+            false
+        })
+    }
+
+    fn fail(&self, recipient: &Claimed, result: AttemptResult) {
+        let attempt = Attempt {
+            key: recipient.key,
+            recipient: recipient.recipient.address.clone(),
+            envelope: Arc::clone(&recipient.envelope),
+            attempts: recipient.recipient.attempts,
+            result,
+            site: None,
+            source: None,
+            peer: None,
+            tls: None,
+        };
+        let _ = self.results.send(attempt);
+    }
+}
+
+/// The completer: applies attempts to the queue in batches, writes the log, counts.
+pub struct Completer {
+    pub store: Arc<Store>,
+    pub results: Receiver<Attempt>,
+    pub log: DeliveryLog,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Completer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completer").finish_non_exhaustive()
+    }
+}
+
+impl Completer {
+    /// Runs until every sender of results is gone.
+    pub fn run(mut self) {
+        while let Ok(first) = self.results.recv() {
+            let mut batch = vec![first];
+            batch.extend(self.results.try_iter().take(4095));
+            self.apply(batch);
+        }
+        self.log.flush();
+    }
+
+    fn apply(&mut self, batch: Vec<Attempt>) {
+        let now = crate::log::now_ms();
+        let changes: Vec<queue_store::StateChange> = batch
+            .iter()
+            .map(|attempt| queue_store::StateChange { key: attempt.key, outcome: self.outcome(attempt, now) })
+            .collect();
+        let applied = loop {
+            match self.store.complete(changes.clone()) {
+                Ok(applied) => break applied,
+                Err(error) if error.is_temporary() => {
+                    // The writer is busy or the disk full: the recipients stay in flight
+                    // (and due again after a restart) until the store takes the change.
+                    tracing::warn!(%error, "recording delivery results; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "recording delivery results failed; they are retried after a restart");
+                    break Vec::new();
+                }
+            }
+        };
+        self.metrics.in_flight.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        for (attempt, applied) in batch.iter().zip(applied) {
+            match applied {
+                Ok(applied) => self.record(attempt, &applied, now),
+                Err(error) => tracing::warn!(%error, key = %attempt.key, "state change refused"),
+            }
+        }
+        self.log.flush();
+    }
+
+    fn outcome(&self, attempt: &Attempt, now: u64) -> queue_store::Outcome {
+        let retry = &self.config.retry;
+        match &attempt.result {
+            AttemptResult::Delivered(text) => queue_store::Outcome::Delivered { response: text.clone() },
+            AttemptResult::Permanent(text) => queue_store::Outcome::Bounced { response: text.clone() },
+            AttemptResult::Released => queue_store::Outcome::Released { due_ms: now + 1000 },
+            AttemptResult::Transient(text) if crate::policy::expired(retry, attempt.envelope.created_ms, now) => {
+                queue_store::Outcome::Expired { response: text.clone() }
+            }
+            AttemptResult::Transient(text) => {
+                let delay = crate::policy::retry_delay(retry, attempt.attempts + 1);
+                queue_store::Outcome::Deferred { due_ms: now + delay.as_millis() as u64, response: text.clone() }
+            }
+        }
+    }
+
+    fn record(&mut self, attempt: &Attempt, applied: &Applied, now: u64) {
+        let (kind, counter): (&'static str, Option<&AtomicU64>) = match applied {
+            Applied::Terminal(terminal) => match terminal.kind {
+                TerminalKind::Delivered => ("Delivery", Some(&self.metrics.delivered)),
+                TerminalKind::Bounced => ("Bounce", Some(&self.metrics.bounced)),
+                TerminalKind::Expired => ("Expiration", Some(&self.metrics.expired)),
+                TerminalKind::AdminBounced => ("AdminBounce", None),
+            },
+            Applied::Deferred { .. } | Applied::Suspended { .. } => ("TransientFailure", Some(&self.metrics.transient)),
+            Applied::Released { .. } => return,
+        };
+        if let Some(counter) = counter {
+            Metrics::count(counter, 1);
+        }
+        let text = match &attempt.result {
+            AttemptResult::Delivered(text) | AttemptResult::Transient(text) | AttemptResult::Permanent(text) => text,
+            AttemptResult::Released => return,
+        };
+        let category =
+            (!matches!(attempt.result, AttemptResult::Delivered(_))).then(|| crate::policy::classify(text).name());
+        let record = Record {
+            kind,
+            id: attempt.key.message.to_string(),
+            sender: attempt.envelope.sender.clone(),
+            recipient: attempt.recipient.clone(),
+            site: attempt.site.clone(),
+            egress_source: attempt.source.map(|ip: IpAddr| ip.to_string()),
+            peer_address: attempt.peer.map(|peer| peer.to_string()),
+            response: Response::from_text(text),
+            num_attempts: attempt.attempts + 1,
+            timestamp: now as f64 / 1000.0,
+            created: attempt.envelope.created_ms as f64 / 1000.0,
+            bounce_classification: category,
+            tls_protocol_version: attempt.tls.as_ref().map(|tls| tls.protocol.clone()),
+            tls_cipher: attempt.tls.as_ref().map(|tls| tls.cipher.clone()),
+        };
+        self.log.write(&record);
+    }
+}

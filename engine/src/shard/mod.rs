@@ -1,0 +1,453 @@
+//! A delivery shard: one thread, one io_uring loop ([`crate::io::ring`]), and the
+//! lanes hashed to it. A lane is (site, egress source): its ready queue, its pool of
+//! connections, its connect failures and backoff. Nothing here is shared or locked;
+//! work arrives on a bounded crossbeam channel, results leave on another, and the
+//! shard never blocks on either.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use queue_store::{Envelope, RecipientKey};
+use rustls::pki_types::ServerName;
+
+use crate::dns::Route;
+use crate::io::connect::{Allowlist, ConnectOptions};
+use crate::io::ring::{ConnId, End, Ring, RingHandler};
+use crate::io::tls::{ClientTls, TlsInfo};
+use crate::metrics::Metrics;
+use crate::smtp::{ClientConfig, ClientSession, Outcome, TlsMode, Transaction};
+
+/// Which lane: the destination site and the egress source.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LaneKey {
+    pub site: String,
+    pub source: Option<IpAddr>,
+}
+
+impl LaneKey {
+    /// The shard that owns this lane.
+    pub fn shard(&self, shards: usize) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        (hasher.finish() % shards.max(1) as u64) as usize
+    }
+}
+
+/// Recipients of one message for one lane: one SMTP transaction.
+#[derive(Clone, Debug)]
+pub struct Work {
+    pub keys: Vec<RecipientKey>,
+    pub recipients: Vec<String>,
+    /// Attempts each recipient had before this one.
+    pub attempts: Vec<u32>,
+    pub envelope: Arc<Envelope>,
+    pub body: Arc<[u8]>,
+    pub lane: LaneKey,
+    pub route: Arc<Route>,
+    /// The EHLO name for the egress source.
+    pub ehlo_name: Arc<str>,
+}
+
+/// How one recipient's attempt ended.
+#[derive(Clone, Debug)]
+pub enum Result {
+    Delivered(String),
+    Transient(String),
+    Permanent(String),
+    /// Handed back without an attempt (shutdown, no room).
+    Released,
+}
+
+/// One recipient's attempt, for the completer (store, log, metrics).
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub key: RecipientKey,
+    pub recipient: String,
+    pub envelope: Arc<Envelope>,
+    pub attempts: u32,
+    pub result: Result,
+    pub site: Option<String>,
+    pub source: Option<IpAddr>,
+    pub peer: Option<SocketAddr>,
+    pub tls: Option<TlsInfo>,
+}
+
+impl Attempt {
+    /// Every recipient of `work` with the same result.
+    pub fn all(work: &Work, result: &Result, peer: Option<SocketAddr>) -> Vec<Attempt> {
+        (0..work.keys.len())
+            .map(|index| Attempt {
+                key: work.keys[index],
+                recipient: work.recipients[index].clone(),
+                envelope: Arc::clone(&work.envelope),
+                attempts: work.attempts[index],
+                result: result.clone(),
+                site: Some(work.lane.site.clone()),
+                source: work.lane.source,
+                peer,
+                tls: None,
+            })
+            .collect()
+    }
+}
+
+/// What a shard needs from the daemon.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    pub allowlist: Allowlist,
+    pub tls: TlsMode,
+    pub connections_per_lane_max: usize,
+    pub messages_per_connection_max: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// After a "slow down" reply or every host failing: no new connections this long.
+    pub backoff: Duration,
+}
+
+#[derive(Debug)]
+struct Lane {
+    queue: VecDeque<Work>,
+    /// Connections open or opening.
+    connections: usize,
+    idle: Vec<ConnId>,
+    route: Arc<Route>,
+    host_cursor: usize,
+    connect_failures: usize,
+    backoff_until: Option<Instant>,
+    last_error: String,
+}
+
+#[derive(Debug)]
+struct Conn {
+    lane: LaneKey,
+    peer: SocketAddr,
+    /// Transactions handed to the session, in order (two with pipelining).
+    busy: VecDeque<Work>,
+    sent: usize,
+    /// The session said it can take a transaction and got none.
+    waiting: bool,
+    /// Waiting with nothing in flight since then: the idle timeout runs.
+    idle_since: Option<Instant>,
+    tls: Option<TlsInfo>,
+}
+
+/// The state the ring's callbacks work on.
+struct Lanes {
+    lanes: HashMap<LaneKey, Lane>,
+    conns: HashMap<ConnId, Conn>,
+    settings: ShardSettings,
+    out: Vec<Attempt>,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs a shard until `stop` is set and its work is done or handed back.
+pub fn run(
+    inbox: Receiver<Work>,
+    results: Sender<Attempt>,
+    settings: ShardSettings,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut ring = Ring::new()?;
+    let tls = Arc::new(
+        ClientTls::new(&crate::io::tls::Verification::Opportunistic { extra_roots: Vec::new() })
+            .map_err(std::io::Error::other)?,
+    );
+    let mut configs: HashMap<Arc<str>, Arc<ClientConfig>> = HashMap::new();
+    let mut lanes = Lanes {
+        lanes: HashMap::new(),
+        conns: HashMap::new(),
+        settings,
+        out: Vec::new(),
+        metrics: Arc::clone(&metrics),
+    };
+    let mut stopping_since: Option<Instant> = None;
+    loop {
+        if stopping_since.is_none() {
+            for work in inbox.try_iter().take(4096) {
+                lanes.add(work);
+            }
+        }
+        if stop.load(Ordering::Relaxed) && stopping_since.is_none() {
+            stopping_since = Some(Instant::now());
+            lanes.release_queued();
+        }
+        lanes.dispatch_idle(&mut ring);
+        if stopping_since.is_none() {
+            lanes.open_connections(&mut ring, &tls, &mut configs);
+        }
+        lanes.close_idle(&mut ring, stopping_since.is_some());
+        ring.turn(&mut lanes, Some(Duration::from_millis(5)))?;
+        lanes.flush(&results);
+        if let Some(since) = stopping_since {
+            let give_up = since.elapsed() > Duration::from_secs(10);
+            if (ring.connections() == 0 || give_up) && lanes.out.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Lanes {
+    fn add(&mut self, work: Work) {
+        let lane = self.lanes.entry(work.lane.clone()).or_insert_with(|| Lane {
+            queue: VecDeque::new(),
+            connections: 0,
+            idle: Vec::new(),
+            route: Arc::clone(&work.route),
+            host_cursor: 0,
+            connect_failures: 0,
+            backoff_until: None,
+            last_error: String::new(),
+        });
+        lane.route = Arc::clone(&work.route);
+        lane.queue.push_back(work);
+        Metrics::count(&self.metrics.ready_queue_depth, 1);
+    }
+
+    fn release_queued(&mut self) {
+        for lane in self.lanes.values_mut() {
+            for work in lane.queue.drain(..) {
+                self.out.extend(Attempt::all(&work, &Result::Released, None));
+                self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Idle pooled connections take queued work.
+    fn dispatch_idle(&mut self, ring: &mut Ring) {
+        let mut wake = Vec::new();
+        for lane in self.lanes.values_mut() {
+            while !lane.queue.is_empty() {
+                let Some(id) = lane.idle.pop() else { break };
+                wake.push(id);
+            }
+        }
+        for id in wake {
+            ring.with_session(id, self, |session, lanes| lanes.ready(id, session));
+        }
+    }
+
+    /// New connections where the queue is longer than the pool can take.
+    fn open_connections(
+        &mut self,
+        ring: &mut Ring,
+        tls: &Arc<ClientTls>,
+        configs: &mut HashMap<Arc<str>, Arc<ClientConfig>>,
+    ) {
+        let now = Instant::now();
+        let max = self.settings.connections_per_lane_max;
+        let mut opened = Vec::new();
+        for (key, lane) in &mut self.lanes {
+            if lane.backoff_until.is_some_and(|until| now < until) {
+                continue;
+            }
+            let Some(ehlo) = lane.queue.front().map(|w| Arc::clone(&w.ehlo_name)) else { continue };
+            let wanted = lane.queue.len().min(max).saturating_sub(lane.connections);
+            for _ in 0..wanted {
+                let peer = lane.route.hosts[lane.host_cursor % lane.route.hosts.len().max(1)];
+                let config = configs.entry(Arc::clone(&ehlo)).or_insert_with(|| {
+                    let mut config = ClientConfig::new(ehlo.to_string());
+                    config.tls = self.settings.tls;
+                    Arc::new(config)
+                });
+                let session = ClientSession::new(Arc::clone(config), now);
+                let options = ConnectOptions { source: key.source, timeout: self.settings.connect_timeout };
+                let name = ServerName::from(peer.ip());
+                match ring.open(peer, &options, &self.settings.allowlist, session, Some((Arc::clone(tls), name))) {
+                    Ok(id) => {
+                        lane.connections += 1;
+                        Metrics::count(&self.metrics.connections_opened, 1);
+                        Metrics::count(&self.metrics.connections_open, 1);
+                        opened.push((id, key.clone(), peer));
+                    }
+                    Err(error) => {
+                        // Refused before any packet (allowlist, bind): nothing here can change that.
+                        let reason = format!("connect to {peer}: {error}");
+                        for work in lane.queue.drain(..) {
+                            let result = if matches!(error, crate::io::connect::ConnectError::Denied(_)) {
+                                Result::Permanent(reason.clone())
+                            } else {
+                                Result::Transient(reason.clone())
+                            };
+                            self.out.extend(Attempt::all(&work, &result, Some(peer)));
+                            self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        for (id, lane, peer) in opened {
+            self.conns.insert(
+                id,
+                Conn { lane, peer, busy: VecDeque::new(), sent: 0, waiting: false, idle_since: None, tls: None },
+            );
+        }
+    }
+
+    /// Pooled connections idle too long (or all of them, when stopping) say QUIT.
+    fn close_idle(&mut self, ring: &mut Ring, all: bool) {
+        let timeout = self.settings.idle_timeout;
+        let expired: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| {
+                let expired = all || conn.idle_since.is_some_and(|since| since.elapsed() >= timeout);
+                conn.waiting && conn.busy.is_empty() && expired
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.waiting = false;
+                conn.idle_since = None;
+                if let Some(lane) = self.lanes.get_mut(&conn.lane) {
+                    lane.idle.retain(|idle| *idle != id);
+                }
+            }
+            ring.with_session(id, self, |session, _| session.quit(Instant::now()));
+        }
+    }
+
+    /// Hands results to the completer; what does not fit waits for the next turn.
+    fn flush(&mut self, results: &Sender<Attempt>) {
+        let mut pending = std::mem::take(&mut self.out).into_iter();
+        for attempt in pending.by_ref() {
+            match results.try_send(attempt) {
+                Ok(()) => {}
+                Err(TrySendError::Full(attempt)) => {
+                    self.out.push(attempt);
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        self.out.extend(pending);
+    }
+
+    fn settle(
+        &mut self,
+        work: &Work,
+        outcomes: Vec<(String, Outcome)>,
+        peer: Option<SocketAddr>,
+        tls: Option<TlsInfo>,
+    ) {
+        for (index, (_, outcome)) in outcomes.into_iter().enumerate().take(work.keys.len()) {
+            let result = match outcome {
+                Outcome::Delivered { reply } => Result::Delivered(reply.summary()),
+                Outcome::Transient { reply, reason } => Result::Transient(text(reply.as_ref(), &reason)),
+                Outcome::Permanent { reply, reason } => Result::Permanent(text(reply.as_ref(), &reason)),
+            };
+            if let Result::Transient(text) = &result {
+                if crate::policy::is_slow_down(text) {
+                    if let Some(lane) = self.lanes.get_mut(&work.lane) {
+                        lane.backoff_until = Some(Instant::now() + self.settings.backoff);
+                    }
+                }
+            }
+            let mut attempt = Attempt::all(work, &result, peer).swap_remove(index);
+            attempt.tls = tls.clone();
+            self.out.push(attempt);
+        }
+    }
+}
+
+fn text(reply: Option<&crate::smtp::Reply>, reason: &str) -> String {
+    match reply {
+        Some(reply) => reply.summary(),
+        None => reason.to_string(),
+    }
+}
+
+fn transaction(work: &Work) -> Transaction {
+    Transaction {
+        sender: work.envelope.sender.clone(),
+        recipients: work.recipients.clone(),
+        message: Arc::clone(&work.body),
+    }
+}
+
+impl RingHandler for Lanes {
+    fn ready(&mut self, id: ConnId, session: &mut ClientSession) {
+        let Some(conn) = self.conns.get_mut(&id) else { return session.quit(Instant::now()) };
+        let Some(lane) = self.lanes.get_mut(&conn.lane) else { return session.quit(Instant::now()) };
+        lane.connect_failures = 0;
+        if conn.sent >= self.settings.messages_per_connection_max {
+            return session.quit(Instant::now());
+        }
+        while let Some(work) = lane.queue.pop_front() {
+            self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
+            match session.send(transaction(&work), Instant::now()) {
+                Ok(()) => {
+                    conn.sent += 1;
+                    conn.waiting = false;
+                    conn.idle_since = None;
+                    conn.busy.push_back(work);
+                    return;
+                }
+                Err(error) => {
+                    let result = Result::Permanent(format!("refused by the client: {error}"));
+                    self.out.extend(Attempt::all(&work, &result, None));
+                }
+            }
+        }
+        // Ready for more even with one transaction still finishing (pipelining):
+        // work that arrives meanwhile may go behind it.
+        conn.waiting = true;
+        if conn.busy.is_empty() {
+            conn.idle_since = Some(Instant::now());
+        }
+        if !lane.idle.contains(&id) {
+            lane.idle.push(id);
+        }
+    }
+
+    fn done(&mut self, id: ConnId, outcomes: Vec<(String, Outcome)>) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(work) = conn.busy.pop_front() else { return };
+        if conn.waiting && conn.busy.is_empty() {
+            conn.idle_since = Some(Instant::now());
+        }
+        let (peer, tls) = (conn.peer, conn.tls.clone());
+        self.settle(&work, outcomes, Some(peer), tls);
+    }
+
+    fn tls(&mut self, id: ConnId, info: &TlsInfo) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.tls = Some(info.clone());
+        }
+    }
+
+    fn closed(&mut self, id: ConnId, end: End) {
+        self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let Some(conn) = self.conns.remove(&id) else { return };
+        // The session reported every transaction it took; anything left never started.
+        for work in &conn.busy {
+            self.out.extend(Attempt::all(work, &Result::Transient("connection ended".into()), Some(conn.peer)));
+        }
+        let Some(lane) = self.lanes.get_mut(&conn.lane) else { return };
+        lane.connections = lane.connections.saturating_sub(1);
+        lane.idle.retain(|idle| *idle != id);
+        let Some(error) = end.connect_error else { return };
+        Metrics::count(&self.metrics.connect_failures, 1);
+        lane.connect_failures += 1;
+        lane.host_cursor += 1; // the next MX host
+        lane.last_error = format!("connect to {}: {error}", conn.peer);
+        if lane.connect_failures >= lane.route.hosts.len() && lane.connections == 0 {
+            // Every host failed: defer what waits, back off, start over later.
+            lane.connect_failures = 0;
+            lane.backoff_until = Some(Instant::now() + self.settings.backoff);
+            let reason = lane.last_error.clone();
+            for work in lane.queue.drain(..) {
+                self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
+                self.out.extend(Attempt::all(&work, &Result::Transient(reason.clone()), None));
+            }
+        }
+    }
+}

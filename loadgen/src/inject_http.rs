@@ -1,0 +1,87 @@
+//! `loadgen inject` over HTTP: ringmail's inject API (`POST /api/inject/v1`), batches
+//! of messages from `plan.connections` client threads, each on a kept-alive
+//! connection. A 200 means the batch is stored (synced) and every recipient in it is
+//! the MTA's; anything else means none of the batch is.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use ringmail::smtp::Transaction;
+
+use crate::inject::{build, message_id, Injected, Plan, Progress};
+
+/// Messages per request.
+pub const BATCH: usize = 100;
+
+/// Injects the plan into ringmail's HTTP API at `target`.
+pub fn http(target: SocketAddr, plan: &Plan, progress: &Progress) -> Vec<Injected> {
+    let transactions = build(plan);
+    let batches: VecDeque<Vec<Transaction>> =
+        transactions.chunks(BATCH).map(<[Transaction]>::to_vec).collect::<Vec<_>>().into();
+    let queue = Mutex::new(batches);
+    let results = Mutex::new(Vec::with_capacity(transactions.len() * plan.recipients_per_message.max(1)));
+    let started = Instant::now();
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..plan.connections.max(1) {
+            scope.spawn(|| {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                let url = format!("http://{target}/api/inject/v1");
+                loop {
+                    let Some(batch) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front() else { return };
+                    if let Some(rate) = plan.rate {
+                        // Messages per second: wait until this batch's turn.
+                        let index = sent.fetch_add(batch.len() as u64, Ordering::Relaxed) as f64;
+                        let due = Duration::from_secs_f64(index / rate);
+                        std::thread::sleep(due.saturating_sub(started.elapsed()));
+                    }
+                    let answers = post(&agent, &url, &batch, progress);
+                    results.lock().unwrap_or_else(|p| p.into_inner()).extend(answers);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progress) -> Vec<Injected> {
+    let messages: Vec<serde_json::Value> = batch
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "sender": t.sender,
+                "recipients": t.recipients,
+                "content": String::from_utf8_lossy(&t.message),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "messages": messages });
+    let (accepted, answer) = match agent.post(url).send_json(&body) {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            (status == 200, format!("HTTP {status} {}", text.chars().take(200).collect::<String>()))
+        }
+        Err(error) => (false, format!("HTTP request failed: {error}")),
+    };
+    let at = SystemTime::now();
+    let mut injected = Vec::new();
+    for transaction in batch {
+        let id = message_id(transaction);
+        for recipient in &transaction.recipients {
+            progress.injected.fetch_add(1, Ordering::Relaxed);
+            let counter = if accepted { &progress.accepted } else { &progress.rejected };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let (message_id, recipient, answer) = (id.clone(), recipient.clone(), answer.clone());
+            injected.push(Injected { message_id, recipient, at, accepted, answer });
+        }
+    }
+    injected
+}
