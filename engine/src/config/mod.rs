@@ -303,7 +303,7 @@ impl Config {
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|error| {
-            let line = error.span().map(|span| format!(":{}", text[..span.start].lines().count().max(1)));
+            let line = error.span().map(|span| format!(":{}", text[..span.start].matches('\n').count() + 1));
             ConfigError { file: file.into(), line: line.unwrap_or_default(), message: error.message().to_string() }
         })?;
         config.check().map_err(|message| ConfigError { file: file.into(), line: String::new(), message })?;

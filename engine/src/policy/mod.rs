@@ -48,12 +48,12 @@ const RULES: &[(&str, Category)] = &[
     ("4.2.2", Category::MailboxFull),
     ("mailbox full", Category::MailboxFull),
     ("over quota", Category::MailboxFull),
-    ("spam", Category::SpamBlock),
-    ("5.7.1", Category::Policy),
     ("blocklist", Category::Reputation),
     ("blacklist", Category::Reputation),
     ("reputation", Category::Reputation),
     ("spamhaus", Category::Reputation),
+    ("spam", Category::SpamBlock),
+    ("5.7.1", Category::Policy),
     ("4.7.28", Category::RateLimited),
     ("rate", Category::RateLimited),
     ("too many", Category::RateLimited),
@@ -109,7 +109,9 @@ mod tests {
         );
         assert_eq!(classify("552 5.2.2 mailbox full"), Category::MailboxFull);
         assert_eq!(classify("421-4.7.28 unusual rate of unsolicited mail"), Category::RateLimited);
-        assert_eq!(classify("554 5.7.1 listed on Spamhaus"), Category::Policy);
+        assert_eq!(classify("554 5.7.1 listed on Spamhaus"), Category::Reputation);
+        assert_eq!(classify("550 5.7.1 message rejected as spam"), Category::SpamBlock);
+        assert_eq!(classify("550 5.7.1 relaying denied"), Category::Policy);
         assert_eq!(classify("TLS required by policy but the server does not offer STARTTLS"), Category::Tls);
         assert_eq!(classify("connect to 127.0.0.1:25: Connection refused"), Category::Connection);
         assert_eq!(classify("451 4.3.0 try later"), Category::Other);
