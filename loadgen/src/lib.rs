@@ -10,6 +10,7 @@
 //! as an MTA under test ([`postfix`]). Not built: injection over HTTP (ringmail's
 //! ingest API does not exist yet).
 
+pub mod demo;
 pub mod dns;
 pub mod inject;
 pub mod inject_http;

@@ -71,6 +71,21 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// ringmail's engine against a fake-MX fleet: a bulk campaign, live progress, a
+    /// final report (what `make demo` runs).
+    Demo {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Keep the delivery log and plot here (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run ringmail's engine in this process until SIGTERM (for tests that kill it).
+    #[command(hide = true)]
+    Engine {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print a Postfix transport map that routes the scenario's domains to its sinks.
     TransportMap {
         #[arg(long)]
@@ -109,6 +124,10 @@ struct Injection {
     /// AUTH as user:password (over TLS only).
     #[arg(long)]
     auth: Option<String>,
+    /// Inject through ringmail's HTTP API (`--target` is its control-plane address)
+    /// instead of SMTP.
+    #[arg(long)]
+    http: bool,
 }
 
 /// Bounds on what one run may ask for.
@@ -194,7 +213,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Inject { injection, domains } => {
             let plan = injection.plan(domains)?;
             let started = std::time::Instant::now();
-            let injected = loadgen::inject::smtp(injection.target, &plan);
+            let progress = loadgen::inject::Progress::default();
+            let injected = match injection.http {
+                true => loadgen::inject_http::http(injection.target, &plan, &progress),
+                false => loadgen::inject::smtp(injection.target, &plan),
+            };
             let accepted = injected.iter().filter(|i| i.accepted).count();
             let seconds = started.elapsed().as_secs_f64();
             println!(
@@ -221,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 settle: Duration::from_secs(settle_seconds),
                 dns,
                 plot: plot.clone(),
+                http: injection.http,
             };
             let result = loadgen::run::run(&scenario, &config)?;
             print!("{}", result.table());
@@ -232,6 +256,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             println!("{}", result.result_line());
             Ok(!result.failed())
+        }
+        Command::Demo { messages, dir } => {
+            anyhow::ensure!((1..=10_000_000).contains(&messages), "--messages: between 1 and 10000000");
+            loadgen::demo::run(messages, dir)
+        }
+        Command::Engine { config } => {
+            let config = ringmail::config::Config::load(&config)?;
+            ringmail::daemon::serve(config).map_err(anyhow::Error::msg)?;
+            Ok(true)
         }
         Command::TransportMap { scenario } => {
             print!("{}", loadgen::postfix::transport_map(&Scenario::load(&scenario)?));

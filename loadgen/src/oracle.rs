@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::inject::Injected;
+use crate::scenario::{DnsMode, Scenario};
 use crate::sink::SinkState;
 
 /// What the comparison found.
@@ -21,8 +22,24 @@ pub struct Verdict {
     pub lost_examples: Vec<String>,
 }
 
+/// [`check`], counting recipients of the scenario's undeliverable domains (null MX,
+/// NXDOMAIN) as expected bounces: the MTA refuses them from DNS, no sink sees them.
+pub fn check_scenario(injected: &[Injected], sinks: &SinkState, scenario: &Scenario) -> Verdict {
+    let undeliverable: HashSet<String> = scenario
+        .providers
+        .iter()
+        .filter(|p| matches!(p.dns, DnsMode::NullMx | DnsMode::Nxdomain))
+        .flat_map(|p| p.domains.iter().map(|d| d.to_ascii_lowercase()))
+        .collect();
+    check_with(injected, sinks, &undeliverable)
+}
+
 /// Compares what was injected with what the sinks saw.
 pub fn check(injected: &[Injected], sinks: &SinkState) -> Verdict {
+    check_with(injected, sinks, &HashSet::new())
+}
+
+fn check_with(injected: &[Injected], sinks: &SinkState, undeliverable: &HashSet<String>) -> Verdict {
     let mut deliveries: HashMap<String, u64> = HashMap::new();
     for accepted in &sinks.accepted {
         *deliveries.entry(accepted.recipient.to_ascii_lowercase()).or_insert(0) += 1;
@@ -38,6 +55,9 @@ pub fn check(injected: &[Injected], sinks: &SinkState) -> Verdict {
                 verdict.duplicates += count - 1;
             }
             None if bounced.contains(address.as_str()) => verdict.bounced += 1,
+            None if address.rsplit_once('@').is_some_and(|(_, domain)| undeliverable.contains(domain)) => {
+                verdict.bounced += 1
+            }
             None => {
                 verdict.lost += 1;
                 if verdict.lost_examples.len() < 20 {

@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub dns: Option<SocketAddr>,
     /// Write the injected/delivered-per-second plot here (SVG).
     pub plot: Option<PathBuf>,
+    /// Inject through ringmail's HTTP API instead of SMTP.
+    pub http: bool,
 }
 
 /// What a run came to.
@@ -84,7 +86,7 @@ impl RunResult {
             ("refused by the MTA", self.refused.to_string()),
             ("accepted by the MTA", v.injected.to_string()),
             ("delivered to a sink", v.delivered.to_string()),
-            ("bounced by a sink (5xx)", v.bounced.to_string()),
+            ("bounced (sink 5xx, or no route)", v.bounced.to_string()),
             ("LOST", v.lost.to_string()),
             ("duplicates", v.duplicates.to_string()),
             ("sink: RCPT tempfail / permfail", format!("{} / {}", s.rcpt_tempfail, s.rcpt_permfail)),
@@ -120,27 +122,39 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> anyhow::Result<RunResult>
         None => None,
     };
     let fleet = crate::sink::start(scenario)?;
+    run_against(scenario, config, &fleet, &|| String::new())
+}
+
+/// The injection, the wait and the verdict, against a fleet already running.
+/// `status` adds to the progress line (e.g. the MTA's own counts).
+pub fn run_against(
+    scenario: &Scenario,
+    config: &RunConfig,
+    fleet: &Fleet,
+    status: &dyn Fn() -> String,
+) -> anyhow::Result<RunResult> {
     let started = Instant::now();
     let started_wall = SystemTime::now();
     let progress = Arc::new(Progress::default());
     let injection = {
-        let (target, plan, progress) = (config.target, config.plan.clone(), Arc::clone(&progress));
-        std::thread::Builder::new()
-            .name("loadgen-inject".into())
-            .spawn(move || crate::inject::smtp_with_progress(target, &plan, &progress))?
+        let (target, plan, progress, http) = (config.target, config.plan.clone(), Arc::clone(&progress), config.http);
+        std::thread::Builder::new().name("loadgen-inject".into()).spawn(move || match http {
+            true => crate::inject_http::http(target, &plan, &progress),
+            false => crate::inject::smtp_with_progress(target, &plan, &progress),
+        })?
     };
     let total = (config.plan.messages * config.plan.recipients_per_message.max(1)) as u64;
     let bar = progress_bar(total);
     while !injection.is_finished() {
-        show(&bar, &progress, &fleet, started);
+        show(&bar, &progress, fleet, started, status);
         std::thread::sleep(Duration::from_millis(200));
     }
     let injected = injection.join().map_err(|_| anyhow::anyhow!("the injection thread panicked"))?;
     let deadline = Instant::now() + config.deadline;
     let mut settled = false;
     while Instant::now() < deadline {
-        show(&bar, &progress, &fleet, started);
-        if crate::oracle::check(&injected, &fleet.state()).lost == 0 {
+        show(&bar, &progress, fleet, started, status);
+        if crate::oracle::check_scenario(&injected, &fleet.state(), scenario).lost == 0 {
             settled = true;
             break;
         }
@@ -152,7 +166,7 @@ pub fn run(scenario: &Scenario, config: &RunConfig) -> anyhow::Result<RunResult>
     }
     bar.finish_and_clear();
     let state = fleet.state();
-    let verdict = crate::oracle::check(&injected, &state);
+    let verdict = crate::oracle::check_scenario(&injected, &state, scenario);
     let accepted_at: HashMap<&str, SystemTime> = injected.iter().map(|i| (i.recipient.as_str(), i.at)).collect();
     let mut latencies: Vec<f64> = state
         .accepted
@@ -206,18 +220,25 @@ fn progress_bar(total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-fn show(bar: &indicatif::ProgressBar, progress: &Progress, fleet: &Fleet, started: Instant) {
+fn show(
+    bar: &indicatif::ProgressBar,
+    progress: &Progress,
+    fleet: &Fleet,
+    started: Instant,
+    status: &dyn Fn() -> String,
+) {
     let injected = progress.injected.load(Ordering::Relaxed);
     let delivered = fleet.state().counts.accepted;
     let seconds = started.elapsed().as_secs_f64().max(0.001);
     bar.set_position(injected);
     bar.set_message(format!(
-        "accepted {}  rejected {}  delivered {}  {:.0} msg/s in, {:.0} msg/s out",
+        "accepted {}  rejected {}  delivered {}  {:.0} msg/s in, {:.0} msg/s out{}",
         progress.accepted.load(Ordering::Relaxed),
         progress.rejected.load(Ordering::Relaxed),
         delivered,
         injected as f64 / seconds,
-        delivered as f64 / seconds
+        delivered as f64 / seconds,
+        status()
     ));
 }
 

@@ -220,6 +220,9 @@ impl Scenario {
                 if bytes.len() < 4 || bytes[0] != class || !bytes[..3].iter().all(u8::is_ascii_digit) {
                     return Err(invalid(format!("{field} = {reply:?}: must start with a {}xx code", class as char)));
                 }
+                if bytes[3] != b' ' || reply.contains(['\r', '\n']) {
+                    return Err(invalid(format!("{field} = {reply:?}: one line, the code then a space")));
+                }
             }
         }
         Ok(())

@@ -53,9 +53,9 @@ pub struct SinkState {
     pub bounced: Vec<String>,
     pub counts: SinkCounts,
     /// Connections open now, per client address.
-    connections: HashMap<IpAddr, usize>,
-    /// The most connections seen open at once, per client address.
-    pub peak_connections: HashMap<IpAddr, usize>,
+    connections: HashMap<(String, IpAddr), usize>,
+    /// The most connections seen open at once, per provider and client address.
+    pub peak_connections: HashMap<(String, IpAddr), usize>,
     /// First try of (sender, recipient) for `greylist@` addresses.
     greylist: HashMap<(String, String), Instant>,
 }
@@ -142,14 +142,15 @@ async fn accept_loop(
         let client = peer.ip();
         let admitted = {
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            let open = state.connections.entry(client).or_insert(0);
+            let key = (provider.name.clone(), client);
+            let open = state.connections.entry(key.clone()).or_insert(0);
             if *open >= provider.connections_per_ip_max {
                 state.counts.refused_connections += 1;
                 false
             } else {
                 *open += 1;
                 let open = *open;
-                let peak = state.peak_connections.entry(client).or_insert(0);
+                let peak = state.peak_connections.entry(key).or_insert(0);
                 *peak = (*peak).max(open);
                 true
             }
@@ -164,11 +165,12 @@ async fn accept_loop(
                 run_server(Connection::Plain(stream), session, None, &mut Refused).await;
                 return;
             }
+            let key = (provider.name.clone(), client);
             let mut handler = Behaviour::new(provider, Arc::clone(&state), client);
             let session = ServerSession::new(config, false, now);
             run_server(Connection::Plain(stream), session, Some(tls), &mut handler).await;
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(open) = state.connections.get_mut(&client) {
+            if let Some(open) = state.connections.get_mut(&key) {
                 *open = open.saturating_sub(1);
             }
         });

@@ -76,10 +76,13 @@ pub fn classify(text: &str) -> Category {
     RULES.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, category)| *category).unwrap_or(Category::Other)
 }
 
-/// Whether a transient failure says "slow down" (the lane should back off).
+/// Whether a transient failure says "slow down" to the whole site (the lane backs
+/// off): a 421 (the server is closing the connection), "too many connections", or a
+/// site-wide rate limit (4.7.28). A per-mailbox limit ("4.2.1 receiving mail too
+/// quickly") is not: other recipients on the site are fine.
 pub fn is_slow_down(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
-    lower.starts_with("421") || lower.contains(" 421 ") || classify(text) == Category::RateLimited
+    lower.starts_with("421") || lower.contains("too many connections") || lower.contains("4.7.28")
 }
 
 /// When to retry after `attempts` attempts (1 = the first failed): the first
@@ -117,6 +120,7 @@ mod tests {
         assert_eq!(classify("451 4.3.0 try later"), Category::Other);
         assert!(is_slow_down("421 4.7.0 [TSS04] Messages temporarily deferred"));
         assert!(!is_slow_down("451 4.3.0 try later"));
+        assert!(!is_slow_down("450 4.2.1 The user you are trying to contact is receiving mail too quickly"));
     }
 
     #[test]

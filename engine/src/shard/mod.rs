@@ -19,7 +19,7 @@ use crate::io::connect::{Allowlist, ConnectOptions};
 use crate::io::ring::{ConnId, End, Ring, RingHandler};
 use crate::io::tls::{ClientTls, TlsInfo};
 use crate::metrics::Metrics;
-use crate::smtp::{ClientConfig, ClientSession, Outcome, TlsMode, Transaction};
+use crate::smtp::{ClientConfig, ClientSession, Outcome, SessionError, TlsMode, Transaction};
 
 /// Which lane: the destination site and the egress source.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -120,7 +120,26 @@ struct Lane {
     connect_failures: usize,
     backoff_until: Option<Instant>,
     last_error: String,
+    /// Connections allowed now: halved on each "slow down" reply, grown back by a
+    /// tenth of a connection per delivered transaction (AIMD), up to the lane's limit.
+    limit: f64,
 }
+
+impl Lane {
+    /// The site said "slow down" (421, a rate-limit reply): fewer connections, and a
+    /// short pause before the next one opens.
+    fn slow_down(&mut self, pause: Duration) {
+        self.limit = (self.limit / 2.0).max(1.0);
+        self.backoff_until = Some(Instant::now() + pause);
+    }
+
+    fn recover(&mut self, max: usize) {
+        self.limit = (self.limit + 0.1).min(max as f64);
+    }
+}
+
+/// New connections wait this long after a "slow down".
+const SLOW_DOWN_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Conn {
@@ -204,6 +223,7 @@ impl Lanes {
             connect_failures: 0,
             backoff_until: None,
             last_error: String::new(),
+            limit: self.settings.connections_per_lane_max as f64,
         });
         lane.route = Arc::clone(&work.route);
         lane.queue.push_back(work);
@@ -248,7 +268,7 @@ impl Lanes {
                 continue;
             }
             let Some(ehlo) = lane.queue.front().map(|w| Arc::clone(&w.ehlo_name)) else { continue };
-            let wanted = lane.queue.len().min(max).saturating_sub(lane.connections);
+            let wanted = lane.queue.len().min(max).min(lane.limit as usize).saturating_sub(lane.connections);
             for _ in 0..wanted {
                 let peer = lane.route.hosts[lane.host_cursor % lane.route.hosts.len().max(1)];
                 let config = configs.entry(Arc::clone(&ehlo)).or_insert_with(|| {
@@ -344,11 +364,11 @@ impl Lanes {
                 Outcome::Transient { reply, reason } => Result::Transient(text(reply.as_ref(), &reason)),
                 Outcome::Permanent { reply, reason } => Result::Permanent(text(reply.as_ref(), &reason)),
             };
-            if let Result::Transient(text) = &result {
-                if crate::policy::is_slow_down(text) {
-                    if let Some(lane) = self.lanes.get_mut(&work.lane) {
-                        lane.backoff_until = Some(Instant::now() + self.settings.backoff);
-                    }
+            if let Some(lane) = self.lanes.get_mut(&work.lane) {
+                match &result {
+                    Result::Transient(text) if crate::policy::is_slow_down(text) => lane.slow_down(SLOW_DOWN_PAUSE),
+                    Result::Delivered(_) if index == 0 => lane.recover(self.settings.connections_per_lane_max),
+                    _ => {}
                 }
             }
             let mut attempt = Attempt::all(work, &result, peer).swap_remove(index);
@@ -434,6 +454,11 @@ impl RingHandler for Lanes {
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return };
         lane.connections = lane.connections.saturating_sub(1);
         lane.idle.retain(|idle| *idle != id);
+        if let Some(SessionError::ServiceClosing(reply) | SessionError::Refused(reply)) = &end.error {
+            // "Too many connections", "go away": fewer connections, after a pause.
+            lane.slow_down(SLOW_DOWN_PAUSE);
+            lane.last_error = reply.summary();
+        }
         let Some(error) = end.connect_error else { return };
         Metrics::count(&self.metrics.connect_failures, 1);
         lane.connect_failures += 1;
