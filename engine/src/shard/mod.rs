@@ -116,8 +116,8 @@ struct Lane {
     connections: usize,
     idle: Vec<ConnId>,
     route: Arc<Route>,
-    host_cursor: usize,
-    connect_failures: usize,
+    /// Hosts that refused or timed out a connect, until when they are skipped.
+    down: HashMap<SocketAddr, Instant>,
     backoff_until: Option<Instant>,
     last_error: String,
     /// Connections allowed now: halved on each "slow down" reply, grown back by a
@@ -126,6 +126,11 @@ struct Lane {
 }
 
 impl Lane {
+    /// The best host (preference order) not marked down; `None` when all are.
+    fn host(&self, now: Instant) -> Option<SocketAddr> {
+        self.route.hosts.iter().copied().find(|host| self.down.get(host).is_none_or(|until| *until <= now))
+    }
+
     /// The site said "slow down" (421, a rate-limit reply): fewer connections, and a
     /// short pause before the next one opens.
     fn slow_down(&mut self, pause: Duration) {
@@ -137,6 +142,9 @@ impl Lane {
         self.limit = (self.limit + 0.1).min(max as f64);
     }
 }
+
+/// A host that refused a connect is skipped this long.
+const HOST_DOWN: Duration = Duration::from_secs(60);
 
 /// New connections wait this long after a "slow down".
 const SLOW_DOWN_PAUSE: Duration = Duration::from_secs(1);
@@ -219,8 +227,7 @@ impl Lanes {
             connections: 0,
             idle: Vec::new(),
             route: Arc::clone(&work.route),
-            host_cursor: 0,
-            connect_failures: 0,
+            down: HashMap::new(),
             backoff_until: None,
             last_error: String::new(),
             limit: self.settings.connections_per_lane_max as f64,
@@ -269,8 +276,11 @@ impl Lanes {
             }
             let Some(ehlo) = lane.queue.front().map(|w| Arc::clone(&w.ehlo_name)) else { continue };
             let wanted = lane.queue.len().min(max).min(lane.limit as usize).saturating_sub(lane.connections);
+            // While a host's first connect is unanswered, one at a time: a dead
+            // primary then costs one failed connect, not a burst.
+            let wanted = if lane.connections == 0 && !lane.down.is_empty() { wanted.min(1) } else { wanted };
             for _ in 0..wanted {
-                let peer = lane.route.hosts[lane.host_cursor % lane.route.hosts.len().max(1)];
+                let Some(peer) = lane.host(now) else { break };
                 let config = configs.entry(Arc::clone(&ehlo)).or_insert_with(|| {
                     let mut config = ClientConfig::new(ehlo.to_string());
                     config.tls = self.settings.tls;
@@ -397,7 +407,7 @@ impl RingHandler for Lanes {
     fn ready(&mut self, id: ConnId, session: &mut ClientSession) {
         let Some(conn) = self.conns.get_mut(&id) else { return session.quit(Instant::now()) };
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return session.quit(Instant::now()) };
-        lane.connect_failures = 0;
+        lane.down.remove(&conn.peer);
         if conn.sent >= self.settings.messages_per_connection_max {
             return session.quit(Instant::now());
         }
@@ -461,12 +471,12 @@ impl RingHandler for Lanes {
         }
         let Some(error) = end.connect_error else { return };
         Metrics::count(&self.metrics.connect_failures, 1);
-        lane.connect_failures += 1;
-        lane.host_cursor += 1; // the next MX host
+        // Skip this host for a while: the next connection goes to the next MX.
+        lane.down.insert(conn.peer, Instant::now() + HOST_DOWN);
         lane.last_error = format!("connect to {}: {error}", conn.peer);
-        if lane.connect_failures >= lane.route.hosts.len() && lane.connections == 0 {
+        if lane.host(Instant::now()).is_none() && lane.connections == 0 {
             // Every host failed: defer what waits, back off, start over later.
-            lane.connect_failures = 0;
+            lane.down.clear();
             lane.backoff_until = Some(Instant::now() + self.settings.backoff);
             let reason = lane.last_error.clone();
             for work in lane.queue.drain(..) {

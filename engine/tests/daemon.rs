@@ -1,0 +1,108 @@
+//! The `ringmail` binary: `check-config` names the file, line and key of a mistake
+//! (and accepts the annotated example in `ops/`); `serve` answers on its control
+//! plane, refuses bad inject requests with a JSON error, and stops on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ringmail(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringmail")).args(args).output().unwrap()
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_mistakes() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/ringmail.toml");
+    let output = ringmail(&["check-config", "--config", example]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[delivery]\nsmtp_port = 25\nconnections_per_lane = 4\n").unwrap();
+    let output = ringmail(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("bad.toml:3") && error.contains("connections_per_lane"), "{error}");
+}
+
+/// One HTTP/1.1 request; the status and body of the answer.
+fn http(address: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+fn post(address: SocketAddr, body: &str) -> (u16, String) {
+    http(
+        address,
+        &format!(
+            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = dir.path().join("ringmail.toml");
+    // Nothing answers DNS on port 9: mail stays queued, which is all this test needs.
+    let text = format!(
+        "[store]\npath = \"{}\"\n[http]\nlisten = \"{address}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[delivery]\nallowlist = [\"127.0.0.0/8\"]\n",
+        dir.path().join("queue").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmail"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_err() {
+        assert!(Instant::now() < deadline, "ringmail serve did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(address, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!((status, body.contains("ok")), (200, true), "{body}");
+
+    let (status, body) = post(
+        address,
+        r#"{"messages": [{"sender": "a@s.test", "recipients": ["b@d.test"], "content": "Subject: x\r\n\r\nhi\r\n"}]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"accepted\":1"), "{body}");
+    let (status, body) =
+        post(address, r#"{"messages": [{"sender": "a@s.test", "recipients": ["not an address"], "content": "x"}]}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"error\"") && body.contains("recipient"), "{body}");
+    let (status, body) = post(address, "{not json");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let (status, body) = post(address, r#"{"messages": []}"#);
+    assert_eq!(status, 400, "{body}");
+
+    let (status, metrics) = http(address, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ringmail_injected_messages_total 1"), "{metrics}");
+    assert!(metrics.contains("ringmail_queue_recipients{state="), "{metrics}");
+
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ringmail serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean stop: {status:?}");
+}

@@ -1,0 +1,141 @@
+//! ringmail's delivery rules, one engine against loadgen's DNS and sinks: failover to
+//! the next MX when the primary refuses connections, greylisting passed on retry,
+//! SERVFAIL retried until the maximum age and then expired, a recipient that always
+//! tempfails expired too, and egress sources used in proportion to their weights.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use loadgen::scenario::Scenario;
+use ringmail::config::Config;
+use ringmail::daemon::Engine;
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
+}
+
+fn inject(http: SocketAddr, recipients: &[String]) {
+    let messages: Vec<serde_json::Value> = recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            serde_json::json!({
+                "sender": "rules@sender.test",
+                "recipients": [r],
+                "content": format!("Message-ID: <rules-{i}@sender.test>\r\nSubject: rules\r\n\r\nbody\r\n"),
+            })
+        })
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for chunk in messages.chunks(100) {
+        let response =
+            agent.post(format!("http://{http}/api/inject/v1")).send_json(serde_json::json!({ "messages": chunk }));
+        assert_eq!(response.unwrap().status().as_u16(), 200);
+    }
+}
+
+#[test]
+fn failover_greylisting_servfail_expiry_and_egress_weights() {
+    let port = free_port("127.0.0.82");
+    let text = format!(
+        r#"
+[[provider]]
+name = "failover"
+domains = ["failover.test"]
+mx = [{{ host = "mx1.failover.test", address = "127.0.0.81", port = {port}, preference = 10 }},
+      {{ host = "mx2.failover.test", address = "127.0.0.82", port = {port}, preference = 20 }}]
+connections_per_ip_max = 64
+
+[[provider]]
+name = "grey"
+domains = ["grey.test"]
+mx = [{{ host = "mx.grey.test", address = "127.0.0.83", port = {port} }}]
+greylist_seconds = 1
+
+[[provider]]
+name = "broken"
+domains = ["broken.test"]
+mx = [{{ host = "mx.broken.test", address = "127.0.0.84", port = {port} }}]
+dns = "servfail"
+"#
+    );
+    let scenario = Scenario::parse(&text, "rules.toml").unwrap();
+    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
+    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    // The primary MX of failover.test is in DNS but nothing listens there.
+    let mut fleet_scenario = scenario.clone();
+    fleet_scenario.providers[0].mx.remove(0);
+    let fleet = loadgen::sink::start(&fleet_scenario).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.jsonl");
+    let config = format!(
+        r#"
+[store]
+path = "{store}"
+[http]
+listen = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns}"]
+timeout_ms = 500
+[delivery]
+smtp_port = {port}
+allowlist = ["127.0.0.0/8"]
+connect_timeout_ms = 2000
+[retry]
+first_retry_seconds = 1
+max_retry_seconds = 1
+max_age_seconds = 4
+[[egress]]
+address = "127.0.0.2"
+weight = 3
+[[egress]]
+address = "127.0.0.3"
+weight = 1
+[log]
+path = "{log}"
+"#,
+        store = dir.path().join("queue").display(),
+        dns = dns.address,
+        log = log.display(),
+    );
+    let engine = Engine::start(Config::parse(&config, "rules.toml").unwrap()).unwrap();
+    let mut recipients: Vec<String> = (0..400).map(|i| format!("user{i}@failover.test")).collect();
+    recipients.extend(["greylist@grey.test".to_string(), "tempfail@grey.test".into(), "someone@broken.test".into()]);
+    inject(engine.http, &recipients);
+
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while engine.store.counts().total() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(engine.store.counts().total(), 0, "every recipient ended: {:?}", engine.store.counts());
+    engine.shutdown();
+
+    let state = fleet.state();
+    let delivered = |r: &str| state.accepted.iter().filter(|a| a.recipient == r).count();
+    assert!((0..400).all(|i| delivered(&format!("user{i}@failover.test")) == 1), "all delivered via the second MX");
+    assert_eq!(delivered("greylist@grey.test"), 1, "greylisting passed on a retry");
+    let from_2 = state.accepted.iter().filter(|a| a.client.to_string() == "127.0.0.2").count() as f64;
+    let from_3 = state.accepted.iter().filter(|a| a.client.to_string() == "127.0.0.3").count() as f64;
+    assert!((2.0..=4.5).contains(&(from_2 / from_3)), "weights 3:1 → {from_2}:{from_3}");
+    drop(state);
+
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |recipient: &str| records.iter().filter(|r| r["recipient"] == recipient).collect::<Vec<_>>();
+    let failover_log = of("user0@failover.test");
+    assert_eq!(failover_log.last().unwrap()["type"], "Delivery");
+    assert!(failover_log.last().unwrap()["peer_address"].as_str().unwrap().starts_with("127.0.0.82:"));
+    let grey = of("greylist@grey.test");
+    assert_eq!(grey.first().unwrap()["type"], "TransientFailure");
+    assert_eq!(grey.last().unwrap()["type"], "Delivery");
+    let always = of("tempfail@grey.test");
+    assert_eq!(always.last().unwrap()["type"], "Expiration", "{always:?}");
+    let servfail = of("someone@broken.test");
+    assert!(
+        servfail.iter().any(|r| r["type"] == "TransientFailure" && r["bounce_classification"] == "Dns"),
+        "{servfail:?}"
+    );
+    assert_eq!(servfail.last().unwrap()["type"], "Expiration", "{servfail:?}");
+}
