@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use queue_store::{Durability, Store, StoreConfig};
 
-use crate::config::{Config, TlsPolicy};
+use crate::config::Config;
 use crate::dns::MxResolver;
 use crate::log::DeliveryLog;
 use crate::metrics::Metrics;
+use crate::policy::site::LanePolicy;
 use crate::schedule::{Completer, Scheduler};
 use crate::shard::ShardSettings;
-use crate::smtp::TlsMode;
 
 /// Work items waiting per shard at most.
 const SHARD_INBOX: usize = 8192;
@@ -139,16 +139,16 @@ impl Engine {
 }
 
 fn shard_settings(config: &Config) -> Result<ShardSettings, String> {
-    let tls = match config.tls_policy()? {
-        TlsPolicy::Opportunistic => TlsMode::Opportunistic,
-        TlsPolicy::Required => TlsMode::Required,
-        TlsPolicy::Disabled => TlsMode::Disabled,
-    };
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
-        tls,
-        connections_per_lane_max: config.delivery.connections_per_lane_max,
-        messages_per_connection_max: config.delivery.messages_per_connection_max,
+        lane: LanePolicy {
+            connections_max: config.delivery.connections_per_lane_max,
+            messages_per_connection_max: config.delivery.messages_per_connection_max,
+            tls: config.tls_policy()?,
+            message_rate: None,
+            connection_rate: None,
+        },
+        sites: config.sites.clone(),
         idle_timeout: config.idle_timeout(),
         connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
         backoff: Duration::from_secs(5),

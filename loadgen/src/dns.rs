@@ -180,16 +180,32 @@ pub struct DnsServer {
     pub address: SocketAddr,
 }
 
+/// UDP and TCP on one address and port. With port 0, the port the UDP bind got may
+/// be taken for TCP (by some connection's ephemeral port): then another is tried.
+fn bind_both(address: SocketAddr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener, SocketAddr)> {
+    let mut tries = 0;
+    loop {
+        let udp = std::net::UdpSocket::bind(address)
+            .map_err(|error| std::io::Error::new(error.kind(), format!("binding {address}/udp: {error}")))?;
+        let bound = udp.local_addr()?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(error) if address.port() == 0 && error.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+            }
+            Err(error) => {
+                return Err(std::io::Error::new(error.kind(), format!("binding {bound}/tcp: {error}")));
+            }
+        }
+    }
+}
+
 /// Starts the server on `address` (port 0: any free port) on its own thread.
 pub fn start(zone: Zone, address: SocketAddr) -> std::io::Result<DnsServer> {
     if !address.ip().is_loopback() {
         return Err(std::io::Error::other(format!("{address}: loadgen's DNS listens on loopback only")));
     }
-    let udp = std::net::UdpSocket::bind(address)
-        .map_err(|error| std::io::Error::new(error.kind(), format!("binding {address}/udp: {error}")))?;
-    let address = udp.local_addr()?;
-    let tcp = std::net::TcpListener::bind(address)
-        .map_err(|error| std::io::Error::new(error.kind(), format!("binding {address}/tcp: {error}")))?;
+    let (udp, tcp, address) = bind_both(address)?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
     let handler = ZoneHandler { zone: Arc::new(zone) };

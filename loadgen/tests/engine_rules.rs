@@ -139,3 +139,88 @@ path = "{log}"
     );
     assert_eq!(servfail.last().unwrap()["type"], "Expiration", "{servfail:?}");
 }
+
+#[test]
+fn site_rules_require_tls_where_asked_and_pace_a_lane() {
+    let port = free_port("127.0.0.85");
+    let text = format!(
+        r#"
+[[provider]]
+name = "plain"
+domains = ["plain.test"]
+mx = [{{ host = "mx.plain.test", address = "127.0.0.85", port = {port} }}]
+
+[[provider]]
+name = "paced"
+domains = ["paced.test"]
+mx = [{{ host = "mx.paced.test", address = "127.0.0.86", port = {port} }}]
+starttls = true
+"#
+    );
+    let scenario = Scenario::parse(&text, "sites.toml").unwrap();
+    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
+    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.jsonl");
+    let config = format!(
+        r#"
+[store]
+path = "{store}"
+[http]
+listen = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns}"]
+[delivery]
+smtp_port = {port}
+allowlist = ["127.0.0.0/8"]
+[retry]
+first_retry_seconds = 1
+max_retry_seconds = 1
+max_age_seconds = 3
+[log]
+path = "{log}"
+
+[[site]]
+match = "plain.test"
+tls = "required"
+
+[[site]]
+match = "paced.test"
+message_rate = 40
+connections_max = 2
+"#,
+        store = dir.path().join("queue").display(),
+        dns = dns.address,
+        log = log.display(),
+    );
+    let engine = Engine::start(Config::parse(&config, "sites.toml").unwrap()).unwrap();
+    let started = Instant::now();
+    let mut recipients: Vec<String> = (0..120).map(|i| format!("p{i}@paced.test")).collect();
+    recipients.extend((0..5).map(|i| format!("secret{i}@plain.test")));
+    inject(engine.http, &recipients);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.state().accepted.len() < 120 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paced_took = started.elapsed();
+    while engine.store.counts().total() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(engine.store.counts().total(), 0, "all ended: {:?}", engine.store.counts());
+    engine.shutdown();
+
+    let state = fleet.state();
+    assert_eq!(state.accepted.len(), 120, "every paced message delivered, nothing to plain.test");
+    assert!(state.accepted.iter().all(|a| a.tls), "STARTTLS used where offered");
+    // 40 a second with a one-second burst: 120 messages need at least two seconds.
+    assert!(paced_took >= Duration::from_millis(1900), "the lane kept its message rate: {paced_took:?}");
+    let paced_peak = state.peak_connections.iter().filter(|((p, _), _)| p == "paced").map(|(_, peak)| *peak).max();
+    assert_eq!(paced_peak, Some(2), "the site's connection limit: {:?}", state.peak_connections);
+    drop(state);
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let plain: Vec<_> = records.iter().filter(|r| r["recipient"] == "secret0@plain.test").collect();
+    assert!(plain.iter().any(|r| r["type"] == "TransientFailure" && r["bounce_classification"] == "Tls"), "{plain:?}");
+    assert_eq!(plain.last().unwrap()["type"], "Expiration", "never sent in plaintext: {plain:?}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::io::connect::Allowlist;
+use crate::smtp::TlsMode;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,9 @@ pub struct Config {
     pub egress: Vec<EgressSource>,
     #[serde(default)]
     pub log: LogSection,
+    /// Per-site overrides of the `[delivery]` lane limits, first match wins.
+    #[serde(default, rename = "site")]
+    pub sites: Vec<crate::policy::site::SiteRule>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -282,14 +286,6 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// How the delivery side uses TLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsPolicy {
-    Opportunistic,
-    Required,
-    Disabled,
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
@@ -336,6 +332,9 @@ impl Config {
         if self.retry.first_retry_seconds == 0 || self.retry.max_retry_seconds < self.retry.first_retry_seconds {
             return Err("retry: first_retry_seconds must be at least 1 and at most max_retry_seconds".into());
         }
+        for rule in &self.sites {
+            rule.check()?;
+        }
         if self.egress.iter().any(|source| source.weight == 0) {
             return Err("egress.weight: must be at least 1".into());
         }
@@ -351,13 +350,8 @@ impl Config {
         }
     }
 
-    pub fn tls_policy(&self) -> Result<TlsPolicy, String> {
-        match self.delivery.tls.as_str() {
-            "opportunistic" => Ok(TlsPolicy::Opportunistic),
-            "required" => Ok(TlsPolicy::Required),
-            "disabled" => Ok(TlsPolicy::Disabled),
-            other => Err(format!("delivery.tls: {other:?} is not opportunistic, required or disabled")),
-        }
+    pub fn tls_policy(&self) -> Result<TlsMode, String> {
+        crate::policy::site::parse_tls(&self.delivery.tls).map_err(|e| format!("delivery.{e}"))
     }
 
     pub fn shard_count(&self) -> usize {

@@ -1,5 +1,7 @@
 //! Delivery policy: when to retry, when to give up, and what a failure was about.
 
+pub mod site;
+
 use std::time::Duration;
 
 use crate::config::RetrySection;

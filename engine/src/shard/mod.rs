@@ -19,6 +19,7 @@ use crate::io::connect::{Allowlist, ConnectOptions};
 use crate::io::ring::{ConnId, End, Ring, RingHandler};
 use crate::io::tls::{ClientTls, TlsInfo};
 use crate::metrics::Metrics;
+use crate::policy::site::{LanePolicy, SiteRule, TokenBucket};
 use crate::smtp::{ClientConfig, ClientSession, Outcome, SessionError, TlsMode, Transaction};
 
 /// Which lane: the destination site and the egress source.
@@ -100,9 +101,9 @@ impl Attempt {
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
     pub allowlist: Allowlist,
-    pub tls: TlsMode,
-    pub connections_per_lane_max: usize,
-    pub messages_per_connection_max: usize,
+    /// Lane defaults, before `sites` override them.
+    pub lane: LanePolicy,
+    pub sites: Vec<SiteRule>,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     /// After a "slow down" reply or every host failing: no new connections this long.
@@ -118,11 +119,16 @@ struct Lane {
     route: Arc<Route>,
     /// Hosts that refused or timed out a connect, until when they are skipped.
     down: HashMap<SocketAddr, Instant>,
+    /// Connections in a row that ended before taking a transaction.
+    failures_in_row: usize,
     backoff_until: Option<Instant>,
     last_error: String,
     /// Connections allowed now: halved on each "slow down" reply, grown back by a
     /// tenth of a connection per delivered transaction (AIMD), up to the lane's limit.
     limit: f64,
+    policy: LanePolicy,
+    messages: Option<TokenBucket>,
+    connects: Option<TokenBucket>,
 }
 
 impl Lane {
@@ -156,6 +162,8 @@ struct Conn {
     /// Transactions handed to the session, in order (two with pipelining).
     busy: VecDeque<Work>,
     sent: usize,
+    /// The session became ready at least once (greeting, EHLO, TLS all passed).
+    greeted: bool,
     /// The session said it can take a transaction and got none.
     waiting: bool,
     /// Waiting with nothing in flight since then: the idle timeout runs.
@@ -185,7 +193,7 @@ pub fn run(
         ClientTls::new(&crate::io::tls::Verification::Opportunistic { extra_roots: Vec::new() })
             .map_err(std::io::Error::other)?,
     );
-    let mut configs: HashMap<Arc<str>, Arc<ClientConfig>> = HashMap::new();
+    let mut configs: HashMap<(Arc<str>, TlsMode), Arc<ClientConfig>> = HashMap::new();
     let mut lanes = Lanes {
         lanes: HashMap::new(),
         conns: HashMap::new(),
@@ -222,15 +230,24 @@ pub fn run(
 
 impl Lanes {
     fn add(&mut self, work: Work) {
-        let lane = self.lanes.entry(work.lane.clone()).or_insert_with(|| Lane {
-            queue: VecDeque::new(),
-            connections: 0,
-            idle: Vec::new(),
-            route: Arc::clone(&work.route),
-            down: HashMap::new(),
-            backoff_until: None,
-            last_error: String::new(),
-            limit: self.settings.connections_per_lane_max as f64,
+        let settings = &self.settings;
+        let lane = self.lanes.entry(work.lane.clone()).or_insert_with(|| {
+            let policy = LanePolicy::for_site(&work.lane.site, &settings.sites, &settings.lane);
+            let now = Instant::now();
+            Lane {
+                queue: VecDeque::new(),
+                connections: 0,
+                idle: Vec::new(),
+                route: Arc::clone(&work.route),
+                down: HashMap::new(),
+                failures_in_row: 0,
+                backoff_until: None,
+                last_error: String::new(),
+                limit: policy.connections_max as f64,
+                messages: policy.message_rate.map(|rate| TokenBucket::new(rate, now)),
+                connects: policy.connection_rate.map(|rate| TokenBucket::new(rate, now)),
+                policy,
+            }
         });
         lane.route = Arc::clone(&work.route);
         lane.queue.push_back(work);
@@ -265,25 +282,29 @@ impl Lanes {
         &mut self,
         ring: &mut Ring,
         tls: &Arc<ClientTls>,
-        configs: &mut HashMap<Arc<str>, Arc<ClientConfig>>,
+        configs: &mut HashMap<(Arc<str>, TlsMode), Arc<ClientConfig>>,
     ) {
         let now = Instant::now();
-        let max = self.settings.connections_per_lane_max;
         let mut opened = Vec::new();
         for (key, lane) in &mut self.lanes {
             if lane.backoff_until.is_some_and(|until| now < until) {
                 continue;
             }
             let Some(ehlo) = lane.queue.front().map(|w| Arc::clone(&w.ehlo_name)) else { continue };
+            let max = lane.policy.connections_max;
             let wanted = lane.queue.len().min(max).min(lane.limit as usize).saturating_sub(lane.connections);
             // While a host's first connect is unanswered, one at a time: a dead
             // primary then costs one failed connect, not a burst.
             let wanted = if lane.connections == 0 && !lane.down.is_empty() { wanted.min(1) } else { wanted };
             for _ in 0..wanted {
                 let Some(peer) = lane.host(now) else { break };
-                let config = configs.entry(Arc::clone(&ehlo)).or_insert_with(|| {
+                if lane.connects.as_mut().is_some_and(|bucket| !bucket.take(now)) {
+                    break; // the lane's connection rate
+                }
+                let tls_mode = lane.policy.tls;
+                let config = configs.entry((Arc::clone(&ehlo), tls_mode)).or_insert_with(|| {
                     let mut config = ClientConfig::new(ehlo.to_string());
-                    config.tls = self.settings.tls;
+                    config.tls = tls_mode;
                     Arc::new(config)
                 });
                 let session = ClientSession::new(Arc::clone(config), now);
@@ -316,7 +337,16 @@ impl Lanes {
         for (id, lane, peer) in opened {
             self.conns.insert(
                 id,
-                Conn { lane, peer, busy: VecDeque::new(), sent: 0, waiting: false, idle_since: None, tls: None },
+                Conn {
+                    lane,
+                    peer,
+                    busy: VecDeque::new(),
+                    sent: 0,
+                    greeted: false,
+                    waiting: false,
+                    idle_since: None,
+                    tls: None,
+                },
             );
         }
     }
@@ -377,7 +407,7 @@ impl Lanes {
             if let Some(lane) = self.lanes.get_mut(&work.lane) {
                 match &result {
                     Result::Transient(text) if crate::policy::is_slow_down(text) => lane.slow_down(SLOW_DOWN_PAUSE),
-                    Result::Delivered(_) if index == 0 => lane.recover(self.settings.connections_per_lane_max),
+                    Result::Delivered(_) if index == 0 => lane.recover(lane.policy.connections_max),
                     _ => {}
                 }
             }
@@ -408,10 +438,14 @@ impl RingHandler for Lanes {
         let Some(conn) = self.conns.get_mut(&id) else { return session.quit(Instant::now()) };
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return session.quit(Instant::now()) };
         lane.down.remove(&conn.peer);
-        if conn.sent >= self.settings.messages_per_connection_max {
+        lane.failures_in_row = 0;
+        conn.greeted = true;
+        if conn.sent >= lane.policy.messages_per_connection_max {
             return session.quit(Instant::now());
         }
-        while let Some(work) = lane.queue.pop_front() {
+        let now = Instant::now();
+        while !lane.queue.is_empty() && lane.messages.as_mut().is_none_or(|bucket| bucket.take(now)) {
+            let Some(work) = lane.queue.pop_front() else { break };
             self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
             match session.send(transaction(&work), Instant::now()) {
                 Ok(()) => {
@@ -464,20 +498,43 @@ impl RingHandler for Lanes {
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return };
         lane.connections = lane.connections.saturating_sub(1);
         lane.idle.retain(|idle| *idle != id);
-        if let Some(SessionError::ServiceClosing(reply) | SessionError::Refused(reply)) = &end.error {
-            // "Too many connections", "go away": fewer connections, after a pause.
-            lane.slow_down(SLOW_DOWN_PAUSE);
-            lane.last_error = reply.summary();
+        if conn.greeted {
+            if let Some(SessionError::ServiceClosing(reply)) = &end.error {
+                lane.slow_down(SLOW_DOWN_PAUSE); // a 421 mid-session
+                lane.last_error = reply.summary();
+            }
+            return;
         }
-        let Some(error) = end.connect_error else { return };
-        Metrics::count(&self.metrics.connect_failures, 1);
-        // Skip this host for a while: the next connection goes to the next MX.
-        lane.down.insert(conn.peer, Instant::now() + HOST_DOWN);
-        lane.last_error = format!("connect to {}: {error}", conn.peer);
-        if lane.host(Instant::now()).is_none() && lane.connections == 0 {
+        // Ended before it could take a transaction: connect refused or timed out, 421
+        // or 554 greeting, TLS required but not offered, ... Count it against the lane.
+        // Connections opened together to a dead host fail together: one failure.
+        let now = Instant::now();
+        if lane.down.get(&conn.peer).is_none_or(|until| *until <= now) {
+            lane.failures_in_row += 1;
+        }
+        match (&end.connect_error, &end.error) {
+            (Some(error), _) => {
+                Metrics::count(&self.metrics.connect_failures, 1);
+                lane.last_error = format!("connect to {}: {error}", conn.peer);
+                lane.down.insert(conn.peer, now + HOST_DOWN); // the next MX next
+            }
+            (None, Some(SessionError::ServiceClosing(reply))) => {
+                // "Too many connections", "try later": fewer connections, after a pause.
+                lane.slow_down(SLOW_DOWN_PAUSE);
+                lane.last_error = reply.summary();
+            }
+            (None, Some(error)) => {
+                lane.last_error = format!("{}: {error}", conn.peer);
+                lane.down.insert(conn.peer, now + HOST_DOWN);
+            }
+            (None, None) => lane.last_error = format!("{}: closed before the greeting", conn.peer),
+        }
+        let given_up = lane.host(now).is_none() || lane.failures_in_row >= 3 * lane.route.hosts.len().max(1);
+        if given_up && lane.connections == 0 {
             // Every host failed: defer what waits, back off, start over later.
             lane.down.clear();
-            lane.backoff_until = Some(Instant::now() + self.settings.backoff);
+            lane.failures_in_row = 0;
+            lane.backoff_until = Some(now + self.settings.backoff);
             let reason = lane.last_error.clone();
             for work in lane.queue.drain(..) {
                 self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);

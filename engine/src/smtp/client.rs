@@ -22,7 +22,7 @@ use super::reply::{Reply, ReplyError, ReplyParser};
 use super::timeouts::Timeouts;
 
 /// Whether to use STARTTLS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TlsMode {
     /// Never, even when offered.
     Disabled,
