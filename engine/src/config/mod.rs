@@ -95,7 +95,7 @@ impl Default for HttpSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
-    /// Nameservers as address:port; empty: the system's (`/etc/resolv.conf`).
+    /// Nameservers as address:port. Required: the system resolver is not used.
     #[serde(default)]
     pub nameservers: Vec<SocketAddr>,
     #[serde(default = "default_dns_timeout_ms")]
@@ -332,6 +332,9 @@ impl Config {
         if self.retry.first_retry_seconds == 0 || self.retry.max_retry_seconds < self.retry.first_retry_seconds {
             return Err("retry: first_retry_seconds must be at least 1 and at most max_retry_seconds".into());
         }
+        if self.dns.nameservers.is_empty() {
+            return Err("dns.nameservers: required (ringmail does not use the system resolver)".into());
+        }
         for rule in &self.sites {
             rule.check()?;
         }
@@ -372,7 +375,10 @@ mod tests {
 
     #[test]
     fn defaults_then_mistakes_named_by_line_and_key() {
-        let config = Config::parse("[delivery]\nsmtp_port = 2525\nallowlist = [\"127.0.0.0/8\"]\n", "r.toml").unwrap();
+        let dns = "[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
+        let config =
+            Config::parse(&format!("{dns}[delivery]\nsmtp_port = 2525\nallowlist = [\"127.0.0.0/8\"]\n"), "r.toml")
+                .unwrap();
         assert_eq!(config.delivery.smtp_port, 2525);
         assert_eq!(config.retry.first_retry_seconds, 300);
         assert!(config.allowlist().unwrap().allows("127.0.0.9".parse().unwrap()));
@@ -384,6 +390,10 @@ mod tests {
         assert!(error.contains("delivery.tls") && error.contains("maybe"), "{error}");
         let error = Config::parse("[delivery]\nallowlist = [\"nonsense\"]\n", "r.toml").unwrap_err().to_string();
         assert!(error.contains("delivery.allowlist"), "{error}");
+        let error = Config::parse("[http]\nlisten = 8025\n", "r.toml").unwrap_err().to_string();
+        assert!(error.starts_with("r.toml:2:"), "{error}");
+        let error = Config::parse("[delivery]\nsmtp_port = 25\n", "r.toml").unwrap_err().to_string();
+        assert!(error.contains("dns.nameservers: required"), "{error}");
         let error = Config::parse("[http]\nlisten = 8025\n", "r.toml").unwrap_err().to_string();
         assert!(error.starts_with("r.toml:2:"), "{error}");
     }

@@ -119,6 +119,13 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
 fn refusal(store_error: &StoreError) -> Response {
     match store_error {
         StoreError::Invalid { .. } => error(StatusCode::BAD_REQUEST, store_error.to_string()),
+        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, store_error.to_string())
+        }
+        // Sticky until the engine restarts: no Retry-After.
+        StoreError::Unhealthy(queue_store::Health::NeedsReopen) | StoreError::Closed => {
+            error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string())
+        }
         error_ if error_.is_temporary() => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string());
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use queue_store::{Applied, Claimed, MessageId, Store, TerminalKind};
+use queue_store::{Applied, Claimed, Health, MessageId, Store, StoreError, TerminalKind};
 
 use crate::config::{Config, EgressSource};
 use crate::dns::{MxResolver, Route, RouteError};
@@ -227,17 +227,21 @@ impl Completer {
             .iter()
             .map(|attempt| queue_store::StateChange { key: attempt.key, outcome: self.outcome(attempt, now) })
             .collect();
+        let mut tries = 0;
         let applied = loop {
+            tries += 1;
             match self.store.complete(changes.clone()) {
                 Ok(applied) => break applied,
-                Err(error) if error.is_temporary() => {
-                    // The writer is busy or the disk full: the recipients stay in flight
-                    // (and due again after a restart) until the store takes the change.
+                Err(error @ (StoreError::ChannelFull | StoreError::Unhealthy(Health::WriteStall))) if tries < 100 => {
+                    // The writer is busy: wait for it (bounded, about 10 s).
                     tracing::warn!(%error, "recording delivery results; retrying");
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(error) => {
-                    tracing::error!(%error, "recording delivery results failed; they are retried after a restart");
+                    // The store cannot take it (disk full, needs a reopen, closed): the
+                    // recipients stay in flight on disk and are due again after a restart
+                    // (at-least-once). Nothing is logged for them now.
+                    tracing::error!(%error, count = changes.len(), "recording delivery results failed; they are retried after a restart");
                     break Vec::new();
                 }
             }
@@ -282,12 +286,15 @@ impl Completer {
         if let Some(counter) = counter {
             Metrics::count(counter, 1);
         }
-        let text = match &attempt.result {
-            AttemptResult::Delivered(text) | AttemptResult::Transient(text) | AttemptResult::Permanent(text) => text,
-            AttemptResult::Released => return,
+        let text = match (applied, &attempt.result) {
+            // The store's reason wins: an admin bounce of a recipient that was in flight.
+            (Applied::Terminal(terminal), _) => &terminal.response,
+            (_, AttemptResult::Delivered(text) | AttemptResult::Transient(text) | AttemptResult::Permanent(text)) => {
+                text
+            }
+            (_, AttemptResult::Released) => return,
         };
-        let category =
-            (!matches!(attempt.result, AttemptResult::Delivered(_))).then(|| crate::policy::classify(text).name());
+        let category = (kind != "Delivery").then(|| crate::policy::classify(text).name());
         let record = Record {
             kind,
             id: attempt.key.message.to_string(),

@@ -203,9 +203,11 @@ pub fn run(
     };
     let mut stopping_since: Option<Instant> = None;
     loop {
-        if stopping_since.is_none() {
-            for work in inbox.try_iter().take(4096) {
-                lanes.add(work);
+        for work in inbox.try_iter().take(4096) {
+            match stopping_since {
+                None => lanes.add(work),
+                // Stopping: what still arrives goes back to the queue untried.
+                Some(_) => lanes.out.extend(Attempt::all(&work, &Result::Released, None)),
             }
         }
         if stop.load(Ordering::Relaxed) && stopping_since.is_none() {
@@ -217,16 +219,30 @@ pub fn run(
             lanes.open_connections(&mut ring, &tls, &mut configs);
         }
         lanes.close_idle(&mut ring, stopping_since.is_some());
-        ring.turn(&mut lanes, Some(Duration::from_millis(5)))?;
+        if let Err(error) = ring.turn(&mut lanes, Some(Duration::from_millis(5))) {
+            // The ring is unusable: hand everything back (outcomes of transactions under
+            // way are unknown, so they are retried), then stop this shard.
+            lanes.release_queued();
+            lanes.abandon_busy("the delivery loop failed: outcome unknown");
+            lanes.flush_blocking(&results, &inbox);
+            return Err(error);
+        }
         lanes.flush(&results);
         if let Some(since) = stopping_since {
-            let give_up = since.elapsed() > Duration::from_secs(10);
+            let give_up = since.elapsed() > SHUTDOWN_GRACE;
+            if give_up {
+                lanes.abandon_busy("shutdown before the reply: outcome unknown");
+            }
             if (ring.connections() == 0 || give_up) && lanes.out.is_empty() {
+                lanes.flush_blocking(&results, &inbox);
                 return Ok(());
             }
         }
     }
 }
+
+/// In-flight transactions get this long to finish when the engine stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Lanes {
     fn add(&mut self, work: Work) {
@@ -318,17 +334,20 @@ impl Lanes {
                         opened.push((id, key.clone(), peer));
                     }
                     Err(error) => {
-                        // Refused before any packet (allowlist, bind): nothing here can change that.
+                        // Refused before any packet (allowlist, bind): try the next host;
+                        // with none left, the lane's queue fails (for good if denied).
+                        let denied = matches!(error, crate::io::connect::ConnectError::Denied(_));
+                        lane.down.insert(peer, now + HOST_DOWN);
+                        if lane.host(now).is_some() {
+                            continue;
+                        }
                         let reason = format!("connect to {peer}: {error}");
+                        let result = if denied { Result::Permanent(reason) } else { Result::Transient(reason) };
                         for work in lane.queue.drain(..) {
-                            let result = if matches!(error, crate::io::connect::ConnectError::Denied(_)) {
-                                Result::Permanent(reason.clone())
-                            } else {
-                                Result::Transient(reason.clone())
-                            };
                             self.out.extend(Attempt::all(&work, &result, Some(peer)));
                             self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
                         }
+                        lane.down.clear();
                         break;
                     }
                 }
@@ -375,6 +394,29 @@ impl Lanes {
         }
     }
 
+    /// Transactions under way with no reply yet: retried later (at-least-once).
+    fn abandon_busy(&mut self, reason: &str) {
+        for conn in self.conns.values_mut() {
+            for work in conn.busy.drain(..) {
+                self.out.extend(Attempt::all(&work, &Result::Transient(reason.to_string()), Some(conn.peer)));
+            }
+        }
+    }
+
+    /// The last hand-over before the shard stops: waits for room (the completer is
+    /// still running), releasing whatever is still in the inbox too.
+    fn flush_blocking(&mut self, results: &Sender<Attempt>, inbox: &Receiver<Work>) {
+        for work in inbox.try_iter() {
+            self.out.extend(Attempt::all(&work, &Result::Released, None));
+        }
+        for attempt in self.out.drain(..) {
+            if results.send_timeout(attempt, Duration::from_secs(10)).is_err() {
+                tracing::error!("the completer is gone: recipients stay in flight until a restart");
+                return;
+            }
+        }
+    }
+
     /// Hands results to the completer; what does not fit waits for the next turn.
     fn flush(&mut self, results: &Sender<Attempt>) {
         let mut pending = std::mem::take(&mut self.out).into_iter();
@@ -398,22 +440,34 @@ impl Lanes {
         peer: Option<SocketAddr>,
         tls: Option<TlsInfo>,
     ) {
+        let (mut slowed, mut delivered) = (false, false);
         for (index, (_, outcome)) in outcomes.into_iter().enumerate().take(work.keys.len()) {
             let result = match outcome {
                 Outcome::Delivered { reply } => Result::Delivered(reply.summary()),
                 Outcome::Transient { reply, reason } => Result::Transient(text(reply.as_ref(), &reason)),
                 Outcome::Permanent { reply, reason } => Result::Permanent(text(reply.as_ref(), &reason)),
             };
-            if let Some(lane) = self.lanes.get_mut(&work.lane) {
-                match &result {
-                    Result::Transient(text) if crate::policy::is_slow_down(text) => lane.slow_down(SLOW_DOWN_PAUSE),
-                    Result::Delivered(_) if index == 0 => lane.recover(lane.policy.connections_max),
-                    _ => {}
-                }
+            slowed |= matches!(&result, Result::Transient(text) if crate::policy::is_slow_down(text));
+            delivered |= matches!(result, Result::Delivered(_));
+            self.out.push(Attempt {
+                key: work.keys[index],
+                recipient: work.recipients[index].clone(),
+                envelope: Arc::clone(&work.envelope),
+                attempts: work.attempts[index],
+                result,
+                site: Some(work.lane.site.clone()),
+                source: work.lane.source,
+                peer,
+                tls: tls.clone(),
+            });
+        }
+        // Once per transaction, however many recipients it had.
+        if let Some(lane) = self.lanes.get_mut(&work.lane) {
+            if slowed {
+                lane.slow_down(SLOW_DOWN_PAUSE);
+            } else if delivered {
+                lane.recover(lane.policy.connections_max);
             }
-            let mut attempt = Attempt::all(work, &result, peer).swap_remove(index);
-            attempt.tls = tls.clone();
-            self.out.push(attempt);
         }
     }
 }
