@@ -76,6 +76,7 @@ fn main() {
             domains,
             zipf_exponent: 1.0,
             message_bytes: 4096,
+            message_bytes_max: 0,
             connections: 8,
             sender: "bench@sender.test".into(),
             seed: 1,

@@ -164,6 +164,7 @@ pub fn run(messages: usize, keep: Option<PathBuf>) -> anyhow::Result<bool> {
             domains,
             zipf_exponent: 1.1,
             message_bytes: 4096,
+            message_bytes_max: 0,
             connections: 8,
             sender: "newsletter@shop.test".into(),
             seed: 2026,

@@ -23,7 +23,10 @@ pub struct Plan {
     pub domains: Vec<String>,
     /// Zipf exponent of the domain skew (1.0 is the classic; 0 is uniform).
     pub zipf_exponent: f64,
+    /// Message size in bytes; with `message_bytes_max` above it, each message's size
+    /// is drawn log-uniformly between the two (many small messages, a few large).
     pub message_bytes: usize,
+    pub message_bytes_max: usize,
     pub connections: usize,
     pub sender: String,
     pub seed: u64,
@@ -71,6 +74,14 @@ impl Zipf {
     }
 }
 
+fn size(plan: &Plan, rng: &mut fastrand::Rng) -> usize {
+    if plan.message_bytes_max <= plan.message_bytes {
+        return plan.message_bytes;
+    }
+    let (low, high) = ((plan.message_bytes.max(1) as f64).ln(), (plan.message_bytes_max as f64).ln());
+    (low + rng.f64() * (high - low)).exp() as usize
+}
+
 pub(crate) fn build(plan: &Plan) -> Vec<Transaction> {
     let mut rng = fastrand::Rng::with_seed(plan.seed);
     let zipf = Zipf::new(plan.domains.len(), plan.zipf_exponent);
@@ -84,7 +95,8 @@ pub(crate) fn build(plan: &Plan) -> Vec<Transaction> {
                 plan.seed, plan.sender
             )
             .into_bytes();
-            while message.len() < plan.message_bytes {
+            let size = size(plan, &mut rng);
+            while message.len() < size {
                 message.extend_from_slice(b"The quick brown fox jumps over the lazy dog. 0123456789\r\n");
             }
             Transaction { sender: plan.sender.clone(), recipients, message: message.into() }

@@ -103,9 +103,12 @@ struct Injection {
     messages: usize,
     #[arg(long, default_value_t = 1)]
     recipients: usize,
-    /// Message size in bytes.
+    /// Message size in bytes (the smallest, with --size-max).
     #[arg(long, default_value_t = 4096)]
     size: usize,
+    /// Sizes drawn log-uniformly between --size and this.
+    #[arg(long)]
+    size_max: Option<usize>,
     #[arg(long, default_value_t = 8)]
     connections: usize,
     /// Messages per second; as fast as the MTA takes them when absent.
@@ -143,6 +146,10 @@ impl Injection {
         check((1..=MESSAGES_MAX).contains(&self.messages), "--messages: between 1 and 100000000")?;
         check((1..=RECIPIENTS_MAX).contains(&self.recipients), "--recipients: between 1 and 1000")?;
         check((64..=SIZE_MAX).contains(&self.size), "--size: between 64 bytes and 50 MiB")?;
+        check(
+            self.size_max.is_none_or(|max| (self.size..=SIZE_MAX).contains(&max)),
+            "--size-max: between --size and 50 MiB",
+        )?;
         check((1..=CONNECTIONS_MAX).contains(&self.connections), "--connections: between 1 and 10000")?;
         check(self.rate.is_none_or(|r| r > 0.0 && r.is_finite()), "--rate: a positive number of messages a second")?;
         check(self.zipf >= 0.0 && self.zipf.is_finite(), "--zipf: a non-negative exponent")?;
@@ -161,6 +168,7 @@ impl Injection {
             domains,
             zipf_exponent: self.zipf,
             message_bytes: self.size,
+            message_bytes_max: self.size_max.unwrap_or(0),
             connections: self.connections,
             sender: self.sender.clone(),
             seed: self.seed,
@@ -213,11 +221,21 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Inject { injection, domains } => {
             let plan = injection.plan(domains)?;
             let started = std::time::Instant::now();
-            let progress = loadgen::inject::Progress::default();
-            let injected = match injection.http {
-                true => loadgen::inject_http::http(injection.target, &plan, &progress),
-                false => loadgen::inject::smtp(injection.target, &plan),
+            let progress = std::sync::Arc::new(loadgen::inject::Progress::default());
+            let thread = {
+                let (progress, plan, target, http) = (progress.clone(), plan.clone(), injection.target, injection.http);
+                std::thread::spawn(move || match http {
+                    true => loadgen::inject_http::http(target, &plan, &progress),
+                    false => loadgen::inject::smtp_with_progress(target, &plan, &progress),
+                })
             };
+            let bar = loadgen::run::progress_bar((plan.messages * plan.recipients_per_message) as u64);
+            while !thread.is_finished() {
+                loadgen::run::show_injection(&bar, &progress, started);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            bar.finish_and_clear();
+            let injected = thread.join().map_err(|_| anyhow::anyhow!("the injection thread panicked"))?;
             let accepted = injected.iter().filter(|i| i.accepted).count();
             let seconds = started.elapsed().as_secs_f64();
             println!(

@@ -211,13 +211,26 @@ fn percentile(sorted: &[f64], share: f64) -> f64 {
     sorted[index.min(sorted.len() - 1)]
 }
 
-fn progress_bar(total: u64) -> indicatif::ProgressBar {
+/// The live display: on stderr, only when it is a terminal.
+pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
     // Drawn on stderr, only when it is a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::new(total);
     let style = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} injected  {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     bar
+}
+
+/// Injection counts alone (`loadgen inject`: no sinks to watch).
+pub fn show_injection(bar: &indicatif::ProgressBar, progress: &Progress, started: Instant) {
+    let injected = progress.injected.load(Ordering::Relaxed);
+    bar.set_position(injected);
+    bar.set_message(format!(
+        "accepted {}  rejected {}  {:.0} msg/s",
+        progress.accepted.load(Ordering::Relaxed),
+        progress.rejected.load(Ordering::Relaxed),
+        injected as f64 / started.elapsed().as_secs_f64().max(0.001)
+    ));
 }
 
 fn show(

@@ -32,3 +32,37 @@ fn bad_scenarios_get_a_clear_error_and_a_good_one_prints_its_zone() {
         "mx.x.test. 300 IN A 127.0.0.40\nx.test. 300 IN MX 10 mx.x.test.\n"
     );
 }
+
+#[test]
+fn inject_reports_what_the_mta_accepted_and_refuses_a_remote_target() {
+    let port = std::net::TcpListener::bind("127.0.0.24:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        "[[provider]]\nname = \"p\"\ndomains = [\"a.test\", \"b.test\"]\nmx = [{{ host = \"mx.p.test\", address = \"127.0.0.24\", port = {port} }}]\n"
+    );
+    let scenario = loadgen::scenario::Scenario::parse(&text, "cli.toml").unwrap();
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let target = format!("127.0.0.24:{port}");
+    let output = loadgen(&[
+        "inject",
+        "--target",
+        &target,
+        "--domains",
+        "a.test,b.test",
+        "--messages",
+        "60",
+        "--size",
+        "500",
+        "--size-max",
+        "40000",
+        "--connections",
+        "3",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("INJECT recipients=60 accepted=60 refused=0"), "{stdout}");
+    assert_eq!(fleet.state().accepted.len(), 60);
+
+    let output = loadgen(&["inject", "--target", "192.0.2.1:25", "--domains", "a.test"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("loopback"));
+}

@@ -103,6 +103,7 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
         domains: ["big.test", "big-alias.test", "small.test", "nomail.test", "gone.test"].map(String::from).to_vec(),
         zipf_exponent: 0.5,
         message_bytes: 2000,
+        message_bytes_max: 0,
         connections: 4,
         sender: "campaign@sender.test".into(),
         seed: 3,

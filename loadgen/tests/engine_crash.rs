@@ -89,6 +89,7 @@ mx = [{{ host = "mx.tail.test", address = "127.0.0.62", port = {port} }}]
         domains: ["big.test", "big2.test", "t1.test", "t2.test", "t3.test", "t4.test"].map(String::from).to_vec(),
         zipf_exponent: 1.0,
         message_bytes: 1024,
+        message_bytes_max: 0,
         connections: 4,
         sender: "crash@sender.test".into(),
         seed: 9,

@@ -24,6 +24,7 @@ fn plan() -> Plan {
         domains: vec!["a.test".into(), "b.test".into(), "c.test".into()],
         zipf_exponent: 1.0,
         message_bytes: 2048,
+        message_bytes_max: 0,
         connections: 4,
         sender: "loadgen@loadgen.test".into(),
         seed: 7,
