@@ -67,6 +67,7 @@ impl Engine {
         let log = DeliveryLog::open(config.log.path.as_deref()).map_err(|e| e.to_string())?;
         let completer = Completer {
             store: Arc::clone(&store),
+            classifier: crate::policy::Classifier::new(&config.bounce_rules)?,
             results: results_rx,
             log,
             config: Arc::clone(&config),

@@ -32,6 +32,9 @@ pub struct Config {
     /// Per-site overrides of the `[delivery]` lane limits, first match wins.
     #[serde(default, rename = "site")]
     pub sites: Vec<crate::policy::site::SiteRule>,
+    /// Bounce classification rules, tried before the built-in ones.
+    #[serde(default, rename = "bounce_rule")]
+    pub bounce_rules: Vec<crate::policy::BounceRule>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -338,6 +341,7 @@ impl Config {
         for rule in &self.sites {
             rule.check()?;
         }
+        crate::policy::Classifier::new(&self.bounce_rules)?;
         if self.egress.iter().any(|source| source.weight == 0) {
             return Err("egress.weight: must be at least 1".into());
         }

@@ -72,10 +72,70 @@ const RULES: &[(&str, Category)] = &[
     ("4.7.", Category::Policy),
 ];
 
-/// The category of a failure's text (the reply, or the reason it never got one).
+/// The category of a failure's text (the reply, or the reason it never got one),
+/// by the built-in rules.
 pub fn classify(text: &str) -> Category {
     let lower = text.to_ascii_lowercase();
     RULES.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, category)| *category).unwrap_or(Category::Other)
+}
+
+impl std::str::FromStr for Category {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Category, String> {
+        let all = [
+            Category::InvalidRecipient,
+            Category::MailboxFull,
+            Category::SpamBlock,
+            Category::Reputation,
+            Category::RateLimited,
+            Category::Policy,
+            Category::Dns,
+            Category::Tls,
+            Category::Connection,
+            Category::Other,
+        ];
+        all.into_iter().find(|c| c.name().eq_ignore_ascii_case(text)).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
+            format!("{text:?} is not a category ({})", names.join(", "))
+        })
+    }
+}
+
+/// A `[[bounce_rule]]` of the configuration: tried before the built-in rules.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BounceRule {
+    /// Matched case-insensitively anywhere in the reply text (or the reason).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// One of the category names (`InvalidRecipient`, `MailboxFull`, ...).
+    pub category: String,
+}
+
+/// The configured rules, then the built-in ones.
+#[derive(Clone, Debug, Default)]
+pub struct Classifier {
+    rules: Vec<(String, Category)>,
+}
+
+impl Classifier {
+    pub fn new(rules: &[BounceRule]) -> Result<Classifier, String> {
+        let rules = rules
+            .iter()
+            .map(|rule| Ok((rule.pattern.to_ascii_lowercase(), rule.category.parse::<Category>()?)))
+            .collect::<Result<_, String>>()
+            .map_err(|e| format!("bounce_rule: {e}"))?;
+        Ok(Classifier { rules })
+    }
+
+    pub fn classify(&self, text: &str) -> Category {
+        let lower = text.to_ascii_lowercase();
+        match self.rules.iter().find(|(needle, _)| lower.contains(needle.as_str())) {
+            Some((_, category)) => *category,
+            None => classify(text),
+        }
+    }
 }
 
 /// Whether a transient failure says "slow down" to the whole site (the lane backs
@@ -123,6 +183,16 @@ mod tests {
         assert!(is_slow_down("421 4.7.0 [TSS04] Messages temporarily deferred"));
         assert!(!is_slow_down("451 4.3.0 try later"));
         assert!(!is_slow_down("450 4.2.1 The user you are trying to contact is receiving mail too quickly"));
+    }
+
+    #[test]
+    fn configured_rules_come_before_the_built_in_ones() {
+        let rule = |pattern: &str, category: &str| BounceRule { pattern: pattern.into(), category: category.into() };
+        let classifier = Classifier::new(&[rule("TSS04", "Reputation")]).unwrap();
+        assert_eq!(classifier.classify("421 4.7.0 [TSS04] Messages temporarily deferred"), Category::Reputation);
+        assert_eq!(classifier.classify("552 5.2.2 mailbox full"), Category::MailboxFull);
+        let error = Classifier::new(&[rule("x", "Unknowable")]).unwrap_err();
+        assert!(error.contains("Unknowable") && error.contains("MailboxFull"), "{error}");
     }
 
     #[test]

@@ -198,6 +198,7 @@ impl Scheduler {
 /// The completer: applies attempts to the queue in batches, writes the log, counts.
 pub struct Completer {
     pub store: Arc<Store>,
+    pub classifier: crate::policy::Classifier,
     pub results: Receiver<Attempt>,
     pub log: DeliveryLog,
     pub config: Arc<Config>,
@@ -294,7 +295,7 @@ impl Completer {
             }
             (_, AttemptResult::Released) => return,
         };
-        let category = (kind != "Delivery").then(|| crate::policy::classify(text).name());
+        let category = (kind != "Delivery").then(|| self.classifier.classify(text).name());
         let record = Record {
             kind,
             id: attempt.key.message.to_string(),
