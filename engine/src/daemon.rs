@@ -64,10 +64,12 @@ impl Engine {
         let mut threads = Vec::new();
 
         let (results_tx, results_rx) = crossbeam_channel::bounded(RESULTS_CHANNEL);
+        let (receptions_tx, receptions_rx) = crossbeam_channel::bounded(RESULTS_CHANNEL);
         let log = DeliveryLog::open(config.log.path.as_deref()).map_err(|e| e.to_string())?;
         let completer = Completer {
             store: Arc::clone(&store),
             classifier: crate::policy::Classifier::new(&config.bounce_rules)?,
+            receptions: receptions_rx,
             results: results_rx,
             log,
             config: Arc::clone(&config),
@@ -91,7 +93,7 @@ impl Engine {
         }
         tracing::info!(shards = inboxes.len(), "delivery shards on io_uring");
 
-        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics)?;
+        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, receptions_tx)?;
         threads.push(http_thread);
 
         let scheduler_config = Arc::clone(&config);
@@ -158,7 +160,12 @@ fn shard_settings(config: &Config) -> Result<ShardSettings, String> {
 
 type HttpParts = (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
 
-fn start_http(config: &Config, store: &Arc<Store>, metrics: &Arc<Metrics>) -> Result<HttpParts, String> {
+fn start_http(
+    config: &Config,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    receptions: crossbeam_channel::Sender<crate::log::Record>,
+) -> Result<HttpParts, String> {
     let listen = config.http.listen;
     let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("http.listen {listen}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -168,6 +175,7 @@ fn start_http(config: &Config, store: &Arc<Store>, metrics: &Arc<Metrics>) -> Re
         Arc::clone(metrics),
         config.http.batch_max,
         config.http.body_max_bytes,
+        receptions,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = spawn("ringmail-http", move || {

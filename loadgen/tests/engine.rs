@@ -155,10 +155,14 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     let log = std::fs::read_to_string(&log).unwrap();
     let records: Vec<serde_json::Value> = log.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     let count = |kind: &str| records.iter().filter(|r| r["type"] == kind).count() as u64;
+    assert_eq!(count("Reception"), 800, "one Reception record per recipient acknowledged");
     assert_eq!(count("Delivery"), verdict.delivered);
     assert_eq!(count("Bounce"), verdict.bounced + dns_bounces);
     assert!(count("TransientFailure") > 0);
-    let null_mx = records.iter().find(|r| r["recipient"].as_str().unwrap().ends_with("@nomail.test")).unwrap();
+    let null_mx = records
+        .iter()
+        .find(|r| r["type"] == "Bounce" && r["recipient"].as_str().unwrap().ends_with("@nomail.test"))
+        .unwrap();
     assert_eq!(null_mx["bounce_classification"], "Dns", "{null_mx}");
     let unknown = records.iter().find(|r| r["type"] == "Bounce" && r["response"]["code"] == 550).unwrap();
     assert_eq!(unknown["bounce_classification"], "InvalidRecipient", "{unknown}");

@@ -123,7 +123,9 @@ path = "{log}"
 
     let records: Vec<serde_json::Value> =
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let of = |recipient: &str| records.iter().filter(|r| r["recipient"] == recipient).collect::<Vec<_>>();
+    let of = |recipient: &str| {
+        records.iter().filter(|r| r["recipient"] == recipient && r["type"] != "Reception").collect::<Vec<_>>()
+    };
     let failover_log = of("user0@failover.test");
     assert_eq!(failover_log.last().unwrap()["type"], "Delivery");
     assert!(failover_log.last().unwrap()["peer_address"].as_str().unwrap().starts_with("127.0.0.82:"));

@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use queue_store::{NewMessage, NewRecipient, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::log::Record;
 use crate::metrics::Metrics;
 
 /// One message of an inject request.
@@ -51,16 +52,24 @@ struct Api {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     batch_max: usize,
+    /// `Reception` records for the delivery log (written by the completer).
+    receptions: crossbeam_channel::Sender<Record>,
 }
 
 /// The router, ready to serve.
-pub fn router(store: Arc<Store>, metrics: Arc<Metrics>, batch_max: usize, body_max: usize) -> Router {
+pub fn router(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    batch_max: usize,
+    body_max: usize,
+    receptions: crossbeam_channel::Sender<Record>,
+) -> Router {
     Router::new()
         .route("/api/inject/v1", post(inject))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(body_max))
-        .with_state(Api { store, metrics, batch_max })
+        .with_state(Api { store, metrics, batch_max, receptions })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -84,6 +93,8 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
         return error(StatusCode::BAD_REQUEST, format!("messages: between 1 and {} per request", api.batch_max));
     }
     let recipients: usize = request.messages.iter().map(|m| m.recipients.len()).sum();
+    let envelopes: Vec<(String, Vec<String>)> =
+        request.messages.iter().map(|m| (m.sender.clone(), m.recipients.clone())).collect();
     let batch: Vec<NewMessage> = request
         .messages
         .into_iter()
@@ -105,7 +116,8 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
         Ok(ids) => {
             Metrics::count(&api.metrics.injected_messages, count as u64);
             Metrics::count(&api.metrics.injected_recipients, recipients as u64);
-            let ids = ids.iter().map(ToString::to_string).collect();
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            log_receptions(&api, &ids, envelopes);
             (StatusCode::OK, Json(InjectResponse { accepted: count, recipients, ids })).into_response()
         }
         Err(store_error) => {
@@ -132,6 +144,39 @@ fn refusal(store_error: &StoreError) -> Response {
             response
         }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string()),
+    }
+}
+
+/// One `Reception` record per recipient. Never waits: a full log channel drops the
+/// record (counted in `ringmail_log_records_dropped_total`), never the mail.
+fn log_receptions(api: &Api, ids: &[String], envelopes: Vec<(String, Vec<String>)>) {
+    let now = crate::log::now_ms() as f64 / 1000.0;
+    for (id, (sender, recipients)) in ids.iter().zip(envelopes) {
+        for recipient in recipients {
+            let record = Record {
+                kind: "Reception",
+                id: id.clone(),
+                sender: sender.clone(),
+                recipient,
+                site: None,
+                egress_source: None,
+                peer_address: None,
+                response: crate::log::Response {
+                    code: 250,
+                    enhanced_code: None,
+                    content: "queued (HTTP inject)".into(),
+                },
+                num_attempts: 0,
+                timestamp: now,
+                created: now,
+                bounce_classification: None,
+                tls_protocol_version: None,
+                tls_cipher: None,
+            };
+            if api.receptions.try_send(record).is_err() {
+                Metrics::count(&api.metrics.log_records_dropped, 1);
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub in_flight: AtomicU64,
     pub dns_lookups: AtomicU64,
     pub dns_lookup_micros: AtomicU64,
+    pub log_records_dropped: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, value: u64) {
@@ -47,6 +48,11 @@ impl Metrics {
             ("ringmail_connect_failures_total", "Outbound connections that failed", &self.connect_failures),
             ("ringmail_dns_lookups_total", "Route lookups", &self.dns_lookups),
             ("ringmail_dns_lookup_seconds_sum", "Time spent in route lookups", &self.dns_lookup_micros),
+            (
+                "ringmail_log_records_dropped_total",
+                "Delivery log records dropped (log channel full)",
+                &self.log_records_dropped,
+            ),
         ];
         for (name, help, counter) in counters {
             let value = load(counter);

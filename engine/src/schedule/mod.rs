@@ -198,6 +198,8 @@ impl Scheduler {
 /// The completer: applies attempts to the queue in batches, writes the log, counts.
 pub struct Completer {
     pub store: Arc<Store>,
+    /// `Reception` records from ingest.
+    pub receptions: Receiver<Record>,
     pub classifier: crate::policy::Classifier,
     pub results: Receiver<Attempt>,
     pub log: DeliveryLog,
@@ -214,10 +216,31 @@ impl std::fmt::Debug for Completer {
 impl Completer {
     /// Runs until every sender of results is gone.
     pub fn run(mut self) {
-        while let Ok(first) = self.results.recv() {
-            let mut batch = vec![first];
-            batch.extend(self.results.try_iter().take(4095));
-            self.apply(batch);
+        loop {
+            crossbeam_channel::select! {
+                recv(self.results) -> first => {
+                    let Ok(first) = first else { break };
+                    let mut batch = vec![first];
+                    batch.extend(self.results.try_iter().take(4095));
+                    self.apply(batch);
+                }
+                recv(self.receptions) -> record => match record {
+                    Ok(record) => self.write_receptions(record),
+                    // Ingest has stopped; results may still come.
+                    Err(_) => self.receptions = crossbeam_channel::never(),
+                },
+            }
+        }
+        for record in self.receptions.try_iter().collect::<Vec<_>>() {
+            self.log.write(&record);
+        }
+        self.log.flush();
+    }
+
+    fn write_receptions(&mut self, first: Record) {
+        self.log.write(&first);
+        for record in self.receptions.try_iter().take(4095).collect::<Vec<_>>() {
+            self.log.write(&record);
         }
         self.log.flush();
     }
