@@ -111,6 +111,7 @@ impl Engine {
                 shards: inboxes,
                 results: results_tx,
                 egress: config.egress.clone(),
+                sites: config.sites.clone(),
                 default_ehlo: Arc::from(config.delivery.ehlo_name.as_str()),
                 recipients_per_transaction: config.delivery.recipients_per_transaction_max,
                 in_flight_max: config.delivery.in_flight_max,

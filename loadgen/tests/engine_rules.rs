@@ -143,7 +143,7 @@ path = "{log}"
 }
 
 #[test]
-fn site_rules_require_tls_where_asked_and_pace_a_lane() {
+fn site_rules_require_tls_where_asked_pace_a_lane_and_pick_its_egress_pool() {
     let port = free_port("127.0.0.85");
     let text = format!(
         r#"
@@ -191,6 +191,14 @@ tls = "required"
 match = "paced.test"
 message_rate = 40
 connections_max = 2
+pool = "bulk"
+
+[[egress]]
+address = "127.0.0.2"
+
+[[egress]]
+address = "127.0.0.3"
+pool = "bulk"
 "#,
         store = dir.path().join("queue").display(),
         dns = dns.address,
@@ -215,6 +223,7 @@ connections_max = 2
     let state = fleet.state();
     assert_eq!(state.accepted.len(), 120, "every paced message delivered, nothing to plain.test");
     assert!(state.accepted.iter().all(|a| a.tls), "STARTTLS used where offered");
+    assert!(state.accepted.iter().all(|a| a.client.to_string() == "127.0.0.3"), "the site's egress pool");
     // 40 a second with a one-second burst: 120 messages need at least two seconds.
     assert!(paced_took >= Duration::from_millis(1900), "the lane kept its message rate: {paced_took:?}");
     let paced_peak = state.peak_connections.iter().filter(|((p, _), _)| p == "paced").map(|(_, peak)| *peak).max();

@@ -262,10 +262,17 @@ impl Default for RetrySection {
 #[serde(deny_unknown_fields)]
 pub struct EgressSource {
     pub address: IpAddr,
+    /// The pool it belongs to; `[[site]]` rules pick a pool by name.
+    #[serde(default = "default_pool")]
+    pub pool: String,
     /// EHLO name for connections from this address.
     pub ehlo_name: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+fn default_pool() -> String {
+    "default".into()
 }
 
 fn default_weight() -> u32 {
@@ -342,6 +349,11 @@ impl Config {
             rule.check()?;
         }
         crate::policy::Classifier::new(&self.bounce_rules)?;
+        for pool in self.sites.iter().filter_map(|rule| rule.pool.as_deref()) {
+            if !self.egress.iter().any(|source| source.pool == pool) {
+                return Err(format!("site.pool: no [[egress]] source is in pool {pool:?}"));
+            }
+        }
         if self.egress.iter().any(|source| source.weight == 0) {
             return Err("egress.weight: must be at least 1".into());
         }

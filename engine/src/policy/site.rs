@@ -24,9 +24,16 @@ pub struct SiteRule {
     pub message_rate: Option<f64>,
     /// New connections per second per lane.
     pub connection_rate: Option<f64>,
+    /// The egress pool for this site (`[[egress]] pool`); absent: "default".
+    pub pool: Option<String>,
 }
 
 impl SiteRule {
+    /// The pool of the first rule that matches `site` and names one.
+    pub fn pool_for<'a>(site: &str, rules: &'a [SiteRule]) -> Option<&'a str> {
+        rules.iter().find(|rule| rule.matches(site)).and_then(|rule| rule.pool.as_deref())
+    }
+
     fn matches(&self, site: &str) -> bool {
         let pattern = self.pattern.trim_start_matches("*.").to_ascii_lowercase();
         site.split(',').any(|host| host == pattern || host.ends_with(&format!(".{pattern}")))
@@ -139,6 +146,7 @@ mod tests {
             tls: Some("required".into()),
             message_rate: Some(10.0),
             connection_rate: None,
+            pool: None,
         };
         let rules = [rule("gmail.test", 4), rule("*.test", 8)];
         let gmail = LanePolicy::for_site("mx1.gmail.test,mx2.gmail.test", &rules, &defaults());

@@ -29,6 +29,8 @@ pub struct Scheduler {
     /// Results of attempts that never reached a shard (DNS failures, full shards).
     pub results: Sender<Attempt>,
     pub egress: Vec<EgressSource>,
+    /// For the egress pool of a site.
+    pub sites: Vec<crate::policy::site::SiteRule>,
     pub default_ehlo: Arc<str>,
     pub recipients_per_transaction: usize,
     pub in_flight_max: usize,
@@ -136,7 +138,8 @@ impl Scheduler {
     }
 
     fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
-        let source = self.pick_source();
+        let pool = crate::policy::site::SiteRule::pool_for(&route.site, &self.sites).unwrap_or("default");
+        let source = self.pick_source(pool);
         let ehlo_name = source
             .and_then(|s| s.ehlo_name.as_deref())
             .map(Arc::from)
@@ -163,14 +166,15 @@ impl Scheduler {
         }
     }
 
-    /// An egress source by weight; `None` when none is configured.
-    fn pick_source(&self) -> Option<&EgressSource> {
-        let total: u32 = self.egress.iter().map(|s| s.weight).sum();
+    /// An egress source of `pool` by weight; `None` when the pool has none.
+    fn pick_source(&self, pool: &str) -> Option<&EgressSource> {
+        let in_pool = || self.egress.iter().filter(move |source| source.pool == pool);
+        let total: u32 = in_pool().map(|s| s.weight).sum();
         if total == 0 {
             return None;
         }
         let mut point = fastrand::u32(0..total);
-        self.egress.iter().find(|source| {
+        in_pool().find(|source| {
             if point < source.weight {
                 return true;
             }
