@@ -4,17 +4,14 @@
 //! egress sources; loadgen's oracle checks that nothing was lost.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
-use ringmail::config::Config;
 use ringmail::daemon::Engine;
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{dns_for, engine_config, free_port, log_records};
 
 /// Every MX host listens on `port` (the engine reaches MX hosts on one port).
 fn scenario(port: u16) -> Scenario {
@@ -52,50 +49,19 @@ dns = "nxdomain"
     Scenario::parse(&text, "engine.toml").unwrap()
 }
 
-fn engine_config(store: &std::path::Path, log: &std::path::Path, dns: SocketAddr, port: u16) -> Config {
-    let text = format!(
-        r#"
-[store]
-path = "{store}"
-[http]
-listen = "127.0.0.1:0"
-[dns]
-nameservers = ["{dns}"]
-timeout_ms = 1000
-[delivery]
-shards = 2
-smtp_port = {port}
-allowlist = ["127.0.0.0/8", "::1/128"]
-connections_per_lane_max = 8
-idle_timeout_ms = 500
-[retry]
-first_retry_seconds = 1
-max_retry_seconds = 2
-[[egress]]
-address = "127.0.0.2"
-ehlo_name = "out1.ringmail.test"
-[[egress]]
-address = "127.0.0.3"
-ehlo_name = "out2.ringmail.test"
-[log]
-path = "{log}"
-"#,
-        store = store.display(),
-        log = log.display(),
-    );
-    Config::parse(&text, "ringmail.toml").unwrap()
-}
-
 #[test]
 fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     let port = free_port("127.0.0.41");
     let scenario = scenario(port);
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dns = dns_for(&scenario);
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("delivery.jsonl");
-    let engine = Engine::start(engine_config(&dir.path().join("queue"), &log, dns.address, port)).unwrap();
+    let delivery = "shards = 2\nconnections_per_lane_max = 8\nidle_timeout_ms = 500";
+    let rest = "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n\
+                [[egress]]\naddress = \"127.0.0.2\"\nehlo_name = \"out1.ringmail.test\"\n\
+                [[egress]]\naddress = \"127.0.0.3\"\nehlo_name = \"out2.ringmail.test\"";
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, delivery, rest)).unwrap();
 
     let plan = Plan {
         messages: 400,
@@ -152,8 +118,7 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     assert_eq!(engine.store.counts().total(), 0, "every recipient ended: {:?}", engine.store.counts());
     engine.shutdown();
 
-    let log = std::fs::read_to_string(&log).unwrap();
-    let records: Vec<serde_json::Value> = log.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let records = log_records(dir.path());
     let count = |kind: &str| records.iter().filter(|r| r["type"] == kind).count() as u64;
     assert_eq!(count("Reception"), 800, "one Reception record per recipient acknowledged");
     assert_eq!(count("Delivery"), verdict.delivered);

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{dns_for, engine_toml, free_port};
 
 struct EngineProcess(Child);
 
@@ -65,22 +64,21 @@ mx = [{{ host = "mx.tail.test", address = "127.0.0.62", port = {port} }}]
         "crash.toml",
     )
     .unwrap();
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dns = dns_for(&scenario);
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let config = dir.path().join("ringmail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\npath = \"{store}\"\n[http]\nlisten = \"{http}\"\n[dns]\nnameservers = [\"{dns}\"]\n\
-             [delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\nconnections_per_lane_max = 1\n[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n",
-            store = dir.path().join("queue").display(),
-            dns = dns.address,
-        ),
+    // The control plane on a port known ahead: the test restarts the engine on it.
+    let text = engine_toml(
+        dir.path(),
+        dns.address,
+        port,
+        "connections_per_lane_max = 1",
+        "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2",
     )
-    .unwrap();
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{http}\""));
+    std::fs::write(&config, text).unwrap();
 
     let mut engine = start_engine(&config, http);
     let plan = Plan {

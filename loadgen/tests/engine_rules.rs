@@ -8,12 +8,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
-use ringmail::config::Config;
 use ringmail::daemon::Engine;
 
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
-}
+mod common;
+use common::{dns_for, engine_config, free_port, log_records};
 
 fn inject(http: SocketAddr, recipients: &[String]) {
     let messages: Vec<serde_json::Value> = recipients
@@ -61,46 +59,17 @@ dns = "servfail"
 "#
     );
     let scenario = Scenario::parse(&text, "rules.toml").unwrap();
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dns = dns_for(&scenario);
     // The primary MX of failover.test is in DNS but nothing listens there.
     let mut fleet_scenario = scenario.clone();
     fleet_scenario.providers[0].mx.remove(0);
     let fleet = loadgen::sink::start(&fleet_scenario).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("delivery.jsonl");
-    let config = format!(
-        r#"
-[store]
-path = "{store}"
-[http]
-listen = "127.0.0.1:0"
-[dns]
-nameservers = ["{dns}"]
-timeout_ms = 500
-[delivery]
-smtp_port = {port}
-allowlist = ["127.0.0.0/8"]
-connect_timeout_ms = 2000
-[retry]
-first_retry_seconds = 1
-max_retry_seconds = 1
-max_age_seconds = 4
-[[egress]]
-address = "127.0.0.2"
-weight = 3
-[[egress]]
-address = "127.0.0.3"
-weight = 1
-[log]
-path = "{log}"
-"#,
-        store = dir.path().join("queue").display(),
-        dns = dns.address,
-        log = log.display(),
-    );
-    let engine = Engine::start(Config::parse(&config, "rules.toml").unwrap()).unwrap();
+    let rest = "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 1\nmax_age_seconds = 4\n\
+                [[egress]]\naddress = \"127.0.0.2\"\nweight = 3\n[[egress]]\naddress = \"127.0.0.3\"\nweight = 1";
+    let config = engine_config(dir.path(), dns.address, port, "connect_timeout_ms = 2000", rest);
+    let engine = Engine::start(config).unwrap();
     let mut recipients: Vec<String> = (0..400).map(|i| format!("user{i}@failover.test")).collect();
     recipients.extend(["greylist@grey.test".to_string(), "tempfail@grey.test".into(), "someone@broken.test".into()]);
     inject(engine.http, &recipients);
@@ -121,8 +90,7 @@ path = "{log}"
     assert!((2.0..=4.5).contains(&(from_2 / from_3)), "weights 3:1 → {from_2}:{from_3}");
     drop(state);
 
-    let records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = log_records(dir.path());
     let of = |recipient: &str| {
         records.iter().filter(|r| r["recipient"] == recipient && r["type"] != "Reception").collect::<Vec<_>>()
     };
@@ -160,28 +128,14 @@ starttls = true
 "#
     );
     let scenario = Scenario::parse(&text, "sites.toml").unwrap();
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dns = dns_for(&scenario);
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("delivery.jsonl");
-    let config = format!(
-        r#"
-[store]
-path = "{store}"
-[http]
-listen = "127.0.0.1:0"
-[dns]
-nameservers = ["{dns}"]
-[delivery]
-smtp_port = {port}
-allowlist = ["127.0.0.0/8"]
+    let rest = r#"
 [retry]
 first_retry_seconds = 1
 max_retry_seconds = 1
 max_age_seconds = 3
-[log]
-path = "{log}"
 
 [[site]]
 match = "plain.test"
@@ -199,12 +153,9 @@ address = "127.0.0.2"
 [[egress]]
 address = "127.0.0.3"
 pool = "bulk"
-"#,
-        store = dir.path().join("queue").display(),
-        dns = dns.address,
-        log = log.display(),
-    );
-    let engine = Engine::start(Config::parse(&config, "sites.toml").unwrap()).unwrap();
+"#;
+    let config = engine_config(dir.path(), dns.address, port, "", rest);
+    let engine = Engine::start(config).unwrap();
     let started = Instant::now();
     let mut recipients: Vec<String> = (0..120).map(|i| format!("p{i}@paced.test")).collect();
     recipients.extend((0..5).map(|i| format!("secret{i}@plain.test")));
@@ -229,8 +180,7 @@ pool = "bulk"
     let paced_peak = state.peak_connections.iter().filter(|((p, _), _)| p == "paced").map(|(_, peak)| *peak).max();
     assert_eq!(paced_peak, Some(2), "the site's connection limit: {:?}", state.peak_connections);
     drop(state);
-    let records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = log_records(dir.path());
     let plain: Vec<_> = records.iter().filter(|r| r["recipient"] == "secret0@plain.test").collect();
     assert!(plain.iter().any(|r| r["type"] == "TransientFailure" && r["bounce_classification"] == "Tls"), "{plain:?}");
     assert_eq!(plain.last().unwrap()["type"], "Expiration", "never sent in plaintext: {plain:?}");
