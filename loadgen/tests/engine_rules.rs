@@ -185,3 +185,42 @@ pool = "bulk"
     assert!(plain.iter().any(|r| r["type"] == "TransientFailure" && r["bounce_classification"] == "Tls"), "{plain:?}");
     assert_eq!(plain.last().unwrap()["type"], "Expiration", "never sent in plaintext: {plain:?}");
 }
+
+#[test]
+fn a_slow_domain_does_not_hold_up_the_others() {
+    let port = free_port("127.0.0.87");
+    let text = format!(
+        r#"
+[[provider]]
+name = "slow"
+domains = ["slow.test"]
+mx = [{{ host = "mx.slow.test", address = "127.0.0.87", port = {port} }}]
+dns = "slow"
+dns_delay_ms = 700 # under the test configuration's 1 s DNS timeout
+
+[[provider]]
+name = "fast"
+domains = ["fast.test"]
+mx = [{{ host = "mx.fast.test", address = "127.0.0.88", port = {port} }}]
+"#
+    );
+    let scenario = Scenario::parse(&text, "slow.toml").unwrap();
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", "")).unwrap();
+    // One batch holding both domains: the fast one must not wait for the slow lookup.
+    let recipients: Vec<String> =
+        (0..20).flat_map(|i| [format!("s{i}@slow.test"), format!("f{i}@fast.test")]).collect();
+    inject(engine.http, &recipients);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fleet.state().accepted.len() < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine.shutdown();
+    let state = fleet.state();
+    assert_eq!(state.accepted.len(), 40, "everything delivered");
+    let last_fast = state.accepted.iter().filter(|a| a.recipient.ends_with("@fast.test")).map(|a| a.at).max().unwrap();
+    let first_slow = state.accepted.iter().filter(|a| a.recipient.ends_with("@slow.test")).map(|a| a.at).min().unwrap();
+    assert!(last_fast < first_slow, "the fast domain was delivered while the slow one was still being looked up");
+}

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use queue_store::{Applied, Claimed, Health, MessageId, Store, StoreError, TerminalKind};
 
 use crate::config::{Config, EgressSource};
-use crate::dns::{MxResolver, Route, RouteError};
+use crate::dns::{MxResolver, Route};
 use crate::log::{DeliveryLog, Record, Response};
 use crate::metrics::Metrics;
 use crate::shard::{Attempt, LaneKey, Result as AttemptResult, Work};
@@ -46,18 +46,22 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// Runs until `stop` is set (on its own current-thread tokio runtime: the
-    /// resolver needs one).
+    /// resolver needs one). Each domain of a claim batch is resolved and handed out
+    /// on its own, so a slow or broken domain delays only its own recipients.
     pub fn run(self) -> std::io::Result<()> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let this = Arc::new(self);
         runtime.block_on(async move {
-            while !self.stop.load(Ordering::Relaxed) {
-                let in_flight = self.metrics.in_flight.load(Ordering::Relaxed) as usize;
-                let room = self.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
+            let mut tasks = tokio::task::JoinSet::new();
+            while !this.stop.load(Ordering::Relaxed) {
+                while tasks.try_join_next().is_some() {}
+                let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
+                let room = this.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
                 if room == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
-                let claimed = match self.store.submit_claim(0, crate::log::now_ms(), room) {
+                let claimed = match this.store.submit_claim(0, crate::log::now_ms(), room) {
                     Ok(pending) => pending.await.unwrap_or_default(),
                     Err(error) => {
                         tracing::warn!(%error, "claiming from the queue");
@@ -68,73 +72,60 @@ impl Scheduler {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-                Metrics::count(&self.metrics.in_flight, claimed.len() as u64);
-                self.schedule(claimed).await;
+                Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
+                let mut by_domain: HashMap<String, Vec<Claimed>> = HashMap::new();
+                for recipient in claimed {
+                    by_domain.entry(recipient.recipient.domain.clone()).or_default().push(recipient);
+                }
+                for (domain, recipients) in by_domain {
+                    let this = Arc::clone(&this);
+                    tasks.spawn(async move { this.route_and_hand(domain, recipients).await });
+                }
             }
+            // Lookups under way finish (bounded by the DNS timeout), so that what they
+            // claimed is handed out or handed back.
+            let _ = tokio::time::timeout(Duration::from_secs(15), async { while tasks.join_next().await.is_some() {} })
+                .await;
         });
         Ok(())
     }
 
-    async fn schedule(&self, claimed: Vec<Claimed>) {
-        let routes = self.routes(&claimed).await;
-        let mut bodies: HashMap<MessageId, Option<Arc<[u8]>>> = HashMap::new();
-        // (message, domain) → one transaction's worth of recipients.
-        let mut groups: HashMap<(MessageId, String), Vec<Claimed>> = HashMap::new();
-        for recipient in claimed {
-            let domain = recipient.recipient.domain.clone();
-            match routes.get(&domain) {
-                Some(Ok(_)) => groups.entry((recipient.key.message, domain)).or_default().push(recipient),
-                Some(Err(error)) => {
+    /// Resolves one domain and hands its recipients to the shards (one transaction
+    /// per message and lane), or fails them as the route lookup says.
+    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>) {
+        let started = Instant::now();
+        let route = self.resolver.route(&domain).await.map(Arc::new);
+        Metrics::count(&self.metrics.dns_lookups, 1);
+        Metrics::count(&self.metrics.dns_lookup_micros, started.elapsed().as_micros() as u64);
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => {
+                for recipient in &recipients {
                     let result = match error.is_permanent() {
                         true => AttemptResult::Permanent(error.to_string()),
                         false => AttemptResult::Transient(error.to_string()),
                     };
-                    self.fail(&recipient, result);
+                    self.fail(recipient, result);
                 }
-                None => self.fail(&recipient, AttemptResult::Transient("no route looked up".into())),
+                return;
             }
+        };
+        let mut by_message: HashMap<MessageId, Vec<Claimed>> = HashMap::new();
+        for recipient in recipients {
+            by_message.entry(recipient.key.message).or_default().push(recipient);
         }
-        for ((message, domain), recipients) in groups {
-            let Some(Ok(route)) = routes.get(&domain) else { continue };
-            let body = bodies.entry(message).or_insert_with(|| match self.store.body(message) {
-                Ok(Some(body)) => Some(body.into()),
-                _ => None,
-            });
-            let Some(body) = body.clone() else {
+        for (message, recipients) in by_message {
+            let Ok(Some(body)) = self.store.body(message) else {
                 for recipient in &recipients {
                     self.fail(recipient, AttemptResult::Transient("the stored body could not be read".into()));
                 }
                 continue;
             };
+            let body: Arc<[u8]> = body.into();
             for chunk in recipients.chunks(self.recipients_per_transaction) {
-                self.hand_over(chunk, route, &body);
+                self.hand_over(chunk, &route, &body);
             }
         }
-    }
-
-    /// One lookup per distinct domain, all at once (the resolver bounds them).
-    async fn routes(&self, claimed: &[Claimed]) -> HashMap<String, std::result::Result<Arc<Route>, RouteError>> {
-        let mut domains: Vec<String> = claimed.iter().map(|c| c.recipient.domain.clone()).collect();
-        domains.sort();
-        domains.dedup();
-        let mut lookups = tokio::task::JoinSet::new();
-        for domain in domains {
-            let resolver = self.resolver.clone();
-            lookups.spawn(async move {
-                let started = Instant::now();
-                let route = resolver.route(&domain).await.map(Arc::new);
-                (domain, route, started.elapsed())
-            });
-        }
-        let mut routes = HashMap::new();
-        while let Some(joined) = lookups.join_next().await {
-            if let Ok((domain, route, took)) = joined {
-                Metrics::count(&self.metrics.dns_lookups, 1);
-                Metrics::count(&self.metrics.dns_lookup_micros, took.as_micros() as u64);
-                routes.insert(domain, route);
-            }
-        }
-        routes
     }
 
     fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
