@@ -93,6 +93,16 @@ impl Engine {
         }
         tracing::info!(shards = inboxes.len(), "delivery shards on io_uring");
 
+        let ingest = crate::ingest::smtp::Ingest {
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            receptions: receptions_tx.clone(),
+            stop: Arc::clone(&stop),
+        };
+        if let Some(thread) = crate::ingest::smtp::start(&config.smtp, ingest)? {
+            tracing::info!(addresses = ?config.smtp.listen, "SMTP listener");
+            threads.push(thread);
+        }
         let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, receptions_tx)?;
         threads.push(http_thread);
 

@@ -19,6 +19,8 @@ pub struct Config {
     #[serde(default)]
     pub http: HttpSection,
     #[serde(default)]
+    pub smtp: SmtpSection,
+    #[serde(default)]
     pub dns: DnsSection,
     #[serde(default)]
     pub delivery: DeliverySection,
@@ -93,6 +95,49 @@ impl Default for HttpSection {
     fn default() -> Self {
         HttpSection { listen: default_http_listen(), body_max_bytes: default_http_body_max(), batch_max: 1000 }
     }
+}
+
+/// The SMTP listener (ingest). No `listen` address: no listener.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    /// Addresses to listen on (STARTTLS offered when a certificate is configured).
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// The name in the greeting and in the `Received:` header.
+    pub hostname: Option<String>,
+    /// Clients allowed to relay (CIDRs). Nobody else may: ringmail is never an open relay.
+    #[serde(default)]
+    pub relay_networks: Vec<String>,
+    /// PEM certificate chain and key for STARTTLS.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Connections at once, in all and per client address.
+    #[serde(default = "default_smtp_connections")]
+    pub connections_max: usize,
+    #[serde(default = "default_smtp_connections_per_ip")]
+    pub connections_per_ip_max: usize,
+    /// Largest message (advertised as SIZE) and recipients per message.
+    #[serde(default = "default_smtp_size")]
+    pub message_size_max: u64,
+    #[serde(default = "default_smtp_recipients")]
+    pub recipients_max: usize,
+}
+
+fn default_smtp_connections() -> usize {
+    1000
+}
+
+fn default_smtp_connections_per_ip() -> usize {
+    100
+}
+
+fn default_smtp_size() -> u64 {
+    50 * 1024 * 1024
+}
+
+fn default_smtp_recipients() -> usize {
+    1000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -349,6 +394,11 @@ impl Config {
             rule.check()?;
         }
         crate::policy::Classifier::new(&self.bounce_rules)?;
+        Allowlist::parse(self.smtp.relay_networks.iter().map(String::as_str))
+            .map_err(|e| format!("smtp.relay_networks: {e}"))?;
+        if self.smtp.tls_certificate.is_some() != self.smtp.tls_key.is_some() {
+            return Err("smtp: tls_certificate and tls_key go together".into());
+        }
         for pool in self.sites.iter().filter_map(|rule| rule.pool.as_deref()) {
             if !self.egress.iter().any(|source| source.pool == pool) {
                 return Err(format!("site.pool: no [[egress]] source is in pool {pool:?}"));

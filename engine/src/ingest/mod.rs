@@ -1,3 +1,4 @@
-//! Ingest: how mail comes in.
+//! Ingest: how mail comes in (HTTP inject API, SMTP listener).
 
 pub mod http;
+pub mod smtp;
