@@ -23,6 +23,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Read a password on standard input, print its argon2 hash (for smtp.users_file).
+    HashPassword,
     /// Check a configuration file and say what is wrong with it.
     CheckConfig {
         #[arg(long)]
@@ -35,6 +37,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let result = match Cli::parse().command {
         Command::Serve { config } => Config::load(&config).map_err(|e| e.to_string()).and_then(ringmail::daemon::serve),
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).map_err(|e| e.to_string()).and_then(|_| {
+                let password = password.trim_end_matches(['\r', '\n']);
+                ringmail::ingest::smtp::hash_password(password).map(|hash| println!("{hash}"))
+            })
+        }
         Command::CheckConfig { config } => {
             Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string())
         }

@@ -13,6 +13,21 @@ fn ringmail(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn hash_password_prints_an_argon2_hash() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmail"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let hash = String::from_utf8_lossy(&output.stdout);
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+}
+
+#[test]
 fn check_config_accepts_the_example_and_names_mistakes() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/ringmail.toml");
     let output = ringmail(&["check-config", "--config", example]);

@@ -69,3 +69,55 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
         .filter(|r| r["type"] == "Reception")
         .all(|r| r["peer_address"].as_str().unwrap().starts_with("127.0.0.1:")));
 }
+
+#[test]
+fn authenticated_users_relay_over_starttls_and_nowhere_else() {
+    let port = free_port("127.0.0.92");
+    let text = format!(
+        "[[provider]]\nname = \"fast\"\ndomains = [\"fast.test\"]\nmx = [{{ host = \"mx.fast.test\", address = \"127.0.0.92\", port = {port} }}]\n"
+    );
+    let scenario = Scenario::parse(&text, "auth.toml").unwrap();
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["mx.ringmail.test".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let hash = ringmail::ingest::smtp::hash_password("s3cret").unwrap();
+    std::fs::write(dir.path().join("users"), format!("# name:argon2\nalice:{hash}\n")).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let rest = format!(
+        "[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = []\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
+        users = dir.path().join("users").display(),
+        cert = dir.path().join("cert.pem").display(),
+        key = dir.path().join("key.pem").display(),
+    );
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", &rest)).unwrap();
+    let swaks = |extra: &[&str], to: &str| {
+        let output = Command::new("swaks")
+            .args(["--server", &listen, "--from", "app@sender.test", "--to", to, "--helo", "client.test"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
+    };
+    let auth = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret"];
+    let (ok, transcript) = swaks(&[&["--tls"][..], &auth[..]].concat(), "authenticated@fast.test");
+    assert!(ok && transcript.contains("235") && transcript.contains("queued as"), "{transcript}");
+    let wrong = ["--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "guess"];
+    let (ok, transcript) = swaks(&wrong, "wrong@fast.test");
+    assert!(!ok && transcript.contains("535"), "{transcript}");
+    let (ok, transcript) = swaks(&auth, "plaintext@fast.test");
+    assert!(!ok && !transcript.contains("235"), "no AUTH without TLS: {transcript}");
+    let (ok, transcript) = swaks(&["--tls"], "anonymous@fast.test");
+    assert!(!ok && transcript.contains("550 5.7.1"), "no relay without AUTH: {transcript}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.state().accepted.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    engine.shutdown();
+    let recipients: Vec<String> = fleet.state().accepted.iter().map(|a| a.recipient.clone()).collect();
+    assert_eq!(recipients, vec!["authenticated@fast.test".to_string()], "only the authenticated message was queued");
+}

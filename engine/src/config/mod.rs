@@ -109,6 +109,9 @@ pub struct SmtpSection {
     /// Clients allowed to relay (CIDRs). Nobody else may: ringmail is never an open relay.
     #[serde(default)]
     pub relay_networks: Vec<String>,
+    /// Users who may AUTH (PLAIN/LOGIN, over TLS only) and then relay: a file of
+    /// `name:argon2-hash` lines (`ringmail hash-password` makes the hash).
+    pub users_file: Option<PathBuf>,
     /// PEM certificate chain and key for STARTTLS.
     pub tls_certificate: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -1,7 +1,8 @@
 //! The SMTP listener: ringmail's strict server session (`smtp::server`) on io_uring,
 //! writing to queue-store and answering 250 after DATA only once the message is
-//! synced. Relay control: only clients in `smtp.relay_networks` may relay (AUTH is
-//! not offered yet), anyone else gets `550 5.7.1` at RCPT. Load shedding: when the
+//! synced. Relay control: only clients in `smtp.relay_networks`, or users who
+//! authenticated (AUTH PLAIN/LOGIN over TLS, argon2 hashes), may relay; anyone else
+//! gets `550 5.7.1` at RCPT. Load shedding: when the
 //! store is unhealthy or full, new connections get `421 4.3.2` and a transaction gets
 //! `451 4.3.0` — at once, with nothing half-stored.
 
@@ -51,8 +52,16 @@ pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread
         }
         _ => None,
     };
+    let users = match &section.users_file {
+        Some(path) => Arc::new(Users::load(path)?),
+        None => Arc::new(Users::default()),
+    };
     let mut config = ServerConfig::new(section.hostname.clone().unwrap_or_else(|| "ringmail.localdomain".into()));
     config.starttls = tls.is_some();
+    // AUTH is offered only with users, and only over TLS (the session refuses it
+    // in plaintext with 538).
+    config.auth = !users.is_empty();
+    config.auth_requires_tls = true;
     config.size_max = section.message_size_max;
     config.recipients_max = section.recipients_max;
     let config = Arc::new(config);
@@ -70,7 +79,12 @@ pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread
                 let loops: Vec<_> = listeners
                     .into_iter()
                     .map(|listener| {
-                        let context = Context { config: Arc::clone(&config), tls: tls.clone(), relay: relay.clone() };
+                        let context = Context {
+                            config: Arc::clone(&config),
+                            tls: tls.clone(),
+                            relay: relay.clone(),
+                            users: Arc::clone(&users),
+                        };
                         tokio_uring::spawn(accept_loop(listener, context, ingest.clone(), Rc::clone(&open), limits))
                     })
                     .collect();
@@ -88,6 +102,55 @@ struct Context {
     config: Arc<ServerConfig>,
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Allowlist,
+    users: Arc<Users>,
+}
+
+/// Who may authenticate: names and their argon2 password hashes (PHC strings).
+#[derive(Debug, Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+}
+
+impl Users {
+    /// `name:hash` per line; `#` comments and blank lines skipped. Errors name the line.
+    pub fn load(path: &std::path::Path) -> Result<Users, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("smtp.users_file {}: {e}", path.display()))?;
+        let mut hashes = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: &str| format!("{}:{}: {why}", path.display(), number + 1);
+            let (name, hash) = line.split_once(':').ok_or_else(|| bad("expected name:argon2-hash"))?;
+            argon2::PasswordHash::new(hash).map_err(|e| bad(&format!("not a password hash: {e}")))?;
+            hashes.insert(name.to_string(), hash.to_string());
+        }
+        Ok(Users { hashes })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Whether `password` is `name`'s. (argon2 costs tens of milliseconds: it runs on
+    /// the listener's thread, and failed attempts per connection are bounded.)
+    pub fn check(&self, name: &str, password: &str) -> bool {
+        use argon2::PasswordVerifier;
+        let Some(hash) = self.hashes.get(name) else { return false };
+        let Ok(hash) = argon2::PasswordHash::new(hash) else { return false };
+        argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
+    }
+}
+
+/// A PHC-format argon2id hash of `password`, for the users file.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&fastrand::u128(..).to_le_bytes()).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Connections open now, in all and per client address.
@@ -135,7 +198,7 @@ async fn accept_loop(
                 return;
             }
             let relay = context.relay.allows(peer.ip());
-            let mut handler = Handler { ingest, peer, relay };
+            let mut handler = Handler { ingest, peer, relay, users: Arc::clone(&context.users) };
             let session = ServerSession::new(Arc::clone(&context.config), false, now);
             run_server(Connection::Plain(stream), session, context.tls.clone(), &mut handler).await;
             let mut open = open.borrow_mut();
@@ -169,7 +232,9 @@ impl ServerHandler for Refuse {
 struct Handler {
     ingest: Ingest,
     peer: SocketAddr,
+    /// A relay network's client, or authenticated: may relay.
     relay: bool,
+    users: Arc<Users>,
 }
 
 impl ServerHandler for Handler {
@@ -181,8 +246,13 @@ impl ServerHandler for Handler {
             ServerEvent::Mail { .. } => Verdict::Accept,
             ServerEvent::Recipient { .. } if !self.relay => Verdict::Reject(reply(550, (5, 7, 1), "Relaying denied")),
             ServerEvent::Recipient { .. } => Verdict::Accept,
-            ServerEvent::Authenticate { .. } => {
-                Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+            ServerEvent::Authenticate { identity, password } => {
+                if self.users.check(&identity, &password) {
+                    self.relay = true;
+                    Verdict::Accept
+                } else {
+                    Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+                }
             }
             ServerEvent::Message(message) => self.store(message, tls).await,
             ServerEvent::StartTls | ServerEvent::Closed => Verdict::Accept,
