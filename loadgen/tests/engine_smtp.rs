@@ -86,21 +86,23 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     let hash = ringmail::ingest::smtp::hash_password("s3cret").unwrap();
     std::fs::write(dir.path().join("users"), format!("# name:argon2\nalice:{hash}\n")).unwrap();
     let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let listen_tls = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let rest = format!(
-        "[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = []\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
+        "[smtp]\nlisten = [\"{listen}\"]\nlisten_tls = [\"{listen_tls}\"]\nrelay_networks = []\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
         users = dir.path().join("users").display(),
         cert = dir.path().join("cert.pem").display(),
         key = dir.path().join("key.pem").display(),
     );
     let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", &rest)).unwrap();
-    let swaks = |extra: &[&str], to: &str| {
+    let swaks_at = |server: &str, extra: &[&str], to: &str| {
         let output = Command::new("swaks")
-            .args(["--server", &listen, "--from", "app@sender.test", "--to", to, "--helo", "client.test"])
+            .args(["--server", server, "--from", "app@sender.test", "--to", to, "--helo", "client.test"])
             .args(extra)
             .output()
             .unwrap();
         (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
     };
+    let swaks = |extra: &[&str], to: &str| swaks_at(&listen, extra, to);
     let auth = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret"];
     let (ok, transcript) = swaks(&[&["--tls"][..], &auth[..]].concat(), "authenticated@fast.test");
     assert!(ok && transcript.contains("235") && transcript.contains("queued as"), "{transcript}");
@@ -111,13 +113,21 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     assert!(!ok && !transcript.contains("235"), "no AUTH without TLS: {transcript}");
     let (ok, transcript) = swaks(&["--tls"], "anonymous@fast.test");
     assert!(!ok && transcript.contains("550 5.7.1"), "no relay without AUTH: {transcript}");
+    let (ok, transcript) =
+        swaks_at(&listen_tls, &[&["--tls-on-connect"][..], &auth[..]].concat(), "implicit@fast.test");
+    assert!(ok && transcript.contains("queued as"), "implicit TLS (port 465 style): {transcript}");
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fleet.state().accepted.is_empty() && Instant::now() < deadline {
+    while fleet.state().accepted.len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
     engine.shutdown();
-    let recipients: Vec<String> = fleet.state().accepted.iter().map(|a| a.recipient.clone()).collect();
-    assert_eq!(recipients, vec!["authenticated@fast.test".to_string()], "only the authenticated message was queued");
+    let mut recipients: Vec<String> = fleet.state().accepted.iter().map(|a| a.recipient.clone()).collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["authenticated@fast.test", "implicit@fast.test"],
+        "only authenticated messages were queued"
+    );
 }

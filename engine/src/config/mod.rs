@@ -104,6 +104,9 @@ pub struct SmtpSection {
     /// Addresses to listen on (STARTTLS offered when a certificate is configured).
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Addresses where TLS starts at connect (port 465 style); needs the certificate.
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
     /// The name in the greeting and in the `Received:` header.
     pub hostname: Option<String>,
     /// Clients allowed to relay (CIDRs). Nobody else may: ringmail is never an open relay.
@@ -401,6 +404,9 @@ impl Config {
             .map_err(|e| format!("smtp.relay_networks: {e}"))?;
         if self.smtp.tls_certificate.is_some() != self.smtp.tls_key.is_some() {
             return Err("smtp: tls_certificate and tls_key go together".into());
+        }
+        if !self.smtp.listen_tls.is_empty() && self.smtp.tls_certificate.is_none() {
+            return Err("smtp.listen_tls: needs tls_certificate and tls_key".into());
         }
         for pool in self.sites.iter().filter_map(|rule| rule.pool.as_deref()) {
             if !self.egress.iter().any(|source| source.pool == pool) {

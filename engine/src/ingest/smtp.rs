@@ -37,7 +37,7 @@ pub struct Ingest {
 /// Binds every listen address now (so a bad address fails the start), then serves
 /// on its own io_uring thread until `stop`.
 pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread::JoinHandle<()>>, String> {
-    if section.listen.is_empty() {
+    if section.listen.is_empty() && section.listen_tls.is_empty() {
         return Ok(None);
     }
     let relay = Allowlist::parse(section.relay_networks.iter().map(String::as_str))
@@ -65,12 +65,30 @@ pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread
     config.size_max = section.message_size_max;
     config.recipients_max = section.recipients_max;
     let config = Arc::new(config);
-    let listeners = section
-        .listen
-        .iter()
-        .map(|address| std::net::TcpListener::bind(address).map_err(|e| format!("smtp.listen {address}: {e}")))
+    let bind = |address: &SocketAddr, implicit: bool| {
+        let key = if implicit { "smtp.listen_tls" } else { "smtp.listen" };
+        std::net::TcpListener::bind(address).map(|l| (l, implicit)).map_err(|e| format!("{key} {address}: {e}"))
+    };
+    let listeners = (section.listen.iter().map(|a| bind(a, false)))
+        .chain(section.listen_tls.iter().map(|a| bind(a, true)))
         .collect::<Result<Vec<_>, _>>()?;
     let limits = (section.connections_max, section.connections_per_ip_max);
+    // Where to connect to wake each accept loop when stopping.
+    let wake: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|(listener, _)| listener.local_addr().ok())
+        .map(|mut address| {
+            if address.ip().is_unspecified() {
+                address.set_ip(if address.is_ipv4() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
+                });
+            }
+            address
+        })
+        .collect();
+    let stop = Arc::clone(&ingest.stop);
     let thread = std::thread::Builder::new()
         .name("ringmail-smtp".into())
         .spawn(move || {
@@ -78,16 +96,23 @@ pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread
                 let open = Rc::new(std::cell::RefCell::new(Open::default()));
                 let loops: Vec<_> = listeners
                     .into_iter()
-                    .map(|listener| {
+                    .map(|(listener, implicit_tls)| {
                         let context = Context {
                             config: Arc::clone(&config),
                             tls: tls.clone(),
                             relay: relay.clone(),
                             users: Arc::clone(&users),
+                            implicit_tls,
                         };
                         tokio_uring::spawn(accept_loop(listener, context, ingest.clone(), Rc::clone(&open), limits))
                     })
                     .collect();
+                while !stop.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                for address in wake {
+                    let _ = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1));
+                }
                 for task in loops {
                     let _ = task.await;
                 }
@@ -103,7 +128,12 @@ struct Context {
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Allowlist,
     users: Arc<Users>,
+    /// TLS from the first byte (port 465 style), no STARTTLS.
+    implicit_tls: bool,
 }
+
+/// A client gets this long to finish a TLS handshake at connect.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who may authenticate: names and their argon2 password hashes (PHC strings).
 #[derive(Debug, Default)]
@@ -172,9 +202,14 @@ async fn accept_loop(
     (total_max, per_ip_max): (usize, usize),
 ) {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
-    while !ingest.stop.load(Ordering::Relaxed) {
-        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
-        let Ok(Ok((stream, peer))) = accepted else { continue };
+    loop {
+        // No timeout around accept: a dropped tokio-uring accept stays posted in the
+        // kernel and would swallow a later connection. `stop` is noticed when the
+        // waker (see `start`) connects to wake this accept.
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        if ingest.stop.load(Ordering::Relaxed) {
+            return;
+        }
         let _ = stream.set_nodelay(true);
         let refusal = {
             let mut open = open.borrow_mut();
@@ -193,14 +228,27 @@ async fn accept_loop(
         tokio_uring::spawn(async move {
             let now = Instant::now();
             if let Some(refusal) = refusal {
-                let session = ServerSession::refuse(Arc::clone(&context.config), refusal, now);
-                run_server(Connection::Plain(stream), session, None, &mut Refuse).await;
-                return;
+                if !context.implicit_tls {
+                    let session = ServerSession::refuse(Arc::clone(&context.config), refusal, now);
+                    run_server(Connection::Plain(stream), session, None, &mut Refuse).await;
+                }
+                return; // on an implicit-TLS port: closed before the handshake
             }
             let relay = context.relay.allows(peer.ip());
             let mut handler = Handler { ingest, peer, relay, users: Arc::clone(&context.users) };
-            let session = ServerSession::new(Arc::clone(&context.config), false, now);
-            run_server(Connection::Plain(stream), session, context.tls.clone(), &mut handler).await;
+            match (context.implicit_tls, context.tls.clone()) {
+                (true, Some(tls)) => {
+                    let accept = crate::io::tls::TlsStream::accept(stream, tls);
+                    if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        let session = ServerSession::new(Arc::clone(&context.config), true, now);
+                        run_server(Connection::Tls(Box::new(stream)), session, None, &mut handler).await;
+                    }
+                }
+                _ => {
+                    let session = ServerSession::new(Arc::clone(&context.config), false, now);
+                    run_server(Connection::Plain(stream), session, context.tls.clone(), &mut handler).await;
+                }
+            }
             let mut open = open.borrow_mut();
             open.total = open.total.saturating_sub(1);
             if let Some(count) = open.per_ip.get_mut(&peer.ip()) {
