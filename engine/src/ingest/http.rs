@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use queue_store::{NewMessage, NewRecipient, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::log::Record;
+use crate::log::{send_receptions, Reception, Record};
 use crate::metrics::Metrics;
 
 /// One message of an inject request.
@@ -147,36 +147,12 @@ fn refusal(store_error: &StoreError) -> Response {
     }
 }
 
-/// One `Reception` record per recipient. Never waits: a full log channel drops the
-/// record (counted in `ringmail_log_records_dropped_total`), never the mail.
+/// One `Reception` record per recipient of each stored message.
 fn log_receptions(api: &Api, ids: &[String], envelopes: Vec<(String, Vec<String>)>) {
-    let now = crate::log::now_ms() as f64 / 1000.0;
     for (id, (sender, recipients)) in ids.iter().zip(envelopes) {
-        for recipient in recipients {
-            let record = Record {
-                kind: "Reception",
-                id: id.clone(),
-                sender: sender.clone(),
-                recipient,
-                site: None,
-                egress_source: None,
-                peer_address: None,
-                response: crate::log::Response {
-                    code: 250,
-                    enhanced_code: None,
-                    content: "queued (HTTP inject)".into(),
-                },
-                num_attempts: 0,
-                timestamp: now,
-                created: now,
-                bounce_classification: None,
-                tls_protocol_version: None,
-                tls_cipher: None,
-            };
-            if api.receptions.try_send(record).is_err() {
-                Metrics::count(&api.metrics.log_records_dropped, 1);
-            }
-        }
+        let response = crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
+        let reception = Reception { id, sender: &sender, peer: None, response };
+        send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
     }
 }
 

@@ -21,7 +21,7 @@ use crate::config::SmtpSection;
 use crate::io::connect::Allowlist;
 use crate::io::driver::{run_server, ServerHandler};
 use crate::io::tls::{server_config, Connection};
-use crate::log::{Record, Response};
+use crate::log::{send_receptions, Reception, Record, Response};
 use crate::metrics::Metrics;
 use crate::smtp::{EnhancedCode, ReceivedMessage, Reply, ServerConfig, ServerEvent, ServerSession, Verdict};
 
@@ -346,28 +346,9 @@ impl Handler {
     }
 
     fn log_reception(&self, id: &str, sender: &str, recipients: Vec<String>) {
-        let now = crate::log::now_ms() as f64 / 1000.0;
-        for recipient in recipients {
-            let record = Record {
-                kind: "Reception",
-                id: id.to_string(),
-                sender: sender.to_string(),
-                recipient,
-                site: None,
-                egress_source: None,
-                peer_address: Some(self.peer.to_string()),
-                response: Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() },
-                num_attempts: 0,
-                timestamp: now,
-                created: now,
-                bounce_classification: None,
-                tls_protocol_version: None,
-                tls_cipher: None,
-            };
-            if self.ingest.receptions.try_send(record).is_err() {
-                Metrics::count(&self.ingest.metrics.log_records_dropped, 1);
-            }
-        }
+        let response = Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() };
+        let reception = Reception { id, sender, peer: Some(self.peer.to_string()), response };
+        send_receptions(&self.ingest.receptions, &self.ingest.metrics.log_records_dropped, reception, recipients);
     }
 }
 

@@ -64,6 +64,48 @@ impl Response {
     }
 }
 
+/// Where ingest sends a message's `Reception` records, and how it answered.
+#[derive(Debug)]
+pub struct Reception<'a> {
+    pub id: &'a str,
+    pub sender: &'a str,
+    pub peer: Option<String>,
+    pub response: Response,
+}
+
+/// Queues one `Reception` record per recipient for the log writer (the completer).
+/// Never waits: with the channel full a record is dropped and counted in `dropped`,
+/// never the mail.
+pub fn send_receptions(
+    channel: &crossbeam_channel::Sender<Record>,
+    dropped: &std::sync::atomic::AtomicU64,
+    reception: Reception<'_>,
+    recipients: Vec<String>,
+) {
+    let now = now_ms() as f64 / 1000.0;
+    for recipient in recipients {
+        let record = Record {
+            kind: "Reception",
+            id: reception.id.to_string(),
+            sender: reception.sender.to_string(),
+            recipient,
+            site: None,
+            egress_source: None,
+            peer_address: reception.peer.clone(),
+            response: reception.response.clone(),
+            num_attempts: 0,
+            timestamp: now,
+            created: now,
+            bounce_classification: None,
+            tls_protocol_version: None,
+            tls_cipher: None,
+        };
+        if channel.try_send(record).is_err() {
+            dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 pub fn seconds(time: SystemTime) -> f64 {
     time.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }

@@ -81,19 +81,22 @@ pub struct Attempt {
 impl Attempt {
     /// Every recipient of `work` with the same result.
     pub fn all(work: &Work, result: &Result, peer: Option<SocketAddr>) -> Vec<Attempt> {
-        (0..work.keys.len())
-            .map(|index| Attempt {
-                key: work.keys[index],
-                recipient: work.recipients[index].clone(),
-                envelope: Arc::clone(&work.envelope),
-                attempts: work.attempts[index],
-                result: result.clone(),
-                site: Some(work.lane.site.clone()),
-                source: work.lane.source,
-                peer,
-                tls: None,
-            })
-            .collect()
+        (0..work.keys.len()).map(|index| Attempt::one(work, index, result.clone(), peer)).collect()
+    }
+
+    /// Recipient `index` of `work`.
+    fn one(work: &Work, index: usize, result: Result, peer: Option<SocketAddr>) -> Attempt {
+        Attempt {
+            key: work.keys[index],
+            recipient: work.recipients[index].clone(),
+            envelope: Arc::clone(&work.envelope),
+            attempts: work.attempts[index],
+            result,
+            site: Some(work.lane.site.clone()),
+            source: work.lane.source,
+            peer,
+            tls: None,
+        }
     }
 }
 
@@ -449,17 +452,7 @@ impl Lanes {
             };
             slowed |= matches!(&result, Result::Transient(text) if crate::policy::is_slow_down(text));
             delivered |= matches!(result, Result::Delivered(_));
-            self.out.push(Attempt {
-                key: work.keys[index],
-                recipient: work.recipients[index].clone(),
-                envelope: Arc::clone(&work.envelope),
-                attempts: work.attempts[index],
-                result,
-                site: Some(work.lane.site.clone()),
-                source: work.lane.source,
-                peer,
-                tls: tls.clone(),
-            });
+            self.out.push(Attempt { tls: tls.clone(), ..Attempt::one(work, index, result, peer) });
         }
         // Once per transaction, however many recipients it had.
         if let Some(lane) = self.lanes.get_mut(&work.lane) {
