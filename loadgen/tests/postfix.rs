@@ -34,7 +34,7 @@ connections_per_ip_max = 50
 rcpt_tempfail_percent = 10.0
 data_tempfail_percent = 5.0
 rcpt_permfail_percent = 4.0
-tempfail_reply = "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"
+tempfail_reply = "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered"
 {extra}
 
 [[provider]]
