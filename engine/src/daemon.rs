@@ -17,6 +17,7 @@ use queue_store::{Durability, Store, StoreConfig};
 
 use crate::config::Config;
 use crate::dns::MxResolver;
+use crate::ingest::Shedding;
 use crate::log::DeliveryLog;
 use crate::metrics::Metrics;
 use crate::policy::site::LanePolicy;
@@ -52,6 +53,7 @@ impl Engine {
         if config.store.durability == "os" {
             store_config.durability = Durability::Os;
         }
+        store_config.limits.queue_recipients_max = config.store.queue_recipients_max;
         let (store, report) =
             Store::open(store_config).map_err(|e| format!("store {}: {e}", config.store.path.display()))?;
         tracing::info!(messages = report.messages, recipients = report.recipients, "queue opened");
@@ -93,17 +95,21 @@ impl Engine {
         }
         tracing::info!(shards = inboxes.len(), "delivery shards on io_uring");
 
+        let shedding = Arc::new(Shedding::new(Arc::clone(&store), config.ingest.memory_max_mb << 20));
         let ingest = crate::ingest::smtp::Ingest {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
+            shedding: Arc::clone(&shedding),
             receptions: receptions_tx.clone(),
             stop: Arc::clone(&stop),
         };
-        if let Some(thread) = crate::ingest::smtp::start(&config.smtp, ingest)? {
-            tracing::info!(addresses = ?config.smtp.listen, "SMTP listener");
-            threads.push(thread);
+        let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
+        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, ingest)?;
+        if !listeners.is_empty() {
+            tracing::info!(threads = listeners.len(), "SMTP listener");
+            threads.extend(listeners);
         }
-        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, receptions_tx)?;
+        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, shedding, receptions_tx)?;
         threads.push(http_thread);
 
         let scheduler_config = Arc::clone(&config);
@@ -175,6 +181,7 @@ fn start_http(
     config: &Config,
     store: &Arc<Store>,
     metrics: &Arc<Metrics>,
+    shedding: Arc<Shedding>,
     receptions: crossbeam_channel::Sender<crate::log::Record>,
 ) -> Result<HttpParts, String> {
     let listen = config.http.listen;
@@ -184,8 +191,13 @@ fn start_http(
     let router = crate::ingest::http::router(
         Arc::clone(store),
         Arc::clone(metrics),
-        config.http.batch_max,
-        config.http.body_max_bytes,
+        shedding,
+        crate::ingest::http::HttpSettings {
+            body_max: config.http.body_max_bytes,
+            recipients_max: config.http.recipients_max,
+            tokens: config.http.tokens.clone(),
+            hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
+        },
         receptions,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -52,11 +52,13 @@ fn http(address: SocketAddr, request: &str) -> (u16, String) {
     (status, answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
-fn post(address: SocketAddr, body: &str) -> (u16, String) {
+const TOKEN: &str = "test-token-0123456789";
+
+fn post(address: SocketAddr, body: &str, token: &str) -> (u16, String) {
     http(
         address,
         &format!(
-            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -70,7 +72,7 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     let config = dir.path().join("ringmail.toml");
     // Nothing answers DNS on port 9: mail stays queued, which is all this test needs.
     let text = format!(
-        "[store]\npath = \"{}\"\n[http]\nlisten = \"{address}\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[delivery]\nallowlist = [\"127.0.0.0/8\"]\n",
+        "[store]\npath = \"{}\"\n[http]\nlisten = \"{address}\"\ntokens = [\"{TOKEN}\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[delivery]\nallowlist = [\"127.0.0.0/8\"]\n",
         dir.path().join("queue").display()
     );
     std::fs::write(&config, text).unwrap();
@@ -88,21 +90,32 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     let (status, body) = http(address, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!((status, body.contains("ok")), (200, true), "{body}");
 
-    let (status, body) = post(
-        address,
-        r#"{"messages": [{"sender": "a@s.test", "recipients": ["b@d.test"], "content": "Subject: x\r\n\r\nhi\r\n"}]}"#,
-    );
+    let request = |recipients: &str| {
+        format!(
+            r#"{{"envelope_sender": "a@s.test", "content": "Subject: x\r\n\r\nhi\r\n", "recipients": [{recipients}]}}"#
+        )
+    };
+    let (status, body) = post(address, &request(r#"{"email": "b@d.test"}, {"email": "not an address"}"#), TOKEN);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"accepted\":1"), "{body}");
-    let (status, body) =
-        post(address, r#"{"messages": [{"sender": "a@s.test", "recipients": ["not an address"], "content": "x"}]}"#);
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("\"error\"") && body.contains("recipient"), "{body}");
-    let (status, body) = post(address, "{not json");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["success_count"], 1, "{body}");
+    assert_eq!(answer["fail_count"], 1, "{body}");
+    assert_eq!(answer["failed_recipients"][0], "not an address", "{body}");
+    assert!(answer["errors"][0].as_str().unwrap().contains("no @domain"), "{body}");
+    let (status, body) = post(address, &request(r#"{"email": "not an address"}"#), TOKEN);
+    assert_eq!(status, 400, "nothing accepted: {body}");
+    let (status, body) = post(address, &request(r#"{"email": "b@d.test"}"#), "wrong-token-wrong-token");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, body) = post(address, "{not json", TOKEN);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("\"error\""), "{body}");
-    let (status, body) = post(address, r#"{"messages": []}"#);
+    let (status, body) = post(address, &request(""), TOKEN);
     assert_eq!(status, 400, "{body}");
+    assert!(body.contains("recipients"), "{body}");
+    let (status, body) = post(address, r#"{"envelope_sender": "a@s.test", "recipients": []}"#, TOKEN);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("content"), "names the missing field: {body}");
 
     let (status, metrics) = http(address, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);

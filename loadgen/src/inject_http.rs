@@ -1,7 +1,13 @@
-//! `loadgen inject` over HTTP: ringmail's inject API (`POST /api/inject/v1`), batches
-//! of messages from `plan.connections` client threads, each on a kept-alive
-//! connection. A 200 means the batch is stored (synced) and every recipient in it is
-//! the MTA's; anything else means none of the batch is.
+//! `loadgen inject` over HTTP: the inject API ringmail shares with KumoMTA
+//! (`POST /api/inject/v1`), batches of messages from `plan.connections` client
+//! threads, each on a kept-alive connection. A 200 means the recipients it does not
+//! list in `failed_recipients` are stored (synced) and the MTA's; anything else means
+//! none of the batch is.
+//!
+//! Every loadgen message differs (its Message-ID, subject and size), so a batch is
+//! sent as the template `{{ message }}` with each recipient's message as its
+//! substitution: the MTA renders one message per recipient, byte for byte the one
+//! the SMTP injector would send.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -51,25 +57,31 @@ pub fn http(target: SocketAddr, plan: &Plan, progress: &Progress) -> Vec<Injecte
     results.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progress) -> Vec<Injected> {
-    let messages: Vec<serde_json::Value> = batch
+/// The inject request for `batch` (one sender: loadgen plans have one).
+pub fn request(batch: &[Transaction]) -> serde_json::Value {
+    let recipients: Vec<serde_json::Value> = batch
         .iter()
-        .map(|t| {
-            serde_json::json!({
-                "sender": t.sender,
-                "recipients": t.recipients,
-                "content": String::from_utf8_lossy(&t.message),
-            })
+        .flat_map(|t| {
+            let message = String::from_utf8_lossy(&t.message).into_owned();
+            t.recipients.iter().map(move |r| serde_json::json!({"email": r, "substitutions": {"message": message}}))
         })
         .collect();
-    let body = serde_json::json!({ "messages": messages });
-    let (accepted, answer) = match agent.post(url).send_json(&body) {
+    let sender = batch.first().map(|t| t.sender.clone()).unwrap_or_default();
+    serde_json::json!({ "envelope_sender": sender, "content": "{{ message }}", "recipients": recipients })
+}
+
+fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progress) -> Vec<Injected> {
+    let (accepted, failed, answer) = match agent.post(url).send_json(request(batch)) {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let text = response.body_mut().read_to_string().unwrap_or_default();
-            (status == 200, format!("HTTP {status} {}", text.chars().take(200).collect::<String>()))
+            let failed: std::collections::HashSet<String> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("failed_recipients").and_then(|f| serde_json::from_value(f.clone()).ok()))
+                .unwrap_or_default();
+            (status == 200, failed, format!("HTTP {status} {}", text.chars().take(200).collect::<String>()))
         }
-        Err(error) => (false, format!("HTTP request failed: {error}")),
+        Err(error) => (false, Default::default(), format!("HTTP request failed: {error}")),
     };
     let at = SystemTime::now();
     let mut injected = Vec::new();
@@ -77,6 +89,7 @@ fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progre
         let id = message_id(transaction);
         for recipient in &transaction.recipients {
             progress.injected.fetch_add(1, Ordering::Relaxed);
+            let accepted = accepted && !failed.contains(recipient);
             let counter = if accepted { &progress.accepted } else { &progress.rejected };
             counter.fetch_add(1, Ordering::Relaxed);
             let (message_id, recipient, answer) = (id.clone(), recipient.clone(), answer.clone());

@@ -83,6 +83,7 @@ mod tests {
     fn delivery(recipient: &str) -> Accepted {
         Accepted {
             message_id: Some("<m@t>".into()),
+            subject: None,
             recipient: recipient.into(),
             client: "127.0.0.2".parse().unwrap(),
             tls: false,

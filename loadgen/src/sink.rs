@@ -25,6 +25,8 @@ use crate::scenario::{Provider, Scenario};
 pub struct Accepted {
     /// The message's `Message-ID` header, if it has one.
     pub message_id: Option<String>,
+    /// Its `Subject` header, if it has one (shows per-recipient substitutions).
+    pub subject: Option<String>,
     pub recipient: String,
     pub client: IpAddr,
     pub tls: bool,
@@ -283,12 +285,14 @@ impl Behaviour {
             return Verdict::Accept;
         }
         let message_id = header(&message.data, "message-id");
+        let subject = header(&message.data, "subject");
         let at = SystemTime::now();
         let mut state = self.state();
         for recipient in message.recipients {
             state.counts.accepted += 1;
             state.accepted.push(Accepted {
                 message_id: message_id.clone(),
+                subject: subject.clone(),
                 recipient,
                 client: self.client,
                 tls: message.tls,

@@ -14,22 +14,20 @@ mod common;
 use common::{dns_for, engine_config, free_port, log_records};
 
 fn inject(http: SocketAddr, recipients: &[String]) {
-    let messages: Vec<serde_json::Value> = recipients
+    let recipients: Vec<serde_json::Value> = recipients
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            serde_json::json!({
-                "sender": "rules@sender.test",
-                "recipients": [r],
-                "content": format!("Message-ID: <rules-{i}@sender.test>\r\nSubject: rules\r\n\r\nbody\r\n"),
-            })
-        })
+        .map(|(i, r)| serde_json::json!({"email": r, "substitutions": {"i": i}}))
         .collect();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    for chunk in messages.chunks(100) {
-        let response =
-            agent.post(format!("http://{http}/api/inject/v1")).send_json(serde_json::json!({ "messages": chunk }));
-        assert_eq!(response.unwrap().status().as_u16(), 200);
+    for chunk in recipients.chunks(100) {
+        let request = serde_json::json!({
+            "envelope_sender": "rules@sender.test",
+            "content": "Message-ID: <rules-{{ i }}@sender.test>\r\nSubject: rules\r\n\r\nbody\r\n",
+            "recipients": chunk,
+        });
+        let response = agent.post(format!("http://{http}/api/inject/v1")).send_json(request).unwrap();
+        assert_eq!(response.status().as_u16(), 200);
     }
 }
 

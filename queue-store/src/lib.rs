@@ -58,6 +58,7 @@ pub use types::{
     Outcome, RecipientKey, RecipientRecord, RecipientState, Selector, StateChange, StateCounts, TerminalKind,
     TerminalRecord,
 };
+pub use validate::address as check_address;
 
 /// Column family names, for tools that open the database directly (backups, tests).
 pub mod column_families {

@@ -197,6 +197,12 @@ impl Store {
         }
     }
 
+    /// Whether the queue is at its recipient limit (new mail would be refused).
+    /// O(1): an atomic load.
+    pub fn is_full(&self) -> bool {
+        self.shared.recipients_queued.load(Ordering::Acquire) >= self.config.limits.queue_recipients_max
+    }
+
     fn reserve(&self, recipients: u64) -> Result<(), StoreError> {
         let max = self.config.limits.queue_recipients_max;
         let before = self.shared.recipients_queued.fetch_add(recipients, Ordering::AcqRel);

@@ -51,7 +51,8 @@ fn metadata(pairs: &Metadata, limits: &Limits) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn address(address: &str, limits: &Limits) -> Result<(), &'static str> {
+/// Whether `address` is acceptable as a sender or recipient, and if not, why.
+pub fn address(address: &str, limits: &Limits) -> Result<(), &'static str> {
     if address.len() > limits.address_length_max {
         return Err("address too long");
     }

@@ -21,6 +21,8 @@ pub struct Config {
     #[serde(default)]
     pub smtp: SmtpSection,
     #[serde(default)]
+    pub ingest: IngestSection,
+    #[serde(default)]
     pub dns: DnsSection,
     #[serde(default)]
     pub delivery: DeliverySection,
@@ -49,6 +51,23 @@ pub struct StoreSection {
     /// moments' mail on a power cut).
     #[serde(default = "default_durability")]
     pub durability: String,
+    /// Recipients in the queue at most (all states but terminal); ingest refuses
+    /// beyond it (SMTP 421/451, HTTP 503).
+    #[serde(default = "default_queue_recipients_max")]
+    pub queue_recipients_max: u64,
+}
+
+fn default_queue_recipients_max() -> u64 {
+    10_000_000
+}
+
+/// Load shedding shared by the SMTP listener and the HTTP inject API.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSection {
+    /// Resident memory (MiB) above which ingest refuses new mail; 0: no limit.
+    #[serde(default)]
+    pub memory_max_mb: u64,
 }
 
 fn default_store_path() -> PathBuf {
@@ -61,7 +80,11 @@ fn default_durability() -> String {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { path: default_store_path(), durability: default_durability() }
+        StoreSection {
+            path: default_store_path(),
+            durability: default_durability(),
+            queue_recipients_max: default_queue_recipients_max(),
+        }
     }
 }
 
@@ -74,9 +97,13 @@ pub struct HttpSection {
     /// Largest request body (a batch of messages).
     #[serde(default = "default_http_body_max")]
     pub body_max_bytes: usize,
-    /// Messages per inject request at most.
-    #[serde(default = "default_batch_max")]
-    pub batch_max: usize,
+    /// Recipients per inject request at most (10,000 at most).
+    #[serde(default = "default_http_recipients_max")]
+    pub recipients_max: usize,
+    /// Bearer tokens allowed to inject (`Authorization: Bearer <token>`). Required
+    /// when `listen` is not a loopback address; empty on loopback: no token needed.
+    #[serde(default)]
+    pub tokens: Vec<String>,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -87,18 +114,23 @@ fn default_http_body_max() -> usize {
     64 * 1024 * 1024
 }
 
-fn default_batch_max() -> usize {
-    1000
+fn default_http_recipients_max() -> usize {
+    10_000
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
-        HttpSection { listen: default_http_listen(), body_max_bytes: default_http_body_max(), batch_max: 1000 }
+        HttpSection {
+            listen: default_http_listen(),
+            body_max_bytes: default_http_body_max(),
+            recipients_max: default_http_recipients_max(),
+            tokens: Vec::new(),
+        }
     }
 }
 
 /// The SMTP listener (ingest). No `listen` address: no listener.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSection {
     /// Addresses to listen on (STARTTLS offered when a certificate is configured).
@@ -107,6 +139,14 @@ pub struct SmtpSection {
     /// Addresses where TLS starts at connect (port 465 style); needs the certificate.
     #[serde(default)]
     pub listen_tls: Vec<SocketAddr>,
+    /// Submission addresses (port 587 style): STARTTLS offered, and every client must
+    /// AUTH before MAIL (`530 5.7.0`), relay networks included.
+    #[serde(default)]
+    pub listen_submission: Vec<SocketAddr>,
+    /// Listener threads, each with its own io_uring and its own socket per address
+    /// (SO_REUSEPORT: the kernel spreads connections); 0: one per core.
+    #[serde(default)]
+    pub threads: usize,
     /// The name in the greeting and in the `Received:` header.
     pub hostname: Option<String>,
     /// Clients allowed to relay (CIDRs). Nobody else may: ringmail is never an open relay.
@@ -128,6 +168,49 @@ pub struct SmtpSection {
     pub message_size_max: u64,
     #[serde(default = "default_smtp_recipients")]
     pub recipients_max: usize,
+    /// Failed AUTH attempts before the connection is closed.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_max: u32,
+    /// Waiting for a command, and for more DATA (RFC 5321 §4.5.3.2: 5 and 3 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_seconds: u64,
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout_seconds: u64,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            listen: Vec::new(),
+            listen_tls: Vec::new(),
+            listen_submission: Vec::new(),
+            threads: 0,
+            hostname: None,
+            relay_networks: Vec::new(),
+            users_file: None,
+            tls_certificate: None,
+            tls_key: None,
+            connections_max: default_smtp_connections(),
+            connections_per_ip_max: default_smtp_connections_per_ip(),
+            message_size_max: default_smtp_size(),
+            recipients_max: default_smtp_recipients(),
+            auth_failures_max: default_auth_failures(),
+            command_timeout_seconds: default_command_timeout(),
+            data_timeout_seconds: default_data_timeout(),
+        }
+    }
+}
+
+fn default_auth_failures() -> u32 {
+    3
+}
+
+fn default_command_timeout() -> u64 {
+    300
+}
+
+fn default_data_timeout() -> u64 {
+    180
 }
 
 fn default_smtp_connections() -> usize {
@@ -380,12 +463,37 @@ impl Config {
             ("delivery.messages_per_connection_max", d.messages_per_connection_max),
             ("delivery.recipients_per_transaction_max", d.recipients_per_transaction_max),
             ("delivery.in_flight_max", d.in_flight_max),
-            ("http.batch_max", self.http.batch_max),
+            ("http.recipients_max", self.http.recipients_max),
+            ("smtp.command_timeout_seconds", self.smtp.command_timeout_seconds as usize),
+            ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),
+            ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
+            ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
             ("dns.in_flight_max", self.dns.in_flight_max),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1"));
             }
+        }
+        if self.http.recipients_max > 10_000 {
+            return Err("http.recipients_max: at most 10000".into());
+        }
+        if !self.http.listen.ip().is_loopback() && self.http.tokens.is_empty() {
+            return Err(format!(
+                "http.tokens: required when http.listen ({}) is not a loopback address",
+                self.http.listen
+            ));
+        }
+        if self.http.tokens.iter().any(|token| token.len() < 16) {
+            return Err("http.tokens: each token must be at least 16 characters".into());
+        }
+        if self.smtp.threads > 256 {
+            return Err("smtp.threads: at most 256".into());
+        }
+        if !self.smtp.listen_submission.is_empty() && self.smtp.users_file.is_none() {
+            return Err("smtp.listen_submission: needs users_file (submission requires AUTH)".into());
+        }
+        if !self.smtp.listen_submission.is_empty() && self.smtp.tls_certificate.is_none() {
+            return Err("smtp.listen_submission: needs tls_certificate and tls_key (AUTH only over TLS)".into());
         }
         if d.shards > 256 {
             return Err("delivery.shards: at most 256".into());
@@ -471,5 +579,10 @@ mod tests {
         assert!(error.contains("dns.nameservers: required"), "{error}");
         let error = Config::parse("[http]\nlisten = 8025\n", "r.toml").unwrap_err().to_string();
         assert!(error.starts_with("r.toml:2:"), "{error}");
+        let error =
+            Config::parse(&format!("{dns}[http]\nlisten = \"0.0.0.0:8025\"\n"), "r.toml").unwrap_err().to_string();
+        assert!(error.contains("http.tokens: required"), "{error}");
+        let open = format!("{dns}[http]\nlisten = \"0.0.0.0:8025\"\ntokens = [\"0123456789abcdef\"]\n");
+        assert_eq!(Config::parse(&open, "r.toml").unwrap().http.tokens.len(), 1);
     }
 }

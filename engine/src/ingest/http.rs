@@ -1,57 +1,56 @@
 //! The HTTP control plane: `POST /api/inject/v1`, `GET /metrics`, `GET /healthz`.
 //!
-//! Inject takes a batch of messages and answers only after the store has synced them
-//! (the durability contract): 200 with their ids; 400 with a JSON error naming the
-//! message and field at fault (nothing of the batch is queued); 413 when the body is
-//! too large; 503 with `Retry-After` when the queue is full or the store unhealthy.
+//! Inject takes KumoMTA's request shape (see [`super::inject`]) and answers only after
+//! the store has synced what it accepted (the durability contract): 200 with
+//! `{"success_count", "fail_count", "failed_recipients", "errors"}` (a recipient that
+//! cannot be accepted fails alone); 401 without a valid bearer token (when tokens are
+//! configured); 400 with a JSON `error` naming the field at fault (nothing queued);
+//! 413 when the body is too large; 503 with `Retry-After` while ingest is shedding
+//! load (store unhealthy or full, memory over its limit).
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use queue_store::{NewMessage, NewRecipient, Store, StoreError};
-use serde::{Deserialize, Serialize};
+use queue_store::{Store, StoreError};
+use serde::Serialize;
 
+use super::inject::{build, Built, InjectRequest};
+use super::Shedding;
 use crate::log::{send_receptions, Reception, Record};
 use crate::metrics::Metrics;
 
-/// One message of an inject request.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectMessage {
-    /// The envelope sender; "" for the null reverse-path.
-    pub sender: String,
-    pub recipients: Vec<String>,
-    /// The raw RFC 5322 message (headers and body), as text.
-    pub content: String,
-    #[serde(default)]
-    pub tenant: Option<String>,
-    #[serde(default)]
-    pub campaign: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InjectRequest {
-    pub messages: Vec<InjectMessage>,
-}
-
+/// The answer to an inject request (KumoMTA's shape).
 #[derive(Debug, Serialize)]
 pub struct InjectResponse {
-    pub accepted: usize,
-    pub recipients: usize,
-    pub ids: Vec<String>,
+    pub success_count: usize,
+    pub fail_count: usize,
+    pub failed_recipients: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// What the HTTP side needs.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub body_max: usize,
+    /// Recipients per request at most.
+    pub recipients_max: usize,
+    /// Bearer tokens that may inject; empty: no authentication (loopback only).
+    pub tokens: Vec<String>,
+    /// The host name in generated `Message-ID`s.
+    pub hostname: String,
 }
 
 #[derive(Clone)]
 struct Api {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    batch_max: usize,
+    shedding: Arc<Shedding>,
+    settings: Arc<HttpSettings>,
     /// `Reception` records for the delivery log (written by the completer).
     receptions: crossbeam_channel::Sender<Record>,
 }
@@ -60,55 +59,109 @@ struct Api {
 pub fn router(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    batch_max: usize,
-    body_max: usize,
+    shedding: Arc<Shedding>,
+    settings: HttpSettings,
     receptions: crossbeam_channel::Sender<Record>,
 ) -> Router {
+    let body_max = settings.body_max;
     Router::new()
         .route("/api/inject/v1", post(inject))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(body_max))
-        .with_state(Api { store, metrics, batch_max, receptions })
+        .with_state(Api { store, metrics, shedding, settings: Arc::new(settings), receptions })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, JsonRejection>) -> Response {
+fn busy(reason: String) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Whether the request carries one of the configured tokens (compared in constant
+/// time for equal lengths).
+fn authorized(settings: &HttpSettings, headers: &HeaderMap) -> bool {
+    if settings.tokens.is_empty() {
+        return true;
+    }
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    settings.tokens.iter().any(|token| {
+        token.len() == given.len() && token.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    })
+}
+
+async fn inject(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    request: Result<Json<InjectRequest>, JsonRejection>,
+) -> Response {
+    let refuse = |status: StatusCode, why: String| {
+        Metrics::count(&api.metrics.rejected_requests, 1);
+        error(status, why)
+    };
+    if !authorized(&api.settings, &headers) {
+        let mut response = refuse(StatusCode::UNAUTHORIZED, "a valid bearer token is required".into());
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    }
     let request = match request {
         Ok(Json(request)) => request,
         Err(rejection) => {
-            Metrics::count(&api.metrics.rejected_requests, 1);
             let status = match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::BAD_REQUEST,
             };
-            return error(status, rejection.body_text());
+            return refuse(status, rejection.body_text());
         }
     };
-    if request.messages.is_empty() || request.messages.len() > api.batch_max {
-        Metrics::count(&api.metrics.rejected_requests, 1);
-        return error(StatusCode::BAD_REQUEST, format!("messages: between 1 and {} per request", api.batch_max));
+    if request.recipients.len() > api.settings.recipients_max {
+        let why =
+            format!("recipients: {} in one request, at most {}", request.recipients.len(), api.settings.recipients_max);
+        return refuse(StatusCode::BAD_REQUEST, why);
     }
-    let recipients: usize = request.messages.iter().map(|m| m.recipients.len()).sum();
-    let envelopes: Vec<(String, Vec<String>)> =
-        request.messages.iter().map(|m| (m.sender.clone(), m.recipients.clone())).collect();
-    let batch: Vec<NewMessage> = request
-        .messages
-        .into_iter()
-        .map(|message| NewMessage {
-            sender: message.sender,
-            recipients: message.recipients.into_iter().map(NewRecipient::new).collect(),
-            body: message.content.into_bytes(),
-            tenant: message.tenant,
-            campaign: message.campaign,
-            metadata: Vec::new(),
+    if let Some(reason) = api.shedding.reason() {
+        Metrics::count(&api.metrics.rejected_requests, 1);
+        return busy(reason);
+    }
+    // Templates and MIME building are CPU work: off the reactor.
+    let limits = api.store.config().limits.clone();
+    let hostname = api.settings.hostname.clone();
+    let built = match tokio::task::spawn_blocking(move || build(request, &limits, &hostname)).await {
+        Ok(Ok(built)) => built,
+        Ok(Err(bad)) => return refuse(StatusCode::BAD_REQUEST, bad.0),
+        Err(join) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("building the messages: {join}")),
+    };
+    let Built { messages, accepted: _, failed_recipients, errors } = built;
+    let answer = |success_count: usize| InjectResponse {
+        success_count,
+        fail_count: failed_recipients.len(),
+        failed_recipients: failed_recipients.clone(),
+        errors: errors.clone(),
+    };
+    if messages.is_empty() {
+        Metrics::count(&api.metrics.rejected_requests, 1);
+        return (StatusCode::BAD_REQUEST, Json(answer(0))).into_response();
+    }
+    let recipients: usize = messages.iter().map(|m| m.recipients.len()).sum();
+    let receptions: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            let recipients: Vec<_> = m.recipients.iter().map(|r| (r.address.clone(), r.metadata.clone())).collect();
+            (m.sender.clone(), m.tenant.clone(), m.campaign.clone(), m.metadata.clone(), recipients)
         })
         .collect();
-    let count = batch.len();
-    let result = match api.store.submit_enqueue(batch) {
+    let count = messages.len();
+    let result = match api.store.submit_enqueue(messages) {
         Ok(pending) => pending.await,
         Err(error) => Err(error),
     };
@@ -116,9 +169,22 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
         Ok(ids) => {
             Metrics::count(&api.metrics.injected_messages, count as u64);
             Metrics::count(&api.metrics.injected_recipients, recipients as u64);
-            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-            log_receptions(&api, &ids, envelopes);
-            (StatusCode::OK, Json(InjectResponse { accepted: count, recipients, ids })).into_response()
+            for (id, (sender, tenant, campaign, metadata, recipients)) in ids.iter().zip(receptions) {
+                let id = id.to_string();
+                let response =
+                    crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
+                let reception = Reception {
+                    id: &id,
+                    sender: &sender,
+                    peer: None,
+                    response,
+                    tenant: tenant.as_deref(),
+                    campaign: campaign.as_deref(),
+                    metadata: &metadata,
+                };
+                send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
+            }
+            (StatusCode::OK, Json(answer(recipients))).into_response()
         }
         Err(store_error) => {
             Metrics::count(&api.metrics.rejected_requests, 1);
@@ -138,21 +204,8 @@ fn refusal(store_error: &StoreError) -> Response {
         StoreError::Unhealthy(queue_store::Health::NeedsReopen) | StoreError::Closed => {
             error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string())
         }
-        error_ if error_.is_temporary() => {
-            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string());
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            response
-        }
+        error_ if error_.is_temporary() => busy(store_error.to_string()),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string()),
-    }
-}
-
-/// One `Reception` record per recipient of each stored message.
-fn log_receptions(api: &Api, ids: &[String], envelopes: Vec<(String, Vec<String>)>) {
-    for (id, (sender, recipients)) in ids.iter().zip(envelopes) {
-        let response = crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
-        let reception = Reception { id, sender: &sender, peer: None, response };
-        send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
     }
 }
 

@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use queue_store::{Health, NewMessage, NewRecipient, Store, StoreError};
+use queue_store::{NewMessage, NewRecipient, Store, StoreError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::{has_header, rfc5322_date};
 use crate::config::SmtpSection;
 use crate::io::connect::Allowlist;
 use crate::io::driver::{run_server, ServerHandler};
@@ -30,15 +30,36 @@ use crate::smtp::{EnhancedCode, ReceivedMessage, Reply, ServerConfig, ServerEven
 pub struct Ingest {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    pub shedding: Arc<super::Shedding>,
     pub receptions: crossbeam_channel::Sender<Record>,
     pub stop: Arc<AtomicBool>,
 }
 
-/// Binds every listen address now (so a bad address fails the start), then serves
-/// on its own io_uring thread until `stop`.
-pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread::JoinHandle<()>>, String> {
-    if section.listen.is_empty() && section.listen_tls.is_empty() {
-        return Ok(None);
+/// What a listening address is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Port {
+    /// Port 25 style: STARTTLS offered when there is a certificate.
+    Plain,
+    /// Port 465 style: TLS from the first byte.
+    ImplicitTls,
+    /// Port 587 style: STARTTLS, and AUTH required before MAIL.
+    Submission,
+}
+
+/// Binds every listen address now (so a bad address fails the start), once per
+/// thread with SO_REUSEPORT, then serves each set on its own io_uring thread until
+/// `stop`. The kernel spreads new connections over the threads' sockets.
+pub fn start(
+    section: &SmtpSection,
+    threads: usize,
+    ingest: Ingest,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let addresses: Vec<(SocketAddr, Port)> = (section.listen.iter().map(|a| (*a, Port::Plain)))
+        .chain(section.listen_tls.iter().map(|a| (*a, Port::ImplicitTls)))
+        .chain(section.listen_submission.iter().map(|a| (*a, Port::Submission)))
+        .collect();
+    if addresses.is_empty() {
+        return Ok(Vec::new());
     }
     let relay = Allowlist::parse(section.relay_networks.iter().map(String::as_str))
         .map_err(|e| format!("smtp.relay_networks: {e}"))?;
@@ -62,64 +83,77 @@ pub fn start(section: &SmtpSection, ingest: Ingest) -> Result<Option<std::thread
     // in plaintext with 538).
     config.auth = !users.is_empty();
     config.auth_requires_tls = true;
+    config.auth_failures_max = section.auth_failures_max;
     config.size_max = section.message_size_max;
     config.recipients_max = section.recipients_max;
+    config.timeout_command = Duration::from_secs(section.command_timeout_seconds);
+    config.timeout_data = Duration::from_secs(section.data_timeout_seconds);
     let config = Arc::new(config);
-    let bind = |address: &SocketAddr, implicit: bool| {
-        let key = if implicit { "smtp.listen_tls" } else { "smtp.listen" };
-        std::net::TcpListener::bind(address).map(|l| (l, implicit)).map_err(|e| format!("{key} {address}: {e}"))
-    };
-    let listeners = (section.listen.iter().map(|a| bind(a, false)))
-        .chain(section.listen_tls.iter().map(|a| bind(a, true)))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The first socket of each address fixes its port (port 0 included); the other
+    // threads' sockets join it.
+    let mut sockets: Vec<Vec<(std::net::TcpListener, Port)>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+    for (address, port) in addresses {
+        let key = match port {
+            Port::Plain => "smtp.listen",
+            Port::ImplicitTls => "smtp.listen_tls",
+            Port::Submission => "smtp.listen_submission",
+        };
+        let mut bound = address;
+        for thread in sockets.iter_mut() {
+            let listener = reuse_port_listener(bound).map_err(|e| format!("{key} {address}: {e}"))?;
+            bound = listener.local_addr().map_err(|e| format!("{key} {address}: {e}"))?;
+            thread.push((listener, port));
+        }
+    }
+    let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
-    // Where to connect to wake each accept loop when stopping.
-    let wake: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|(listener, _)| listener.local_addr().ok())
-        .map(|mut address| {
-            if address.ip().is_unspecified() {
-                address.set_ip(if address.is_ipv4() {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])
-                });
-            }
-            address
-        })
-        .collect();
-    let stop = Arc::clone(&ingest.stop);
-    let thread = std::thread::Builder::new()
-        .name("ringmail-smtp".into())
-        .spawn(move || {
-            tokio_uring::start(async move {
-                let open = Rc::new(std::cell::RefCell::new(Open::default()));
-                let loops: Vec<_> = listeners
-                    .into_iter()
-                    .map(|(listener, implicit_tls)| {
-                        let context = Context {
-                            config: Arc::clone(&config),
-                            tls: tls.clone(),
-                            relay: relay.clone(),
-                            users: Arc::clone(&users),
-                            implicit_tls,
-                        };
-                        tokio_uring::spawn(accept_loop(listener, context, ingest.clone(), Rc::clone(&open), limits))
-                    })
-                    .collect();
-                while !stop.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                for address in wake {
-                    let _ = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1));
-                }
-                for task in loops {
-                    let _ = task.await;
-                }
+    let mut handles = Vec::new();
+    for (index, listeners) in sockets.into_iter().enumerate() {
+        let context = Context {
+            config: Arc::clone(&config),
+            tls: tls.clone(),
+            relay: relay.clone(),
+            users: Arc::clone(&users),
+            port: Port::Plain,
+        };
+        let (ingest, open) = (ingest.clone(), Arc::clone(&open));
+        let handle = std::thread::Builder::new()
+            .name(format!("ringmail-smtp-{index}"))
+            .spawn(move || {
+                tokio_uring::start(async move {
+                    let loops: Vec<_> = listeners
+                        .into_iter()
+                        .map(|(listener, port)| {
+                            let context = Context { port, ..context.clone() };
+                            tokio_uring::spawn(accept_loop(
+                                listener,
+                                context,
+                                ingest.clone(),
+                                Arc::clone(&open),
+                                limits,
+                            ))
+                        })
+                        .collect();
+                    for task in loops {
+                        let _ = task.await;
+                    }
+                })
             })
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(Some(thread))
+            .map_err(|e| e.to_string())?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// A listening socket with SO_REUSEPORT (and SO_REUSEADDR), backlog 1024.
+fn reuse_port_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[derive(Clone)]
@@ -128,8 +162,7 @@ struct Context {
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Allowlist,
     users: Arc<Users>,
-    /// TLS from the first byte (port 465 style), no STARTTLS.
-    implicit_tls: bool,
+    port: Port,
 }
 
 /// A client gets this long to finish a TLS handshake at connect.
@@ -163,8 +196,8 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// Whether `password` is `name`'s. (argon2 costs tens of milliseconds: it runs on
-    /// the listener's thread, and failed attempts per connection are bounded.)
+    /// Whether `password` is `name`'s. argon2 costs tens of milliseconds of CPU: the
+    /// listener calls this on tokio's blocking pool, never on its io_uring thread.
     pub fn check(&self, name: &str, password: &str) -> bool {
         use argon2::PasswordVerifier;
         let Some(hash) = self.hashes.get(name) else { return false };
@@ -198,25 +231,34 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     context: Context,
     ingest: Ingest,
-    open: Rc<std::cell::RefCell<Open>>,
+    open: Arc<Mutex<Open>>,
     (total_max, per_ip_max): (usize, usize),
 ) {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
-    loop {
-        // No timeout around accept: a dropped tokio-uring accept stays posted in the
-        // kernel and would swallow a later connection. `stop` is noticed when the
-        // waker (see `start`) connects to wake this accept.
-        let Ok((stream, peer)) = listener.accept().await else { continue };
-        if ingest.stop.load(Ordering::Relaxed) {
-            return;
+    let stop = Arc::clone(&ingest.stop);
+    let stopped = async move {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    };
+    tokio::pin!(stopped);
+    loop {
+        // Never a timeout around accept: a dropped tokio-uring accept stays posted in
+        // the kernel and would swallow a later connection. Only when stopping is the
+        // accept given up (the listener closes with it).
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => return,
+        };
+        let Ok((stream, peer)) = accepted else { continue };
         let _ = stream.set_nodelay(true);
         let refusal = {
-            let mut open = open.borrow_mut();
+            let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let from_ip = open.per_ip.get(&peer.ip()).copied().unwrap_or(0);
             if open.total >= total_max || from_ip >= per_ip_max {
                 Some(reply(421, (4, 7, 0), "Too many connections, try again later"))
-            } else if !shedding_reason(&ingest.store).is_empty() {
+            } else if let Some(reason) = ingest.shedding.reason() {
+                tracing::debug!(%peer, reason, "SMTP connection refused: shedding load");
                 Some(reply(421, (4, 3, 2), "System not accepting mail right now, try again later"))
             } else {
                 open.total += 1;
@@ -224,20 +266,22 @@ async fn accept_loop(
                 None
             }
         };
-        let (context, ingest, open) = (context.clone(), ingest.clone(), Rc::clone(&open));
+        let (context, ingest, open) = (context.clone(), ingest.clone(), Arc::clone(&open));
         tokio_uring::spawn(async move {
             let now = Instant::now();
             if let Some(refusal) = refusal {
-                if !context.implicit_tls {
+                if context.port != Port::ImplicitTls {
                     let session = ServerSession::refuse(Arc::clone(&context.config), refusal, now);
                     run_server(Connection::Plain(stream), session, None, &mut Refuse).await;
                 }
                 return; // on an implicit-TLS port: closed before the handshake
             }
             let relay = context.relay.allows(peer.ip());
-            let mut handler = Handler { ingest, peer, relay, users: Arc::clone(&context.users) };
-            match (context.implicit_tls, context.tls.clone()) {
-                (true, Some(tls)) => {
+            let submission = context.port == Port::Submission;
+            let users = Arc::clone(&context.users);
+            let mut handler = Handler { ingest, peer, relay, authenticated: false, submission, users };
+            match (context.port, context.tls.clone()) {
+                (Port::ImplicitTls, Some(tls)) => {
                     let accept = crate::io::tls::TlsStream::accept(stream, tls);
                     if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                         let session = ServerSession::new(Arc::clone(&context.config), true, now);
@@ -249,7 +293,7 @@ async fn accept_loop(
                     run_server(Connection::Plain(stream), session, context.tls.clone(), &mut handler).await;
                 }
             }
-            let mut open = open.borrow_mut();
+            let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             open.total = open.total.saturating_sub(1);
             if let Some(count) = open.per_ip.get_mut(&peer.ip()) {
                 *count = count.saturating_sub(1);
@@ -258,14 +302,6 @@ async fn accept_loop(
                 }
             }
         });
-    }
-}
-
-/// Why the store cannot take mail now; empty when it can.
-fn shedding_reason(store: &Store) -> String {
-    match store.health() {
-        Health::Healthy => String::new(),
-        other => format!("{other:?}"),
     }
 }
 
@@ -282,21 +318,30 @@ struct Handler {
     peer: SocketAddr,
     /// A relay network's client, or authenticated: may relay.
     relay: bool,
+    authenticated: bool,
+    /// A submission port: AUTH before MAIL, whoever the client is.
+    submission: bool,
     users: Arc<Users>,
 }
 
 impl ServerHandler for Handler {
     async fn decide(&mut self, event: ServerEvent, tls: bool) -> Verdict {
         match event {
-            ServerEvent::Mail { .. } if !shedding_reason(&self.ingest.store).is_empty() => {
+            ServerEvent::Mail { .. } if self.submission && !self.authenticated => {
+                Verdict::Reject(reply(530, (5, 7, 0), "Authentication required"))
+            }
+            ServerEvent::Mail { .. } if self.ingest.shedding.reason().is_some() => {
                 Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
             }
             ServerEvent::Mail { .. } => Verdict::Accept,
             ServerEvent::Recipient { .. } if !self.relay => Verdict::Reject(reply(550, (5, 7, 1), "Relaying denied")),
             ServerEvent::Recipient { .. } => Verdict::Accept,
             ServerEvent::Authenticate { identity, password } => {
-                if self.users.check(&identity, &password) {
+                let users = Arc::clone(&self.users);
+                let check = tokio::task::spawn_blocking(move || users.check(&identity, &password));
+                if check.await.unwrap_or(false) {
                     self.relay = true;
+                    self.authenticated = true;
                     Verdict::Accept
                 } else {
                     Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
@@ -311,6 +356,11 @@ impl ServerHandler for Handler {
 impl Handler {
     /// Queues the message; 250 only once it is synced.
     async fn store(&mut self, message: ReceivedMessage, tls: bool) -> Verdict {
+        if let Some(reason) = self.ingest.shedding.reason() {
+            tracing::debug!(peer = %self.peer, reason, "SMTP message refused: shedding load");
+            Metrics::count(&self.ingest.metrics.rejected_requests, 1);
+            return Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"));
+        }
         let sender = message.from.clone();
         let recipients = message.recipients.clone();
         let body = with_trace_headers(&message, self.peer, tls);
@@ -347,7 +397,17 @@ impl Handler {
 
     fn log_reception(&self, id: &str, sender: &str, recipients: Vec<String>) {
         let response = Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() };
-        let reception = Reception { id, sender, peer: Some(self.peer.to_string()), response };
+        let metadata = Vec::new();
+        let reception = Reception {
+            id,
+            sender,
+            peer: Some(self.peer.to_string()),
+            response,
+            tenant: None,
+            campaign: None,
+            metadata: &metadata,
+        };
+        let recipients = recipients.into_iter().map(|recipient| (recipient, Vec::new()));
         send_receptions(&self.ingest.receptions, &self.ingest.metrics.log_records_dropped, reception, recipients);
     }
 }
@@ -365,63 +425,4 @@ fn with_trace_headers(message: &ReceivedMessage, peer: SocketAddr, tls: bool) ->
     }
     out.extend_from_slice(&message.data);
     out
-}
-
-/// `Sat, 28 Nov 2026 17:59:00 +0000` for a Unix time (UTC).
-fn rfc5322_date(seconds: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let days = (seconds / 86_400) as i64;
-    let time = seconds % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[(days.rem_euclid(7)) as usize],
-        MONTHS[(month - 1) as usize],
-        time / 3600,
-        time / 60 % 60,
-        time % 60
-    )
-}
-
-/// Whether the header block of `data` has a field `name` (lowercase).
-fn has_header(data: &[u8], name: &[u8]) -> bool {
-    for line in data.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            return false; // the end of the headers
-        }
-        if line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name) {
-            return true;
-        }
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_in_rfc_5322_form() {
-        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_888_740), "Sat, 28 Nov 2026 17:59:00 +0000");
-        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
-    }
-
-    #[test]
-    fn a_message_id_is_found_only_in_the_header_block() {
-        assert!(has_header(b"Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n", b"message-id"));
-        assert!(!has_header(b"Subject: x\r\n\r\nMessage-ID: <a@b>\r\n", b"message-id"));
-        assert!(has_header(b"message-id: <a@b>\n\nbody", b"message-id"));
-    }
 }

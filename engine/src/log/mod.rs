@@ -38,6 +38,21 @@ pub struct Record {
     pub tls_protocol_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cipher: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// The message's metadata, then the recipient's (which wins on a shared key).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+/// The message's metadata overlaid with the recipient's.
+pub fn meta(
+    message: &queue_store::Metadata,
+    recipient: &queue_store::Metadata,
+) -> std::collections::BTreeMap<String, String> {
+    message.iter().chain(recipient).cloned().collect()
 }
 
 /// The reply (or the reason there was none).
@@ -71,6 +86,9 @@ pub struct Reception<'a> {
     pub sender: &'a str,
     pub peer: Option<String>,
     pub response: Response,
+    pub tenant: Option<&'a str>,
+    pub campaign: Option<&'a str>,
+    pub metadata: &'a queue_store::Metadata,
 }
 
 /// Queues one `Reception` record per recipient for the log writer (the completer).
@@ -80,10 +98,10 @@ pub fn send_receptions(
     channel: &crossbeam_channel::Sender<Record>,
     dropped: &std::sync::atomic::AtomicU64,
     reception: Reception<'_>,
-    recipients: Vec<String>,
+    recipients: impl IntoIterator<Item = (String, queue_store::Metadata)>,
 ) {
     let now = now_ms() as f64 / 1000.0;
-    for recipient in recipients {
+    for (recipient, metadata) in recipients {
         let record = Record {
             kind: "Reception",
             id: reception.id.to_string(),
@@ -99,6 +117,9 @@ pub fn send_receptions(
             bounce_classification: None,
             tls_protocol_version: None,
             tls_cipher: None,
+            tenant: reception.tenant.map(str::to_string),
+            campaign: reception.campaign.map(str::to_string),
+            meta: meta(reception.metadata, &metadata),
         };
         if channel.try_send(record).is_err() {
             dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

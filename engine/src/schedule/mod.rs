@@ -139,6 +139,7 @@ impl Scheduler {
         let work = Work {
             keys: recipients.iter().map(|c| c.key).collect(),
             recipients: recipients.iter().map(|c| c.recipient.address.clone()).collect(),
+            metadata: recipients.iter().map(|c| c.recipient.metadata.clone()).collect(),
             attempts: recipients.iter().map(|c| c.recipient.attempts).collect(),
             envelope: Arc::clone(&recipients[0].envelope),
             body: Arc::clone(body),
@@ -178,6 +179,7 @@ impl Scheduler {
         let attempt = Attempt {
             key: recipient.key,
             recipient: recipient.recipient.address.clone(),
+            metadata: recipient.recipient.metadata.clone(),
             envelope: Arc::clone(&recipient.envelope),
             attempts: recipient.recipient.attempts,
             result,
@@ -329,6 +331,9 @@ impl Completer {
             bounce_classification: category,
             tls_protocol_version: attempt.tls.as_ref().map(|tls| tls.protocol.clone()),
             tls_cipher: attempt.tls.as_ref().map(|tls| tls.cipher.clone()),
+            tenant: attempt.envelope.tenant.clone(),
+            campaign: attempt.envelope.campaign.clone(),
+            meta: crate::log::meta(&attempt.envelope.metadata, &attempt.metadata),
         };
         self.log.write(&record);
     }

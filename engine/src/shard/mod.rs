@@ -44,6 +44,8 @@ impl LaneKey {
 pub struct Work {
     pub keys: Vec<RecipientKey>,
     pub recipients: Vec<String>,
+    /// Each recipient's metadata (for the log records).
+    pub metadata: Vec<queue_store::Metadata>,
     /// Attempts each recipient had before this one.
     pub attempts: Vec<u32>,
     pub envelope: Arc<Envelope>,
@@ -69,6 +71,8 @@ pub enum Result {
 pub struct Attempt {
     pub key: RecipientKey,
     pub recipient: String,
+    /// The recipient's own metadata.
+    pub metadata: queue_store::Metadata,
     pub envelope: Arc<Envelope>,
     pub attempts: u32,
     pub result: Result,
@@ -89,6 +93,7 @@ impl Attempt {
         Attempt {
             key: work.keys[index],
             recipient: work.recipients[index].clone(),
+            metadata: work.metadata.get(index).cloned().unwrap_or_default(),
             envelope: Arc::clone(&work.envelope),
             attempts: work.attempts[index],
             result,

@@ -1,0 +1,644 @@
+//! The inject request of `POST /api/inject/v1`, in KumoMTA's shape so that
+//! applications written for it can switch: `envelope_sender`, `content` (a raw
+//! RFC 5322 message or a builder object), `recipients` `[{email, name,
+//! substitutions, metadata}]`, global `substitutions`, Jinja templates (minijinja,
+//! as KumoMTA) rendered per recipient. ringmail's additions: `tenant`, `campaign`
+//! and message-level `metadata`, carried into the queue and every log record.
+//!
+//! [`build`] turns a request into queue-store messages: one per recipient when
+//! anything is personalised (a template, or the builder's `To:`), else one message
+//! with all the recipients (the body stored once). A recipient that cannot be
+//! accepted (bad address, a template error, a header made unsafe by a substitution)
+//! fails alone, with its reason; the others go on.
+
+use std::collections::BTreeMap;
+
+use queue_store::{Limits, Metadata, NewMessage, NewRecipient};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRequest {
+    /// MAIL FROM; "" for the null reverse-path.
+    pub envelope_sender: String,
+    /// A string (the whole RFC 5322 message) or a builder object; see [`Builder`].
+    pub content: Value,
+    pub recipients: Vec<Recipient>,
+    #[serde(default)]
+    pub substitutions: Map<String, Value>,
+    /// "Jinja" (the default) or "Static" (no templating).
+    #[serde(default)]
+    pub template_dialect: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub campaign: Option<String>,
+    /// Message-level metadata (recipient metadata overrides a key).
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// KumoMTA's: accepted for compatibility. ringmail always stores before it
+    /// answers (never skips the spool) and always generates before it answers.
+    #[serde(default)]
+    pub deferred_spool: bool,
+    #[serde(default)]
+    pub deferred_generation: bool,
+    #[serde(default)]
+    pub trace_headers: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub substitutions: Map<String, Value>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// `content` as an object: ringmail writes the MIME message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Builder {
+    #[serde(default)]
+    pub from: Option<Mailbox>,
+    #[serde(default)]
+    pub reply_to: Option<Mailbox>,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub text_body: Option<String>,
+    #[serde(default)]
+    pub html_body: Option<String>,
+    #[serde(default)]
+    pub amp_html_body: Option<String>,
+    /// Extra header fields, `name: value` (templated).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Not supported yet: refused with a reason rather than dropped.
+    #[serde(default)]
+    pub attachments: Vec<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mailbox {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The outcome of [`build`]: messages for the store, and who failed and why.
+#[derive(Debug, Default)]
+pub struct Built {
+    pub messages: Vec<NewMessage>,
+    /// The index (in the request) of each message's recipients, in order.
+    pub accepted: Vec<Vec<usize>>,
+    pub failed_recipients: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// A whole-request problem: nothing is queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadRequest(pub String);
+
+/// Raw content and templates are checked once for the whole request; per
+/// recipient only the substitution and the address can fail.
+pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Built, BadRequest> {
+    let bad = |why: String| Err(BadRequest(why));
+    if !request.envelope_sender.is_empty() {
+        if let Err(why) = queue_store::check_address(&request.envelope_sender, limits) {
+            return bad(format!("envelope_sender: {why}"));
+        }
+    }
+    if request.recipients.is_empty() {
+        return bad("recipients: at least one is needed".into());
+    }
+    let templating = match request.template_dialect.as_deref() {
+        None | Some("Jinja") => true,
+        Some("Static") => false,
+        Some(other) => return bad(format!("template_dialect: \"{other}\" is not supported (Jinja or Static)")),
+    };
+    let content = match request.content {
+        Value::String(raw) => Content::Raw(raw),
+        Value::Object(object) => match serde_json::from_value::<Builder>(Value::Object(object)) {
+            Ok(builder) if !builder.attachments.is_empty() => {
+                return bad("content.attachments: not supported by ringmail (send a raw MIME message)".into())
+            }
+            Ok(builder) => Content::Builder(Box::new(builder)),
+            Err(error) => return bad(format!("content: {error}")),
+        },
+        _ => return bad("content: a string (the RFC 5322 message) or a builder object".into()),
+    };
+    let mut templates = Templates::new(templating);
+    match &content {
+        Content::Raw(raw) => templates.add("content", raw)?,
+        Content::Builder(builder) => {
+            for (name, text) in [
+                ("subject", &builder.subject),
+                ("text_body", &builder.text_body),
+                ("html_body", &builder.html_body),
+                ("amp_html_body", &builder.amp_html_body),
+            ] {
+                if let Some(text) = text {
+                    templates.add(name, text)?;
+                }
+            }
+            for (name, value) in &builder.headers {
+                if !is_field_name(name) {
+                    return bad(format!("content.headers: \"{name}\" is not a header field name"));
+                }
+                templates.add(&format!("header:{name}"), value)?;
+            }
+            for (field, mailbox) in [("from", &builder.from), ("reply_to", &builder.reply_to)] {
+                if let Some(mailbox) = mailbox {
+                    if let Err(why) = queue_store::check_address(&mailbox.email, limits) {
+                        return bad(format!("content.{field}.email: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    let message_meta = metadata(&request.metadata);
+    // One message per recipient when each gets its own body.
+    let personal = templates.any || matches!(content, Content::Builder(_));
+    let mut built = Built::default();
+    let mut shared: Option<(NewMessage, Vec<usize>)> = None;
+    let new_message = |body: Vec<u8>| NewMessage {
+        sender: request.envelope_sender.clone(),
+        recipients: Vec::new(),
+        body,
+        tenant: request.tenant.clone(),
+        campaign: request.campaign.clone(),
+        metadata: message_meta.clone(),
+    };
+    for (index, recipient) in request.recipients.iter().enumerate() {
+        let fail = |built: &mut Built, why: String| {
+            built.failed_recipients.push(recipient.email.clone());
+            built.errors.push(format!("{}: {why}", recipient.email));
+        };
+        if let Err(why) = queue_store::check_address(&recipient.email, limits) {
+            fail(&mut built, why.to_string());
+            continue;
+        }
+        let new_recipient = NewRecipient { address: recipient.email.clone(), metadata: metadata(&recipient.metadata) };
+        if !personal {
+            let (message, indexes) = shared.get_or_insert_with(|| {
+                let Content::Raw(raw) = &content else { unreachable!("personal is false only for raw content") };
+                (new_message(raw_message(raw, host)), Vec::new())
+            });
+            message.recipients.push(new_recipient);
+            indexes.push(index);
+            if message.recipients.len() >= limits.recipients_per_message_max as usize {
+                if let Some((message, indexes)) = shared.take() {
+                    built.messages.push(message);
+                    built.accepted.push(indexes);
+                }
+            }
+            continue;
+        }
+        let mut context = request.substitutions.clone();
+        context.extend(recipient.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let rendered = templates.render(&Value::Object(context));
+        let body = match (&content, rendered) {
+            (_, Err(why)) => Err(why),
+            (Content::Raw(_), Ok(mut rendered)) => {
+                Ok(raw_message(&rendered.remove("content").unwrap_or_default(), host))
+            }
+            (Content::Builder(builder), Ok(rendered)) => compose(builder, recipient, &rendered, host),
+        };
+        match body {
+            Ok(body) if body.len() as u64 > limits.message_size_max_bytes => {
+                fail(&mut built, format!("message of {} bytes is over the limit", body.len()));
+            }
+            Ok(body) => {
+                let mut message = new_message(body);
+                message.recipients.push(new_recipient);
+                built.messages.push(message);
+                built.accepted.push(vec![index]);
+            }
+            Err(why) => fail(&mut built, why),
+        }
+    }
+    if let Some((message, indexes)) = shared {
+        built.messages.push(message);
+        built.accepted.push(indexes);
+    }
+    Ok(built)
+}
+
+enum Content {
+    Raw(String),
+    Builder(Box<Builder>),
+}
+
+/// The request's templates, compiled once.
+struct Templates {
+    environment: minijinja::Environment<'static>,
+    /// Names of the fields that are templates; the others are used as they are.
+    names: Vec<String>,
+    plain: BTreeMap<String, String>,
+    templating: bool,
+    any: bool,
+}
+
+impl Templates {
+    fn new(templating: bool) -> Templates {
+        let mut environment = minijinja::Environment::new();
+        // Mail is not HTML-escaped by default; `|e` does it where wanted.
+        environment.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        environment.set_keep_trailing_newline(true);
+        Templates { environment, names: Vec::new(), plain: BTreeMap::new(), templating, any: false }
+    }
+
+    fn add(&mut self, name: &str, text: &str) -> Result<(), BadRequest> {
+        let is_template = self.templating && ["{{", "{%", "{#"].iter().any(|marker| text.contains(marker));
+        if !is_template {
+            self.plain.insert(name.to_string(), text.to_string());
+            return Ok(());
+        }
+        self.environment
+            .add_template_owned(name.to_string(), text.to_string())
+            .map_err(|error| BadRequest(format!("{}: template error: {error}", field_of(name))))?;
+        self.names.push(name.to_string());
+        self.any = true;
+        Ok(())
+    }
+
+    /// Every field, rendered with `context` where it is a template.
+    fn render(&self, context: &Value) -> Result<BTreeMap<String, String>, String> {
+        let mut out = self.plain.clone();
+        for name in &self.names {
+            let template = self.environment.get_template(name).map_err(|e| e.to_string())?;
+            let text = template.render(context).map_err(|error| format!("{}: {error}", field_of(name)))?;
+            out.insert(name.clone(), text);
+        }
+        Ok(out)
+    }
+}
+
+fn field_of(name: &str) -> String {
+    match name.strip_prefix("header:") {
+        Some(header) => format!("content.headers.{header}"),
+        None if name == "content" => "content".into(),
+        None => format!("content.{name}"),
+    }
+}
+
+/// Metadata as stored: strings as they are, other JSON values in JSON.
+fn metadata(map: &Map<String, Value>) -> Metadata {
+    map.iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// A raw message with CRLF line ends and a `Message-ID:` when it has none.
+fn raw_message(raw: &str, host: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 64);
+    if !super::has_header(raw.as_bytes(), b"message-id") {
+        out.extend_from_slice(format!("Message-ID: <{}@{host}>\r\n", unique()).as_bytes());
+    }
+    crlf_into(raw, &mut out);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn crlf_into(text: &str, out: &mut Vec<u8>) {
+    let mut previous = 0u8;
+    for &byte in text.as_bytes() {
+        if byte == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(byte);
+        previous = byte;
+    }
+}
+
+fn unique() -> String {
+    format!("{}.{:016x}", crate::log::now_ms(), fastrand::u64(..))
+}
+
+/// The builder's message for one recipient.
+fn compose(
+    builder: &Builder,
+    recipient: &Recipient,
+    rendered: &BTreeMap<String, String>,
+    host: &str,
+) -> Result<Vec<u8>, String> {
+    let mut head = String::with_capacity(512);
+    let mut field = |name: &str, value: &str| -> Result<(), String> {
+        if value.contains(['\r', '\n']) {
+            return Err(format!("header {name}: a line break in its value"));
+        }
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(&encode_unstructured(value, name.len() + 2));
+        head.push_str("\r\n");
+        Ok(())
+    };
+    if let Some(from) = &builder.from {
+        field("From", &mailbox(&from.email, from.name.as_deref()))?;
+    }
+    if let Some(reply_to) = &builder.reply_to {
+        field("Reply-To", &mailbox(&reply_to.email, reply_to.name.as_deref()))?;
+    }
+    field("To", &mailbox(&recipient.email, recipient.name.as_deref()))?;
+    if let Some(subject) = rendered.get("subject") {
+        field("Subject", subject)?;
+    }
+    field("Date", &super::rfc5322_date(crate::log::now_ms() / 1000))?;
+    let custom = |wanted: &str| builder.headers.keys().any(|name| name.eq_ignore_ascii_case(wanted));
+    if !custom("Message-ID") {
+        field("Message-ID", &format!("<{}@{host}>", unique()))?;
+    }
+    for name in builder.headers.keys() {
+        let value = rendered.get(&format!("header:{name}")).map(String::as_str).unwrap_or_default();
+        field(name, value)?;
+    }
+    head.push_str("MIME-Version: 1.0\r\n");
+    let parts: Vec<(&str, &String)> = [
+        ("text/plain", rendered.get("text_body")),
+        ("text/x-amp-html", rendered.get("amp_html_body")),
+        ("text/html", rendered.get("html_body")),
+    ]
+    .into_iter()
+    .filter_map(|(kind, text)| text.map(|text| (kind, text)))
+    .collect();
+    let mut out = head.into_bytes();
+    match parts.as_slice() {
+        [] => out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n\r\n"),
+        [(kind, text)] => part(&mut out, kind, text),
+        parts => {
+            let boundary = format!("=_ringmail_{:016x}", fastrand::u64(..));
+            out.extend_from_slice(
+                format!("Content-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n").as_bytes(),
+            );
+            for (kind, text) in parts {
+                out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+                part(&mut out, kind, text);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// One body part: its header and its text, 7bit when it can be, quoted-printable
+/// otherwise (non-ASCII, or lines over 998 octets).
+fn part(out: &mut Vec<u8>, kind: &str, text: &str) {
+    let seven_bit = text.is_ascii() && text.lines().all(|line| line.len() <= 998);
+    let encoding = if seven_bit { "7bit" } else { "quoted-printable" };
+    out.extend_from_slice(
+        format!("Content-Type: {kind}; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n").as_bytes(),
+    );
+    if seven_bit {
+        crlf_into(text, out);
+    } else {
+        quoted_printable_into(text, out);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// RFC 2045 §6.7 quoted-printable, lines at most 76 characters, CRLF line ends.
+fn quoted_printable_into(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for (number, line) in text.split('\n').enumerate() {
+        if number > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
+        let mut width = 0;
+        for (position, &byte) in line.iter().enumerate() {
+            let last = position + 1 == line.len();
+            let literal = (byte == b' ' || byte == b'\t') && !last || (33..=126).contains(&byte) && byte != b'=';
+            let size = if literal { 1 } else { 3 };
+            if width + size > 75 {
+                out.extend_from_slice(b"=\r\n");
+                width = 0;
+            }
+            if literal {
+                out.push(byte);
+            } else {
+                out.extend_from_slice(&[b'=', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]]);
+            }
+            width += size;
+        }
+    }
+}
+
+/// `Name <email>`, the name quoted or encoded as needed; `email` alone without one.
+fn mailbox(email: &str, name: Option<&str>) -> String {
+    match name.filter(|name| !name.is_empty()) {
+        None => email.to_string(),
+        Some(name) if !name.is_ascii() => format!("{} <{email}>", encoded_words(name)),
+        Some(name) if name.bytes().all(|b| b.is_ascii_alphanumeric() || b" !#$%&'*+-/=?^_`{|}~".contains(&b)) => {
+            format!("{name} <{email}>")
+        }
+        Some(name) => format!("\"{}\" <{email}>", name.replace('\\', "\\\\").replace('"', "\\\"")),
+    }
+}
+
+/// An unstructured header value: as it is when ASCII (folded at spaces when long),
+/// else RFC 2047 encoded words. Mailboxes already encoded pass through.
+fn encode_unstructured(value: &str, used: usize) -> String {
+    if !value.is_ascii() {
+        return encoded_words(value);
+    }
+    if used + value.len() <= 78 {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    let mut width = used;
+    for (index, word) in value.split(' ').enumerate() {
+        if index > 0 {
+            if width + 1 + word.len() > 78 && width > 1 {
+                out.push_str("\r\n");
+                width = 0;
+            }
+            out.push(' ');
+            width += 1;
+        }
+        out.push_str(word);
+        width += word.len();
+    }
+    out
+}
+
+/// RFC 2047 B-encoded words of at most 75 characters, never splitting a character.
+fn encoded_words(text: &str) -> String {
+    use base64::Engine;
+    const CHUNK: usize = 45; // 45 octets → 60 base64 characters + 12 of "=?utf-8?B??="
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + CHUNK).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let chunk = &text.as_bytes()[start..end];
+        words.push(format!("=?utf-8?B?{}?=", base64::engine::general_purpose::STANDARD.encode(chunk)));
+        start = end;
+    }
+    words.join("\r\n ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> InjectRequest {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn text(message: &NewMessage) -> String {
+        String::from_utf8(message.body.clone()).unwrap()
+    }
+
+    #[test]
+    fn raw_content_without_templates_is_one_message_for_all_recipients() {
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": "Subject: hi\n\nhello\n",
+                "recipients": [{"email": "x@d.test"}, {"email": "no-at-sign"}, {"email": "y@d.test"}],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(built.messages.len(), 1);
+        assert_eq!(built.messages[0].recipients.len(), 2);
+        assert_eq!(built.accepted, vec![vec![0, 2]]);
+        assert_eq!(built.failed_recipients, vec!["no-at-sign".to_string()]);
+        let body = text(&built.messages[0]);
+        assert!(body.starts_with("Message-ID: <"), "{body}");
+        assert!(body.ends_with("Subject: hi\r\n\r\nhello\r\n"), "{body:?}");
+    }
+
+    #[test]
+    fn each_recipient_gets_its_own_substitutions() {
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": "Subject: {{ greeting }} {{ name }}\r\n\r\nCode {{ code }}\r\n",
+                "substitutions": {"greeting": "Hello", "code": "global"},
+                "recipients": [
+                    {"email": "x@d.test", "substitutions": {"name": "Ann", "code": 1}},
+                    {"email": "y@d.test", "substitutions": {"name": "Bob"}},
+                ],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(built.messages.len(), 2);
+        assert!(text(&built.messages[0]).contains("Subject: Hello Ann\r\n\r\nCode 1\r\n"));
+        assert!(text(&built.messages[1]).contains("Subject: Hello Bob\r\n\r\nCode global\r\n"));
+    }
+
+    #[test]
+    fn the_builder_writes_a_mime_message() {
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": {
+                    "from": {"email": "news@s.test", "name": "News Desk"},
+                    "reply_to": {"email": "help@s.test"},
+                    "subject": "Grüße {{ first }}",
+                    "text_body": "Hi {{ first }}",
+                    "html_body": "<p>Hi {{ first }}</p>",
+                    "headers": {"X-Campaign": "c-{{ first }}"},
+                },
+                "recipients": [{"email": "x@d.test", "name": "Ann Example", "substitutions": {"first": "Ann"}}],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        let body = text(&built.messages[0]);
+        assert!(body.contains("From: News Desk <news@s.test>\r\n"), "{body}");
+        assert!(body.contains("Reply-To: help@s.test\r\n"), "{body}");
+        assert!(body.contains("To: Ann Example <x@d.test>\r\n"), "{body}");
+        assert!(body.contains("Subject: =?utf-8?B?"), "{body}");
+        assert!(body.contains("X-Campaign: c-Ann\r\n"), "{body}");
+        assert!(body.contains("multipart/alternative"), "{body}");
+        assert!(body.contains("\r\n\r\nHi Ann\r\n"), "{body}");
+        assert!(body.contains("<p>Hi Ann</p>"), "{body}");
+    }
+
+    #[test]
+    fn a_substitution_that_breaks_a_header_fails_that_recipient_alone() {
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": {"subject": "{{ s }}", "text_body": "x"},
+                "recipients": [
+                    {"email": "x@d.test", "substitutions": {"s": "fine"}},
+                    {"email": "y@d.test", "substitutions": {"s": "evil\r\nBcc: z@e.test"}},
+                ],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(built.messages.len(), 1);
+        assert_eq!(built.failed_recipients, vec!["y@d.test".to_string()]);
+        assert!(built.errors[0].contains("line break"), "{:?}", built.errors);
+    }
+
+    #[test]
+    fn whole_request_problems_are_bad_requests() {
+        let limits = Limits::default();
+        let attempt = |json| build(request(json), &limits, "h").map(|_| ()).unwrap_err().0;
+        let why = attempt(serde_json::json!({"envelope_sender": "a@s.test", "content": "x", "recipients": []}));
+        assert!(why.contains("recipients"), "{why}");
+        let why = attempt(serde_json::json!({
+            "envelope_sender": "a@s.test", "content": "{{ unclosed", "recipients": [{"email": "x@d.test"}]
+        }));
+        assert!(why.contains("template error"), "{why}");
+        let why = attempt(serde_json::json!({
+            "envelope_sender": "a@s.test", "content": {"attachments": [{}]}, "recipients": [{"email": "x@d.test"}]
+        }));
+        assert!(why.contains("attachments"), "{why}");
+        let why = attempt(serde_json::json!({
+            "envelope_sender": "a@s.test", "content": 5, "recipients": [{"email": "x@d.test"}]
+        }));
+        assert!(why.contains("content"), "{why}");
+    }
+
+    #[test]
+    fn quoted_printable_keeps_lines_short_and_encodes_what_it_must() {
+        let mut out = Vec::new();
+        quoted_printable_into(&format!("é = {} end \n", "a".repeat(100)), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("=C3=A9 =3D aaa"), "{text}");
+        assert!(text.split("\r\n").all(|line| line.len() <= 76), "{text}");
+        assert!(text.contains("end=20"), "a trailing space is encoded: {text}");
+    }
+
+    #[test]
+    fn names_are_quoted_or_encoded() {
+        assert_eq!(mailbox("a@b.test", Some("Ann")), "Ann <a@b.test>");
+        assert_eq!(mailbox("a@b.test", Some("Doe, Ann")), "\"Doe, Ann\" <a@b.test>");
+        assert!(mailbox("a@b.test", Some("Zoë")).starts_with("=?utf-8?B?"));
+        assert_eq!(mailbox("a@b.test", None), "a@b.test");
+    }
+}
