@@ -9,9 +9,10 @@
 #                 (installed "No configuration": no mail service is started)
 #   swaks         a real SMTP client in interop tests (with its TLS modules)
 #   dnsmasq-base  a local DNS server for tests (not the dnsmasq service)
+#   curl          a real HTTP client for the inject API tests
 set -euo pipefail
 
-packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base)
+packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base curl)
 
 missing=()
 for package in "${packages[@]}"; do

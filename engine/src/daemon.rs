@@ -131,6 +131,7 @@ impl Engine {
                 default_ehlo: Arc::from(config.delivery.ehlo_name.as_str()),
                 recipients_per_transaction: config.delivery.recipients_per_transaction_max,
                 in_flight_max: config.delivery.in_flight_max,
+                hold: config.delivery.hold,
                 metrics,
                 stop,
             };

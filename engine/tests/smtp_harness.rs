@@ -154,9 +154,10 @@ impl Run {
                 ServerEvent::Closed => {
                     continue;
                 }
-                ServerEvent::Mail { .. } | ServerEvent::Recipient { .. } | ServerEvent::Authenticate { .. } => {
-                    Verdict::Accept
-                }
+                ServerEvent::Mail { .. }
+                | ServerEvent::Recipient { .. }
+                | ServerEvent::Authenticate { .. }
+                | ServerEvent::Data => Verdict::Accept,
             };
             self.server.handle_verdict(verdict, self.now);
         }

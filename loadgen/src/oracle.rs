@@ -84,6 +84,7 @@ mod tests {
         Accepted {
             message_id: Some("<m@t>".into()),
             subject: None,
+            body_bytes: 0,
             recipient: recipient.into(),
             client: "127.0.0.2".parse().unwrap(),
             tls: false,

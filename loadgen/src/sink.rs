@@ -27,6 +27,8 @@ pub struct Accepted {
     pub message_id: Option<String>,
     /// Its `Subject` header, if it has one (shows per-recipient substitutions).
     pub subject: Option<String>,
+    /// Octets of the body (after the header block): shows a message arrived whole.
+    pub body_bytes: usize,
     pub recipient: String,
     pub client: IpAddr,
     pub tls: bool,
@@ -286,6 +288,8 @@ impl Behaviour {
         }
         let message_id = header(&message.data, "message-id");
         let subject = header(&message.data, "subject");
+        let body_bytes =
+            message.data.windows(4).position(|w| w == b"\r\n\r\n").map(|at| message.data.len() - at - 4).unwrap_or(0);
         let at = SystemTime::now();
         let mut state = self.state();
         for recipient in message.recipients {
@@ -293,6 +297,7 @@ impl Behaviour {
             state.accepted.push(Accepted {
                 message_id: message_id.clone(),
                 subject: subject.clone(),
+                body_bytes,
                 recipient,
                 client: self.client,
                 tls: message.tls,

@@ -1,7 +1,8 @@
 //! ringmail's SMTP listener with real clients: `swaks` from a relay network is
 //! queued (250 only once synced) and delivered to loadgen's sink; `swaks` from an
 //! address outside the relay networks gets `550 5.7.1` and nothing is queued;
-//! Postfix's `smtp-source` with several sessions: every message stored and delivered.
+//! Postfix's `smtp-source` with 20 pipelining sessions: every message stored and
+//! delivered whole. With AUTH: STARTTLS + AUTH relays, submission ports need AUTH.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -44,14 +45,14 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
     assert!(!ok && transcript.contains("550 5.7.1 Relaying denied"), "not an open relay: {transcript}");
 
     let status = Command::new("/usr/sbin/smtp-source")
-        .args(["-s", "5", "-m", "200", "-l", "4096", "-d", "-f", "bulk@sender.test", "-t", "bulk@fast.test"])
+        .args(["-s", "20", "-m", "1000", "-l", "4096", "-d", "-f", "bulk@sender.test", "-t", "bulk@fast.test"])
         .arg(&listen)
         .status()
         .expect("smtp-source (Debian package postfix)");
     assert!(status.success());
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fleet.state().accepted.len() < 201 && Instant::now() < deadline {
+    while fleet.state().accepted.len() < 1001 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     while engine.store.counts().total() > 0 && Instant::now() < deadline {
@@ -59,11 +60,13 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
     }
     engine.shutdown();
     let state = fleet.state();
-    assert_eq!(state.accepted.len(), 201, "the swaks message and smtp-source's 200, each delivered once");
+    assert_eq!(state.accepted.len(), 1001, "the swaks message and smtp-source's 1000, each delivered once");
+    let bulk: Vec<_> = state.accepted.iter().filter(|a| a.recipient == "bulk@fast.test").collect();
+    assert!(bulk.iter().all(|a| a.body_bytes == bulk[0].body_bytes && a.body_bytes >= 4096), "bodies intact");
     assert!(state.accepted.iter().all(|a| a.recipient != "stranger@fast.test"));
     assert!(state.accepted.iter().all(|a| a.message_id.is_some()), "every message has a Message-ID");
     let records = log_records(dir.path());
-    assert_eq!(records.iter().filter(|r| r["type"] == "Reception").count(), 201);
+    assert_eq!(records.iter().filter(|r| r["type"] == "Reception").count(), 1001);
     assert!(records
         .iter()
         .filter(|r| r["type"] == "Reception")
@@ -87,8 +90,9 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     std::fs::write(dir.path().join("users"), format!("# name:argon2\nalice:{hash}\n")).unwrap();
     let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let listen_tls = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let submission = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let rest = format!(
-        "[smtp]\nlisten = [\"{listen}\"]\nlisten_tls = [\"{listen_tls}\"]\nrelay_networks = []\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
+        "[smtp]\nlisten = [\"{listen}\"]\nlisten_tls = [\"{listen_tls}\"]\nlisten_submission = [\"{submission}\"]\nthreads = 2\nrelay_networks = [\"127.0.0.10/32\"]\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
         users = dir.path().join("users").display(),
         cert = dir.path().join("cert.pem").display(),
         key = dir.path().join("key.pem").display(),
@@ -116,9 +120,16 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     let (ok, transcript) =
         swaks_at(&listen_tls, &[&["--tls-on-connect"][..], &auth[..]].concat(), "implicit@fast.test");
     assert!(ok && transcript.contains("queued as"), "implicit TLS (port 465 style): {transcript}");
+    let (ok, transcript) = swaks_at(&submission, &[&["--tls"][..], &auth[..]].concat(), "submitted@fast.test");
+    assert!(ok && transcript.contains("queued as"), "submission with STARTTLS + AUTH: {transcript}");
+    let relay_client = ["--tls", "--local-interface", "127.0.0.10"];
+    let (ok, transcript) = swaks_at(&submission, &relay_client, "unauthenticated@fast.test");
+    assert!(!ok && transcript.contains("530 5.7.0"), "submission needs AUTH, relay network or not: {transcript}");
+    let (ok, transcript) = swaks_at(&listen, &["--local-interface", "127.0.0.10"], "relay-network@fast.test");
+    assert!(ok && transcript.contains("queued as"), "a relay network's client on the relay port: {transcript}");
 
     let deadline = Instant::now() + Duration::from_secs(20);
-    while fleet.state().accepted.len() < 2 && Instant::now() < deadline {
+    while fleet.state().accepted.len() < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -127,7 +138,7 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     recipients.sort();
     assert_eq!(
         recipients,
-        ["authenticated@fast.test", "implicit@fast.test"],
+        ["authenticated@fast.test", "implicit@fast.test", "relay-network@fast.test", "submitted@fast.test"],
         "only authenticated messages were queued"
     );
 }

@@ -274,6 +274,10 @@ pub struct DeliverySection {
     /// Delivery threads; 0: one per core.
     #[serde(default)]
     pub shards: usize,
+    /// Queue everything and deliver nothing (Postfix's hold queue): for maintenance,
+    /// a node that only takes mail in, and ingest benchmarks.
+    #[serde(default)]
+    pub hold: bool,
     /// The port MX hosts are reached on (25; test fleets use another).
     #[serde(default = "default_smtp_port")]
     pub smtp_port: u16,
@@ -343,6 +347,7 @@ impl Default for DeliverySection {
     fn default() -> Self {
         DeliverySection {
             shards: 0,
+            hold: false,
             smtp_port: default_smtp_port(),
             allowlist: None,
             ehlo_name: default_ehlo(),

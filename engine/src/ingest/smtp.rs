@@ -347,6 +347,11 @@ impl ServerHandler for Handler {
                     Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
                 }
             }
+            ServerEvent::Data if self.ingest.shedding.reason().is_some() => {
+                Metrics::count(&self.ingest.metrics.rejected_requests, 1);
+                Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
+            }
+            ServerEvent::Data => Verdict::Accept,
             ServerEvent::Message(message) => self.store(message, tls).await,
             ServerEvent::StartTls | ServerEvent::Closed => Verdict::Accept,
         }

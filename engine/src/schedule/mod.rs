@@ -34,6 +34,8 @@ pub struct Scheduler {
     pub default_ehlo: Arc<str>,
     pub recipients_per_transaction: usize,
     pub in_flight_max: usize,
+    /// Queue everything, deliver nothing (`delivery.hold`).
+    pub hold: bool,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
 }
@@ -57,6 +59,10 @@ impl Scheduler {
                 while tasks.try_join_next().is_some() {}
                 let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
                 let room = this.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
+                if this.hold {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 if room == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;

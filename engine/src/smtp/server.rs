@@ -86,6 +86,9 @@ pub enum ServerEvent {
     Mail { from: String },
     /// RCPT TO: accept or refuse (relay control, unknown user ...). Answer with a verdict.
     Recipient { to: String },
+    /// DATA, with at least one recipient accepted: go ahead (354) or refuse before
+    /// the client sends the message (e.g. load shedding). Answer with a verdict.
+    Data,
     /// AUTH: check the credentials. Answer with a verdict.
     Authenticate { identity: String, password: String },
     /// Start the TLS handshake now, then call `handle_tls_established`.
@@ -114,6 +117,7 @@ enum Waiting {
     Mail { from: String, parameters: MailParameters },
     Recipient { to: String },
     Authenticate { identity: String },
+    Data,
     Message,
     Tls,
 }
@@ -305,6 +309,15 @@ impl ServerSession {
                     }
                 }
             }
+            Waiting::Data if accepted => {
+                self.send(positive(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")));
+                // The unstuffer stops storing past the limit (plus room for line ends).
+                self.mode = Mode::Data(Unstuffer::new(self.config.size_max as usize));
+            }
+            Waiting::Data => {
+                self.send(positive(reply(451, (4, 3, 0), "Try again later")));
+                self.reset_transaction();
+            }
             Waiting::Message => {
                 self.send(positive(reply(250, (2, 0, 0), "Ok")));
                 self.reset_transaction();
@@ -487,10 +500,9 @@ impl ServerSession {
         if self.recipients.is_empty() {
             return self.send(reply(554, (5, 5, 1), "No valid recipients"));
         }
-        self.send(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
-        // The unstuffer stops storing past the limit (plus room for line ends).
-        self.mode = Mode::Data(Unstuffer::new(self.config.size_max as usize));
-        self.deadline = now + self.config.timeout_data;
+        self.events.push_back(ServerEvent::Data);
+        self.waiting = Some(Waiting::Data);
+        self.deadline = now + self.config.timeout_command;
     }
 
     fn data_done(&mut self, problem: Option<DataProblem>) {
@@ -621,7 +633,10 @@ mod tests {
     fn codes(session: &mut ServerSession, input: &str, now: Instant) -> Vec<u16> {
         session.handle_input(input.as_bytes(), now);
         while let Some(event) = session.poll_event() {
-            if matches!(event, ServerEvent::Mail { .. } | ServerEvent::Recipient { .. } | ServerEvent::Message(_)) {
+            if matches!(
+                event,
+                ServerEvent::Mail { .. } | ServerEvent::Recipient { .. } | ServerEvent::Data | ServerEvent::Message(_)
+            ) {
                 session.handle_verdict(Verdict::Accept, now);
             }
         }
@@ -652,6 +667,8 @@ mod tests {
         server.handle_input(b"RCPT TO:<x@y.test>\r\nDATA\r\n", now);
         server.poll_event();
         server.handle_verdict(Verdict::Accept, now);
+        assert_eq!(server.poll_event(), Some(ServerEvent::Data));
+        server.handle_verdict(Verdict::Accept, now);
         server.handle_input(b".a\r\nb\r\n.\r\nQUIT\r\n", now);
         let Some(ServerEvent::Message(message)) = server.poll_event() else { panic!("no message") };
         assert_eq!(message.data, b"a\r\nb\r\n");
@@ -664,6 +681,20 @@ mod tests {
         server.poll_transmit(&mut out);
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("250 2.0.0 Ok: queued as 42\r\n221"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_data_ends_the_transaction_before_the_message_is_sent() {
+        let (mut server, now) = session(|_| {});
+        codes(&mut server, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\n", now);
+        server.handle_input(b"DATA\r\n", now);
+        assert_eq!(server.poll_event(), Some(ServerEvent::Data));
+        let busy = Reply::new(451, Some(EnhancedCode::new(4, 3, 0)), "Mail system busy");
+        server.handle_verdict(Verdict::Reject(busy), now);
+        let mut out = Vec::new();
+        server.poll_transmit(&mut out);
+        assert!(String::from_utf8_lossy(&out).ends_with("451 4.3.0 Mail system busy\r\n"));
+        assert_eq!(codes(&mut server, "RCPT TO:<x@y.test>\r\n", now), vec![503], "the transaction is gone");
     }
 
     #[test]
