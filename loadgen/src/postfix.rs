@@ -34,6 +34,9 @@ pub struct PostfixConfig {
     pub sender_domain: String,
     /// First retry of a deferred message (Postfix's default is 300 s).
     pub backoff: Duration,
+    /// More main.cf lines (e.g. `smtpd_client_restrictions = static:HOLD` to measure
+    /// ingest into the hold queue).
+    pub extra_main_cf: String,
 }
 
 /// The transport map lines that route `scenario` to its sinks.
@@ -102,6 +105,32 @@ impl Postfix {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
+
+    /// Messages in its hold queue now.
+    pub fn held(&self) -> usize {
+        fn count(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        count(&path)
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        }
+        count(&self.dir.path().join("queue/hold"))
+    }
+
+    /// Removes everything from its queues (`postsuper -d ALL`).
+    pub fn purge(&self) -> std::io::Result<()> {
+        let config = self.dir.path().join("etc");
+        Command::new("postsuper").arg("-c").arg(config).args(["-d", "ALL"]).output().map(|_| ())
+    }
 }
 
 impl Drop for Postfix {
@@ -161,9 +190,11 @@ queue_run_delay = {backoff}s
 minimal_backoff_time = {backoff}s
 maximal_backoff_time = {max_backoff}s
 smtpd_client_connection_count_limit = 0
+{extra}
 ",
         sender = config.sender_domain,
         egress = config.egress,
         max_backoff = backoff * 2,
+        extra = config.extra_main_cf,
     )
 }

@@ -73,6 +73,7 @@ fn run_through_postfix(base: u8, extra: &str, deadline: &str, plot: Option<&std:
         egress: format!("127.0.0.{}", base + 3).parse().unwrap(),
         sender_domain: "loadgen.test".into(),
         backoff: Duration::from_secs(1),
+        extra_main_cf: String::new(),
     };
     let postfix = Postfix::start(&scenario, &config).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
