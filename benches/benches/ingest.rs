@@ -56,7 +56,11 @@ fn smtp_source(target: SocketAddr, sessions: usize, messages: usize) -> f64 {
 fn ceiling(sessions: usize, messages: usize) -> f64 {
     let port = std::net::TcpListener::bind("127.0.0.63:0").unwrap().local_addr().unwrap().port();
     let address: SocketAddr = format!("127.0.0.63:{port}").parse().unwrap();
-    let mut sink = Command::new("/usr/sbin/smtp-sink")
+    let mut sink = Command::new("/usr/sbin/smtp-sink");
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0 {
+        sink.args(["-u", "nobody"]); // required as root
+    }
+    let mut sink = sink
         .args(["-c", &address.to_string(), "1000"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -163,7 +167,17 @@ fn main() {
 
     // Side by side: the ceiling, ringmail, Postfix, ringmail, Postfix.
     let ceiling_20 = ceiling(20, messages);
+    let before = engine.store.metrics();
     let ringmail_20 = smtp_source(smtp, 20, messages);
+    let after = engine.store.metrics();
+    let syncs = after.syncs - before.syncs;
+    let sync_ms = (after.sync_nanos_total - before.sync_nanos_total) as f64 / syncs.max(1) as f64 / 1e6;
+    let group = (after.synced_messages - before.synced_messages) as f64 / syncs.max(1) as f64;
+    println!(
+        "ringmail, 20 sessions: {syncs} syncs of {sync_ms:.2} ms on average, {group:.1} messages each \
+         (one message in flight per session: at most 20 / sync time = {:.0}/s)",
+        20.0 / (sync_ms / 1000.0)
+    );
     let postfix_20 = postfix.as_ref().map(|p| smtp_source(p.address, 20, messages)).unwrap_or(0.0);
     let ringmail_100 = smtp_source(smtp, 100, messages);
     let postfix_100 = postfix.as_ref().map(|p| smtp_source(p.address, 100, messages)).unwrap_or(0.0);
@@ -196,6 +210,7 @@ fn main() {
             ("smtp_vs_postfix", format!("{ratio:.2}")),
             ("ceiling_msgs_s", format!("{ceiling_20:.0}")),
             ("smtp_vs_ceiling", format!("{:.2}", ringmail_20 / ceiling_20.max(1.0))),
+            ("sync_ms", format!("{sync_ms:.2}")),
             ("http_recipients_s", format!("{http_personal:.0}")),
             ("http_shared_recipients_s", format!("{http_shared:.0}")),
         ],

@@ -311,3 +311,78 @@ fn a_full_queue_sheds_load_on_both_doors_and_recovers() {
     assert_eq!(engine.store.counts().total(), 2);
     engine.shutdown();
 }
+
+#[test]
+fn memory_over_its_limit_sheds_load_on_both_doors() {
+    let (scenario, port) = fleet_for("127.0.0.96", "memory");
+    let dns = dns_for(&scenario);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let rest =
+        format!("[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = [\"127.0.0.1/32\"]\n[ingest]\nmemory_max_mb = 1\n");
+    // Any running engine is above 1 MiB resident.
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let body = serde_json::json!({
+        "envelope_sender": "a@sender.test", "content": "Subject: x\r\n\r\nx\r\n", "recipients": [{"email": "m@memory.test"}],
+    });
+    let mut response = agent.post(format!("http://{}/api/inject/v1", engine.http)).send_json(body).unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let answer = response.body_mut().read_to_string().unwrap();
+    assert!(answer.contains("memory") && answer.contains("above the limit of 1 MiB"), "{answer}");
+    let (_, greeting) = Raw::connect(&listen);
+    assert!(greeting.starts_with("421 4.3.2"), "{greeting}");
+    assert_eq!(engine.store.counts().total(), 0);
+    engine.shutdown();
+}
+
+/// A connection to `address` from the source address `ip`, and its greeting.
+fn connect_from(ip: &str, address: &str) -> (TcpStream, String) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&format!("{ip}:0").parse::<SocketAddr>().unwrap().into()).unwrap();
+    socket.connect(&address.parse::<SocketAddr>().unwrap().into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greeting = String::new();
+    BufReader::new(stream.try_clone().unwrap()).read_line(&mut greeting).unwrap();
+    (stream, greeting)
+}
+
+#[test]
+fn connections_are_limited_per_client_and_in_all_across_listener_threads() {
+    let (scenario, port) = fleet_for("127.0.0.97", "limits");
+    let dns = dns_for(&scenario);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let rest = format!(
+        "[smtp]\nlisten = [\"{listen}\"]\nthreads = 2\nconnections_max = 5\nconnections_per_ip_max = 3\nrelay_networks = []\n"
+    );
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (stream, greeting) = connect_from("127.0.0.31", &listen);
+        assert!(greeting.starts_with("220"), "{greeting}");
+        open.push(stream);
+    }
+    let (_, greeting) = connect_from("127.0.0.31", &listen);
+    assert!(greeting.starts_with("421 4.7.0"), "a fourth from one client: {greeting}");
+    for _ in 0..2 {
+        let (stream, greeting) = connect_from("127.0.0.32", &listen);
+        assert!(greeting.starts_with("220"), "{greeting}");
+        open.push(stream);
+    }
+    let (_, greeting) = connect_from("127.0.0.33", &listen);
+    assert!(greeting.starts_with("421 4.7.0"), "a sixth in all: {greeting}");
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, greeting) = connect_from("127.0.0.33", &listen);
+        if greeting.starts_with("220") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "room again once the others left: {greeting}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    engine.shutdown();
+}
