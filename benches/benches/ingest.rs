@@ -1,8 +1,8 @@
 //! Ingest: how fast ringmail takes mail in, every message synced before it is
 //! acknowledged, with delivery held (`delivery.hold`) so that only ingest is measured.
 //!
-//! - SMTP: Postfix's `smtp-source` (4 KiB messages, one recipient, pipelining,
-//!   `-d`: many messages per session) with 20 and with 100 sessions, against
+//! - SMTP: Postfix's `smtp-source` (4 KiB messages, one recipient, `-d`: many
+//!   messages per session; smtp-source does not pipeline) with 20 and with 100 sessions, against
 //!   ringmail's listener and, side by side in the same run, against a private
 //!   Postfix that puts everything in its hold queue (its cleanup fsyncs each queue
 //!   file before the 250, as ringmail syncs before its own).

@@ -1,7 +1,7 @@
 //! ringmail's SMTP listener with real clients: `swaks` from a relay network is
 //! queued (250 only once synced) and delivered to loadgen's sink; `swaks` from an
 //! address outside the relay networks gets `550 5.7.1` and nothing is queued;
-//! Postfix's `smtp-source` with 20 pipelining sessions: every message stored and
+//! Postfix's `smtp-source` with 20 sessions: every message stored and
 //! delivered whole. With AUTH: STARTTLS + AUTH relays, submission ports need AUTH.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
