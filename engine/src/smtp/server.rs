@@ -698,6 +698,22 @@ mod tests {
     }
 
     #[test]
+    fn a_silent_client_is_closed_after_the_command_and_data_timeouts() {
+        let (mut server, now) = session(|c| {
+            c.timeout_command = Duration::from_secs(300);
+            c.timeout_data = Duration::from_secs(180);
+        });
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(300)));
+        codes(&mut server, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n", now);
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(180)), "the DATA timeout while data flows");
+        server.handle_timeout(now + Duration::from_secs(181));
+        let mut out = Vec::new();
+        server.poll_transmit(&mut out);
+        assert!(String::from_utf8_lossy(&out).contains("421 4.4.2"), "{}", String::from_utf8_lossy(&out));
+        assert!(server.is_closed());
+    }
+
+    #[test]
     fn limits_get_their_reply_codes() {
         let (mut server, now) = session(|c| {
             c.size_max = 10;
