@@ -35,6 +35,8 @@ pub struct Engine {
     /// Where the HTTP control plane listens (the port is known even when 0 was asked).
     pub http: SocketAddr,
     pub store: Arc<Store>,
+    /// Set by the admin API's `shutdown`: `serve` stops as on SIGTERM.
+    pub shutdown_requested: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -109,7 +111,16 @@ impl Engine {
             tracing::info!(threads = listeners.len(), "SMTP listener");
             threads.extend(listeners);
         }
-        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, shedding, receptions_tx)?;
+        let shutdown_requested = Arc::new(AtomicBool::new(false));
+        let admin = crate::admin::Admin {
+            store: Arc::clone(&store),
+            metrics: Arc::clone(&metrics),
+            shedding: Arc::clone(&shedding),
+            log: receptions_tx.clone(),
+            tokens: config.http.admin_tokens.clone(),
+            shutdown: Arc::clone(&shutdown_requested),
+        };
+        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, shedding, admin, receptions_tx)?;
         threads.push(http_thread);
 
         let scheduler_config = Arc::clone(&config);
@@ -140,7 +151,7 @@ impl Engine {
             }
         });
         threads.push(thread.map_err(|e| e.to_string())?);
-        Ok(Engine { http, store, metrics, stop, http_stop: Some(http_stop), threads })
+        Ok(Engine { http, store, shutdown_requested, metrics, stop, http_stop: Some(http_stop), threads })
     }
 
     /// Stops taking work, finishes or hands back what is in flight (bounded), and
@@ -183,6 +194,7 @@ fn start_http(
     store: &Arc<Store>,
     metrics: &Arc<Metrics>,
     shedding: Arc<Shedding>,
+    admin: crate::admin::Admin,
     receptions: crossbeam_channel::Sender<crate::log::Record>,
 ) -> Result<HttpParts, String> {
     let listen = config.http.listen;
@@ -200,7 +212,8 @@ fn start_http(
             hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
         },
         receptions,
-    );
+    )
+    .merge(crate::admin::router(admin));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = spawn("ringmail-http", move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -229,9 +242,15 @@ pub fn serve(config: Config) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        let requested = async {
+            while !engine.shutdown_requested.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
+            () = requested => {}
         }
     });
     tracing::info!("stopping: in-flight deliveries get up to 10 s, the rest stays queued");

@@ -5,15 +5,17 @@
 //! group recipients by destination site and egress address, and deliver over pooled
 //! TLS connections (see `../shared/DESIGN.md`).
 //!
-//! Parts: [`config`], the HTTP control plane ([`ingest`]), the [`schedule`]r and
-//! completer, delivery [`shard`]s on the io_uring loop ([`io`]), routes ([`dns`]),
-//! retry and bounce classification ([`policy`]), the delivery [`log`], [`metrics`],
-//! the sans-IO protocol ([`smtp`]), and the wiring ([`daemon`]). Not built yet: the
-//! SMTP listener, admin API, per-site overrides, rates and the demo (issues 5–7).
+//! Parts: [`config`], ingest (the HTTP inject API and the SMTP listener,
+//! [`ingest`]), the [`admin`] API behind `ringmail ctl` ([`ctl`]), the [`schedule`]r
+//! and completer, delivery [`shard`]s on the io_uring loop ([`io`]), routes
+//! ([`dns`]), retry and bounce classification ([`policy`]), the delivery [`log`],
+//! [`metrics`], the sans-IO protocol ([`smtp`]), and the wiring ([`daemon`]).
 
 pub use queue_store;
 
+pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod dns;
 pub mod ingest;

@@ -30,6 +30,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Operate a running daemon over its admin API (queue, suspend, bounce, backup ...).
+    Ctl(ringmail::ctl::Ctl),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
                 ringmail::ingest::smtp::hash_password(password).map(|hash| println!("{hash}"))
             })
         }
+        Command::Ctl(ctl) => ringmail::ctl::run(ctl),
         Command::CheckConfig { config } => {
             Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string())
         }

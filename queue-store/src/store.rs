@@ -168,6 +168,18 @@ impl Store {
         self.submit_control(|reply| ControlRequest::AdminBounce { selector, reason, reply })?.wait()
     }
 
+    /// A consistent copy of the queue in `path` (which must not exist yet), taken
+    /// while the store runs: everything acknowledged before the call is in it. A
+    /// RocksDB checkpoint: table files hard-linked when `path` is on the same file
+    /// system (copied otherwise), the write-ahead log copied. Open the copy as a
+    /// store (recovery rebuilds the indexes) to restore it.
+    pub fn checkpoint(&self, path: &std::path::Path) -> Result<(), StoreError> {
+        self.sync()?;
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(path)?;
+        Ok(())
+    }
+
     /// Writes and syncs every change submitted before it.
     pub fn sync(&self) -> Result<(), StoreError> {
         self.submit_control(|reply| ControlRequest::Sync { reply })?.wait()

@@ -104,6 +104,10 @@ pub struct HttpSection {
     /// when `listen` is not a loopback address; empty on loopback: no token needed.
     #[serde(default)]
     pub tokens: Vec<String>,
+    /// Bearer tokens for the admin API (`/admin/v1/`, `ringmail ctl`). Required when
+    /// `listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_tokens: Vec<String>,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -125,6 +129,7 @@ impl Default for HttpSection {
             body_max_bytes: default_http_body_max(),
             recipients_max: default_http_recipients_max(),
             tokens: Vec::new(),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -488,8 +493,16 @@ impl Config {
                 self.http.listen
             ));
         }
-        if self.http.tokens.iter().any(|token| token.len() < 16) {
-            return Err("http.tokens: each token must be at least 16 characters".into());
+        if !self.http.listen.ip().is_loopback() && self.http.admin_tokens.is_empty() {
+            return Err(format!(
+                "http.admin_tokens: required when http.listen ({}) is not a loopback address",
+                self.http.listen
+            ));
+        }
+        for (key, tokens) in [("http.tokens", &self.http.tokens), ("http.admin_tokens", &self.http.admin_tokens)] {
+            if tokens.iter().any(|token| token.len() < 16) {
+                return Err(format!("{key}: each token must be at least 16 characters"));
+            }
         }
         if self.smtp.threads > 256 {
             return Err("smtp.threads: at most 256".into());
@@ -587,7 +600,9 @@ mod tests {
         let error =
             Config::parse(&format!("{dns}[http]\nlisten = \"0.0.0.0:8025\"\n"), "r.toml").unwrap_err().to_string();
         assert!(error.contains("http.tokens: required"), "{error}");
-        let open = format!("{dns}[http]\nlisten = \"0.0.0.0:8025\"\ntokens = [\"0123456789abcdef\"]\n");
+        let open = format!(
+            "{dns}[http]\nlisten = \"0.0.0.0:8025\"\ntokens = [\"0123456789abcdef\"]\nadmin_tokens = [\"fedcba9876543210\"]\n"
+        );
         assert_eq!(Config::parse(&open, "r.toml").unwrap().http.tokens.len(), 1);
     }
 }

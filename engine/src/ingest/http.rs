@@ -82,10 +82,14 @@ fn busy(reason: String) -> Response {
     response
 }
 
-/// Whether the request carries one of the configured tokens (compared in constant
-/// time for equal lengths).
 fn authorized(settings: &HttpSettings, headers: &HeaderMap) -> bool {
-    if settings.tokens.is_empty() {
+    token_matches(&settings.tokens, headers)
+}
+
+/// Whether the request carries one of `tokens` as a bearer token (compared in
+/// constant time for equal lengths); true when there are no tokens.
+pub fn token_matches(tokens: &[String], headers: &HeaderMap) -> bool {
+    if tokens.is_empty() {
         return true;
     }
     let Some(given) = headers
@@ -95,7 +99,7 @@ fn authorized(settings: &HttpSettings, headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    settings.tokens.iter().any(|token| {
+    tokens.iter().any(|token| {
         token.len() == given.len() && token.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     })
 }

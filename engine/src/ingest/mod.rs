@@ -19,6 +19,8 @@ pub struct Shedding {
     memory_max: u64,
     rss: AtomicU64,
     sampled_ms: AtomicU64,
+    /// Intake stopped by the operator (`ringmail ctl drain`); delivery goes on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Resident memory is read from /proc at most this often.
@@ -26,11 +28,28 @@ const RSS_SAMPLE_MS: u64 = 100;
 
 impl Shedding {
     pub fn new(store: Arc<Store>, memory_max_bytes: u64) -> Shedding {
-        Shedding { store, memory_max: memory_max_bytes, rss: AtomicU64::new(0), sampled_ms: AtomicU64::new(0) }
+        Shedding {
+            store,
+            memory_max: memory_max_bytes,
+            rss: AtomicU64::new(0),
+            sampled_ms: AtomicU64::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// `None` when mail can be taken; else the reason, for the log and the client.
     pub fn reason(&self) -> Option<String> {
+        if self.is_draining() {
+            return Some("draining: not taking new mail (ringmail ctl drain --off to resume)".into());
+        }
         match self.store.health() {
             Health::Healthy => {}
             other => return Some(format!("queue store unhealthy ({other:?})")),

@@ -1,0 +1,425 @@
+//! The admin API, on the HTTP control plane under `/admin/v1/`: what `ringmail ctl`
+//! talks to. Bearer tokens from `http.admin_tokens` (required when `http.listen`
+//! is not loopback). Every answer is JSON; every refusal has an `error`.
+//!
+//! - `GET  summary?top=N`: totals by state, messages, oldest age, the N largest
+//!   domains, suspensions, whether intake is drained;
+//! - `GET  domains/{domain}/recipients?limit=N`, `GET messages/{id}`;
+//! - `POST suspend {domain, duration_seconds?}`, `POST resume {domain}`,
+//!   `GET suspensions`;
+//! - `POST bounce {domain | message, reason, dry_run?}`: administrative bounce,
+//!   logged as `AdminBounce` (in-flight recipients when their attempt comes back);
+//! - `POST checkpoint {path}`: a consistent copy of the queue while running (backup);
+//! - `POST drain {on}`: stop (or restart) taking mail in, keep delivering;
+//!   `POST shutdown`: a graceful stop, as SIGTERM.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use queue_store::{AdminReport, MessageId, RecipientRecord, Selector, Store, TerminalRecord};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ingest::Shedding;
+use crate::log::{Record, Response as LogResponse};
+use crate::metrics::Metrics;
+
+/// What the admin API acts on.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub shedding: Arc<Shedding>,
+    /// The delivery log (written by the completer): `AdminBounce` records.
+    pub log: crossbeam_channel::Sender<Record>,
+    pub tokens: Vec<String>,
+    /// Set by `POST shutdown`; `ringmail serve` watches it.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// The admin routes, to merge into the control plane's router.
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/admin/v1/summary", get(summary))
+        .route("/admin/v1/domains/{domain}/recipients", get(domain_recipients))
+        .route("/admin/v1/messages/{id}", get(message))
+        .route("/admin/v1/suspend", post(suspend))
+        .route("/admin/v1/resume", post(resume))
+        .route("/admin/v1/suspensions", get(suspensions))
+        .route("/admin/v1/bounce", post(bounce))
+        .route("/admin/v1/checkpoint", post(checkpoint))
+        .route("/admin/v1/drain", post(drain))
+        .route("/admin/v1/shutdown", post(shutdown))
+        .with_state(Arc::new(admin))
+}
+
+type Api = State<Arc<Admin>>;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// `None` when the request may go on, else the 401.
+fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
+    if crate::ingest::http::token_matches(&admin.tokens, headers) {
+        return None;
+    }
+    let mut response = error(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required");
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+fn store_error(error: &queue_store::StoreError) -> Response {
+    let status = if error.is_temporary() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+    error_with(status, error)
+}
+
+fn error_with(status: StatusCode, problem: &impl std::fmt::Display) -> Response {
+    error(status, problem.to_string())
+}
+
+fn seconds_since(ms: u64) -> f64 {
+    crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0
+}
+
+#[derive(Debug, Deserialize)]
+struct Top {
+    #[serde(default = "default_top")]
+    top: usize,
+}
+
+fn default_top() -> usize {
+    20
+}
+
+async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let counts = admin.store.counts();
+    let domains: Vec<_> = admin
+        .store
+        .domain_counts()
+        .into_iter()
+        .take(query.top.min(10_000))
+        .map(|(domain, c)| {
+            json!({"domain": domain, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
+                   "suspended": c.suspended, "total": c.total()})
+        })
+        .collect();
+    let oldest = admin.store.oldest_message().map(|(id, ms)| json!({"id": id.to_string(), "age_s": seconds_since(ms)}));
+    Json(json!({
+        "totals": {"queued": counts.queued, "in_flight": counts.in_flight, "deferred": counts.deferred,
+                   "suspended": counts.suspended, "total": counts.total()},
+        "messages": admin.store.message_count(),
+        "oldest": oldest,
+        "domains": domains,
+        "suspensions": suspension_list(&admin.store),
+        "draining": admin.shedding.is_draining(),
+        "store_health": format!("{:?}", admin.store.health()),
+    }))
+    .into_response()
+}
+
+fn recipient_json(record: &RecipientRecord) -> serde_json::Value {
+    let now = crate::log::now_ms();
+    json!({
+        "recipient": record.address,
+        "state": format!("{:?}", record.state),
+        "attempts": record.attempts,
+        "next_attempt_in_s": record.due_ms.saturating_sub(now) as f64 / 1000.0,
+        "last_response": record.last_response,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+async fn domain_recipients(
+    State(admin): Api,
+    headers: HeaderMap,
+    Path(domain): Path<String>,
+    Query(query): Query<Limit>,
+) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    match admin.store.list_domain(&domain, None, query.limit) {
+        Ok(listed) => {
+            let recipients: Vec<_> = listed
+                .iter()
+                .map(|(key, record)| {
+                    let mut value = recipient_json(record);
+                    value["message"] = json!(key.message.to_string());
+                    value
+                })
+                .collect();
+            Json(json!({"domain": domain, "recipients": recipients})).into_response()
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn message(State(admin): Api, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let Ok(id) = MessageId::from_str(&id) else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id"));
+    };
+    match admin.store.message(id) {
+        Ok(Some(view)) => {
+            let envelope = &view.envelope;
+            Json(json!({
+                "id": id.to_string(),
+                "sender": envelope.sender,
+                "tenant": envelope.tenant,
+                "campaign": envelope.campaign,
+                "metadata": crate::log::meta(&envelope.metadata, &Vec::new()),
+                "age_s": seconds_since(envelope.created_ms),
+                "size": envelope.body_len,
+                "recipients": view.recipients.iter().map(|(_, r)| recipient_json(r)).collect::<Vec<_>>(),
+            }))
+            .into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id} in the queue")),
+        Err(e) => store_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendRequest {
+    domain: String,
+    #[serde(default)]
+    duration_seconds: Option<u64>,
+}
+
+fn report_json(report: &AdminReport) -> serde_json::Value {
+    json!({
+        "ended": report.terminal.len(),
+        "in_flight": report.in_flight,
+        "changed": report.changed,
+        "error": report.error.as_ref().map(ToString::to_string),
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
+}
+
+async fn suspend(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: SuspendRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let until = request.duration_seconds.map(|s| crate::log::now_ms() + s.saturating_mul(1000));
+    let store = Arc::clone(&admin.store);
+    let domain = request.domain.to_ascii_lowercase();
+    let result = tokio::task::spawn_blocking(move || store.suspend(&domain, until)).await;
+    match result {
+        Ok(Ok(report)) => {
+            Json(json!({"domain": request.domain, "until_ms": until, "report": report_json(&report)})).into_response()
+        }
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainRequest {
+    domain: String,
+}
+
+async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: DomainRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let store = Arc::clone(&admin.store);
+    let domain = request.domain.to_ascii_lowercase();
+    match tokio::task::spawn_blocking(move || store.resume(&domain)).await {
+        Ok(Ok(report)) => Json(json!({"domain": request.domain, "report": report_json(&report)})).into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+fn suspension_list(store: &Store) -> Vec<serde_json::Value> {
+    store
+        .suspensions()
+        .into_iter()
+        .map(|(domain, until)| {
+            let remaining = until.map(|ms| ms.saturating_sub(crate::log::now_ms()) as f64 / 1000.0);
+            json!({"domain": domain, "until_ms": until, "remaining_s": remaining})
+        })
+        .collect()
+}
+
+async fn suspensions(State(admin): Api, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    Json(json!({"suspensions": suspension_list(&admin.store)})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BounceRequest {
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    reason: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn bounce(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: BounceRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if request.reason.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "reason: say why (it goes into every AdminBounce record)");
+    }
+    let selector = match (&request.domain, &request.message) {
+        (Some(domain), None) => Selector::Domain(domain.to_ascii_lowercase()),
+        (None, Some(id)) => match MessageId::from_str(id) {
+            Ok(id) => Selector::Message(id),
+            Err(_) => return error(StatusCode::BAD_REQUEST, format!("message: {id:?} is not a message id")),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or message"),
+    };
+    if request.dry_run {
+        let count = match &selector {
+            Selector::Domain(domain) => {
+                admin.store.domain_counts().into_iter().find(|(d, _)| d == domain).map(|(_, c)| c.total()).unwrap_or(0)
+            }
+            Selector::Message(id) => match admin.store.message(*id) {
+                Ok(view) => view.map(|v| v.recipients.len() as u64).unwrap_or(0),
+                Err(e) => return store_error(&e),
+            },
+        };
+        return Json(json!({"dry_run": true, "would_bounce": count})).into_response();
+    }
+    let store = Arc::clone(&admin.store);
+    let reason = format!("administrative bounce: {}", request.reason);
+    let result = tokio::task::spawn_blocking(move || store.admin_bounce(selector, &reason)).await;
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return store_error(&e),
+        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    for terminal in &report.terminal {
+        log_admin_bounce(&admin, terminal);
+    }
+    Json(json!({"bounced": report.terminal.len(), "report": report_json(&report)})).into_response()
+}
+
+fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
+    let envelope = &terminal.envelope;
+    let record = Record {
+        kind: "AdminBounce",
+        id: terminal.key.message.to_string(),
+        sender: envelope.sender.clone(),
+        recipient: terminal.recipient.address.clone(),
+        site: None,
+        egress_source: None,
+        peer_address: None,
+        response: LogResponse::from_text(&terminal.response),
+        num_attempts: terminal.recipient.attempts,
+        timestamp: crate::log::now_ms() as f64 / 1000.0,
+        created: envelope.created_ms as f64 / 1000.0,
+        bounce_classification: Some("AdministrativeBounce"),
+        tls_protocol_version: None,
+        tls_cipher: None,
+        tenant: envelope.tenant.clone(),
+        campaign: envelope.campaign.clone(),
+        meta: crate::log::meta(&envelope.metadata, &terminal.recipient.metadata),
+    };
+    // The log channel is bounded: never wait; a dropped record is counted.
+    if admin.log.try_send(record).is_err() {
+        Metrics::count(&admin.metrics.log_records_dropped, 1);
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointRequest {
+    path: std::path::PathBuf,
+}
+
+async fn checkpoint(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: CheckpointRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if !request.path.is_absolute() {
+        return error(StatusCode::BAD_REQUEST, "path: must be absolute (the daemon's working directory is not yours)");
+    }
+    if request.path.exists() {
+        return error(StatusCode::CONFLICT, format!("path: {} exists already", request.path.display()));
+    }
+    let store = Arc::clone(&admin.store);
+    let path = request.path.clone();
+    match tokio::task::spawn_blocking(move || store.checkpoint(&path)).await {
+        Ok(Ok(())) => Json(json!({"path": request.path})).into_response(),
+        Ok(Err(e)) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    on: bool,
+}
+
+async fn drain(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: DrainRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    admin.shedding.set_draining(request.on);
+    tracing::info!(draining = request.on, "intake drain changed by the admin API");
+    Json(json!({"draining": request.on})).into_response()
+}
+
+async fn shutdown(State(admin): Api, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    admin.shutdown.store(true, Ordering::Relaxed);
+    tracing::info!("shutdown requested by the admin API");
+    (StatusCode::ACCEPTED, Json(json!({"stopping": true}))).into_response()
+}

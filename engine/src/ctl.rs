@@ -1,0 +1,413 @@
+//! `ringmail ctl`: the operator's command line over the admin API ([`crate::admin`]),
+//! in the manner of `postqueue`/`postsuper`, `kcli` and `pmta`. Tables for people,
+//! `--json` for scripts. The daemon is found at `--url` (or `RINGMAIL_URL`, default
+//! `http://127.0.0.1:8025`) with the token in `--token` (or `RINGMAIL_ADMIN_TOKEN`).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args, Debug)]
+pub struct Ctl {
+    /// The daemon's control plane.
+    #[arg(long, env = "RINGMAIL_URL", default_value = "http://127.0.0.1:8025")]
+    pub url: String,
+    /// An admin bearer token (http.admin_tokens).
+    #[arg(long, env = "RINGMAIL_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// The queue: summary, or one domain's recipients.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// One message: envelope and each recipient's state.
+    #[command(subcommand)]
+    Message(MessageCommand),
+    /// Hold a domain's mail (queued, and new arrivals) until resumed or for a while.
+    Suspend {
+        #[arg(long)]
+        domain: String,
+        /// How long (90s, 15m, 2h, 1d); none: until `resume`.
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// Release a suspended domain.
+    Resume {
+        #[arg(long)]
+        domain: String,
+    },
+    /// Suspended domains and when each suspension ends.
+    Suspensions,
+    /// Administrative bounce of a domain's or a message's recipients, logged as
+    /// AdminBounce.
+    Bounce {
+        #[arg(long, conflicts_with = "message", required_unless_present = "message")]
+        domain: Option<String>,
+        #[arg(long)]
+        message: Option<String>,
+        /// Why (it goes into every AdminBounce record).
+        #[arg(long)]
+        reason: String,
+        /// Only count what would be bounced.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A consistent copy of the queue, taken while running (a RocksDB checkpoint):
+    /// `--to` is a new directory on the daemon's machine.
+    Backup {
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+    /// Stop taking mail in (SMTP 421, HTTP 503) and keep delivering what is queued;
+    /// `--off` takes mail in again.
+    Drain {
+        #[arg(long)]
+        off: bool,
+    },
+    /// Stop the daemon gracefully (as SIGTERM).
+    Shutdown,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Totals by state, the oldest message, the largest domains.
+    Summary {
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// A domain's recipients: state, attempts, next attempt, last response.
+    List {
+        #[arg(long)]
+        domain: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessageCommand {
+    Show { id: String },
+}
+
+/// `90s`, `15m`, `2h`, `1d`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration (90s, 15m, 2h, 1d)"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+struct Client {
+    agent: ureq::Agent,
+    url: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}/admin/v1/{path}", self.url.trim_end_matches('/'));
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut request = self.agent.get(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call()
+            }
+            (_, body) => {
+                let mut request = self.agent.post(&url);
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.send_json(body.unwrap_or(json!({})))
+            }
+        };
+        let mut response = result.map_err(|e| format!("cannot reach the daemon at {}: {e}", self.url))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(|e| format!("reading the answer: {e}"))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "error": text }));
+        match status {
+            200..=299 => Ok(value),
+            401 => Err(format!(
+                "the daemon refused the admin token (401): {}; give --token or RINGMAIL_ADMIN_TOKEN",
+                value["error"].as_str().unwrap_or_default()
+            )),
+            404 if value.get("error").is_none() => Err(format!("{url}: not found (is this a ringmail daemon?)")),
+            _ => Err(format!("{status}: {}", value["error"].as_str().unwrap_or(&text))),
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "ringmail ctl")]
+struct Line {
+    #[command(flatten)]
+    ctl: Ctl,
+}
+
+/// `ringmail ctl`'s arguments (without the program name), parsed.
+pub fn parse(args: &[&str]) -> Result<Ctl, String> {
+    Line::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).map(|l| l.ctl).map_err(|e| e.to_string())
+}
+
+/// Runs one command, printing its table (or its JSON with `--json`); the error is
+/// the message to print.
+pub fn run(ctl: Ctl) -> Result<(), String> {
+    let json = ctl.json;
+    let (answer, table) = execute(ctl)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}
+
+/// Runs one command: the daemon's JSON answer and the table made of it.
+pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let client = Client { agent, url: ctl.url.clone(), token: ctl.token.clone() };
+    let (answer, table): (Value, fn(&Value) -> String) = match ctl.command {
+        CtlCommand::Queue(QueueCommand::Summary { top }) => {
+            (client.call("GET", &format!("summary?top={top}"), None)?, summary_table)
+        }
+        CtlCommand::Queue(QueueCommand::List { domain, limit }) => {
+            (client.call("GET", &format!("domains/{domain}/recipients?limit={limit}"), None)?, list_table)
+        }
+        CtlCommand::Message(MessageCommand::Show { id }) => {
+            (client.call("GET", &format!("messages/{id}"), None)?, message_table)
+        }
+        CtlCommand::Suspend { domain, duration } => {
+            let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
+            let body = json!({"domain": domain, "duration_seconds": seconds});
+            (client.call("POST", "suspend", Some(body))?, report_line)
+        }
+        CtlCommand::Resume { domain } => (client.call("POST", "resume", Some(json!({"domain": domain})))?, report_line),
+        CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
+        CtlCommand::Bounce { domain, message, reason, dry_run } => {
+            let body = json!({"domain": domain, "message": message, "reason": reason, "dry_run": dry_run});
+            (client.call("POST", "bounce", Some(body))?, bounce_line)
+        }
+        CtlCommand::Backup { to } => {
+            let to = if to.is_absolute() { to } else { std::env::current_dir().map_err(|e| e.to_string())?.join(to) };
+            (client.call("POST", "checkpoint", Some(json!({"path": to})))?, |v| {
+                format!("backup written to {}", v["path"].as_str().unwrap_or("?"))
+            })
+        }
+        CtlCommand::Drain { off } => (client.call("POST", "drain", Some(json!({"on": !off})))?, |v| {
+            if v["draining"].as_bool() == Some(true) {
+                "draining: new mail refused (SMTP 421, HTTP 503); queued mail is still delivered".into()
+            } else {
+                "taking mail in again".into()
+            }
+        }),
+        CtlCommand::Shutdown => (client.call("POST", "shutdown", None)?, |_| "the daemon is stopping".into()),
+    };
+    let text = table(&answer);
+    Ok((answer, text))
+}
+
+fn number(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.to_string(),
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn seconds(value: &Value) -> String {
+    match value.as_f64() {
+        None => "-".into(),
+        Some(s) if s < 120.0 => format!("{s:.0}s"),
+        Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        Some(s) if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        Some(s) => format!("{:.1}d", s / 86_400.0),
+    }
+}
+
+/// Left-aligned first column, right-aligned numbers, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, width))| if i == 0 { format!("{cell:<width$}") } else { format!("{cell:>width$}") })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|row| line(row.clone())));
+    out.join("\n")
+}
+
+fn summary_table(v: &Value) -> String {
+    let t = &v["totals"];
+    let mut out = format!(
+        "queued {}  in flight {}  deferred {}  suspended {}  total {}  messages {}\n",
+        number(&t["queued"]),
+        number(&t["in_flight"]),
+        number(&t["deferred"]),
+        number(&t["suspended"]),
+        number(&t["total"]),
+        number(&v["messages"])
+    );
+    if let Some(oldest) = v["oldest"].as_object() {
+        out.push_str(&format!("oldest message {} ({} old)\n", number(&oldest["id"]), seconds(&oldest["age_s"])));
+    }
+    if v["draining"].as_bool() == Some(true) {
+        out.push_str("intake DRAINING: new mail is refused\n");
+    }
+    out.push_str(&format!("store {}\n\n", number(&v["store_health"])));
+    let rows: Vec<Vec<String>> = v["domains"]
+        .as_array()
+        .map(|domains| {
+            domains
+                .iter()
+                .map(|d| {
+                    ["domain", "queued", "in_flight", "deferred", "suspended", "total"]
+                        .iter()
+                        .map(|k| number(&d[*k]))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push_str(&table(&["DOMAIN", "QUEUED", "IN FLIGHT", "DEFERRED", "SUSPENDED", "TOTAL"], &rows));
+    out
+}
+
+fn recipient_rows(recipients: &Value, with_message: bool) -> Vec<Vec<String>> {
+    recipients
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|r| {
+                    let mut row = Vec::new();
+                    if with_message {
+                        row.push(number(&r["message"]));
+                    }
+                    row.extend([
+                        number(&r["recipient"]),
+                        number(&r["state"]),
+                        number(&r["attempts"]),
+                        seconds(&r["next_attempt_in_s"]),
+                        r["last_response"].as_str().unwrap_or("-").chars().take(60).collect(),
+                    ]);
+                    row
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn list_table(v: &Value) -> String {
+    let rows = recipient_rows(&v["recipients"], true);
+    table(&["MESSAGE", "RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows)
+}
+
+fn message_table(v: &Value) -> String {
+    let mut out = format!(
+        "message {}\nsender {}\ntenant {}  campaign {}\nage {}  size {} bytes\n\n",
+        number(&v["id"]),
+        number(&v["sender"]),
+        number(&v["tenant"]),
+        number(&v["campaign"]),
+        seconds(&v["age_s"]),
+        number(&v["size"])
+    );
+    let rows = recipient_rows(&v["recipients"], false);
+    out.push_str(&table(&["RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows));
+    out
+}
+
+fn suspensions_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["suspensions"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| {
+                    let until =
+                        if s["remaining_s"].is_null() { "until resumed".into() } else { seconds(&s["remaining_s"]) };
+                    vec![number(&s["domain"]), until]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no suspensions".into();
+    }
+    table(&["DOMAIN", "REMAINING"], &rows)
+}
+
+fn report_line(v: &Value) -> String {
+    let report = &v["report"];
+    let mut line = format!("{}: {} recipients changed", number(&v["domain"]), number(&report["changed"]));
+    if let Some(error) = report["error"].as_str() {
+        line.push_str(&format!(" (stopped part-way: {error})"));
+    }
+    line
+}
+
+fn bounce_line(v: &Value) -> String {
+    if v["dry_run"].as_bool() == Some(true) {
+        return format!("dry run: {} recipients would be bounced", number(&v["would_bounce"]));
+    }
+    let report = &v["report"];
+    format!(
+        "bounced {} recipients now; {} in flight will be bounced when their attempt comes back",
+        number(&v["bounced"]),
+        number(&report["in_flight"])
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_operator_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("2w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn tables_align_their_columns() {
+        let text =
+            table(&["DOMAIN", "TOTAL"], &[vec!["a.test".into(), "5".into()], vec!["bb.test".into(), "12".into()]]);
+        assert_eq!(text, "DOMAIN   TOTAL\na.test       5\nbb.test     12");
+    }
+}

@@ -1,0 +1,191 @@
+//! `ringmail ctl` against a running engine with a queue to act on: the summary
+//! counts what was injected, suspend holds a domain and resume releases it, an
+//! administrative bounce ends a deferring domain with AdminBounce records, drain
+//! stops intake, a backup taken while injecting holds every message acknowledged
+//! before it (restored with `ops/restore.sh`), and a wrong token or an unreachable
+//! daemon gets a clear error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use loadgen::scenario::Scenario;
+use ringmail::daemon::Engine;
+
+mod common;
+use common::{dns_for, engine_config, free_port, log_records};
+
+const TOKEN: &str = "admin-token-0123456789";
+
+/// `ringmail ctl <args>` in this process: its JSON answer and its table.
+fn ctl(http: SocketAddr, token: &str, args: &[&str]) -> Result<(serde_json::Value, String), String> {
+    let url = format!("http://{http}");
+    let mut all = vec!["--url", &url, "--token", token];
+    all.extend_from_slice(args);
+    let command = ringmail::ctl::parse(&all)?;
+    ringmail::ctl::execute(command)
+}
+
+fn inject(http: SocketAddr, emails: &[String], campaign: &str) -> (u16, String) {
+    let recipients: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
+    let body = serde_json::json!({
+        "envelope_sender": "ops@sender.test", "content": "Subject: ops\r\n\r\nx\r\n",
+        "recipients": recipients, "campaign": campaign,
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
+    let port = free_port("127.0.0.98");
+    let text = format!(
+        "[[provider]]\nname = \"deferring\"\ndomains = [\"defer.test\"]\nmx = [{{ host = \"mx.defer.test\", address = \"127.0.0.98\", port = {port} }}]\nrcpt_tempfail_percent = 100\n\n\
+         [[provider]]\nname = \"fine\"\ndomains = [\"ok.test\", \"keep.test\"]\nmx = [{{ host = \"mx.ok.test\", address = \"127.0.0.99\", port = {port} }}]\nconnections_per_ip_max = 64\n"
+    );
+    let scenario = Scenario::parse(&text, "admin.toml").unwrap();
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = engine_config(dir.path(), dns.address, port, "", "[retry]\nfirst_retry_seconds = 1\n");
+    config.http.admin_tokens = vec![TOKEN.to_string()];
+    let engine = Engine::start(config).unwrap();
+    let http = engine.http;
+
+    // Clear errors first: a wrong token, and no daemon at all.
+    let error = ctl(http, "wrong-token-wrong-token", &["queue", "summary"]).unwrap_err();
+    assert!(error.contains("401") && error.contains("token"), "{error}");
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let error = ctl(nowhere, TOKEN, &["queue", "summary"]).unwrap_err();
+    assert!(error.contains("cannot reach the daemon"), "{error}");
+
+    // Suspend before the mail arrives: none of it leaves until resumed.
+    let (answer, _) = ctl(http, TOKEN, &["suspend", "--domain", "ok.test"]).unwrap();
+    assert_eq!(answer["domain"], "ok.test");
+    let ok: Vec<String> = (0..20).map(|i| format!("u{i}@ok.test")).collect();
+    let deferring: Vec<String> = (0..30).map(|i| format!("d{i}@defer.test")).collect();
+    assert_eq!(inject(http, &ok, "spring").0, 200);
+    assert_eq!(inject(http, &deferring, "spring").0, 200);
+
+    let (summary, table) = ctl(http, TOKEN, &["queue", "summary"]).unwrap();
+    assert_eq!(summary["totals"]["total"], 50, "{summary}");
+    let domain = |name: &str| summary["domains"].as_array().unwrap().iter().find(|d| d["domain"] == name).cloned();
+    assert_eq!(domain("ok.test").unwrap()["suspended"], 20, "{summary}");
+    assert_eq!(domain("defer.test").unwrap()["total"], 30, "{summary}");
+    assert!(table.contains("DOMAIN") && table.contains("defer.test"), "{table}");
+    let (suspensions, table) = ctl(http, TOKEN, &["suspensions"]).unwrap();
+    assert_eq!(suspensions["suspensions"][0]["domain"], "ok.test");
+    assert!(table.contains("until resumed"), "{table}");
+
+    wait_for("the deferring domain to be tried", || fleet.state().counts.rcpt_tempfail >= 30);
+    assert!(fleet.state().accepted.iter().all(|a| !a.recipient.ends_with("@ok.test")), "suspended: nothing left");
+    let (listed, table) = ctl(http, TOKEN, &["queue", "list", "--domain", "defer.test"]).unwrap();
+    let recipients = listed["recipients"].as_array().unwrap();
+    assert_eq!(recipients.len(), 30);
+    assert!(table.contains("d0@defer.test"), "{table}");
+    let id = recipients[0]["message"].as_str().unwrap().to_string();
+    let (message, table) = ctl(http, TOKEN, &["message", "show", &id]).unwrap();
+    assert_eq!(message["campaign"], "spring");
+    assert_eq!(message["recipients"].as_array().unwrap().len(), 30);
+    assert!(table.contains("sender ops@sender.test"), "{table}");
+    wait_for("a deferral on record", || {
+        let (message, _) = ctl(http, TOKEN, &["message", "show", &id]).unwrap();
+        message["recipients"].as_array().unwrap().iter().any(|r| r["attempts"].as_u64() >= Some(1))
+    });
+
+    let (resumed, _) = ctl(http, TOKEN, &["resume", "--domain", "ok.test"]).unwrap();
+    assert_eq!(resumed["report"]["changed"], 20, "{resumed}");
+    wait_for("the resumed domain's delivery", || {
+        fleet.state().accepted.iter().filter(|a| a.recipient.ends_with("@ok.test")).count() == 20
+    });
+
+    let (dry, line) =
+        ctl(http, TOKEN, &["bounce", "--domain", "defer.test", "--reason", "bad list", "--dry-run"]).unwrap();
+    assert_eq!(dry["would_bounce"], 30, "{dry}");
+    assert!(line.contains("30 recipients would be bounced"), "{line}");
+    ctl(http, TOKEN, &["bounce", "--domain", "defer.test", "--reason", "bad list"]).unwrap();
+    wait_for("the bounced domain to empty", || engine.store.counts().total() == 0);
+
+    // Drain: intake refused, then taken again.
+    ctl(http, TOKEN, &["drain"]).unwrap();
+    let (status, answer) = inject(http, &["late@ok.test".to_string()], "spring");
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("draining"), "{answer}");
+    ctl(http, TOKEN, &["drain", "--off"]).unwrap();
+    assert_eq!(inject(http, &["late@ok.test".to_string()], "spring").0, 200);
+
+    // A backup while mail keeps coming (to a suspended domain, so it stays queued).
+    ctl(http, TOKEN, &["suspend", "--domain", "keep.test"]).unwrap();
+    let acknowledged = Mutex::new(Vec::<(String, Instant)>::new());
+    let stop = AtomicBool::new(false);
+    let backup = dir.path().join("backup-1");
+    let taken_at = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<String> = (0..50).map(|i| format!("k{n}-{i}@keep.test")).collect();
+                n += 1;
+                if inject(http, &batch, "backup").0 == 200 {
+                    let now = Instant::now();
+                    acknowledged.lock().unwrap().extend(batch.into_iter().map(|r| (r, now)));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let asked = Instant::now();
+        let (answer, _) = ctl(http, TOKEN, &["backup", "--to", backup.to_str().unwrap()]).unwrap();
+        assert_eq!(answer["path"], backup.to_str().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        asked
+    });
+    let before: HashSet<String> =
+        acknowledged.lock().unwrap().iter().filter(|(_, at)| *at < taken_at).map(|(r, _)| r.clone()).collect();
+    assert!(!before.is_empty(), "mail was acknowledged before the backup");
+
+    ctl(http, TOKEN, &["shutdown"]).unwrap();
+    assert!(engine.shutdown_requested.load(Ordering::Relaxed));
+    engine.shutdown();
+
+    // Restore into a stopped node's queue directory with the ops script, and open it.
+    let queue = dir.path().join("restored-queue");
+    let status = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/restore.sh"))
+        .arg(&backup)
+        .arg(&queue)
+        .env("RESTORE_FORCE", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (restored, report) = queue_store::Store::open(queue_store::StoreConfig::new(&queue)).unwrap();
+    assert_eq!(report.quarantined_count, 0);
+    let mut present = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = restored.list_domain("keep.test", after, 1000).unwrap();
+        let Some((last, _)) = page.last() else { break };
+        after = Some(*last);
+        present.extend(page.into_iter().map(|(_, record)| record.address));
+    }
+    let missing: Vec<_> = before.difference(&present).collect();
+    assert!(missing.is_empty(), "acknowledged before the backup but not in it: {missing:?}");
+
+    let records = log_records(dir.path());
+    let admin_bounces: Vec<_> = records.iter().filter(|r| r["type"] == "AdminBounce").collect();
+    assert_eq!(admin_bounces.len(), 30);
+    assert!(admin_bounces.iter().all(|r| r["recipient"].as_str().unwrap().ends_with("@defer.test")));
+    assert!(admin_bounces.iter().all(|r| r["response"]["content"].as_str().unwrap().contains("bad list")));
+    assert!(admin_bounces.iter().all(|r| r["campaign"] == "spring"));
+}
