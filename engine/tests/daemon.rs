@@ -29,7 +29,7 @@ fn hash_password_prints_an_argon2_hash() {
 
 #[test]
 fn check_config_accepts_the_example_and_names_mistakes() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/ringmail.toml");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/ringmail.toml.example");
     let output = ringmail(&["check-config", "--config", example]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 

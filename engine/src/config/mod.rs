@@ -1,6 +1,6 @@
 //! `ringmail.toml`: the daemon's configuration. Every key has a default except where
 //! noted; `ringmail check-config` loads it and names the file, line and key of any
-//! mistake. `ops/ringmail.toml` is the annotated example.
+//! mistake. `ops/ringmail.toml.example` is the annotated example.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

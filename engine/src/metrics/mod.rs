@@ -78,6 +78,22 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "ringmail_queue_recipients{{state=\"{state}\"}} {value}");
         }
+        let oldest = store.oldest_message().map(|(_, ms)| crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_oldest_message_age_seconds Age of the oldest message in the queue (0 when empty)\n# TYPE ringmail_oldest_message_age_seconds gauge\nringmail_oldest_message_age_seconds {}",
+            oldest.unwrap_or(0.0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_resident_memory_bytes Resident memory of the daemon\n# TYPE ringmail_resident_memory_bytes gauge\nringmail_resident_memory_bytes {}",
+            crate::ingest::resident_bytes()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_store_healthy 1 when the queue store accepts writes\n# TYPE ringmail_store_healthy gauge\nringmail_store_healthy {}",
+            u8::from(store.health() == queue_store::Health::Healthy)
+        );
         let store_metrics = store.metrics();
         let _ = writeln!(
             out,
