@@ -9,6 +9,12 @@
 //!   `GET suspensions`;
 //! - `POST bounce {domain | message, reason, dry_run?}`: administrative bounce,
 //!   logged as `AdminBounce` (in-flight recipients when their attempt comes back);
+//! - `POST retry-now {domain?}`: deferred recipients due now (one domain, or all);
+//! - `POST rebind {domain, pool}` (`pool: null` undoes it), `GET rebinds`: send a
+//!   domain through another egress pool (in memory until restart), its deferred
+//!   mail due now;
+//! - `GET lanes`: per lane (site × egress source) connections and limit, waiting
+//!   transactions, rate, backoff, hosts down, last error;
 //! - `POST checkpoint {path}`: a consistent copy of the queue while running (backup);
 //! - `POST drain {on}`: stop (or restart) taking mail in, keep delivering;
 //!   `POST shutdown`: a graceful stop, as SIGTERM.
@@ -41,6 +47,11 @@ pub struct Admin {
     pub tokens: Vec<String>,
     /// Set by `POST shutdown`; `ringmail serve` watches it.
     pub shutdown: Arc<AtomicBool>,
+    /// What the delivery shards publish about their lanes.
+    pub lanes: Arc<crate::shard::LaneBoard>,
+    pub rebinds: crate::schedule::Rebinds,
+    /// The egress pools in the configuration.
+    pub pools: std::collections::BTreeSet<String>,
 }
 
 /// The admin routes, to merge into the control plane's router.
@@ -53,6 +64,10 @@ pub fn router(admin: Admin) -> Router {
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/suspensions", get(suspensions))
         .route("/admin/v1/bounce", post(bounce))
+        .route("/admin/v1/retry-now", post(retry_now))
+        .route("/admin/v1/rebind", post(rebind))
+        .route("/admin/v1/rebinds", get(rebinds))
+        .route("/admin/v1/lanes", get(lanes))
         .route("/admin/v1/checkpoint", post(checkpoint))
         .route("/admin/v1/drain", post(drain))
         .route("/admin/v1/shutdown", post(shutdown))
@@ -365,6 +380,95 @@ fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
     if admin.log.try_send(record).is_err() {
         Metrics::count(&admin.metrics.log_records_dropped, 1);
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+/// Deferred recipients of `domains` due now; how many changed.
+fn retry_domains(store: &Store, domains: Vec<String>) -> Result<u64, queue_store::StoreError> {
+    let now = crate::log::now_ms();
+    let mut changed = 0;
+    for domain in domains {
+        changed += store.retry_now(&domain, now)?.changed;
+    }
+    Ok(changed)
+}
+
+async fn retry_now(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: RetryRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let store = Arc::clone(&admin.store);
+    let domains = match &request.domain {
+        Some(domain) => vec![domain.to_ascii_lowercase()],
+        None => store.domain_counts().into_iter().filter(|(_, c)| c.deferred > 0).map(|(d, _)| d).collect(),
+    };
+    match tokio::task::spawn_blocking(move || retry_domains(&store, domains)).await {
+        Ok(Ok(changed)) => Json(json!({"domain": request.domain, "due_now": changed})).into_response(),
+        Ok(Err(e)) => store_error(&e),
+        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebindRequest {
+    domain: String,
+    pool: Option<String>,
+}
+
+async fn rebind(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: RebindRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if let Some(pool) = &request.pool {
+        if !admin.pools.contains(pool) {
+            let known: Vec<_> = admin.pools.iter().collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("pool: no [[egress]] source is in pool {pool:?} (pools: {known:?})"),
+            );
+        }
+    }
+    let domain = request.domain.to_ascii_lowercase();
+    admin.rebinds.set(&domain, request.pool.clone());
+    tracing::info!(%domain, pool = ?request.pool, "domain rebound by the admin API");
+    let store = Arc::clone(&admin.store);
+    let due = match tokio::task::spawn_blocking(move || retry_domains(&store, vec![domain])).await {
+        Ok(Ok(changed)) => changed,
+        Ok(Err(e)) => return store_error(&e),
+        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    Json(json!({"domain": request.domain, "pool": request.pool, "due_now": due})).into_response()
+}
+
+async fn rebinds(State(admin): Api, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let all: Vec<_> =
+        admin.rebinds.all().into_iter().map(|(domain, pool)| json!({"domain": domain, "pool": pool})).collect();
+    Json(json!({"rebinds": all})).into_response()
+}
+
+async fn lanes(State(admin): Api, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    Json(json!({"lanes": admin.lanes.lanes()})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -60,6 +60,25 @@ pub enum CtlCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Make deferred recipients due now (one domain, or all).
+    RetryNow {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Send a domain's mail through another egress pool (until restart); `--reset`
+    /// returns it to the configuration.
+    Rebind {
+        #[arg(long)]
+        domain: String,
+        #[arg(long, required_unless_present = "reset")]
+        pool: Option<String>,
+        #[arg(long, conflicts_with = "pool")]
+        reset: bool,
+    },
+    /// Domains rebound to another pool.
+    Rebinds,
+    /// Per lane (site × egress source): connections, waiting, rate, backoff, last error.
+    Lanes,
     /// A consistent copy of the queue, taken while running (a RocksDB checkpoint):
     /// `--to` is a new directory on the daemon's machine.
     Backup {
@@ -208,6 +227,31 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
             let body = json!({"domain": domain, "message": message, "reason": reason, "dry_run": dry_run});
             (client.call("POST", "bounce", Some(body))?, bounce_line)
         }
+        CtlCommand::RetryNow { domain } => (client.call("POST", "retry-now", Some(json!({"domain": domain})))?, |v| {
+            format!("{} deferred recipients due now", number(&v["due_now"]))
+        }),
+        CtlCommand::Rebind { domain, pool, reset: _ } => {
+            let answer = client.call("POST", "rebind", Some(json!({"domain": domain, "pool": pool})))?;
+            (answer, |v| match v["pool"].as_str() {
+                Some(pool) => format!(
+                    "{} goes through pool {pool}; {} deferred recipients due now",
+                    number(&v["domain"]),
+                    number(&v["due_now"])
+                ),
+                None => format!("{} follows the configuration again", number(&v["domain"])),
+            })
+        }
+        CtlCommand::Rebinds => (client.call("GET", "rebinds", None)?, |v| {
+            let rows: Vec<Vec<String>> = v["rebinds"]
+                .as_array()
+                .map(|list| list.iter().map(|r| vec![number(&r["domain"]), number(&r["pool"])]).collect())
+                .unwrap_or_default();
+            if rows.is_empty() {
+                return "no rebinds".into();
+            }
+            table(&["DOMAIN", "POOL"], &rows)
+        }),
+        CtlCommand::Lanes => (client.call("GET", "lanes", None)?, lanes_table),
         CtlCommand::Backup { to } => {
             let to = if to.is_absolute() { to } else { std::env::current_dir().map_err(|e| e.to_string())?.join(to) };
             (client.call("POST", "checkpoint", Some(json!({"path": to})))?, |v| {
@@ -348,6 +392,32 @@ fn message_table(v: &Value) -> String {
     let rows = recipient_rows(&v["recipients"], false);
     out.push_str(&table(&["RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows));
     out
+}
+
+fn lanes_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["lanes"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|l| {
+                    vec![
+                        number(&l["site"]),
+                        if l["source"].is_null() { "-".into() } else { number(&l["source"]) },
+                        format!("{}/{}", number(&l["connections"]), number(&l["limit"])),
+                        number(&l["ready"]),
+                        format!("{:.1}", l["rate"].as_f64().unwrap_or(0.0)),
+                        seconds(&l["backoff_remaining_s"]),
+                        number(&l["hosts_down"]),
+                        l["last_error"].as_str().unwrap_or("").chars().take(50).collect(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no lanes (nothing delivered since the start)".into();
+    }
+    table(&["SITE", "SOURCE", "CONNS/LIMIT", "READY", "TX/S", "BACKOFF", "DOWN", "LAST ERROR"], &rows)
 }
 
 fn suspensions_table(v: &Value) -> String {

@@ -81,9 +81,11 @@ impl Engine {
         };
         threads.push(spawn("ringmail-completer", move || completer.run()).map_err(|e| e.to_string())?);
 
-        let settings = shard_settings(&config)?;
+        let board = Arc::new(crate::shard::LaneBoard::default());
+        let mut settings = shard_settings(&config, Arc::clone(&board))?;
         let mut inboxes = Vec::new();
         for index in 0..config.shard_count() {
+            settings.index = index;
             let (tx, rx) = crossbeam_channel::bounded(SHARD_INBOX);
             inboxes.push(tx);
             let (results, settings, metrics, stop) =
@@ -112,6 +114,8 @@ impl Engine {
             threads.extend(listeners);
         }
         let shutdown_requested = Arc::new(AtomicBool::new(false));
+        let rebinds = crate::schedule::Rebinds::default();
+        let scheduler_rebinds = rebinds.clone();
         let admin = crate::admin::Admin {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -119,6 +123,9 @@ impl Engine {
             log: receptions_tx.clone(),
             tokens: config.http.admin_tokens.clone(),
             shutdown: Arc::clone(&shutdown_requested),
+            lanes: board,
+            rebinds,
+            pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
         let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, shedding, admin, receptions_tx)?;
         threads.push(http_thread);
@@ -143,6 +150,7 @@ impl Engine {
                 recipients_per_transaction: config.delivery.recipients_per_transaction_max,
                 in_flight_max: config.delivery.in_flight_max,
                 hold: config.delivery.hold,
+                rebinds: scheduler_rebinds,
                 metrics,
                 stop,
             };
@@ -170,7 +178,7 @@ impl Engine {
     }
 }
 
-fn shard_settings(config: &Config) -> Result<ShardSettings, String> {
+fn shard_settings(config: &Config, board: Arc<crate::shard::LaneBoard>) -> Result<ShardSettings, String> {
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
         lane: LanePolicy {
@@ -184,6 +192,8 @@ fn shard_settings(config: &Config) -> Result<ShardSettings, String> {
         idle_timeout: config.idle_timeout(),
         connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
         backoff: Duration::from_secs(5),
+        board,
+        index: 0,
     })
 }
 

@@ -189,3 +189,65 @@ fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
     assert!(admin_bounces.iter().all(|r| r["response"]["content"].as_str().unwrap().contains("bad list")));
     assert!(admin_bounces.iter().all(|r| r["campaign"] == "spring"));
 }
+
+#[test]
+fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
+    let port = free_port("127.0.0.100");
+    let text = format!(
+        "[[provider]]\nname = \"deferring\"\ndomains = [\"later.test\"]\nmx = [{{ host = \"mx.later.test\", address = \"127.0.0.100\", port = {port} }}]\nrcpt_tempfail_percent = 100\n\n\
+         [[provider]]\nname = \"fine\"\ndomains = [\"moved.test\"]\nmx = [{{ host = \"mx.moved.test\", address = \"127.0.0.101\", port = {port} }}]\nconnections_per_ip_max = 64\n"
+    );
+    let scenario = Scenario::parse(&text, "rebind.toml").unwrap();
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rest = "[retry]\nfirst_retry_seconds = 3600\nmax_retry_seconds = 3600\n\
+                [[egress]]\naddress = \"127.0.0.41\"\nehlo_name = \"a.ringmail.test\"\n\
+                [[egress]]\naddress = \"127.0.0.42\"\nehlo_name = \"b.ringmail.test\"\npool = \"second\"\n";
+    let mut config = engine_config(dir.path(), dns.address, port, "", rest);
+    config.http.admin_tokens = vec![TOKEN.to_string()];
+    let engine = Engine::start(config).unwrap();
+    let http = engine.http;
+    let clients = |domain: &str| -> Vec<String> {
+        fleet.state().accepted.iter().filter(|a| a.recipient.ends_with(domain)).map(|a| a.client.to_string()).collect()
+    };
+
+    let first: Vec<String> = (0..5).map(|i| format!("a{i}@moved.test")).collect();
+    assert_eq!(inject(http, &first, "pools").0, 200);
+    wait_for("delivery from the default pool", || clients("@moved.test").len() == 5);
+    assert!(clients("@moved.test").iter().all(|ip| ip == "127.0.0.41"));
+
+    let error = ctl(http, TOKEN, &["rebind", "--domain", "moved.test", "--pool", "nosuch"]).unwrap_err();
+    assert!(error.contains("400") && error.contains("nosuch") && error.contains("second"), "{error}");
+    let (_, line) = ctl(http, TOKEN, &["rebind", "--domain", "moved.test", "--pool", "second"]).unwrap();
+    assert!(line.contains("goes through pool second"), "{line}");
+    let (rebinds, _) = ctl(http, TOKEN, &["rebinds"]).unwrap();
+    assert_eq!(rebinds["rebinds"][0]["pool"], "second");
+    let second: Vec<String> = (0..5).map(|i| format!("b{i}@moved.test")).collect();
+    assert_eq!(inject(http, &second, "pools").0, 200);
+    wait_for("delivery from the second pool", || clients("@moved.test").len() == 10);
+    let seen = clients("@moved.test");
+    assert_eq!(seen.iter().filter(|ip| *ip == "127.0.0.42").count(), 5, "{seen:?}");
+
+    // Deferred for an hour; retry-now makes them due at once.
+    let later: Vec<String> = (0..5).map(|i| format!("l{i}@later.test")).collect();
+    assert_eq!(inject(http, &later, "pools").0, 200);
+    wait_for("the first attempts", || fleet.state().counts.rcpt_tempfail >= 5);
+    wait_for("the deferrals on record", || engine.store.counts().deferred == 5);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(fleet.state().counts.rcpt_tempfail, 5, "nothing retried before its hour");
+    let (answer, line) = ctl(http, TOKEN, &["retry-now", "--domain", "later.test"]).unwrap();
+    assert_eq!(answer["due_now"], 5, "{answer}");
+    assert!(line.contains("5 deferred recipients due now"), "{line}");
+    wait_for("the retries", || fleet.state().counts.rcpt_tempfail >= 10);
+
+    wait_for("the lanes to be published", || {
+        let (lanes, _) = ctl(http, TOKEN, &["lanes"]).unwrap();
+        lanes["lanes"].as_array().unwrap().iter().any(|l| l["source"] == "127.0.0.42")
+    });
+    let (lanes, table) = ctl(http, TOKEN, &["lanes"]).unwrap();
+    let deferring = lanes["lanes"].as_array().unwrap().iter().find(|l| l["site"] == "mx.later.test").cloned().unwrap();
+    assert!(deferring["last_error"].as_str().unwrap().starts_with("4"), "{deferring}");
+    assert!(table.contains("SITE") && table.contains("mx.moved.test"), "{table}");
+    engine.shutdown();
+}

@@ -173,8 +173,11 @@ impl Writer {
         self.write(meta, true)?;
         self.shared.tables().suspended.insert(domain.clone(), until_ms);
         self.rewrite_domain(&domain, |record| match record.state {
-            RecipientState::Queued | RecipientState::Deferred => Some(RecipientState::Suspended),
-            _ => None,
+            RecipientState::Queued | RecipientState::Deferred => {
+                record.state = RecipientState::Suspended;
+                true
+            }
+            _ => false,
         })
     }
 
@@ -185,17 +188,32 @@ impl Writer {
         self.write(meta, true)?;
         self.shared.tables().suspended.remove(&domain);
         self.rewrite_domain(&domain, |record| match record.state {
-            RecipientState::Suspended => Some(RecipientState::waiting(record.attempts)),
-            _ => None,
+            RecipientState::Suspended => {
+                record.state = RecipientState::waiting(record.attempts);
+                true
+            }
+            _ => false,
         })
     }
 
-    /// Moves the stored (not in-flight) recipients of a domain to the state `change`
-    /// names, chunk by chunk, each chunk synced.
+    /// Makes a domain's deferred recipients due now (their attempt count stays).
+    pub(crate) fn retry_now(&mut self, domain: &str, now_ms: u64) -> Result<AdminReport, StoreError> {
+        let domain = domain.to_ascii_lowercase();
+        self.rewrite_domain(&domain, |record| {
+            if record.state == RecipientState::Deferred && record.due_ms > now_ms {
+                record.due_ms = now_ms;
+                return true;
+            }
+            false
+        })
+    }
+
+    /// Changes the stored (not in-flight) recipients of a domain as `change` says
+    /// (true: it changed one), chunk by chunk, each chunk synced.
     fn rewrite_domain(
         &mut self,
         domain: &str,
-        change: impl Fn(&RecipientRecord) -> Option<RecipientState>,
+        change: impl Fn(&mut RecipientRecord) -> bool,
     ) -> Result<AdminReport, StoreError> {
         let mut report = AdminReport::default();
         for chunk in self.domain_keys(domain)?.chunks(ADMIN_CHUNK) {
@@ -208,12 +226,14 @@ impl Writer {
                     report.in_flight += 1;
                     continue;
                 }
-                let Some(mut record) = record else { continue };
-                let Some(state) = change(&record) else { continue };
+                let Some(record) = record else { continue };
+                let mut changed = record.clone();
+                if !change(&mut changed) {
+                    continue;
+                }
                 self.delete_due(&mut batch, *key, &record);
-                tables.count_move(&record.domain, Some(record.state), Some(state));
-                record.state = state;
-                self.put_recipient(&mut batch, *key, &record);
+                tables.count_move(&record.domain, Some(record.state), Some(changed.state));
+                self.put_recipient(&mut batch, *key, &changed);
                 report.changed += 1;
             }
             drop(tables);

@@ -161,6 +161,13 @@ impl Store {
         self.submit_control(|reply| ControlRequest::Resume { domain, reply })?.wait()
     }
 
+    /// Makes a domain's deferred recipients due at `now_ms` (a flush of its retry
+    /// backoff; the attempt counts stay).
+    pub fn retry_now(&self, domain: &str, now_ms: u64) -> Result<AdminReport, StoreError> {
+        let domain = domain.to_string();
+        self.submit_control(|reply| ControlRequest::RetryNow { domain, now_ms, reply })?.wait()
+    }
+
     /// Ends the selected recipients as `AdminBounced`: waiting ones now (returned for
     /// the log), in-flight ones when their attempt comes back without a delivery.
     pub fn admin_bounce(&self, selector: Selector, reason: &str) -> Result<AdminReport, StoreError> {

@@ -71,6 +71,11 @@ pub(crate) enum ControlRequest {
         domain: String,
         reply: Reply<AdminReport>,
     },
+    RetryNow {
+        domain: String,
+        now_ms: u64,
+        reply: Reply<AdminReport>,
+    },
     AdminBounce {
         selector: Selector,
         reason: String,
@@ -204,6 +209,10 @@ impl Writer {
                 }
                 ControlRequest::Resume { domain, reply } => {
                     let answer = self.flush(&mut step).and_then(|()| self.resume(&domain));
+                    let _ = reply.send(answer);
+                }
+                ControlRequest::RetryNow { domain, now_ms, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.retry_now(&domain, now_ms));
                     let _ = reply.send(answer);
                 }
                 ControlRequest::AdminBounce { selector, reason, reply } => {

@@ -79,6 +79,28 @@ fn deferred_recipients_come_back_when_due_with_attempts_counted() {
 }
 
 #[test]
+fn retry_now_makes_a_domains_deferred_recipients_due_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.enqueue(vec![message(&["x@slow.test", "y@slow.test", "z@other.test"], b"body")]).unwrap();
+    let now = now_ms() + 1000;
+    let claimed = store.claim(0, now, 10).unwrap();
+    let changes = claimed
+        .iter()
+        .map(|c| change(c.key, Outcome::Deferred { due_ms: now + HOUR_MS, response: "451 later".into() }))
+        .collect();
+    store.complete(changes).unwrap();
+    assert!(store.claim(0, now + 1, 10).unwrap().is_empty());
+    let report = store.retry_now("SLOW.test", now + 1).unwrap();
+    assert_eq!((report.changed, report.in_flight), (2, 0));
+    let again = store.claim(0, now + 1, 10).unwrap();
+    let mut addresses: Vec<_> = again.iter().map(|c| c.recipient.address.as_str()).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["x@slow.test", "y@slow.test"], "the other domain keeps its backoff");
+    assert!(again.iter().all(|c| c.recipient.attempts == 1), "attempts are kept");
+}
+
+#[test]
 fn bounced_expired_and_released_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);

@@ -36,6 +36,8 @@ pub struct Scheduler {
     pub in_flight_max: usize,
     /// Queue everything, deliver nothing (`delivery.hold`).
     pub hold: bool,
+    /// Domains moved to another egress pool by the operator (`ringmail ctl rebind`).
+    pub rebinds: Rebinds,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
 }
@@ -135,7 +137,11 @@ impl Scheduler {
     }
 
     fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
-        let pool = crate::policy::site::SiteRule::pool_for(&route.site, &self.sites).unwrap_or("default");
+        let rebound = self.rebinds.pool_of(&recipients[0].recipient.domain);
+        let pool = match &rebound {
+            Some(pool) => pool.as_str(),
+            None => crate::policy::site::SiteRule::pool_for(&route.site, &self.sites).unwrap_or("default"),
+        };
         let source = self.pick_source(pool);
         let ehlo_name = source
             .and_then(|s| s.ehlo_name.as_deref())
@@ -195,6 +201,39 @@ impl Scheduler {
             tls: None,
         };
         let _ = self.results.send(attempt);
+    }
+}
+
+/// Domains the operator moved to another egress pool, consulted before the
+/// `[[site]]` rules. Kept in memory: a restart returns to the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Rebinds {
+    pools: Arc<std::sync::RwLock<HashMap<String, String>>>,
+}
+
+impl Rebinds {
+    pub fn pool_of(&self, domain: &str) -> Option<String> {
+        let pools = self.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pools.is_empty() {
+            return None;
+        }
+        pools.get(domain).cloned()
+    }
+
+    /// Sends `domain` through `pool` (`None`: back to the configuration).
+    pub fn set(&self, domain: &str, pool: Option<String>) {
+        let mut pools = self.pools.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match pool {
+            Some(pool) => pools.insert(domain.to_ascii_lowercase(), pool),
+            None => pools.remove(&domain.to_ascii_lowercase()),
+        };
+    }
+
+    pub fn all(&self) -> Vec<(String, String)> {
+        let pools = self.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = pools.iter().map(|(d, p)| (d.clone(), p.clone())).collect();
+        all.sort();
+        all
     }
 }
 

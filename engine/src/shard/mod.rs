@@ -116,7 +116,51 @@ pub struct ShardSettings {
     pub connect_timeout: Duration,
     /// After a "slow down" reply or every host failing: no new connections this long.
     pub backoff: Duration,
+    /// Where this shard publishes its lanes for the admin API, and its index there.
+    pub board: Arc<LaneBoard>,
+    pub index: usize,
 }
+
+/// One lane as the admin API shows it (`ringmail ctl lanes`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LaneView {
+    pub site: String,
+    pub source: Option<IpAddr>,
+    pub connections: usize,
+    /// Connections allowed now (AIMD), and the lane's maximum.
+    pub limit: f64,
+    pub limit_max: usize,
+    /// Transactions waiting in the lane.
+    pub ready: usize,
+    /// Delivered transactions a second since the last publication.
+    pub rate: f64,
+    pub backoff_remaining_s: f64,
+    pub hosts_down: usize,
+    pub last_error: String,
+}
+
+/// Every shard's lanes, published about once a second.
+#[derive(Debug, Default)]
+pub struct LaneBoard {
+    shards: std::sync::Mutex<HashMap<usize, Vec<LaneView>>>,
+}
+
+impl LaneBoard {
+    fn publish(&self, shard: usize, lanes: Vec<LaneView>) {
+        self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(shard, lanes);
+    }
+
+    /// All lanes, the busiest (most waiting, then most connections) first.
+    pub fn lanes(&self) -> Vec<LaneView> {
+        let shards = self.shards.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<LaneView> = shards.values().flatten().cloned().collect();
+        all.sort_by(|a, b| b.ready.cmp(&a.ready).then(b.connections.cmp(&a.connections)).then(a.site.cmp(&b.site)));
+        all
+    }
+}
+
+/// Lanes are published this often.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Lane {
@@ -137,6 +181,9 @@ struct Lane {
     policy: LanePolicy,
     messages: Option<TokenBucket>,
     connects: Option<TokenBucket>,
+    /// Delivered transactions, and the count at the last publication.
+    transactions: u64,
+    published_transactions: u64,
 }
 
 impl Lane {
@@ -154,6 +201,7 @@ impl Lane {
 
     fn recover(&mut self, max: usize) {
         self.limit = (self.limit + 0.1).min(max as f64);
+        self.transactions += 1;
     }
 }
 
@@ -210,7 +258,12 @@ pub fn run(
         metrics: Arc::clone(&metrics),
     };
     let mut stopping_since: Option<Instant> = None;
+    let mut published = Instant::now();
     loop {
+        if published.elapsed() >= PUBLISH_EVERY {
+            lanes.publish(published.elapsed());
+            published = Instant::now();
+        }
         for work in inbox.try_iter().take(4096) {
             match stopping_since {
                 None => lanes.add(work),
@@ -271,11 +324,41 @@ impl Lanes {
                 messages: policy.message_rate.map(|rate| TokenBucket::new(rate, now)),
                 connects: policy.connection_rate.map(|rate| TokenBucket::new(rate, now)),
                 policy,
+                transactions: 0,
+                published_transactions: 0,
             }
         });
         lane.route = Arc::clone(&work.route);
         lane.queue.push_back(work);
         Metrics::count(&self.metrics.ready_queue_depth, 1);
+    }
+
+    /// Publishes every lane to the board (`elapsed`: since the last time).
+    fn publish(&mut self, elapsed: Duration) {
+        let now = Instant::now();
+        let views = self
+            .lanes
+            .iter_mut()
+            .map(|(key, lane)| {
+                let delta = lane.transactions - lane.published_transactions;
+                lane.published_transactions = lane.transactions;
+                LaneView {
+                    site: key.site.clone(),
+                    source: key.source,
+                    connections: lane.connections,
+                    limit: (lane.limit * 10.0).round() / 10.0,
+                    limit_max: lane.policy.connections_max,
+                    ready: lane.queue.len(),
+                    rate: delta as f64 / elapsed.as_secs_f64().max(0.001),
+                    backoff_remaining_s: lane
+                        .backoff_until
+                        .map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64()),
+                    hosts_down: lane.down.values().filter(|until| **until > now).count(),
+                    last_error: lane.last_error.clone(),
+                }
+            })
+            .collect();
+        self.settings.board.publish(self.settings.index, views);
     }
 
     fn release_queued(&mut self) {
@@ -449,6 +532,7 @@ impl Lanes {
         tls: Option<TlsInfo>,
     ) {
         let (mut slowed, mut delivered) = (false, false);
+        let mut failure = None;
         for (index, (_, outcome)) in outcomes.into_iter().enumerate().take(work.keys.len()) {
             let result = match outcome {
                 Outcome::Delivered { reply } => Result::Delivered(reply.summary()),
@@ -457,10 +541,16 @@ impl Lanes {
             };
             slowed |= matches!(&result, Result::Transient(text) if crate::policy::is_slow_down(text));
             delivered |= matches!(result, Result::Delivered(_));
+            if let Result::Transient(text) | Result::Permanent(text) = &result {
+                failure = Some(text.clone());
+            }
             self.out.push(Attempt { tls: tls.clone(), ..Attempt::one(work, index, result, peer) });
         }
         // Once per transaction, however many recipients it had.
         if let Some(lane) = self.lanes.get_mut(&work.lane) {
+            if let Some(failure) = failure {
+                lane.last_error = failure; // shown by `ringmail ctl lanes`
+            }
             if slowed {
                 lane.slow_down(SLOW_DOWN_PAUSE);
             } else if delivered {
