@@ -16,6 +16,8 @@
 //! - `GET lanes`: per lane (site × egress source) connections and limit, waiting
 //!   transactions, rate, backoff, hosts down, last error;
 //! - `POST checkpoint {path}`: a consistent copy of the queue while running (backup);
+//! - `POST reload`: read the configuration file again ([`crate::live`]), as SIGHUP;
+//! - `POST log-level {filter}`: the log filter (`info`, `ringmail=debug,info` ...);
 //! - `POST drain {on}`: stop (or restart) taking mail in, keep delivering;
 //!   `POST shutdown`: a graceful stop, as SIGTERM.
 
@@ -44,7 +46,8 @@ pub struct Admin {
     pub shedding: Arc<Shedding>,
     /// The delivery log (written by the completer): `AdminBounce` records.
     pub log: crossbeam_channel::Sender<Record>,
-    pub tokens: Vec<String>,
+    /// The running configuration: `http.admin_tokens` (they reload), and reloads.
+    pub live: Arc<crate::live::Live>,
     /// Set by `POST shutdown`; `ringmail serve` watches it.
     pub shutdown: Arc<AtomicBool>,
     /// What the delivery shards publish about their lanes.
@@ -70,6 +73,8 @@ pub fn router(admin: Admin) -> Router {
         .route("/admin/v1/lanes", get(lanes))
         .route("/admin/v1/checkpoint", post(checkpoint))
         .route("/admin/v1/drain", post(drain))
+        .route("/admin/v1/reload", post(reload))
+        .route("/admin/v1/log-level", post(log_level))
         .route("/admin/v1/shutdown", post(shutdown))
         .with_state(Arc::new(admin))
 }
@@ -82,7 +87,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// `None` when the request may go on, else the 401.
 fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
-    if crate::ingest::http::token_matches(&admin.tokens, headers) {
+    if crate::ingest::http::token_matches(&admin.live.current().http.admin_tokens, headers) {
         return None;
     }
     let mut response = error(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required");
@@ -517,6 +522,54 @@ async fn drain(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -
     admin.shedding.set_draining(request.on);
     tracing::info!(draining = request.on, "intake drain changed by the admin API");
     Json(json!({"draining": request.on})).into_response()
+}
+
+async fn reload(State(admin): Api, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let live = Arc::clone(&admin.live);
+    match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(Ok(report)) => Json(json!(report)).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, format!("nothing changed: {why}")),
+        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    }
+}
+
+type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+static LOG_LEVEL: std::sync::OnceLock<LogLevelHook> = std::sync::OnceLock::new();
+
+/// How the process changes its log filter (`ringmail serve` installs it with its
+/// tracing subscriber). Once per process.
+pub fn set_log_level_hook(hook: LogLevelHook) {
+    let _ = LOG_LEVEL.set(hook);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogLevelRequest {
+    filter: String,
+}
+
+async fn log_level(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refusal) = refused(&admin, &headers) {
+        return refusal;
+    }
+    let request: LogLevelRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(hook) = LOG_LEVEL.get() else {
+        return error(StatusCode::NOT_IMPLEMENTED, "this process's log filter cannot be changed (not ringmail serve)");
+    };
+    match hook(&request.filter) {
+        Ok(()) => {
+            tracing::info!(filter = %request.filter, "log filter changed by the admin API");
+            Json(json!({"filter": request.filter})).into_response()
+        }
+        Err(why) => error(StatusCode::BAD_REQUEST, format!("filter: {why}")),
+    }
 }
 
 async fn shutdown(State(admin): Api, headers: HeaderMap) -> Response {

@@ -91,6 +91,11 @@ pub enum CtlCommand {
         #[arg(long)]
         off: bool,
     },
+    /// Read the configuration file again (as SIGHUP): what changed now, what needs
+    /// a restart.
+    Reload,
+    /// Set the log filter (`info`, `debug`, `ringmail=debug,info` ...).
+    LogLevel { filter: String },
     /// Stop the daemon gracefully (as SIGTERM).
     Shutdown,
 }
@@ -264,6 +269,20 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
             } else {
                 "taking mail in again".into()
             }
+        }),
+        CtlCommand::Reload => (client.call("POST", "reload", None)?, |v| {
+            let list = |key: &str| {
+                let items: Vec<String> = v[key].as_array().map(|a| a.iter().map(number).collect()).unwrap_or_default();
+                if items.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    items.join(", ")
+                }
+            };
+            format!("reloaded: applied {}; needs a restart: {}", list("applied"), list("restart_needed"))
+        }),
+        CtlCommand::LogLevel { filter } => (client.call("POST", "log-level", Some(json!({"filter": filter})))?, |v| {
+            format!("log filter: {}", number(&v["filter"]))
         }),
         CtlCommand::Shutdown => (client.call("POST", "shutdown", None)?, |_| "the daemon is stopping".into()),
     };

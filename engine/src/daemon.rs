@@ -37,6 +37,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     /// Set by the admin API's `shutdown`: `serve` stops as on SIGTERM.
     pub shutdown_requested: Arc<AtomicBool>,
+    /// The running configuration (`reload` on SIGHUP).
+    pub live: Arc<crate::live::Live>,
     pub metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     http_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -50,7 +52,14 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> std::io::Result<Jo
 impl Engine {
     /// Opens the store and starts every part.
     pub fn start(config: Config) -> Result<Engine, String> {
+        Engine::start_from(config, None)
+    }
+
+    /// [`Engine::start`] with the file the configuration came from, so that it can
+    /// be reloaded ([`crate::live`]).
+    pub fn start_from(config: Config, path: Option<std::path::PathBuf>) -> Result<Engine, String> {
         let config = Arc::new(config);
+        let live = Arc::new(crate::live::Live::new(Arc::clone(&config), path));
         let mut store_config = StoreConfig::new(&config.store.path);
         if config.store.durability == "os" {
             store_config.durability = Durability::Os;
@@ -76,13 +85,15 @@ impl Engine {
             receptions: receptions_rx,
             results: results_rx,
             log,
+            live: Arc::clone(&live),
             config: Arc::clone(&config),
+            generation: 0,
             metrics: Arc::clone(&metrics),
         };
         threads.push(spawn("ringmail-completer", move || completer.run()).map_err(|e| e.to_string())?);
 
         let board = Arc::new(crate::shard::LaneBoard::default());
-        let mut settings = shard_settings(&config, Arc::clone(&board))?;
+        let mut settings = shard_settings(&config, Arc::clone(&board), Arc::clone(&live))?;
         let mut inboxes = Vec::new();
         for index in 0..config.shard_count() {
             settings.index = index;
@@ -121,16 +132,18 @@ impl Engine {
             metrics: Arc::clone(&metrics),
             shedding: Arc::clone(&shedding),
             log: receptions_tx.clone(),
-            tokens: config.http.admin_tokens.clone(),
+            live: Arc::clone(&live),
             shutdown: Arc::clone(&shutdown_requested),
             lanes: board,
             rebinds,
             pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
-        let (http, http_stop, http_thread) = start_http(&config, &store, &metrics, shedding, admin, receptions_tx)?;
+        let (http, http_stop, http_thread) =
+            start_http(&config, &store, &metrics, shedding, admin, Arc::clone(&live), receptions_tx)?;
         threads.push(http_thread);
 
         let scheduler_config = Arc::clone(&config);
+        let scheduler_live = Arc::clone(&live);
         let scheduler = (Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&stop));
         let thread = spawn("ringmail-scheduler", move || {
             let (store, metrics, stop) = scheduler;
@@ -144,10 +157,7 @@ impl Engine {
                 resolver,
                 shards: inboxes,
                 results: results_tx,
-                egress: config.egress.clone(),
-                sites: config.sites.clone(),
-                default_ehlo: Arc::from(config.delivery.ehlo_name.as_str()),
-                recipients_per_transaction: config.delivery.recipients_per_transaction_max,
+                live: scheduler_live,
                 in_flight_max: config.delivery.in_flight_max,
                 hold: config.delivery.hold,
                 rebinds: scheduler_rebinds,
@@ -159,7 +169,7 @@ impl Engine {
             }
         });
         threads.push(thread.map_err(|e| e.to_string())?);
-        Ok(Engine { http, store, shutdown_requested, metrics, stop, http_stop: Some(http_stop), threads })
+        Ok(Engine { http, store, shutdown_requested, live, metrics, stop, http_stop: Some(http_stop), threads })
     }
 
     /// Stops taking work, finishes or hands back what is in flight (bounded), and
@@ -178,22 +188,32 @@ impl Engine {
     }
 }
 
-fn shard_settings(config: &Config, board: Arc<crate::shard::LaneBoard>) -> Result<ShardSettings, String> {
+/// The lane defaults of `[delivery]`, before `[[site]]` rules.
+pub fn lane_defaults(config: &Config) -> Result<LanePolicy, String> {
+    Ok(LanePolicy {
+        connections_max: config.delivery.connections_per_lane_max,
+        messages_per_connection_max: config.delivery.messages_per_connection_max,
+        tls: config.tls_policy()?,
+        message_rate: None,
+        connection_rate: None,
+    })
+}
+
+fn shard_settings(
+    config: &Config,
+    board: Arc<crate::shard::LaneBoard>,
+    live: Arc<crate::live::Live>,
+) -> Result<ShardSettings, String> {
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
-        lane: LanePolicy {
-            connections_max: config.delivery.connections_per_lane_max,
-            messages_per_connection_max: config.delivery.messages_per_connection_max,
-            tls: config.tls_policy()?,
-            message_rate: None,
-            connection_rate: None,
-        },
+        lane: lane_defaults(config)?,
         sites: config.sites.clone(),
         idle_timeout: config.idle_timeout(),
         connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
         backoff: Duration::from_secs(5),
         board,
         index: 0,
+        live,
     })
 }
 
@@ -205,6 +225,7 @@ fn start_http(
     metrics: &Arc<Metrics>,
     shedding: Arc<Shedding>,
     admin: crate::admin::Admin,
+    live: Arc<crate::live::Live>,
     receptions: crossbeam_channel::Sender<crate::log::Record>,
 ) -> Result<HttpParts, String> {
     let listen = config.http.listen;
@@ -218,7 +239,7 @@ fn start_http(
         crate::ingest::http::HttpSettings {
             body_max: config.http.body_max_bytes,
             recipients_max: config.http.recipients_max,
-            tokens: config.http.tokens.clone(),
+            live,
             hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
         },
         receptions,
@@ -246,21 +267,35 @@ fn start_http(
 }
 
 /// `ringmail serve`: runs until SIGTERM or SIGINT, then stops gracefully.
-pub fn serve(config: Config) -> Result<(), String> {
-    let engine = Engine::start(config)?;
+pub fn serve(config: Config, path: std::path::PathBuf) -> Result<(), String> {
+    let engine = Engine::start_from(config, Some(path))?;
     println!("ringmail: serving; HTTP control plane on http://{}", engine.http);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         let requested = async {
             while !engine.shutdown_requested.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-            () = requested => {}
+        tokio::pin!(requested);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                () = &mut requested => break,
+                _ = hangup.recv() => {
+                    let live = Arc::clone(&engine.live);
+                    match tokio::task::spawn_blocking(move || live.reload()).await {
+                        Ok(Ok(report)) => {
+                            tracing::info!(applied = ?report.applied, restart_needed = ?report.restart_needed, "SIGHUP: reloaded")
+                        }
+                        Ok(Err(error)) => tracing::error!(%error, "SIGHUP: configuration not reloaded"),
+                        Err(error) => tracing::error!(%error, "SIGHUP: reload failed"),
+                    }
+                }
+            }
         }
     });
     tracing::info!("stopping: in-flight deliveries get up to 10 s, the rest stays queued");

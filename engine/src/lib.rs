@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod dns;
 pub mod ingest;
 pub mod io;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod policy;

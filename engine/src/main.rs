@@ -35,10 +35,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    ringmail::admin::set_log_level_hook(Box::new(move |directives| {
+        let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }));
     let result = match Cli::parse().command {
-        Command::Serve { config } => Config::load(&config).map_err(|e| e.to_string()).and_then(ringmail::daemon::serve),
+        Command::Serve { config: path } => {
+            Config::load(&path).map_err(|e| e.to_string()).and_then(|config| ringmail::daemon::serve(config, path))
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).map_err(|e| e.to_string()).and_then(|_| {

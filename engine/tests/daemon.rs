@@ -53,6 +53,19 @@ fn http(address: SocketAddr, request: &str) -> (u16, String) {
 }
 
 const TOKEN: &str = "test-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+const NEW_TOKEN: &str = "reloaded-token-0123456789";
+
+/// `ringmail ctl` as an operator runs it: exit status, stdout, stderr.
+fn ctl(address: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ringmail"))
+        .args(["ctl", "--url", &format!("http://{address}"), "--token", token])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
 
 fn post(address: SocketAddr, body: &str, token: &str) -> (u16, String) {
     http(
@@ -71,11 +84,15 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = dir.path().join("ringmail.toml");
     // Nothing answers DNS on port 9: mail stays queued, which is all this test needs.
-    let text = format!(
-        "[store]\npath = \"{}\"\n[http]\nlisten = \"{address}\"\ntokens = [\"{TOKEN}\"]\n[dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = 300\n[delivery]\nallowlist = [\"127.0.0.0/8\"]\n",
-        dir.path().join("queue").display()
-    );
-    std::fs::write(&config, text).unwrap();
+    let text = |token: &str, retry: u64, dns_timeout: u64| {
+        format!(
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"{address}\"\ntokens = [\"{token}\"]\nadmin_tokens = [\"{ADMIN}\"]\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\ntimeout_ms = {dns_timeout}\n[delivery]\nallowlist = [\"127.0.0.0/8\"]\n\
+             [retry]\nfirst_retry_seconds = {retry}\n",
+            dir.path().join("queue").display()
+        )
+    };
+    std::fs::write(&config, text(TOKEN, 300, 300)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringmail"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -121,6 +138,45 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     assert_eq!(status, 200);
     assert!(metrics.contains("ringmail_injected_messages_total 1"), "{metrics}");
     assert!(metrics.contains("ringmail_queue_recipients{state="), "{metrics}");
+
+    // ringmail ctl, as a separate process: a table, a clear refusal, the log filter.
+    let (code, out, _) = ctl(address, ADMIN, &["queue", "summary"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("DOMAIN") && out.contains("d.test"), "{out}");
+    let (code, _, err) = ctl(address, "not-the-admin-token", &["queue", "summary"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    let (code, out, _) = ctl(address, ADMIN, &["--json", "suspensions"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["suspensions"].is_array(), "{out}");
+    let (code, out, err) = ctl(address, ADMIN, &["log-level", "ringmail=debug,info"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ringmail=debug,info"), "{out}");
+    let (code, _, err) = ctl(address, ADMIN, &["log-level", "ringmail=nonsense"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("filter"), "{err}");
+
+    // Reload: new inject token and retry now, the DNS change waits for a restart.
+    let one = request(r#"{"email": "b@d.test"}"#);
+    std::fs::write(&config, text(NEW_TOKEN, 60, 500)).unwrap();
+    let (code, out, err) = ctl(address, ADMIN, &["reload"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied http tokens, retry") && out.contains("needs a restart: dns"), "{out}");
+    assert_eq!(post(address, &one, TOKEN).0, 401, "the old token is gone");
+    assert_eq!(post(address, &one, NEW_TOKEN).0, 200, "the new one works");
+    std::fs::write(&config, "[store]\nthis is not toml").unwrap();
+    let (code, _, err) = ctl(address, ADMIN, &["reload"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing changed") && err.contains("ringmail.toml"), "{err}");
+    assert_eq!(post(address, &one, NEW_TOKEN).0, 200, "a bad file changes nothing");
+    // SIGHUP does the same.
+    std::fs::write(&config, text(TOKEN, 60, 500)).unwrap();
+    Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(address, &one, TOKEN).0 != 200 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());

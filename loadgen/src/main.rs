@@ -279,9 +279,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             anyhow::ensure!((1..=10_000_000).contains(&messages), "--messages: between 1 and 10000000");
             loadgen::demo::run(messages, dir)
         }
-        Command::Engine { config } => {
-            let config = ringmail::config::Config::load(&config)?;
-            ringmail::daemon::serve(config).map_err(anyhow::Error::msg)?;
+        Command::Engine { config: path } => {
+            let config = ringmail::config::Config::load(&path)?;
+            ringmail::daemon::serve(config, path).map_err(anyhow::Error::msg)?;
             Ok(true)
         }
         Command::TransportMap { scenario } => {

@@ -39,8 +39,9 @@ pub struct HttpSettings {
     pub body_max: usize,
     /// Recipients per request at most.
     pub recipients_max: usize,
-    /// Bearer tokens that may inject; empty: no authentication (loopback only).
-    pub tokens: Vec<String>,
+    /// The running configuration: its `http.tokens` may inject (empty: no
+    /// authentication, loopback only); they reload.
+    pub live: Arc<crate::live::Live>,
     /// The host name in generated `Message-ID`s.
     pub hostname: String,
 }
@@ -83,7 +84,7 @@ fn busy(reason: String) -> Response {
 }
 
 fn authorized(settings: &HttpSettings, headers: &HeaderMap) -> bool {
-    token_matches(&settings.tokens, headers)
+    token_matches(&settings.live.current().http.tokens, headers)
 }
 
 /// Whether the request carries one of `tokens` as a bearer token (compared in

@@ -28,11 +28,9 @@ pub struct Scheduler {
     pub shards: Vec<Sender<Work>>,
     /// Results of attempts that never reached a shard (DNS failures, full shards).
     pub results: Sender<Attempt>,
-    pub egress: Vec<EgressSource>,
-    /// For the egress pool of a site.
-    pub sites: Vec<crate::policy::site::SiteRule>,
-    pub default_ehlo: Arc<str>,
-    pub recipients_per_transaction: usize,
+    /// The running configuration: egress sources, `[[site]]` pools, the default EHLO
+    /// name and recipients per transaction are read from it (they reload).
+    pub live: Arc<crate::live::Live>,
     pub in_flight_max: usize,
     /// Queue everything, deliver nothing (`delivery.hold`).
     pub hold: bool,
@@ -130,23 +128,23 @@ impl Scheduler {
                 continue;
             };
             let body: Arc<[u8]> = body.into();
-            for chunk in recipients.chunks(self.recipients_per_transaction) {
+            let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
+            for chunk in recipients.chunks(per_transaction) {
                 self.hand_over(chunk, &route, &body);
             }
         }
     }
 
     fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
+        let config = self.live.current();
         let rebound = self.rebinds.pool_of(&recipients[0].recipient.domain);
         let pool = match &rebound {
             Some(pool) => pool.as_str(),
-            None => crate::policy::site::SiteRule::pool_for(&route.site, &self.sites).unwrap_or("default"),
+            None => crate::policy::site::SiteRule::pool_for(&route.site, &config.sites).unwrap_or("default"),
         };
-        let source = self.pick_source(pool);
-        let ehlo_name = source
-            .and_then(|s| s.ehlo_name.as_deref())
-            .map(Arc::from)
-            .unwrap_or_else(|| Arc::clone(&self.default_ehlo));
+        let source = pick_source(&config.egress, pool);
+        let ehlo_name: Arc<str> =
+            Arc::from(source.and_then(|s| s.ehlo_name.as_deref()).unwrap_or(config.delivery.ehlo_name.as_str()));
         let lane = LaneKey { site: route.site.clone(), source: source.map(|s| s.address) };
         let work = Work {
             keys: recipients.iter().map(|c| c.key).collect(),
@@ -169,24 +167,26 @@ impl Scheduler {
             }
         }
     }
+}
 
-    /// An egress source of `pool` by weight; `None` when the pool has none.
-    fn pick_source(&self, pool: &str) -> Option<&EgressSource> {
-        let in_pool = || self.egress.iter().filter(move |source| source.pool == pool);
-        let total: u32 = in_pool().map(|s| s.weight).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut point = fastrand::u32(0..total);
-        in_pool().find(|source| {
-            if point < source.weight {
-                return true;
-            }
-            point -= source.weight;
-            false
-        })
+/// An egress source of `pool` by weight; `None` when the pool has none.
+fn pick_source<'a>(egress: &'a [EgressSource], pool: &str) -> Option<&'a EgressSource> {
+    let in_pool = || egress.iter().filter(move |source| source.pool == pool);
+    let total: u32 = in_pool().map(|s| s.weight).sum();
+    if total == 0 {
+        return None;
     }
+    let mut point = fastrand::u32(0..total);
+    in_pool().find(|source| {
+        if point < source.weight {
+            return true;
+        }
+        point -= source.weight;
+        false
+    })
+}
 
+impl Scheduler {
     fn fail(&self, recipient: &Claimed, result: AttemptResult) {
         let attempt = Attempt {
             key: recipient.key,
@@ -245,7 +245,11 @@ pub struct Completer {
     pub classifier: crate::policy::Classifier,
     pub results: Receiver<Attempt>,
     pub log: DeliveryLog,
+    /// `[retry]` and the bounce rules are read from it (they reload).
+    pub live: Arc<crate::live::Live>,
     pub config: Arc<Config>,
+    /// The generation of `live` that `config` and `classifier` come from.
+    pub generation: u64,
     pub metrics: Arc<Metrics>,
 }
 
@@ -288,6 +292,14 @@ impl Completer {
     }
 
     fn apply(&mut self, batch: Vec<Attempt>) {
+        if self.live.generation() != self.generation {
+            self.generation = self.live.generation();
+            self.config = self.live.current();
+            match crate::policy::Classifier::new(&self.config.bounce_rules) {
+                Ok(classifier) => self.classifier = classifier,
+                Err(error) => tracing::error!(%error, "reloaded bounce rules: keeping the previous ones"),
+            }
+        }
         let now = crate::log::now_ms();
         let changes: Vec<queue_store::StateChange> = batch
             .iter()

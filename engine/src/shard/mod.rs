@@ -119,6 +119,9 @@ pub struct ShardSettings {
     /// Where this shard publishes its lanes for the admin API, and its index there.
     pub board: Arc<LaneBoard>,
     pub index: usize,
+    /// The running configuration: a reload changes the lane defaults, `[[site]]`
+    /// rules and timeouts, picked up on the next turn.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// One lane as the admin API shows it (`ringmail ctl lanes`).
@@ -259,7 +262,13 @@ pub fn run(
     };
     let mut stopping_since: Option<Instant> = None;
     let mut published = Instant::now();
+    let mut generation = lanes.settings.live.generation();
     loop {
+        if lanes.settings.live.generation() != generation {
+            generation = lanes.settings.live.generation();
+            let config = lanes.settings.live.current();
+            lanes.refresh(&config);
+        }
         if published.elapsed() >= PUBLISH_EVERY {
             lanes.publish(published.elapsed());
             published = Instant::now();
@@ -331,6 +340,32 @@ impl Lanes {
         lane.route = Arc::clone(&work.route);
         lane.queue.push_back(work);
         Metrics::count(&self.metrics.ready_queue_depth, 1);
+    }
+
+    /// Takes a reloaded configuration's lane defaults, site rules and timeouts;
+    /// lanes already open get their new policy now (a lower connection limit is
+    /// reached as connections finish, none is cut).
+    fn refresh(&mut self, config: &crate::config::Config) {
+        let defaults = match crate::daemon::lane_defaults(config) {
+            Ok(defaults) => defaults,
+            Err(error) => return tracing::error!(%error, "reloaded lane defaults: keeping the previous ones"),
+        };
+        self.settings.lane = defaults;
+        self.settings.sites = config.sites.clone();
+        self.settings.idle_timeout = config.idle_timeout();
+        self.settings.connect_timeout = Duration::from_millis(config.delivery.connect_timeout_ms);
+        let now = Instant::now();
+        for (key, lane) in self.lanes.iter_mut() {
+            let policy = LanePolicy::for_site(&key.site, &self.settings.sites, &self.settings.lane);
+            if policy.message_rate != lane.policy.message_rate {
+                lane.messages = policy.message_rate.map(|rate| TokenBucket::new(rate, now));
+            }
+            if policy.connection_rate != lane.policy.connection_rate {
+                lane.connects = policy.connection_rate.map(|rate| TokenBucket::new(rate, now));
+            }
+            lane.limit = lane.limit.min(policy.connections_max as f64).max(1.0);
+            lane.policy = policy;
+        }
     }
 
     /// Publishes every lane to the board (`elapsed`: since the last time).

@@ -1,0 +1,144 @@
+//! The configuration as it runs, and its reload (`SIGHUP`, `ringmail ctl reload`).
+//!
+//! A reload reads the file again, checks it whole, and applies at once what can
+//! change without dropping a connection: the inject and admin tokens, `[retry]`,
+//! `[[bounce_rule]]`, `[[site]]`, `[[egress]]` and the lane defaults of
+//! `[delivery]` (connections, messages per connection, recipients per transaction,
+//! TLS policy, timeouts). Lanes already open take their new limits on their next
+//! turn. Everything else (store, listeners, DNS, shards, hold, allowlist, log,
+//! ingest limits) is named in the answer as needing a restart, and keeps its
+//! running value until then. A file that does not load changes nothing.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+
+#[derive(Debug)]
+pub struct Live {
+    config: RwLock<Arc<Config>>,
+    /// Bumped by every applied reload: readers that cache compare it.
+    generation: AtomicU64,
+    /// The file to read again; none: reload is refused (an engine started from a
+    /// `Config` built in memory).
+    path: Option<PathBuf>,
+}
+
+/// What a reload did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ReloadReport {
+    /// Sections applied now (those that changed).
+    pub applied: Vec<&'static str>,
+    /// Sections that changed in the file but need a restart.
+    pub restart_needed: Vec<&'static str>,
+    pub generation: u64,
+}
+
+impl Live {
+    pub fn new(config: Arc<Config>, path: Option<PathBuf>) -> Live {
+        Live { config: RwLock::new(config), generation: AtomicU64::new(0), path }
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Reads the file again and applies what can change while running.
+    pub fn reload(&self) -> Result<ReloadReport, String> {
+        let Some(path) = &self.path else {
+            return Err("this engine was not started from a file: nothing to reload".into());
+        };
+        let new = Config::load(path).map_err(|e| e.to_string())?;
+        let mut guard = self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = Arc::clone(&guard);
+        let mut applied = (*old).clone();
+        let mut report = ReloadReport::default();
+        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        // Live sections: take the new value.
+        if !same(&old.http.tokens, &new.http.tokens) || !same(&old.http.admin_tokens, &new.http.admin_tokens) {
+            applied.http.tokens = new.http.tokens.clone();
+            applied.http.admin_tokens = new.http.admin_tokens.clone();
+            report.applied.push("http tokens");
+        }
+        if !same(&old.retry, &new.retry) {
+            applied.retry = new.retry.clone();
+            report.applied.push("retry");
+        }
+        if !same(&old.bounce_rules, &new.bounce_rules) {
+            applied.bounce_rules = new.bounce_rules.clone();
+            report.applied.push("bounce_rule");
+        }
+        if !same(&old.sites, &new.sites) {
+            applied.sites = new.sites.clone();
+            report.applied.push("site");
+        }
+        if !same(&old.egress, &new.egress) {
+            applied.egress = new.egress.clone();
+            report.applied.push("egress");
+        }
+        let (o, n) = (&old.delivery, &new.delivery);
+        let lane_keys = |d: &crate::config::DeliverySection| {
+            format!(
+                "{:?}",
+                (
+                    d.connections_per_lane_max,
+                    d.messages_per_connection_max,
+                    d.recipients_per_transaction_max,
+                    &d.tls,
+                    d.idle_timeout_ms,
+                    d.connect_timeout_ms,
+                    &d.ehlo_name
+                )
+            )
+        };
+        if lane_keys(o) != lane_keys(n) {
+            let d = &mut applied.delivery;
+            d.connections_per_lane_max = n.connections_per_lane_max;
+            d.messages_per_connection_max = n.messages_per_connection_max;
+            d.recipients_per_transaction_max = n.recipients_per_transaction_max;
+            d.tls = n.tls.clone();
+            d.idle_timeout_ms = n.idle_timeout_ms;
+            d.connect_timeout_ms = n.connect_timeout_ms;
+            d.ehlo_name = n.ehlo_name.clone();
+            report.applied.push("delivery (lane defaults)");
+        }
+        // The rest: named, not applied.
+        let mut old_rest = (*old).clone();
+        let mut new_rest = new.clone();
+        for config in [&mut old_rest, &mut new_rest] {
+            config.http.tokens.clear();
+            config.http.admin_tokens.clear();
+        }
+        for (name, changed) in [
+            ("store", !same(&old_rest.store, &new_rest.store)),
+            ("http (listen, limits)", !same(&old_rest.http, &new_rest.http)),
+            ("smtp", !same(&old_rest.smtp, &new_rest.smtp)),
+            ("ingest", !same(&old_rest.ingest, &new_rest.ingest)),
+            ("dns", !same(&old_rest.dns, &new_rest.dns)),
+            ("log", !same(&old_rest.log, &new_rest.log)),
+            (
+                "delivery (shards, hold, allowlist, smtp_port, in_flight_max)",
+                !same(
+                    &(o.shards, o.hold, &o.allowlist, o.smtp_port, o.in_flight_max),
+                    &(n.shards, n.hold, &n.allowlist, n.smtp_port, n.in_flight_max),
+                ),
+            ),
+        ] {
+            if changed {
+                report.restart_needed.push(name);
+            }
+        }
+        if !report.applied.is_empty() {
+            *guard = Arc::new(applied);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        report.generation = self.generation();
+        tracing::info!(applied = ?report.applied, restart_needed = ?report.restart_needed, "configuration reloaded");
+        Ok(report)
+    }
+}
