@@ -2,12 +2,13 @@
 //! talks to. Bearer tokens from `http.admin_tokens` (required when `http.listen`
 //! is not loopback). Every answer is JSON; every refusal has an `error`.
 //!
-//! - `GET  summary?top=N`: totals by state, messages, oldest age, the N largest
-//!   domains, suspensions, whether intake is drained;
+//! - `GET  summary?top=N&by=domain|tenant|campaign`: totals by state, messages,
+//!   oldest age, the N largest groups (tenant and campaign: a scan of the queue,
+//!   with each group's oldest message), suspensions, whether intake is drained;
 //! - `GET  domains/{domain}/recipients?limit=N`, `GET messages/{id}`;
 //! - `POST suspend {domain, duration_seconds?}`, `POST resume {domain}`,
 //!   `GET suspensions`;
-//! - `POST bounce {domain | message, reason, dry_run?}`: administrative bounce,
+//! - `POST bounce {domain | message | tenant | campaign, reason, dry_run?}`: administrative bounce,
 //!   logged as `AdminBounce` (in-flight recipients when their attempt comes back);
 //! - `POST retry-now {domain?}`: deferred recipients due now (one domain, or all);
 //! - `POST rebind {domain, pool}` (`pool: null` undoes it), `GET rebinds`: send a
@@ -112,6 +113,41 @@ fn seconds_since(ms: u64) -> f64 {
 struct Top {
     #[serde(default = "default_top")]
     top: usize,
+    /// `domain` (the default: kept counts, instant), `tenant` or `campaign` (a scan
+    /// of the queue, with each group's oldest message).
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// Recipients by tenant or campaign, from a scan of the queue: name, counts by
+/// state, oldest message time; largest groups first.
+fn group_counts(
+    store: &Store,
+    by: &str,
+) -> Result<Vec<(String, queue_store::StateCounts, u64)>, queue_store::StoreError> {
+    use queue_store::RecipientState;
+    let mut groups: std::collections::HashMap<String, (queue_store::StateCounts, u64)> = Default::default();
+    store.scan(|envelope, recipients| {
+        let name = match by {
+            "tenant" => envelope.tenant.clone(),
+            _ => envelope.campaign.clone(),
+        }
+        .unwrap_or_else(|| "-".into());
+        let (counts, oldest) = groups.entry(name).or_insert((Default::default(), u64::MAX));
+        *oldest = (*oldest).min(envelope.created_ms);
+        for (_, record) in recipients {
+            match record.state {
+                RecipientState::Queued => counts.queued += 1,
+                RecipientState::InFlight => counts.in_flight += 1,
+                RecipientState::Deferred => counts.deferred += 1,
+                RecipientState::Suspended => counts.suspended += 1,
+            }
+        }
+        true
+    })?;
+    let mut out: Vec<_> = groups.into_iter().map(|(name, (counts, oldest))| (name, counts, oldest)).collect();
+    out.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
+    Ok(out)
 }
 
 fn default_top() -> usize {
@@ -123,23 +159,45 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
         return refusal;
     }
     let counts = admin.store.counts();
-    let domains: Vec<_> = admin
-        .store
-        .domain_counts()
-        .into_iter()
-        .take(query.top.min(10_000))
-        .map(|(domain, c)| {
-            json!({"domain": domain, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
-                   "suspended": c.suspended, "total": c.total()})
-        })
-        .collect();
+    let by = query.by.clone().unwrap_or_else(|| "domain".into());
+    let top = query.top.min(10_000);
+    let groups: Vec<serde_json::Value> = match by.as_str() {
+        "domain" => admin
+            .store
+            .domain_counts()
+            .into_iter()
+            .take(top)
+            .map(|(domain, c)| {
+                json!({"name": domain, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
+                       "suspended": c.suspended, "total": c.total()})
+            })
+            .collect(),
+        "tenant" | "campaign" => {
+            let store = Arc::clone(&admin.store);
+            let by = by.clone();
+            match tokio::task::spawn_blocking(move || group_counts(&store, &by)).await {
+                Ok(Ok(groups)) => groups
+                    .into_iter()
+                    .take(top)
+                    .map(|(name, c, oldest)| {
+                        json!({"name": name, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
+                               "suspended": c.suspended, "total": c.total(), "oldest_age_s": seconds_since(oldest)})
+                    })
+                    .collect(),
+                Ok(Err(e)) => return store_error(&e),
+                Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            }
+        }
+        other => return error(StatusCode::BAD_REQUEST, format!("by: {other:?} is not domain, tenant or campaign")),
+    };
     let oldest = admin.store.oldest_message().map(|(id, ms)| json!({"id": id.to_string(), "age_s": seconds_since(ms)}));
     Json(json!({
         "totals": {"queued": counts.queued, "in_flight": counts.in_flight, "deferred": counts.deferred,
                    "suspended": counts.suspended, "total": counts.total()},
         "messages": admin.store.message_count(),
         "oldest": oldest,
-        "domains": domains,
+        "by": by,
+        "groups": groups,
         "suspensions": suspension_list(&admin.store),
         "draining": admin.shedding.is_draining(),
         "store_health": format!("{:?}", admin.store.health()),
@@ -310,6 +368,10 @@ struct BounceRequest {
     domain: Option<String>,
     #[serde(default)]
     message: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
     reason: String,
     #[serde(default)]
     dry_run: bool,
@@ -326,13 +388,20 @@ async fn bounce(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) 
     if request.reason.trim().is_empty() {
         return error(StatusCode::BAD_REQUEST, "reason: say why (it goes into every AdminBounce record)");
     }
+    let given = [&request.domain, &request.message, &request.tenant, &request.campaign];
+    if given.iter().filter(|field| field.is_some()).count() != 1 {
+        return error(StatusCode::BAD_REQUEST, "give exactly one of domain, message, tenant or campaign");
+    }
+    if request.tenant.is_some() || request.campaign.is_some() {
+        return bounce_group(&admin, request).await;
+    }
     let selector = match (&request.domain, &request.message) {
-        (Some(domain), None) => Selector::Domain(domain.to_ascii_lowercase()),
-        (None, Some(id)) => match MessageId::from_str(id) {
+        (Some(domain), _) => Selector::Domain(domain.to_ascii_lowercase()),
+        (_, Some(id)) => match MessageId::from_str(id) {
             Ok(id) => Selector::Message(id),
             Err(_) => return error(StatusCode::BAD_REQUEST, format!("message: {id:?} is not a message id")),
         },
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or message"),
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, message, tenant or campaign"),
     };
     if request.dry_run {
         let count = match &selector {
@@ -356,6 +425,65 @@ async fn bounce(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) 
     };
     for terminal in &report.terminal {
         log_admin_bounce(&admin, terminal);
+    }
+    Json(json!({"bounced": report.terminal.len(), "report": report_json(&report)})).into_response()
+}
+
+/// A bounce by tenant or campaign: the queue is scanned for their messages, and each
+/// is bounced as a message.
+async fn bounce_group(admin: &Admin, request: BounceRequest) -> Response {
+    let store = Arc::clone(&admin.store);
+    let (tenant, campaign) = (request.tenant.clone(), request.campaign.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        let mut messages = Vec::new();
+        let mut recipients = 0u64;
+        store
+            .scan(|envelope, listed| {
+                let matches = match (&tenant, &campaign) {
+                    (Some(tenant), _) => envelope.tenant.as_ref() == Some(tenant),
+                    (_, Some(campaign)) => envelope.campaign.as_ref() == Some(campaign),
+                    _ => false,
+                };
+                if matches {
+                    messages.push(envelope.id);
+                    recipients += listed.len() as u64;
+                }
+                true
+            })
+            .map(|()| (messages, recipients))
+    })
+    .await;
+    let (messages, recipients) = match found {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return store_error(&e),
+        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    if request.dry_run {
+        return Json(json!({"dry_run": true, "would_bounce": recipients, "messages": messages.len()})).into_response();
+    }
+    let store = Arc::clone(&admin.store);
+    let reason = format!("administrative bounce: {}", request.reason);
+    let result = tokio::task::spawn_blocking(move || {
+        let mut total = AdminReport::default();
+        for id in messages {
+            let report = store.admin_bounce(Selector::Message(id), &reason)?;
+            total.terminal.extend(report.terminal);
+            total.in_flight += report.in_flight;
+            if report.error.is_some() {
+                total.error = report.error;
+                break;
+            }
+        }
+        Ok::<_, queue_store::StoreError>(total)
+    })
+    .await;
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return store_error(&e),
+        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
+    };
+    for terminal in &report.terminal {
+        log_admin_bounce(admin, terminal);
     }
     Json(json!({"bounced": report.terminal.len(), "report": report_json(&report)})).into_response()
 }

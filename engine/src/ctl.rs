@@ -46,13 +46,18 @@ pub enum CtlCommand {
     },
     /// Suspended domains and when each suspension ends.
     Suspensions,
-    /// Administrative bounce of a domain's or a message's recipients, logged as
-    /// AdminBounce.
+    /// Administrative bounce of a domain's, a message's, a tenant's or a campaign's
+    /// recipients, logged as AdminBounce.
+    #[command(group(clap::ArgGroup::new("selector").required(true).multiple(false)))]
     Bounce {
-        #[arg(long, conflicts_with = "message", required_unless_present = "message")]
+        #[arg(long, group = "selector")]
         domain: Option<String>,
-        #[arg(long)]
+        #[arg(long, group = "selector")]
         message: Option<String>,
+        #[arg(long, group = "selector")]
+        tenant: Option<String>,
+        #[arg(long, group = "selector")]
+        campaign: Option<String>,
         /// Why (it goes into every AdminBounce record).
         #[arg(long)]
         reason: String,
@@ -106,6 +111,9 @@ pub enum QueueCommand {
     Summary {
         #[arg(long, default_value_t = 20)]
         top: usize,
+        /// Group by domain (instant), tenant or campaign (a scan of the queue).
+        #[arg(long, default_value = "domain", value_parser = ["domain", "tenant", "campaign"])]
+        by: String,
     },
     /// A domain's recipients: state, attempts, next attempt, last response.
     List {
@@ -212,8 +220,8 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
         .into();
     let client = Client { agent, url: ctl.url.clone(), token: ctl.token.clone() };
     let (answer, table): (Value, fn(&Value) -> String) = match ctl.command {
-        CtlCommand::Queue(QueueCommand::Summary { top }) => {
-            (client.call("GET", &format!("summary?top={top}"), None)?, summary_table)
+        CtlCommand::Queue(QueueCommand::Summary { top, by }) => {
+            (client.call("GET", &format!("summary?top={top}&by={by}"), None)?, summary_table)
         }
         CtlCommand::Queue(QueueCommand::List { domain, limit }) => {
             (client.call("GET", &format!("domains/{domain}/recipients?limit={limit}"), None)?, list_table)
@@ -228,8 +236,9 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
         }
         CtlCommand::Resume { domain } => (client.call("POST", "resume", Some(json!({"domain": domain})))?, report_line),
         CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
-        CtlCommand::Bounce { domain, message, reason, dry_run } => {
-            let body = json!({"domain": domain, "message": message, "reason": reason, "dry_run": dry_run});
+        CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
+            let body = json!({"domain": domain, "message": message, "tenant": tenant, "campaign": campaign,
+                              "reason": reason, "dry_run": dry_run});
             (client.call("POST", "bounce", Some(body))?, bounce_line)
         }
         CtlCommand::RetryNow { domain } => (client.call("POST", "retry-now", Some(json!({"domain": domain})))?, |v| {
@@ -351,21 +360,24 @@ fn summary_table(v: &Value) -> String {
         out.push_str("intake DRAINING: new mail is refused\n");
     }
     out.push_str(&format!("store {}\n\n", number(&v["store_health"])));
-    let rows: Vec<Vec<String>> = v["domains"]
+    let rows: Vec<Vec<String>> = v["groups"]
         .as_array()
-        .map(|domains| {
-            domains
+        .map(|groups| {
+            groups
                 .iter()
-                .map(|d| {
-                    ["domain", "queued", "in_flight", "deferred", "suspended", "total"]
+                .map(|g| {
+                    let mut row: Vec<String> = ["name", "queued", "in_flight", "deferred", "suspended", "total"]
                         .iter()
-                        .map(|k| number(&d[*k]))
-                        .collect()
+                        .map(|k| number(&g[*k]))
+                        .collect();
+                    row.push(seconds(&g["oldest_age_s"]));
+                    row
                 })
                 .collect()
         })
         .unwrap_or_default();
-    out.push_str(&table(&["DOMAIN", "QUEUED", "IN FLIGHT", "DEFERRED", "SUSPENDED", "TOTAL"], &rows));
+    let by = v["by"].as_str().unwrap_or("domain").to_uppercase();
+    out.push_str(&table(&[&by, "QUEUED", "IN FLIGHT", "DEFERRED", "SUSPENDED", "TOTAL", "OLDEST"], &rows));
     out
 }
 

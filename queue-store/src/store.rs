@@ -21,8 +21,8 @@ use crate::recovery::{recover, OpenReport};
 use crate::shared::{Shared, StoreMetrics};
 use crate::syncer::{Syncer, SYNC_QUEUE_GROUPS_MAX};
 use crate::types::{
-    AdminReport, Applied, Claimed, MessageId, MessageView, NewMessage, RecipientKey, RecipientRecord, RecipientState,
-    Selector, StateChange, StateCounts,
+    AdminReport, Applied, Claimed, Envelope, MessageId, MessageView, NewMessage, RecipientKey, RecipientRecord,
+    RecipientState, Selector, StateChange, StateCounts,
 };
 use crate::writer::{ControlRequest, EnqueueRequest, Writer};
 
@@ -351,6 +351,49 @@ impl Store {
         }
         self.overlay_in_flight(&mut out);
         Ok(out)
+    }
+
+    /// Calls `visit` with every message in the queue and its recipients (in-flight
+    /// ones shown as such), in id (arrival) order, until it returns false. A full
+    /// scan: for operator queries (summaries by tenant or campaign), not hot paths.
+    /// Corrupt records are skipped (recovery quarantines them at the next open).
+    pub fn scan(
+        &self,
+        mut visit: impl FnMut(&Envelope, &[(RecipientKey, RecipientRecord)]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut current: Option<(Envelope, Vec<(RecipientKey, RecipientRecord)>)> = None;
+        let mut finish = |current: &mut Option<(Envelope, Vec<(RecipientKey, RecipientRecord)>)>| -> bool {
+            match current.take() {
+                Some((envelope, mut recipients)) => {
+                    self.overlay_in_flight(&mut recipients);
+                    visit(&envelope, &recipients)
+                }
+                None => true,
+            }
+        };
+        for item in self.db.iterator_cf(cf(&self.db, CF_ENVELOPES), IteratorMode::Start) {
+            let (raw, value) = item?;
+            match parse_envelopes_key(&raw) {
+                Some(EnvelopesKey::Envelope(id)) => {
+                    if !finish(&mut current) {
+                        return Ok(());
+                    }
+                    if let Ok(envelope) = decode_envelope(id, &value) {
+                        current = Some((envelope, Vec::new()));
+                    }
+                }
+                Some(EnvelopesKey::Recipient(key)) => {
+                    if let (Some((envelope, recipients)), Ok(record)) = (current.as_mut(), decode_recipient(&value)) {
+                        if envelope.id == key.message {
+                            recipients.push((key, record));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        finish(&mut current);
+        Ok(())
     }
 
     fn overlay_in_flight(&self, recipients: &mut [(RecipientKey, RecipientRecord)]) {
