@@ -38,9 +38,11 @@ fn dashboard_and_alerts_name_only_exposed_metrics() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     engine.shutdown();
+    // Sample lines, and `# TYPE` lines (a labelled family may have no sample yet).
     let exposed: BTreeSet<String> = answer
         .lines()
-        .filter(|line| !line.starts_with('#') && line.starts_with("ringmail_"))
+        .filter_map(|line| line.strip_prefix("# TYPE ").or((!line.starts_with('#')).then_some(line)))
+        .filter(|line| line.starts_with("ringmail_"))
         .map(|line| line.split(['{', ' ']).next().unwrap().to_string())
         .collect();
     assert!(exposed.len() > 10, "{answer}");

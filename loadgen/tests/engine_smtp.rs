@@ -128,6 +128,18 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     let (ok, transcript) = swaks_at(&listen, &["--local-interface", "127.0.0.10"], "relay-network@fast.test");
     assert!(ok && transcript.contains("queued as"), "a relay network's client on the relay port: {transcript}");
 
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let metrics =
+        agent.get(format!("http://{}/metrics", engine.http)).call().unwrap().body_mut().read_to_string().unwrap();
+    let expiry: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ringmail_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // rcgen's default notAfter is 4096-01-01.
+    assert_eq!(expiry, 67_090_118_400, "the listener certificate's expiry in /metrics");
+
     let deadline = Instant::now() + Duration::from_secs(20);
     while fleet.state().accepted.len() < 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -68,6 +68,10 @@ pub fn start(
             let chain = CertificateDer::pem_file_iter(certificate)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| format!("smtp.tls_certificate {}: {e}", certificate.display()))?;
+            match chain.first().and_then(|leaf| crate::io::certificate::not_after(leaf)) {
+                Some(expiry) => ingest.metrics.tls_certificate_expiry.store(expiry, Ordering::Relaxed),
+                None => tracing::warn!(path = %certificate.display(), "could not read the certificate's expiry"),
+            }
             let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("smtp.tls_key {}: {e}", key.display()))?;
             Some(server_config(chain, key).map_err(|e| format!("smtp TLS: {e}"))?)
         }

@@ -17,6 +17,7 @@
 //! `connect.rs` binds the egress source address, applies the destination allowlist
 //! before every connect, and bounds the connect time.
 
+pub mod certificate;
 pub mod connect;
 pub mod driver;
 pub mod epoll;

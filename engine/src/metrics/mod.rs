@@ -21,6 +21,21 @@ pub struct Metrics {
     pub dns_lookups: AtomicU64,
     pub dns_lookup_micros: AtomicU64,
     pub log_records_dropped: AtomicU64,
+    /// `notAfter` of the SMTP listener's certificate (seconds since the epoch); 0: none.
+    pub tls_certificate_expiry: AtomicU64,
+    /// Finished attempts per destination site: delivered, transient, bounced.
+    sites: std::sync::Mutex<std::collections::HashMap<String, [u64; 3]>>,
+}
+
+/// Sites counted one by one at most; the rest are summed under `other`.
+const SITES_MAX: usize = 1000;
+
+/// What an attempt at a site came to (for [`Metrics::count_site`]).
+#[derive(Clone, Copy, Debug)]
+pub enum SiteOutcome {
+    Delivered = 0,
+    Transient = 1,
+    Bounced = 2,
 }
 
 fn add(counter: &AtomicU64, value: u64) {
@@ -30,6 +45,19 @@ fn add(counter: &AtomicU64, value: u64) {
 impl Metrics {
     pub fn count(counter: &AtomicU64, value: u64) {
         add(counter, value);
+    }
+
+    pub fn count_site(&self, site: &str, outcome: SiteOutcome) {
+        let mut sites = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = if sites.len() < SITES_MAX || sites.contains_key(site) { site } else { "other" };
+        match sites.get_mut(key) {
+            Some(counts) => counts[outcome as usize] += 1,
+            None => {
+                let mut counts = [0; 3];
+                counts[outcome as usize] = 1;
+                sites.insert(key.to_string(), counts);
+            }
+        }
     }
 
     /// The Prometheus text exposition, with the store's own figures.
@@ -94,6 +122,28 @@ impl Metrics {
             "# HELP ringmail_store_healthy 1 when the queue store accepts writes\n# TYPE ringmail_store_healthy gauge\nringmail_store_healthy {}",
             u8::from(store.health() == queue_store::Health::Healthy)
         );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_tls_certificate_expiry_timestamp_seconds When the SMTP listener's certificate expires (0: none)\n# TYPE ringmail_tls_certificate_expiry_timestamp_seconds gauge\nringmail_tls_certificate_expiry_timestamp_seconds {}",
+            load(&self.tls_certificate_expiry)
+        );
+        let _ =
+            writeln!(out, "# HELP ringmail_site_recipients_total Finished attempts per destination site and outcome");
+        let _ = writeln!(out, "# TYPE ringmail_site_recipients_total counter");
+        let sites = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut names: Vec<&String> = sites.keys().collect();
+        names.sort();
+        for site in names {
+            let label = site.replace('\\', "\\\\").replace('"', "\\\"");
+            for (index, outcome) in ["delivered", "transient", "bounced"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "ringmail_site_recipients_total{{site=\"{label}\",outcome=\"{outcome}\"}} {}",
+                    sites[site][index]
+                );
+            }
+        }
+        drop(sites);
         let store_metrics = store.metrics();
         let _ = writeln!(
             out,

@@ -364,6 +364,17 @@ impl Completer {
         if let Some(counter) = counter {
             Metrics::count(counter, 1);
         }
+        if let Some(site) = &attempt.site {
+            let outcome = match kind {
+                "Delivery" => Some(crate::metrics::SiteOutcome::Delivered),
+                "TransientFailure" => Some(crate::metrics::SiteOutcome::Transient),
+                "Bounce" => Some(crate::metrics::SiteOutcome::Bounced),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                self.metrics.count_site(site, outcome);
+            }
+        }
         let text = match (applied, &attempt.result) {
             // The store's reason wins: an admin bounce of a recipient that was in flight.
             (Applied::Terminal(terminal), _) => &terminal.response,
