@@ -6,7 +6,7 @@
 //!   oldest age, the N largest groups (tenant and campaign: a scan of the queue,
 //!   with each group's oldest message), suspensions, whether intake is drained;
 //! - `GET  domains/{domain}/recipients?limit=N`, `GET messages/{id}`;
-//! - `POST suspend {domain, duration_seconds?}`, `POST resume {domain}`,
+//! - `POST suspend {domain | site, duration_seconds?}`, `POST resume {domain | site}`,
 //!   `GET suspensions`;
 //! - `POST bounce {domain | message | tenant | campaign, reason, dry_run?}`: administrative bounce,
 //!   logged as `AdminBounce` (in-flight recipients when their attempt comes back);
@@ -54,6 +54,7 @@ pub struct Admin {
     /// What the delivery shards publish about their lanes.
     pub lanes: Arc<crate::shard::LaneBoard>,
     pub rebinds: crate::schedule::Rebinds,
+    pub site_holds: crate::schedule::SiteHolds,
     /// The egress pools in the configuration.
     pub pools: std::collections::BTreeSet<String>,
 }
@@ -198,7 +199,7 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
         "oldest": oldest,
         "by": by,
         "groups": groups,
-        "suspensions": suspension_list(&admin.store),
+        "suspensions": suspension_list(&admin),
         "draining": admin.shedding.is_draining(),
         "store_health": format!("{:?}", admin.store.health()),
     }))
@@ -281,7 +282,12 @@ async fn message(State(admin): Api, headers: HeaderMap, Path(id): Path<String>) 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuspendRequest {
-    domain: String,
+    #[serde(default)]
+    domain: Option<String>,
+    /// A site (MX host set, as in `lanes` and the log's `site`): its domains are
+    /// suspended in the queue as the scheduler meets them.
+    #[serde(default)]
+    site: Option<String>,
     #[serde(default)]
     duration_seconds: Option<u64>,
 }
@@ -308,8 +314,16 @@ async fn suspend(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes)
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let until = request.duration_seconds.map(|s| crate::log::now_ms() + s.saturating_mul(1000));
+    let domain = match (&request.domain, &request.site) {
+        (Some(domain), None) => domain.to_ascii_lowercase(),
+        (None, Some(site)) => {
+            admin.site_holds.hold(site, until);
+            tracing::info!(%site, "site suspended by the admin API");
+            return Json(json!({"site": site, "until_ms": until})).into_response();
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or site"),
+    };
     let store = Arc::clone(&admin.store);
-    let domain = request.domain.to_ascii_lowercase();
     let result = tokio::task::spawn_blocking(move || store.suspend(&domain, until)).await;
     match result {
         Ok(Ok(report)) => {
@@ -323,7 +337,10 @@ async fn suspend(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DomainRequest {
-    domain: String,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    site: Option<String>,
 }
 
 async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -334,31 +351,52 @@ async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) 
         Ok(request) => request,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
+    let domains = match (&request.domain, &request.site) {
+        (Some(domain), None) => vec![domain.to_ascii_lowercase()],
+        (None, Some(site)) => match admin.site_holds.release(site) {
+            Some(domains) => domains,
+            None => return error(StatusCode::NOT_FOUND, format!("site {site:?} is not suspended")),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or site"),
+    };
     let store = Arc::clone(&admin.store);
-    let domain = request.domain.to_ascii_lowercase();
-    match tokio::task::spawn_blocking(move || store.resume(&domain)).await {
-        Ok(Ok(report)) => Json(json!({"domain": request.domain, "report": report_json(&report)})).into_response(),
+    let resumed = tokio::task::spawn_blocking(move || {
+        let mut total = AdminReport::default();
+        for domain in domains {
+            let report = store.resume(&domain)?;
+            total.changed += report.changed;
+            total.in_flight += report.in_flight;
+        }
+        Ok::<_, queue_store::StoreError>(total)
+    });
+    match resumed.await {
+        Ok(Ok(report)) => {
+            let name = request.domain.or(request.site);
+            Json(json!({"domain": name, "report": report_json(&report)})).into_response()
+        }
         Ok(Err(e)) => store_error(&e),
         Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
     }
 }
 
-fn suspension_list(store: &Store) -> Vec<serde_json::Value> {
-    store
+fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
+    let remaining = |until: Option<u64>| until.map(|ms| ms.saturating_sub(crate::log::now_ms()) as f64 / 1000.0);
+    let sites = admin.site_holds.all().into_iter().map(|(site, until, domains)| {
+        json!({"site": site, "until_ms": until, "remaining_s": remaining(until), "domains": domains})
+    });
+    let domains = admin
+        .store
         .suspensions()
         .into_iter()
-        .map(|(domain, until)| {
-            let remaining = until.map(|ms| ms.saturating_sub(crate::log::now_ms()) as f64 / 1000.0);
-            json!({"domain": domain, "until_ms": until, "remaining_s": remaining})
-        })
-        .collect()
+        .map(|(domain, until)| json!({"domain": domain, "until_ms": until, "remaining_s": remaining(until)}));
+    sites.chain(domains).collect()
 }
 
 async fn suspensions(State(admin): Api, headers: HeaderMap) -> Response {
     if let Some(refusal) = refused(&admin, &headers) {
         return refusal;
     }
-    Json(json!({"suspensions": suspension_list(&admin.store)})).into_response()
+    Json(json!({"suspensions": suspension_list(&admin)})).into_response()
 }
 
 #[derive(Debug, Deserialize)]

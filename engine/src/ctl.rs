@@ -31,18 +31,26 @@ pub enum CtlCommand {
     /// One message: envelope and each recipient's state.
     #[command(subcommand)]
     Message(MessageCommand),
-    /// Hold a domain's mail (queued, and new arrivals) until resumed or for a while.
+    /// Hold a domain's mail (queued, and new arrivals), or a site's (every domain
+    /// routed to that MX host set), until resumed or for a while.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Suspend {
-        #[arg(long)]
-        domain: String,
+        #[arg(long, group = "target")]
+        domain: Option<String>,
+        /// A site as `ringmail ctl lanes` names it (its MX hosts).
+        #[arg(long, group = "target")]
+        site: Option<String>,
         /// How long (90s, 15m, 2h, 1d); none: until `resume`.
         #[arg(long)]
         duration: Option<String>,
     },
-    /// Release a suspended domain.
+    /// Release a suspended domain or site.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Resume {
-        #[arg(long)]
-        domain: String,
+        #[arg(long, group = "target")]
+        domain: Option<String>,
+        #[arg(long, group = "target")]
+        site: Option<String>,
     },
     /// Suspended domains and when each suspension ends.
     Suspensions,
@@ -229,12 +237,17 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
         CtlCommand::Message(MessageCommand::Show { id }) => {
             (client.call("GET", &format!("messages/{id}"), None)?, message_table)
         }
-        CtlCommand::Suspend { domain, duration } => {
+        CtlCommand::Suspend { domain, site, duration } => {
             let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
-            let body = json!({"domain": domain, "duration_seconds": seconds});
-            (client.call("POST", "suspend", Some(body))?, report_line)
+            let body = json!({"domain": domain, "site": site, "duration_seconds": seconds});
+            (client.call("POST", "suspend", Some(body))?, |v| match v["site"].as_str() {
+                Some(site) => format!("site {site} suspended: its domains are held as they come up"),
+                None => report_line(v),
+            })
         }
-        CtlCommand::Resume { domain } => (client.call("POST", "resume", Some(json!({"domain": domain})))?, report_line),
+        CtlCommand::Resume { domain, site } => {
+            (client.call("POST", "resume", Some(json!({"domain": domain, "site": site})))?, report_line)
+        }
         CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
         CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
             let body = json!({"domain": domain, "message": message, "tenant": tenant, "campaign": campaign,
@@ -467,7 +480,7 @@ fn suspensions_table(v: &Value) -> String {
     if rows.is_empty() {
         return "no suspensions".into();
     }
-    table(&["DOMAIN", "REMAINING"], &rows)
+    table(&["DOMAIN OR SITE", "REMAINING"], &rows)
 }
 
 fn report_line(v: &Value) -> String {

@@ -127,6 +127,8 @@ impl Engine {
         let shutdown_requested = Arc::new(AtomicBool::new(false));
         let rebinds = crate::schedule::Rebinds::default();
         let scheduler_rebinds = rebinds.clone();
+        let site_holds = crate::schedule::SiteHolds::default();
+        let scheduler_site_holds = site_holds.clone();
         let admin = crate::admin::Admin {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -136,6 +138,7 @@ impl Engine {
             shutdown: Arc::clone(&shutdown_requested),
             lanes: board,
             rebinds,
+            site_holds,
             pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
         let (http, http_stop, http_thread) =
@@ -161,6 +164,7 @@ impl Engine {
                 in_flight_max: config.delivery.in_flight_max,
                 hold: config.delivery.hold,
                 rebinds: scheduler_rebinds,
+                site_holds: scheduler_site_holds,
                 metrics,
                 stop,
             };

@@ -239,6 +239,19 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     let seen = clients("@moved.test");
     assert_eq!(seen.iter().filter(|ip| *ip == "127.0.0.42").count(), 5, "{seen:?}");
 
+    // A suspended site: its domains are held as the scheduler meets them.
+    let (_, line) = ctl(http, TOKEN, &["suspend", "--site", "mx.moved.test"]).unwrap();
+    assert!(line.contains("site mx.moved.test suspended"), "{line}");
+    let third: Vec<String> = (0..3).map(|i| format!("c{i}@moved.test")).collect();
+    assert_eq!(inject(http, &third, "pools").0, 200);
+    wait_for("the site's domain to be held", || engine.store.counts().suspended == 3);
+    assert_eq!(clients("@moved.test").len(), 10, "nothing delivered to a suspended site");
+    let (suspensions, _) = ctl(http, TOKEN, &["suspensions"]).unwrap();
+    assert_eq!(suspensions["suspensions"][0]["domains"], serde_json::json!(["moved.test"]), "{suspensions}");
+    let (resumed, _) = ctl(http, TOKEN, &["resume", "--site", "mx.moved.test"]).unwrap();
+    assert_eq!(resumed["report"]["changed"], 3, "{resumed}");
+    wait_for("delivery once the site is resumed", || clients("@moved.test").len() == 13);
+
     // Deferred for an hour; retry-now makes them due at once.
     let later: Vec<String> = (0..5).map(|i| format!("l{i}@later.test")).collect();
     assert_eq!(inject(http, &later, "pools").0, 200);
@@ -257,11 +270,15 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     wait_for("per-site counts", || {
         metrics().contains(r#"ringmail_site_recipients_total{site="mx.later.test",outcome="transient"} 10"#)
     });
-    assert!(metrics().contains(r#"ringmail_site_recipients_total{site="mx.moved.test",outcome="delivered"} 10"#));
+    assert!(metrics().contains(r#"ringmail_site_recipients_total{site="mx.moved.test",outcome="delivered"} 13"#));
 
     wait_for("the lanes to be published", || {
         let (lanes, _) = ctl(http, TOKEN, &["lanes"]).unwrap();
-        lanes["lanes"].as_array().unwrap().iter().any(|l| l["source"] == "127.0.0.42")
+        let lanes = lanes["lanes"].as_array().unwrap().clone();
+        lanes.iter().any(|l| l["source"] == "127.0.0.42")
+            && lanes
+                .iter()
+                .any(|l| l["site"] == "mx.later.test" && l["last_error"].as_str().is_some_and(|e| !e.is_empty()))
     });
     let (lanes, table) = ctl(http, TOKEN, &["lanes"]).unwrap();
     let deferring = lanes["lanes"].as_array().unwrap().iter().find(|l| l["site"] == "mx.later.test").cloned().unwrap();

@@ -36,6 +36,8 @@ pub struct Scheduler {
     pub hold: bool,
     /// Domains moved to another egress pool by the operator (`ringmail ctl rebind`).
     pub rebinds: Rebinds,
+    /// Sites the operator suspended (`ringmail ctl suspend --site`).
+    pub site_holds: SiteHolds,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
 }
@@ -116,6 +118,20 @@ impl Scheduler {
                 return;
             }
         };
+        if let Some(until_ms) = self.site_holds.held(&route.site) {
+            // The site is suspended: its domains are suspended in the queue as they
+            // are met, and these recipients go back to be held there.
+            let store = Arc::clone(&self.store);
+            let held = domain.clone();
+            let suspended = tokio::task::spawn_blocking(move || store.suspend(&held, until_ms)).await;
+            if matches!(suspended, Ok(Ok(_))) {
+                self.site_holds.add_domain(&route.site, &domain);
+            }
+            for recipient in &recipients {
+                self.fail(recipient, AttemptResult::Released);
+            }
+            return;
+        }
         let mut by_message: HashMap<MessageId, Vec<Claimed>> = HashMap::new();
         for recipient in recipients {
             by_message.entry(recipient.key.message).or_default().push(recipient);
@@ -232,6 +248,62 @@ impl Rebinds {
     pub fn all(&self) -> Vec<(String, String)> {
         let pools = self.pools.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut all: Vec<_> = pools.iter().map(|(d, p)| (d.clone(), p.clone())).collect();
+        all.sort();
+        all
+    }
+}
+
+/// Sites (MX host sets) the operator suspended, and the domains suspended in the
+/// queue because they route there (so that resuming the site resumes them).
+#[derive(Clone, Debug, Default)]
+pub struct SiteHolds {
+    holds: Arc<std::sync::RwLock<HashMap<String, SiteHold>>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SiteHold {
+    until_ms: Option<u64>,
+    domains: Vec<String>,
+}
+
+impl SiteHolds {
+    /// `Some(until)` when `site` is held now.
+    pub fn held(&self, site: &str) -> Option<Option<u64>> {
+        let holds = self.holds.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if holds.is_empty() {
+            return None;
+        }
+        let hold = holds.get(site)?;
+        match hold.until_ms {
+            Some(until) if until <= crate::log::now_ms() => None,
+            until => Some(until),
+        }
+    }
+
+    pub fn hold(&self, site: &str, until_ms: Option<u64>) {
+        let mut holds = self.holds.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        holds.entry(site.to_string()).or_default().until_ms = until_ms;
+    }
+
+    /// Ends the hold; the domains it suspended, to resume.
+    pub fn release(&self, site: &str) -> Option<Vec<String>> {
+        let mut holds = self.holds.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        holds.remove(site).map(|hold| hold.domains)
+    }
+
+    fn add_domain(&self, site: &str, domain: &str) {
+        let mut holds = self.holds.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hold) = holds.get_mut(site) {
+            if !hold.domains.iter().any(|d| d == domain) {
+                hold.domains.push(domain.to_string());
+            }
+        }
+    }
+
+    /// Every held site: its end (ms), and the domains suspended for it so far.
+    pub fn all(&self) -> Vec<(String, Option<u64>, Vec<String>)> {
+        let holds = self.holds.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all: Vec<_> = holds.iter().map(|(s, h)| (s.clone(), h.until_ms, h.domains.clone())).collect();
         all.sort();
         all
     }
