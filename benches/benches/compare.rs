@@ -1,0 +1,223 @@
+//! Side by side with Postfix, and the physical ceiling (issue 8, first part): the
+//! same injector (Postfix's `smtp-source`, 20 sessions, 4 KiB, one recipient, `-d`)
+//! and the same sink (loadgen's, which counts every arrival) on loopback, in one
+//! run, alternating Postfix and ringmail:
+//! 1. ceiling: `smtp-source` straight into the sink;
+//! 2. Postfix relaying to the sink (transport map, tuned for bulk: `in_flow_delay =
+//!    0`, 100 connections per destination, connection cache; it syncs each queue
+//!    file before its 250);
+//! 3. ringmail relaying to the sink (`ringmail serve` in its own process, fsync
+//!    before 250, MX through loadgen's DNS).
+//!
+//! Per relay run: ingest rate (until `smtp-source` is done), end-to-end rate (until
+//! the sink has every message), the machine's CPU-seconds in the run (injector and
+//! sink included, the same for both), and for ringmail its own CPU-seconds and
+//! peak RSS.
+//!
+//! Ends with `BENCH compare ringmail_msgs_s=.. postfix_msgs_s=.. ceiling_msgs_s=..
+//! vs_postfix=.. vs_ceiling=.. ringmail_ingest_msgs_s=.. postfix_ingest_msgs_s=..
+//! ringmail_cpu_us_per_msg=.. machine_cpu_s_ringmail=.. machine_cpu_s_postfix=..
+//! ringmail_rss_mb=..` (end-to-end rates, best of the two runs each). Not yet
+//! here (issue 8 continues): the STARTTLS run, the deferral run, 10,000 domains,
+//! the 1,000,000-recipient backlog.
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use benches::bench_line;
+use loadgen::postfix::{Postfix, PostfixConfig};
+use loadgen::scenario::Scenario;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const SESSIONS: usize = 20;
+
+fn messages() -> usize {
+    std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000)
+}
+
+/// Busy CPU-seconds of the whole machine so far (`/proc/stat`).
+fn machine_cpu() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> =
+        text.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (fields.iter().take(8).sum::<f64>() - idle) / 100.0
+}
+
+/// A process's CPU-seconds (user + system) and peak RSS in MiB.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<f64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    // After the command name: state is field 3; utime and stime are 14 and 15.
+    let cpu = (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    (cpu, rss_kb / 1024.0)
+}
+
+fn smtp_source(target: SocketAddr, count: usize) {
+    let status = Command::new("/usr/sbin/smtp-source")
+        .args(["-s", &SESSIONS.to_string(), "-m", &count.to_string(), "-l", "4096", "-d"])
+        .args(["-f", "bulk@sender.test", "-t", "rcpt@relay.test", "-M", "source.test"])
+        .arg(target.to_string())
+        .status()
+        .expect("smtp-source (Debian package postfix)");
+    assert!(status.success(), "smtp-source failed");
+}
+
+/// One measured run: ingest and end-to-end rates, machine CPU-seconds.
+struct Run {
+    ingest: f64,
+    end_to_end: f64,
+    machine_cpu: f64,
+}
+
+fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize) -> Run {
+    let before = fleet.state().accepted.len();
+    let cpu = machine_cpu();
+    let started = Instant::now();
+    smtp_source(target, count);
+    let ingest = count as f64 / started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while fleet.state().accepted.len() < before + count {
+        assert!(Instant::now() < deadline, "not everything arrived at the sink");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let end_to_end = count as f64 / started.elapsed().as_secs_f64();
+    Run { ingest, end_to_end, machine_cpu: machine_cpu() - cpu }
+}
+
+struct Engine(Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let count = messages();
+    let port = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
+    let scenario = Scenario::parse(
+        &format!(
+            "[[provider]]\nname = \"relay\"\ndomains = [\"relay.test\"]\nmx = [{{ host = \"mx.relay.test\", address = \"127.0.0.71\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n"
+        ),
+        "compare scenario",
+    )
+    .unwrap();
+    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
+    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let sink = fleet.listeners[0].1;
+
+    // ringmail in its own process.
+    let dir = benches::scratch_dir().unwrap();
+    let smtp_port = std::net::TcpListener::bind("127.0.0.72:0").unwrap().local_addr().unwrap().port();
+    let ringmail_address: SocketAddr = format!("127.0.0.72:{smtp_port}").parse().unwrap();
+    let config = dir.path().join("ringmail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n\
+             [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
+             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n",
+            dir.path().join("queue").display(),
+            dns.address
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_compare-engine"))
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let engine = Engine(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(ringmail_address).is_err() {
+        assert!(Instant::now() < deadline, "ringmail did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let postfix = Postfix::start(
+        &scenario,
+        &PostfixConfig {
+            listen: "127.0.0.73:0".parse().unwrap(),
+            egress: "127.0.0.73".parse().unwrap(),
+            sender_domain: "sender.test".into(),
+            backoff: Duration::from_secs(1),
+            extra_main_cf: "in_flow_delay = 0\ndefault_destination_concurrency_limit = 100\n\
+                            smtp_destination_concurrency_limit = 100\ndefault_process_limit = 200\n\
+                            smtp_connection_cache_on_demand = yes\n"
+                .into(),
+        },
+    );
+    if let Err(error) = &postfix {
+        eprintln!("compare: no Postfix to compare with: {error}");
+    }
+
+    let ceiling = run(sink, &fleet, count);
+    println!("ceiling (smtp-source -> sink): {:.0}/s", ceiling.end_to_end);
+    let mut ringmail_runs = Vec::new();
+    let mut postfix_runs = Vec::new();
+    let (cpu_before, _) = process_usage(engine.0.id());
+    for round in 0..2 {
+        if let Ok(postfix) = &postfix {
+            let result = run(postfix.address, &fleet, count);
+            println!(
+                "round {round} postfix: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
+                result.ingest, result.end_to_end, result.machine_cpu
+            );
+            postfix_runs.push(result);
+        }
+        let result = run(ringmail_address, &fleet, count);
+        println!(
+            "round {round} ringmail: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
+            result.ingest, result.end_to_end, result.machine_cpu
+        );
+        ringmail_runs.push(result);
+    }
+    let (cpu_after, rss_mb) = process_usage(engine.0.id());
+    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (2 * count) as f64;
+    drop(engine);
+    let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+    let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
+    let ringmail = best(&ringmail_runs, |r| r.end_to_end);
+    let postfix_rate = best(&postfix_runs, |r| r.end_to_end);
+    let state = fleet.state();
+    println!(
+        "sink: {} messages arrived, {} expected",
+        state.accepted.len(),
+        count * (1 + ringmail_runs.len() + postfix_runs.len())
+    );
+    println!("ringmail: {ringmail_cpu_us:.0} µs of its own CPU per message relayed, peak RSS {rss_mb:.0} MiB");
+    let line = bench_line(
+        "compare",
+        &[
+            ("ringmail_msgs_s", format!("{ringmail:.0}")),
+            ("postfix_msgs_s", format!("{postfix_rate:.0}")),
+            ("ceiling_msgs_s", format!("{:.0}", ceiling.end_to_end)),
+            ("vs_postfix", format!("{:.2}", if postfix_rate > 0.0 { ringmail / postfix_rate } else { 0.0 })),
+            ("vs_ceiling", format!("{:.2}", ringmail / ceiling.end_to_end.max(1.0))),
+            ("ringmail_ingest_msgs_s", format!("{:.0}", best(&ringmail_runs, |r| r.ingest))),
+            ("postfix_ingest_msgs_s", format!("{:.0}", best(&postfix_runs, |r| r.ingest))),
+            ("ringmail_cpu_us_per_msg", format!("{ringmail_cpu_us:.0}")),
+            ("machine_cpu_s_ringmail", format!("{:.1}", mean(&ringmail_runs, |r| r.machine_cpu))),
+            ("machine_cpu_s_postfix", format!("{:.1}", mean(&postfix_runs, |r| r.machine_cpu))),
+            ("ringmail_rss_mb", format!("{rss_mb:.0}")),
+        ],
+    );
+    println!("{line}");
+}
