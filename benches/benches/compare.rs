@@ -130,11 +130,13 @@ fn main() {
         &config,
         format!(
             "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n\
+             [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n{}\n\
              [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
-             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n",
+             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}",
             dir.path().join("queue").display(),
-            dns.address
+            std::env::var("BENCH_SMTP_TOML").unwrap_or_default(),
+            dns.address,
+            std::env::var("BENCH_DELIVERY_TOML").unwrap_or_default()
         ),
     )
     .unwrap();
@@ -151,19 +153,24 @@ fn main() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let postfix = Postfix::start(
-        &scenario,
-        &PostfixConfig {
-            listen: "127.0.0.73:0".parse().unwrap(),
-            egress: "127.0.0.73".parse().unwrap(),
-            sender_domain: "sender.test".into(),
-            backoff: Duration::from_secs(1),
-            extra_main_cf: "in_flow_delay = 0\ndefault_destination_concurrency_limit = 100\n\
+    let skip_postfix = std::env::var_os("BENCH_SKIP_POSTFIX").is_some(); // for tuning runs
+    let postfix = if skip_postfix {
+        Err(anyhow::anyhow!("BENCH_SKIP_POSTFIX is set"))
+    } else {
+        Postfix::start(
+            &scenario,
+            &PostfixConfig {
+                listen: "127.0.0.73:0".parse().unwrap(),
+                egress: "127.0.0.73".parse().unwrap(),
+                sender_domain: "sender.test".into(),
+                backoff: Duration::from_secs(1),
+                extra_main_cf: "in_flow_delay = 0\ndefault_destination_concurrency_limit = 100\n\
                             smtp_destination_concurrency_limit = 100\ndefault_process_limit = 200\n\
                             smtp_connection_cache_on_demand = yes\n"
-                .into(),
-        },
-    );
+                    .into(),
+            },
+        )
+    };
     if let Err(error) = &postfix {
         eprintln!("compare: no Postfix to compare with: {error}");
     }
