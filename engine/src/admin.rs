@@ -6,7 +6,8 @@
 //!   oldest age, the N largest groups (tenant and campaign: a scan of the queue,
 //!   with each group's oldest message), suspensions, whether intake is drained;
 //! - `GET  domains/{domain}/recipients?limit=N`, `GET messages/{id}`;
-//! - `POST suspend {domain | site, duration_seconds?}`, `POST resume {domain | site}`,
+//! - `POST suspend {domain | site | tenant, duration_seconds?}`,
+//!   `POST resume {domain | site | tenant}`,
 //!   `GET suspensions`;
 //! - `POST bounce {domain | message | tenant | campaign, reason, dry_run?}`: administrative bounce,
 //!   logged as `AdminBounce` (in-flight recipients when their attempt comes back);
@@ -288,6 +289,9 @@ struct SuspendRequest {
     /// suspended in the queue as the scheduler meets them.
     #[serde(default)]
     site: Option<String>,
+    /// A tenant: its messages are held whatever their domain.
+    #[serde(default)]
+    tenant: Option<String>,
     #[serde(default)]
     duration_seconds: Option<u64>,
 }
@@ -314,20 +318,27 @@ async fn suspend(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes)
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let until = request.duration_seconds.map(|s| crate::log::now_ms() + s.saturating_mul(1000));
-    let domain = match (&request.domain, &request.site) {
-        (Some(domain), None) => domain.to_ascii_lowercase(),
-        (None, Some(site)) => {
+    let domain = match (&request.domain, &request.site, &request.tenant) {
+        (Some(domain), None, None) => domain.to_ascii_lowercase(),
+        (None, Some(site), None) => {
             admin.site_holds.hold(site, until);
             tracing::info!(%site, "site suspended by the admin API");
             return Json(json!({"site": site, "until_ms": until})).into_response();
         }
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or site"),
+        (None, None, Some(_)) => String::new(),
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, site or tenant"),
     };
     let store = Arc::clone(&admin.store);
-    let result = tokio::task::spawn_blocking(move || store.suspend(&domain, until)).await;
+    let tenant = request.tenant.clone();
+    let result = tokio::task::spawn_blocking(move || match &tenant {
+        Some(tenant) => store.suspend_tenant(tenant, until),
+        None => store.suspend(&domain, until),
+    })
+    .await;
     match result {
         Ok(Ok(report)) => {
-            Json(json!({"domain": request.domain, "until_ms": until, "report": report_json(&report)})).into_response()
+            let name = request.domain.or(request.tenant);
+            Json(json!({"domain": name, "until_ms": until, "report": report_json(&report)})).into_response()
         }
         Ok(Err(e)) => store_error(&e),
         Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
@@ -341,6 +352,8 @@ struct DomainRequest {
     domain: Option<String>,
     #[serde(default)]
     site: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -351,17 +364,22 @@ async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) 
         Ok(request) => request,
         Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let domains = match (&request.domain, &request.site) {
-        (Some(domain), None) => vec![domain.to_ascii_lowercase()],
-        (None, Some(site)) => match admin.site_holds.release(site) {
+    let domains = match (&request.domain, &request.site, &request.tenant) {
+        (Some(domain), None, None) => vec![domain.to_ascii_lowercase()],
+        (None, Some(site), None) => match admin.site_holds.release(site) {
             Some(domains) => domains,
             None => return error(StatusCode::NOT_FOUND, format!("site {site:?} is not suspended")),
         },
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain or site"),
+        (None, None, Some(_)) => Vec::new(),
+        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, site or tenant"),
     };
     let store = Arc::clone(&admin.store);
+    let tenant = request.tenant.clone();
     let resumed = tokio::task::spawn_blocking(move || {
         let mut total = AdminReport::default();
+        if let Some(tenant) = tenant {
+            return store.resume_tenant(&tenant);
+        }
         for domain in domains {
             let report = store.resume(&domain)?;
             total.changed += report.changed;
@@ -371,7 +389,7 @@ async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) 
     });
     match resumed.await {
         Ok(Ok(report)) => {
-            let name = request.domain.or(request.site);
+            let name = request.domain.or(request.site).or(request.tenant);
             Json(json!({"domain": name, "report": report_json(&report)})).into_response()
         }
         Ok(Err(e)) => store_error(&e),
@@ -384,12 +402,17 @@ fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
     let sites = admin.site_holds.all().into_iter().map(|(site, until, domains)| {
         json!({"site": site, "until_ms": until, "remaining_s": remaining(until), "domains": domains})
     });
+    let tenants = admin
+        .store
+        .tenant_suspensions()
+        .into_iter()
+        .map(|(tenant, until)| json!({"tenant": tenant, "until_ms": until, "remaining_s": remaining(until)}));
     let domains = admin
         .store
         .suspensions()
         .into_iter()
         .map(|(domain, until)| json!({"domain": domain, "until_ms": until, "remaining_s": remaining(until)}));
-    sites.chain(domains).collect()
+    sites.chain(tenants).chain(domains).collect()
 }
 
 async fn suspensions(State(admin): Api, headers: HeaderMap) -> Response {

@@ -40,17 +40,22 @@ pub enum CtlCommand {
         /// A site as `ringmail ctl lanes` names it (its MX hosts).
         #[arg(long, group = "target")]
         site: Option<String>,
+        /// A tenant: its messages, whatever their domain.
+        #[arg(long, group = "target")]
+        tenant: Option<String>,
         /// How long (90s, 15m, 2h, 1d); none: until `resume`.
         #[arg(long)]
         duration: Option<String>,
     },
-    /// Release a suspended domain or site.
+    /// Release a suspended domain, site or tenant.
     #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Resume {
         #[arg(long, group = "target")]
         domain: Option<String>,
         #[arg(long, group = "target")]
         site: Option<String>,
+        #[arg(long, group = "target")]
+        tenant: Option<String>,
     },
     /// Suspended domains and when each suspension ends.
     Suspensions,
@@ -237,16 +242,17 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
         CtlCommand::Message(MessageCommand::Show { id }) => {
             (client.call("GET", &format!("messages/{id}"), None)?, message_table)
         }
-        CtlCommand::Suspend { domain, site, duration } => {
+        CtlCommand::Suspend { domain, site, tenant, duration } => {
             let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
-            let body = json!({"domain": domain, "site": site, "duration_seconds": seconds});
+            let body = json!({"domain": domain, "site": site, "tenant": tenant, "duration_seconds": seconds});
             (client.call("POST", "suspend", Some(body))?, |v| match v["site"].as_str() {
                 Some(site) => format!("site {site} suspended: its domains are held as they come up"),
                 None => report_line(v),
             })
         }
-        CtlCommand::Resume { domain, site } => {
-            (client.call("POST", "resume", Some(json!({"domain": domain, "site": site})))?, report_line)
+        CtlCommand::Resume { domain, site, tenant } => {
+            let body = json!({"domain": domain, "site": site, "tenant": tenant});
+            (client.call("POST", "resume", Some(body))?, report_line)
         }
         CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
         CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
@@ -472,7 +478,11 @@ fn suspensions_table(v: &Value) -> String {
                 .map(|s| {
                     let until =
                         if s["remaining_s"].is_null() { "until resumed".into() } else { seconds(&s["remaining_s"]) };
-                    vec![number(&s["domain"]), until]
+                    match (s["site"].as_str(), s["tenant"].as_str()) {
+                        (Some(site), _) => vec![format!("site {site}"), until],
+                        (_, Some(tenant)) => vec![format!("tenant {tenant}"), until],
+                        _ => vec![number(&s["domain"]), until],
+                    }
                 })
                 .collect()
         })
@@ -480,7 +490,7 @@ fn suspensions_table(v: &Value) -> String {
     if rows.is_empty() {
         return "no suspensions".into();
     }
-    table(&["DOMAIN OR SITE", "REMAINING"], &rows)
+    table(&["SUSPENDED", "REMAINING"], &rows)
 }
 
 fn report_line(v: &Value) -> String {

@@ -252,6 +252,30 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     assert_eq!(resumed["report"]["changed"], 3, "{resumed}");
     wait_for("delivery once the site is resumed", || clients("@moved.test").len() == 13);
 
+    // A suspended tenant: its messages are held whatever their domain.
+    ctl(http, TOKEN, &["suspend", "--tenant", "t1"]).unwrap();
+    let with_tenant = |email: &str, tenant: Option<&str>| {
+        let body = serde_json::json!({
+            "envelope_sender": "ops@sender.test", "content": "Subject: t\r\n\r\nx\r\n",
+            "recipients": [{"email": email}], "tenant": tenant,
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap().status().as_u16()
+    };
+    assert_eq!(with_tenant("t1-a@moved.test", Some("t1")), 200);
+    assert_eq!(with_tenant("t1-b@moved.test", Some("t1")), 200);
+    assert_eq!(with_tenant("free@moved.test", None), 200);
+    wait_for("the other tenant's delivery", || clients("@moved.test").len() == 14);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(clients("@moved.test").len(), 14, "the suspended tenant's mail stays");
+    assert_eq!(engine.store.counts().suspended, 2);
+    let (suspensions, table) = ctl(http, TOKEN, &["suspensions"]).unwrap();
+    assert!(suspensions["suspensions"].as_array().unwrap().iter().any(|s| s["tenant"] == "t1"), "{suspensions}");
+    assert!(table.contains("tenant t1"), "{table}");
+    let (resumed, _) = ctl(http, TOKEN, &["resume", "--tenant", "t1"]).unwrap();
+    assert_eq!(resumed["report"]["changed"], 2, "{resumed}");
+    wait_for("the tenant's delivery once resumed", || clients("@moved.test").len() == 16);
+
     // Deferred for an hour; retry-now makes them due at once.
     let later: Vec<String> = (0..5).map(|i| format!("l{i}@later.test")).collect();
     assert_eq!(inject(http, &later, "pools").0, 200);
@@ -270,7 +294,7 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     wait_for("per-site counts", || {
         metrics().contains(r#"ringmail_site_recipients_total{site="mx.later.test",outcome="transient"} 10"#)
     });
-    assert!(metrics().contains(r#"ringmail_site_recipients_total{site="mx.moved.test",outcome="delivered"} 13"#));
+    assert!(metrics().contains(r#"ringmail_site_recipients_total{site="mx.moved.test",outcome="delivered"} 16"#));
 
     wait_for("the lanes to be published", || {
         let (lanes, _) = ctl(http, TOKEN, &["lanes"]).unwrap();

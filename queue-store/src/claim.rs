@@ -46,7 +46,14 @@ impl Writer {
         let mut held = Vec::new();
         let suspended: Vec<bool> = {
             let tables = self.shared.tables();
-            records.iter().map(|r| r.as_ref().is_some_and(|r| tables.is_suspended(&r.domain))).collect()
+            records
+                .iter()
+                .zip(&keys)
+                .map(|(r, key)| {
+                    let tenant = envelopes.get(&key.message).and_then(|e| e.tenant.as_deref());
+                    r.as_ref().is_some_and(|r| tables.is_held(&r.domain, tenant))
+                })
+                .collect()
         };
         for (((raw, key), record), suspended) in due.into_iter().zip(records).zip(suspended) {
             batch.delete_cf(cf(&self.db, CF_DUE), raw);
@@ -165,6 +172,9 @@ impl Writer {
     }
 
     pub(crate) fn suspend(&mut self, domain: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
+        if let Some(tenant) = domain.strip_prefix(TENANT_PREFIX) {
+            return self.suspend_tenant(tenant, until_ms);
+        }
         let domain = domain.to_ascii_lowercase();
         // 0 on disk means "no end": a timed suspension ends at 1 ms at the earliest.
         let until_ms = until_ms.map(|until| until.max(1));
@@ -182,6 +192,9 @@ impl Writer {
     }
 
     pub(crate) fn resume(&mut self, domain: &str) -> Result<AdminReport, StoreError> {
+        if let Some(tenant) = domain.strip_prefix(TENANT_PREFIX) {
+            return self.resume_tenant(tenant);
+        }
         let domain = domain.to_ascii_lowercase();
         let mut meta = WriteBatch::default();
         meta.delete_cf(cf(&self.db, CF_META), suspend_key(&domain));
@@ -194,6 +207,63 @@ impl Writer {
             }
             _ => false,
         })
+    }
+
+    /// Holds a tenant's recipients, whatever their domain: those waiting now, and
+    /// the rest as they come back or come due (the claim checks the tenant).
+    fn suspend_tenant(&mut self, tenant: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
+        let name = tenant_key(tenant);
+        let until_ms = until_ms.map(|until| until.max(1));
+        let mut meta = WriteBatch::default();
+        meta.put_cf(cf(&self.db, CF_META), suspend_key(&name), until_ms.unwrap_or(0).to_be_bytes());
+        self.write(meta, true)?;
+        self.shared.tables().suspended.insert(name, until_ms);
+        let keys = self.tenant_keys(tenant)?;
+        self.rewrite_keys(&keys, |record| match record.state {
+            RecipientState::Queued | RecipientState::Deferred => {
+                record.state = RecipientState::Suspended;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Releases a tenant's held recipients, except those whose domain is suspended.
+    fn resume_tenant(&mut self, tenant: &str) -> Result<AdminReport, StoreError> {
+        let name = tenant_key(tenant);
+        let mut meta = WriteBatch::default();
+        meta.delete_cf(cf(&self.db, CF_META), suspend_key(&name));
+        self.write(meta, true)?;
+        let domains: std::collections::HashSet<String> = {
+            let mut tables = self.shared.tables();
+            tables.suspended.remove(&name);
+            tables.suspended.keys().cloned().collect()
+        };
+        let keys = self.tenant_keys(tenant)?;
+        self.rewrite_keys(&keys, |record| {
+            if record.state == RecipientState::Suspended && !domains.contains(&record.domain) {
+                record.state = RecipientState::waiting(record.attempts);
+                return true;
+            }
+            false
+        })
+    }
+
+    /// Every recipient key of the messages of `tenant` (a scan of the envelopes).
+    fn tenant_keys(&self, tenant: &str) -> Result<Vec<RecipientKey>, StoreError> {
+        let mut keys = Vec::new();
+        let mut matching = false;
+        for item in self.db.iterator_cf(cf(&self.db, CF_ENVELOPES), IteratorMode::Start) {
+            let (raw, value) = item?;
+            match parse_envelopes_key(&raw) {
+                Some(EnvelopesKey::Envelope(id)) => {
+                    matching = decode_envelope(id, &value).is_ok_and(|e| e.tenant.as_deref() == Some(tenant));
+                }
+                Some(EnvelopesKey::Recipient(key)) if matching => keys.push(key),
+                _ => {}
+            }
+        }
+        Ok(keys)
     }
 
     /// Makes a domain's deferred recipients due now (their attempt count stays).
@@ -215,8 +285,18 @@ impl Writer {
         domain: &str,
         change: impl Fn(&mut RecipientRecord) -> bool,
     ) -> Result<AdminReport, StoreError> {
+        let keys = self.domain_keys(domain)?;
+        self.rewrite_keys(&keys, change)
+    }
+
+    /// [`Writer::rewrite_domain`] for any set of recipients.
+    fn rewrite_keys(
+        &mut self,
+        keys: &[RecipientKey],
+        change: impl Fn(&mut RecipientRecord) -> bool,
+    ) -> Result<AdminReport, StoreError> {
         let mut report = AdminReport::default();
-        for chunk in self.domain_keys(domain)?.chunks(ADMIN_CHUNK) {
+        for chunk in keys.chunks(ADMIN_CHUNK) {
             let records = self.read_recipients(chunk)?;
             let mut batch = WriteBatch::default();
             let shared = Arc::clone(&self.shared);
@@ -322,6 +402,14 @@ impl Writer {
         }
         Ok(keys)
     }
+}
+
+/// Tenant suspensions live among the domain ones under a name no domain can have
+/// (addresses with `<` are refused at enqueue).
+pub(crate) const TENANT_PREFIX: &str = "<tenant>";
+
+pub(crate) fn tenant_key(tenant: &str) -> String {
+    format!("{TENANT_PREFIX}{tenant}")
 }
 
 pub(crate) fn suspend_key(domain: &str) -> Vec<u8> {

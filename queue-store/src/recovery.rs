@@ -147,7 +147,8 @@ impl Scan<'_> {
 
     /// Puts a valid recipient back in the queue: due unless its domain is suspended.
     fn restore(&mut self, key: RecipientKey, mut record: RecipientRecord) {
-        let suspended = self.tables.is_suspended(&record.domain);
+        let tenant = self.current.as_ref().and_then(|(_, envelope, _)| envelope.tenant.clone());
+        let suspended = self.tables.is_held(&record.domain, tenant.as_deref());
         let state = if suspended { RecipientState::Suspended } else { RecipientState::waiting(record.attempts) };
         if state != record.state {
             record.state = state;

@@ -47,8 +47,14 @@ impl Tables {
         }
     }
 
-    pub fn is_suspended(&self, domain: &str) -> bool {
+    /// Whether a recipient of `domain` in a message of `tenant` is held: its domain
+    /// or its tenant is suspended.
+    pub fn is_held(&self, domain: &str, tenant: Option<&str>) -> bool {
+        if self.suspended.is_empty() {
+            return false;
+        }
         self.suspended.contains_key(domain)
+            || tenant.is_some_and(|tenant| self.suspended.contains_key(&crate::claim::tenant_key(tenant)))
     }
 }
 

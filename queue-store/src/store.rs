@@ -156,6 +156,31 @@ impl Store {
         self.submit_control(|reply| ControlRequest::Suspend { domain, until_ms, reply })?.wait()
     }
 
+    /// Holds a tenant's recipients (every domain) until `resume_tenant` or
+    /// `until_ms`: waiting ones now, the others as they come back or come due.
+    pub fn suspend_tenant(&self, tenant: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
+        let domain = crate::claim::tenant_key(tenant);
+        self.submit_control(|reply| ControlRequest::Suspend { domain, until_ms, reply })?.wait()
+    }
+
+    /// Releases a tenant's held recipients (those whose domain is not suspended).
+    pub fn resume_tenant(&self, tenant: &str) -> Result<AdminReport, StoreError> {
+        let domain = crate::claim::tenant_key(tenant);
+        self.submit_control(|reply| ControlRequest::Resume { domain, reply })?.wait()
+    }
+
+    /// Suspended tenants and when each suspension ends.
+    pub fn tenant_suspensions(&self) -> Vec<(String, Option<u64>)> {
+        let tables = self.shared.tables();
+        let mut out: Vec<_> = tables
+            .suspended
+            .iter()
+            .filter_map(|(name, until)| Some((name.strip_prefix(crate::claim::TENANT_PREFIX)?.to_string(), *until)))
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn resume(&self, domain: &str) -> Result<AdminReport, StoreError> {
         let domain = domain.to_string();
         self.submit_control(|reply| ControlRequest::Resume { domain, reply })?.wait()
@@ -287,7 +312,13 @@ impl Store {
 
     /// Suspended domains and when each suspension ends.
     pub fn suspensions(&self) -> Vec<(String, Option<u64>)> {
-        let mut out: Vec<_> = self.shared.tables().suspended.iter().map(|(d, u)| (d.clone(), *u)).collect();
+        let tables = self.shared.tables();
+        let mut out: Vec<_> = tables
+            .suspended
+            .iter()
+            .filter(|(d, _)| !d.starts_with(crate::claim::TENANT_PREFIX))
+            .map(|(d, u)| (d.clone(), *u))
+            .collect();
         out.sort();
         out
     }

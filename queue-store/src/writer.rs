@@ -385,7 +385,8 @@ impl Writer {
             let key = RecipientKey { message: id, index: index as u32 };
             // Validated on submit: every address has a domain.
             let domain = domain_of(&recipient.address).unwrap_or_default();
-            let state = if tables.is_suspended(&domain) { RecipientState::Suspended } else { RecipientState::Queued };
+            let held = tables.is_held(&domain, message.tenant.as_deref());
+            let state = if held { RecipientState::Suspended } else { RecipientState::Queued };
             let record = RecipientRecord {
                 address: recipient.address.clone(),
                 domain,
@@ -480,10 +481,13 @@ impl Writer {
                 record.attempts = record.attempts.saturating_add(1);
                 record.last_response = Some(bounded(response, self.config.limits.field_length_max));
                 self.shared.counters.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(self.requeue(tables, batch, key, record, due_ms, RecipientState::Deferred));
+                let held = tables.is_held(&record.domain, envelope.tenant.as_deref());
+                let state = if held { RecipientState::Suspended } else { RecipientState::Deferred };
+                return Ok(self.requeue(tables, batch, key, record, due_ms, state));
             }
             Outcome::Released { due_ms } => {
-                let state = RecipientState::waiting(record.attempts);
+                let held = tables.is_held(&record.domain, envelope.tenant.as_deref());
+                let state = if held { RecipientState::Suspended } else { RecipientState::waiting(record.attempts) };
                 return Ok(self.requeue(tables, batch, key, record, due_ms, state));
             }
         };
@@ -499,8 +503,9 @@ impl Writer {
         due_ms: u64,
         state: RecipientState,
     ) -> Applied {
+        // `state` is Suspended when the caller found the recipient held.
         record.due_ms = due_ms;
-        record.state = if tables.is_suspended(&record.domain) { RecipientState::Suspended } else { state };
+        record.state = state;
         tables.count_move(&record.domain, Some(RecipientState::InFlight), Some(record.state));
         self.put_recipient(batch, key, &record);
         match record.state {

@@ -101,6 +101,38 @@ fn retry_now_makes_a_domains_deferred_recipients_due_at_once() {
 }
 
 #[test]
+fn a_suspended_tenant_is_held_across_domains_and_restarts_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = |recipients: &[&str]| {
+        let mut m = message(recipients, b"body");
+        m.tenant = Some("other".into());
+        m
+    };
+    {
+        let store = open(&dir);
+        store.enqueue(vec![message(&["a@one.test", "b@two.test"], b"body"), other(&["c@one.test"])]).unwrap();
+        let report = store.suspend_tenant("acme", None).unwrap();
+        assert_eq!(report.changed, 2);
+        assert_eq!(store.tenant_suspensions(), vec![("acme".to_string(), None)]);
+        assert!(store.suspensions().is_empty(), "tenants are not listed as domains");
+        store.enqueue(vec![message(&["d@three.test"], b"body")]).unwrap();
+        assert_eq!(store.counts().suspended, 3, "a new message of the tenant is held on arrival");
+        let claimed = store.claim(0, now_ms() + 1000, 10).unwrap();
+        let addresses: Vec<_> = claimed.iter().map(|c| c.recipient.address.as_str()).collect();
+        assert_eq!(addresses, ["c@one.test"], "only the other tenant's mail goes");
+    }
+    let store = open(&dir);
+    assert_eq!(store.tenant_suspensions().len(), 1, "the suspension survives a restart");
+    assert_eq!(store.counts().suspended, 3);
+    let report = store.resume_tenant("acme").unwrap();
+    assert_eq!(report.changed, 3);
+    let mut addresses: Vec<String> =
+        store.claim(0, now_ms() + 1000, 10).unwrap().into_iter().map(|c| c.recipient.address).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["a@one.test", "b@two.test", "c@one.test", "d@three.test"]);
+}
+
+#[test]
 fn bounced_expired_and_released_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
