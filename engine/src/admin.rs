@@ -2,7 +2,8 @@
 //! talks to. Bearer tokens from `http.admin_tokens` (required when `http.listen`
 //! is not loopback). Every answer is JSON; every refusal has an `error`.
 //!
-//! - `GET  summary?top=N&by=domain|tenant|campaign`: totals by state, messages,
+//! - `GET  summary?top=N&by=domain|site|tenant|campaign` (site: as each domain last
+//!   resolved): totals by state, messages,
 //!   oldest age, the N largest groups (tenant and campaign: a scan of the queue,
 //!   with each group's oldest message), suspensions, whether intake is drained;
 //! - `GET  domains/{domain}/recipients?limit=N`, `GET messages/{id}`;
@@ -56,6 +57,7 @@ pub struct Admin {
     pub lanes: Arc<crate::shard::LaneBoard>,
     pub rebinds: crate::schedule::Rebinds,
     pub site_holds: crate::schedule::SiteHolds,
+    pub site_map: crate::schedule::SiteMap,
     /// The egress pools in the configuration.
     pub pools: std::collections::BTreeSet<String>,
 }
@@ -174,6 +176,28 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
                        "suspended": c.suspended, "total": c.total()})
             })
             .collect(),
+        "site" => {
+            let mut sites: std::collections::HashMap<String, queue_store::StateCounts> = Default::default();
+            for (domain, c) in admin.store.domain_counts() {
+                let site =
+                    admin.site_map.site_of(&domain).map_or_else(|| "(not resolved yet)".to_string(), |s| s.to_string());
+                let sum = sites.entry(site).or_default();
+                sum.queued += c.queued;
+                sum.in_flight += c.in_flight;
+                sum.deferred += c.deferred;
+                sum.suspended += c.suspended;
+            }
+            let mut sites: Vec<_> = sites.into_iter().collect();
+            sites.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
+            sites
+                .into_iter()
+                .take(top)
+                .map(|(site, c)| {
+                    json!({"name": site, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
+                           "suspended": c.suspended, "total": c.total()})
+                })
+                .collect()
+        }
         "tenant" | "campaign" => {
             let store = Arc::clone(&admin.store);
             let by = by.clone();
@@ -190,7 +214,9 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
                 Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
             }
         }
-        other => return error(StatusCode::BAD_REQUEST, format!("by: {other:?} is not domain, tenant or campaign")),
+        other => {
+            return error(StatusCode::BAD_REQUEST, format!("by: {other:?} is not domain, site, tenant or campaign"))
+        }
     };
     let oldest = admin.store.oldest_message().map(|(id, ms)| json!({"id": id.to_string(), "age_s": seconds_since(ms)}));
     Json(json!({

@@ -124,8 +124,8 @@ pub enum QueueCommand {
     Summary {
         #[arg(long, default_value_t = 20)]
         top: usize,
-        /// Group by domain (instant), tenant or campaign (a scan of the queue).
-        #[arg(long, default_value = "domain", value_parser = ["domain", "tenant", "campaign"])]
+        /// Group by domain or site (instant), tenant or campaign (a scan of the queue).
+        #[arg(long, default_value = "domain", value_parser = ["domain", "site", "tenant", "campaign"])]
         by: String,
     },
     /// A domain's recipients: state, attempts, next attempt, last response.

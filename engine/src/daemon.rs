@@ -129,6 +129,8 @@ impl Engine {
         let scheduler_rebinds = rebinds.clone();
         let site_holds = crate::schedule::SiteHolds::default();
         let scheduler_site_holds = site_holds.clone();
+        let site_map = crate::schedule::SiteMap::default();
+        let scheduler_site_map = site_map.clone();
         let admin = crate::admin::Admin {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -139,6 +141,7 @@ impl Engine {
             lanes: board,
             rebinds,
             site_holds,
+            site_map,
             pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
         let (http, http_stop, http_thread) =
@@ -165,6 +168,7 @@ impl Engine {
                 hold: config.delivery.hold,
                 rebinds: scheduler_rebinds,
                 site_holds: scheduler_site_holds,
+                site_map: scheduler_site_map,
                 metrics,
                 stop,
             };

@@ -277,12 +277,17 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     wait_for("the tenant's delivery once resumed", || clients("@moved.test").len() == 16);
 
     // Deferred for an hour; retry-now makes them due at once.
+    // (and, meanwhile, the summary by site names the MX set)
     let later: Vec<String> = (0..5).map(|i| format!("l{i}@later.test")).collect();
     assert_eq!(inject(http, &later, "pools").0, 200);
     wait_for("the first attempts", || fleet.state().counts.rcpt_tempfail >= 5);
     wait_for("the deferrals on record", || engine.store.counts().deferred == 5);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fleet.state().counts.rcpt_tempfail, 5, "nothing retried before its hour");
+    let (by_site, table) = ctl(http, TOKEN, &["queue", "summary", "--by", "site"]).unwrap();
+    assert_eq!(by_site["groups"][0]["name"], "mx.later.test", "{by_site}");
+    assert_eq!(by_site["groups"][0]["deferred"], 5, "{by_site}");
+    assert!(table.contains("SITE") && table.contains("mx.later.test"), "{table}");
     let (answer, line) = ctl(http, TOKEN, &["retry-now", "--domain", "later.test"]).unwrap();
     assert_eq!(answer["due_now"], 5, "{answer}");
     assert!(line.contains("5 deferred recipients due now"), "{line}");

@@ -38,6 +38,8 @@ pub struct Scheduler {
     pub rebinds: Rebinds,
     /// Sites the operator suspended (`ringmail ctl suspend --site`).
     pub site_holds: SiteHolds,
+    /// Which site each domain routed to last (for `ringmail ctl queue summary --by site`).
+    pub site_map: SiteMap,
     pub metrics: Arc<Metrics>,
     pub stop: Arc<AtomicBool>,
 }
@@ -118,6 +120,7 @@ impl Scheduler {
                 return;
             }
         };
+        self.site_map.record(&domain, &route.site);
         if let Some(until_ms) = self.site_holds.held(&route.site) {
             // The site is suspended: its domains are suspended in the queue as they
             // are met, and these recipients go back to be held there.
@@ -250,6 +253,35 @@ impl Rebinds {
         let mut all: Vec<_> = pools.iter().map(|(d, p)| (d.clone(), p.clone())).collect();
         all.sort();
         all
+    }
+}
+
+/// The site each domain routed to when last resolved, bounded (cleared when full).
+#[derive(Clone, Debug, Default)]
+pub struct SiteMap {
+    sites: Arc<std::sync::RwLock<HashMap<String, Arc<str>>>>,
+}
+
+/// Domains remembered at most by [`SiteMap`].
+const SITE_MAP_MAX: usize = 200_000;
+
+impl SiteMap {
+    fn record(&self, domain: &str, site: &str) {
+        {
+            let sites = self.sites.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if sites.get(domain).is_some_and(|known| &**known == site) {
+                return;
+            }
+        }
+        let mut sites = self.sites.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sites.len() >= SITE_MAP_MAX {
+            sites.clear();
+        }
+        sites.insert(domain.to_string(), Arc::from(site));
+    }
+
+    pub fn site_of(&self, domain: &str) -> Option<Arc<str>> {
+        self.sites.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(domain).cloned()
     }
 }
 
