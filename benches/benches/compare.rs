@@ -17,9 +17,11 @@
 //! Ends with `BENCH compare ringmail_msgs_s=.. postfix_msgs_s=.. ceiling_msgs_s=..
 //! vs_postfix=.. vs_ceiling=.. ringmail_ingest_msgs_s=.. postfix_ingest_msgs_s=..
 //! ringmail_cpu_us_per_msg=.. machine_cpu_s_ringmail=.. machine_cpu_s_postfix=..
-//! ringmail_rss_mb=..` (end-to-end rates, best of the two runs each). Not yet
-//! here (issue 8 continues): the STARTTLS run, the deferral run, 10,000 domains,
-//! the 1,000,000-recipient backlog.
+//! ringmail_rss_mb=.. tls_ratio=.. flaky_msgs_s=..` (end-to-end rates, best of
+//! the two runs each; `tls_ratio`: ringmail with STARTTLS to the sink over a
+//! plaintext run beside it; `flaky_msgs_s`: to completion through 10 % tempfails
+//! and 2 % permfails, retried after 1 s). Not yet here (issue 8 continues): 10,000
+//! domains (`smtp-source` sends to one address). The backlog is `benches/backlog`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
 
 use std::net::SocketAddr;
@@ -65,10 +67,10 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (cpu, rss_kb / 1024.0)
 }
 
-fn smtp_source(target: SocketAddr, count: usize) {
+fn smtp_source(target: SocketAddr, count: usize, to: &str) {
     let status = Command::new("/usr/sbin/smtp-source")
         .args(["-s", &SESSIONS.to_string(), "-m", &count.to_string(), "-l", "4096", "-d"])
-        .args(["-f", "bulk@sender.test", "-t", "rcpt@relay.test", "-M", "source.test"])
+        .args(["-f", "bulk@sender.test", "-t", to, "-M", "source.test"])
         .arg(target.to_string())
         .status()
         .expect("smtp-source (Debian package postfix)");
@@ -86,7 +88,7 @@ fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize) -> Run {
     let before = fleet.state().accepted.len();
     let cpu = machine_cpu();
     let started = Instant::now();
-    smtp_source(target, count);
+    smtp_source(target, count, "rcpt@relay.test");
     let ingest = count as f64 / started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
     while fleet.state().accepted.len() < before + count {
@@ -95,6 +97,19 @@ fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize) -> Run {
     }
     let end_to_end = count as f64 / started.elapsed().as_secs_f64();
     Run { ingest, end_to_end, machine_cpu: machine_cpu() - cpu }
+}
+
+/// ringmail relaying `count` messages to `to`'s sink until `done` says all have
+/// ended there: the end-to-end rate.
+fn run_until(target: SocketAddr, count: usize, to: &str, done: impl Fn() -> bool) -> f64 {
+    let started = Instant::now();
+    smtp_source(target, count, to);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !done() {
+        assert!(Instant::now() < deadline, "the {to} run did not finish");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    count as f64 / started.elapsed().as_secs_f64()
 }
 
 struct Engine(Child);
@@ -111,7 +126,9 @@ fn main() {
     let port = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
     let scenario = Scenario::parse(
         &format!(
-            "[[provider]]\nname = \"relay\"\ndomains = [\"relay.test\"]\nmx = [{{ host = \"mx.relay.test\", address = \"127.0.0.71\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n"
+            "[[provider]]\nname = \"relay\"\ndomains = [\"relay.test\"]\nmx = [{{ host = \"mx.relay.test\", address = \"127.0.0.71\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
+             [[provider]]\nname = \"tls\"\ndomains = [\"tls.test\"]\nmx = [{{ host = \"mx.tls.test\", address = \"127.0.0.76\", port = {port} }}]\nstarttls = true\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
+             [[provider]]\nname = \"flaky\"\ndomains = [\"flaky.test\"]\nmx = [{{ host = \"mx.flaky.test\", address = \"127.0.0.77\", port = {port} }}]\nrcpt_tempfail_percent = 10\nrcpt_permfail_percent = 2\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n"
         ),
         "compare scenario",
     )
@@ -132,7 +149,8 @@ fn main() {
             "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n{}\n\
              [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
-             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}",
+             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}\n\
+             [retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n",
             dir.path().join("queue").display(),
             std::env::var("BENCH_SMTP_TOML").unwrap_or_default(),
             dns.address,
@@ -196,18 +214,40 @@ fn main() {
         );
         ringmail_runs.push(result);
     }
+    // STARTTLS to the sink, and a flaky sink (10 % tempfail, 2 % permfail at RCPT)
+    // until every message is delivered or bounced.
+    let arrived = |name: &str| fleet.state().accepted.iter().filter(|a| a.provider == name).count();
+    let tls = run_until(ringmail_address, count, "rcpt@tls.test", || arrived("tls") >= count);
+    let plain_again = run(ringmail_address, &fleet, count).end_to_end;
+    let tls_ratio = tls / plain_again.max(1.0);
+    println!("ringmail with STARTTLS to the sink: {tls:.0}/s; plaintext beside it: {plain_again:.0}/s");
+    let flaky = run_until(ringmail_address, count, "rcpt@flaky.test", || {
+        let state = fleet.state();
+        let delivered = state.accepted.iter().filter(|a| a.provider == "flaky").count() as u64;
+        delivered + state.counts.rcpt_permfail >= count as u64
+    });
+    {
+        let state = fleet.state();
+        let delivered = state.accepted.iter().filter(|a| a.provider == "flaky").count();
+        println!(
+            "flaky sink: {delivered} delivered, {} bounced, {} tempfails retried, of {count}: {flaky:.0}/s to completion",
+            state.counts.rcpt_permfail, state.counts.rcpt_tempfail
+        );
+    }
     let (cpu_after, rss_mb) = process_usage(engine.0.id());
-    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (2 * count) as f64;
+    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (5 * count) as f64;
     drop(engine);
     let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
     let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
     let ringmail = best(&ringmail_runs, |r| r.end_to_end);
     let postfix_rate = best(&postfix_runs, |r| r.end_to_end);
     let state = fleet.state();
+    let of = |name: &str| state.accepted.iter().filter(|a| a.provider == name).count();
     println!(
-        "sink: {} messages arrived, {} expected",
-        state.accepted.len(),
-        count * (1 + ringmail_runs.len() + postfix_runs.len())
+        "sink: {} plaintext messages arrived of {} sent, {} over STARTTLS of {count}",
+        of("relay"),
+        count * (2 + ringmail_runs.len() + postfix_runs.len()),
+        of("tls")
     );
     println!("ringmail: {ringmail_cpu_us:.0} µs of its own CPU per message relayed, peak RSS {rss_mb:.0} MiB");
     let line = bench_line(
@@ -224,6 +264,8 @@ fn main() {
             ("machine_cpu_s_ringmail", format!("{:.1}", mean(&ringmail_runs, |r| r.machine_cpu))),
             ("machine_cpu_s_postfix", format!("{:.1}", mean(&postfix_runs, |r| r.machine_cpu))),
             ("ringmail_rss_mb", format!("{rss_mb:.0}")),
+            ("tls_ratio", format!("{tls_ratio:.2}")),
+            ("flaky_msgs_s", format!("{flaky:.0}")),
         ],
     );
     println!("{line}");
