@@ -20,8 +20,10 @@
 //! ringmail_rss_mb=.. tls_ratio=.. flaky_msgs_s=..` (end-to-end rates, best of
 //! the two runs each; `tls_ratio`: ringmail with STARTTLS to the sink over a
 //! plaintext run beside it; `flaky_msgs_s`: to completion through 10 % tempfails
-//! and 2 % permfails, retried after 1 s). Not yet here (issue 8 continues): 10,000
-//! domains (`smtp-source` sends to one address). The backlog is `benches/backlog`.
+//! and 2 % permfails, retried after 1 s) domains100_msgs_s=.. domains10k_msgs_s=..
+//! domains10k_ratio=..` (loadgen's pipelining injector, since `smtp-source` sends
+//! to one address: 10,000 domains over 100 through the same MX site). The backlog
+//! is `benches/backlog`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
 
 use std::net::SocketAddr;
@@ -124,10 +126,13 @@ impl Drop for Engine {
 fn main() {
     let count = messages();
     let port = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
+    let many: Vec<String> = (0..10_000).map(|d| format!("\"m{d}.test\"")).collect();
+    let many = many.join(", ");
     let scenario = Scenario::parse(
         &format!(
             "[[provider]]\nname = \"relay\"\ndomains = [\"relay.test\"]\nmx = [{{ host = \"mx.relay.test\", address = \"127.0.0.71\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
              [[provider]]\nname = \"tls\"\ndomains = [\"tls.test\"]\nmx = [{{ host = \"mx.tls.test\", address = \"127.0.0.76\", port = {port} }}]\nstarttls = true\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
+             [[provider]]\nname = \"many\"\ndomains = [{many}]\nmx = [{{ host = \"mx.many.test\", address = \"127.0.0.78\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
              [[provider]]\nname = \"flaky\"\ndomains = [\"flaky.test\"]\nmx = [{{ host = \"mx.flaky.test\", address = \"127.0.0.77\", port = {port} }}]\nrcpt_tempfail_percent = 10\nrcpt_permfail_percent = 2\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n"
         ),
         "compare scenario",
@@ -234,8 +239,41 @@ fn main() {
             state.counts.rcpt_permfail, state.counts.rcpt_tempfail
         );
     }
+    // 10,000 domains against 100, through the same MX site: loadgen's SMTP
+    // injector (smtp-source sends to one address), 20 connections, pipelined.
+    let spread = |domains: usize, seed: u64| {
+        let plan = loadgen::inject::Plan {
+            messages: count,
+            recipients_per_message: 1,
+            domains: (0..domains).map(|d| format!("m{d}.test")).collect(),
+            zipf_exponent: 0.0,
+            message_bytes: 4096,
+            message_bytes_max: 4096,
+            connections: SESSIONS,
+            sender: "bulk@sender.test".into(),
+            seed,
+            rate: None,
+            starttls: false,
+            auth: None,
+        };
+        let before = arrived("many");
+        let started = Instant::now();
+        let injected = loadgen::inject::smtp(ringmail_address, &plan);
+        let accepted = injected.iter().filter(|i| i.accepted).count();
+        assert_eq!(accepted, count, "every message taken");
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while arrived("many") < before + count {
+            assert!(Instant::now() < deadline, "the {domains}-domain run did not finish");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        count as f64 / started.elapsed().as_secs_f64()
+    };
+    let domains_100 = spread(100, 1);
+    let domains_10k = spread(10_000, 2);
+    let domains10k_ratio = domains_10k / domains_100.max(1.0);
+    println!("loadgen injector: 100 domains {domains_100:.0}/s, 10,000 domains {domains_10k:.0}/s");
     let (cpu_after, rss_mb) = process_usage(engine.0.id());
-    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (5 * count) as f64;
+    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (7 * count) as f64;
     drop(engine);
     let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
     let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
@@ -266,6 +304,9 @@ fn main() {
             ("ringmail_rss_mb", format!("{rss_mb:.0}")),
             ("tls_ratio", format!("{tls_ratio:.2}")),
             ("flaky_msgs_s", format!("{flaky:.0}")),
+            ("domains100_msgs_s", format!("{domains_100:.0}")),
+            ("domains10k_msgs_s", format!("{domains_10k:.0}")),
+            ("domains10k_ratio", format!("{domains10k_ratio:.2}")),
         ],
     );
     println!("{line}");
