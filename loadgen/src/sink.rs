@@ -311,7 +311,11 @@ impl Behaviour {
 
 impl ServerHandler for Behaviour {
     async fn decide(&mut self, event: ServerEvent, tls: bool) -> Verdict {
-        self.delay().await;
+        // The scenario's latency is per reply to MAIL, RCPT and the message; the
+        // go-ahead for DATA is immediate, as on a real server.
+        if !matches!(event, ServerEvent::Data) {
+            self.delay().await;
+        }
         match event {
             ServerEvent::Mail { from } => self.mail(from, tls),
             ServerEvent::Recipient { to } => self.recipient(&to),
