@@ -28,12 +28,14 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use queue_store::{AdminReport, MessageId, RecipientRecord, Selector, Store, TerminalRecord};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -64,6 +66,7 @@ pub struct Admin {
 
 /// The admin routes, to merge into the control plane's router.
 pub fn router(admin: Admin) -> Router {
+    let admin = Arc::new(admin);
     Router::new()
         .route("/admin/v1/summary", get(summary))
         .route("/admin/v1/domains/{domain}/recipients", get(domain_recipients))
@@ -81,7 +84,8 @@ pub fn router(admin: Admin) -> Router {
         .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/log-level", post(log_level))
         .route("/admin/v1/shutdown", post(shutdown))
-        .with_state(Arc::new(admin))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&admin), authorized))
+        .with_state(admin)
 }
 
 type Api = State<Arc<Admin>>;
@@ -90,27 +94,87 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// `None` when the request may go on, else the 401.
-fn refused(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
-    if crate::ingest::http::token_matches(&admin.live.current().http.admin_tokens, headers) {
-        return None;
+/// Every admin route: on with a valid admin token, else 401.
+async fn authorized(State(admin): Api, request: Request, next: Next) -> Response {
+    if crate::ingest::http::token_matches(&admin.live.current().http.admin_tokens, request.headers()) {
+        return next.run(request).await;
     }
     let mut response = error(StatusCode::UNAUTHORIZED, "a valid admin bearer token is required");
     response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    Some(response)
+    response
 }
 
-fn store_error(error: &queue_store::StoreError) -> Response {
-    let status = if error.is_temporary() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
-    error_with(status, error)
+/// Why a request is refused: answered as `{"error": message}` with `status`.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
 }
 
-fn error_with(status: StatusCode, problem: &impl std::fmt::Display) -> Response {
-    error(status, problem.to_string())
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal { status, message: message.into() }
+    }
+
+    fn bad(message: impl Into<String>) -> Refusal {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.message)
+    }
+}
+
+impl From<queue_store::StoreError> for Refusal {
+    fn from(problem: queue_store::StoreError) -> Refusal {
+        let status =
+            if problem.is_temporary() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
+        Refusal::new(status, problem.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for Refusal {
+    fn from(problem: tokio::task::JoinError) -> Refusal {
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, problem.to_string())
+    }
+}
+
+type Answer = Result<Response, Refusal>;
+
+fn answer(value: serde_json::Value) -> Answer {
+    Ok(Json(value).into_response())
+}
+
+/// Store work off the reactor (it waits for the store's writer).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, queue_store::StoreError> + Send + 'static,
+) -> Result<T, Refusal> {
+    Ok(tokio::task::spawn_blocking(work).await??)
+}
+
+/// A request's JSON body, whatever its content type; 400 naming the problem.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = Refusal;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Refusal> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| Refusal::bad(format!("request body: {}", e.body_text())))?;
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| Refusal::bad(format!("request body: {e}")))
+    }
 }
 
 fn seconds_since(ms: u64) -> f64 {
     crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0
+}
+
+fn counts_json(name: &str, counts: &queue_store::StateCounts) -> serde_json::Value {
+    json!({"name": name, "queued": counts.queued, "in_flight": counts.in_flight, "deferred": counts.deferred,
+           "suspended": counts.suspended, "total": counts.total()})
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,24 +222,11 @@ fn default_top() -> usize {
     20
 }
 
-async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let counts = admin.store.counts();
+async fn summary(State(admin): Api, Query(query): Query<Top>) -> Answer {
     let by = query.by.clone().unwrap_or_else(|| "domain".into());
     let top = query.top.min(10_000);
     let groups: Vec<serde_json::Value> = match by.as_str() {
-        "domain" => admin
-            .store
-            .domain_counts()
-            .into_iter()
-            .take(top)
-            .map(|(domain, c)| {
-                json!({"name": domain, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
-                       "suspended": c.suspended, "total": c.total()})
-            })
-            .collect(),
+        "domain" => admin.store.domain_counts().iter().take(top).map(|(domain, c)| counts_json(domain, c)).collect(),
         "site" => {
             let mut sites: std::collections::HashMap<String, queue_store::StateCounts> = Default::default();
             for (domain, c) in admin.store.domain_counts() {
@@ -189,39 +240,32 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
             }
             let mut sites: Vec<_> = sites.into_iter().collect();
             sites.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
-            sites
-                .into_iter()
-                .take(top)
-                .map(|(site, c)| {
-                    json!({"name": site, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
-                           "suspended": c.suspended, "total": c.total()})
-                })
-                .collect()
+            sites.iter().take(top).map(|(site, c)| counts_json(site, c)).collect()
         }
         "tenant" | "campaign" => {
             let store = Arc::clone(&admin.store);
             let by = by.clone();
-            match tokio::task::spawn_blocking(move || group_counts(&store, &by)).await {
-                Ok(Ok(groups)) => groups
-                    .into_iter()
-                    .take(top)
-                    .map(|(name, c, oldest)| {
-                        json!({"name": name, "queued": c.queued, "in_flight": c.in_flight, "deferred": c.deferred,
-                               "suspended": c.suspended, "total": c.total(), "oldest_age_s": seconds_since(oldest)})
-                    })
-                    .collect(),
-                Ok(Err(e)) => return store_error(&e),
-                Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-            }
+            let groups = blocking(move || group_counts(&store, &by)).await?;
+            groups
+                .iter()
+                .take(top)
+                .map(|(name, c, oldest)| {
+                    let mut value = counts_json(name, c);
+                    value["oldest_age_s"] = json!(seconds_since(*oldest));
+                    value
+                })
+                .collect()
         }
-        other => {
-            return error(StatusCode::BAD_REQUEST, format!("by: {other:?} is not domain, site, tenant or campaign"))
-        }
+        other => return Err(Refusal::bad(format!("by: {other:?} is not domain, site, tenant or campaign"))),
     };
+    let counts = admin.store.counts();
+    let mut totals = counts_json("", &counts);
+    if let Some(totals) = totals.as_object_mut() {
+        totals.remove("name");
+    }
     let oldest = admin.store.oldest_message().map(|(id, ms)| json!({"id": id.to_string(), "age_s": seconds_since(ms)}));
-    Json(json!({
-        "totals": {"queued": counts.queued, "in_flight": counts.in_flight, "deferred": counts.deferred,
-                   "suspended": counts.suspended, "total": counts.total()},
+    answer(json!({
+        "totals": totals,
         "messages": admin.store.message_count(),
         "oldest": oldest,
         "by": by,
@@ -230,7 +274,6 @@ async fn summary(State(admin): Api, headers: HeaderMap, Query(query): Query<Top>
         "draining": admin.shedding.is_draining(),
         "store_health": format!("{:?}", admin.store.health()),
     }))
-    .into_response()
 }
 
 fn recipient_json(record: &RecipientRecord) -> serde_json::Value {
@@ -254,56 +297,39 @@ fn default_limit() -> usize {
     100
 }
 
-async fn domain_recipients(
-    State(admin): Api,
-    headers: HeaderMap,
-    Path(domain): Path<String>,
-    Query(query): Query<Limit>,
-) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    match admin.store.list_domain(&domain, None, query.limit) {
-        Ok(listed) => {
-            let recipients: Vec<_> = listed
-                .iter()
-                .map(|(key, record)| {
-                    let mut value = recipient_json(record);
-                    value["message"] = json!(key.message.to_string());
-                    value
-                })
-                .collect();
-            Json(json!({"domain": domain, "recipients": recipients})).into_response()
-        }
-        Err(e) => store_error(&e),
-    }
+async fn domain_recipients(State(admin): Api, Path(domain): Path<String>, Query(query): Query<Limit>) -> Answer {
+    let listed = admin.store.list_domain(&domain, None, query.limit)?;
+    let recipients: Vec<_> = listed
+        .iter()
+        .map(|(key, record)| {
+            let mut value = recipient_json(record);
+            value["message"] = json!(key.message.to_string());
+            value
+        })
+        .collect();
+    answer(json!({"domain": domain, "recipients": recipients}))
 }
 
-async fn message(State(admin): Api, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let Ok(id) = MessageId::from_str(&id) else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id"));
+fn message_id(text: &str, field: &str) -> Result<MessageId, Refusal> {
+    MessageId::from_str(text).map_err(|_| Refusal::bad(format!("{field}{text:?} is not a message id")))
+}
+
+async fn message(State(admin): Api, Path(id): Path<String>) -> Answer {
+    let id = message_id(&id, "")?;
+    let Some(view) = admin.store.message(id)? else {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no message {id} in the queue")));
     };
-    match admin.store.message(id) {
-        Ok(Some(view)) => {
-            let envelope = &view.envelope;
-            Json(json!({
-                "id": id.to_string(),
-                "sender": envelope.sender,
-                "tenant": envelope.tenant,
-                "campaign": envelope.campaign,
-                "metadata": crate::log::meta(&envelope.metadata, &Vec::new()),
-                "age_s": seconds_since(envelope.created_ms),
-                "size": envelope.body_len,
-                "recipients": view.recipients.iter().map(|(_, r)| recipient_json(r)).collect::<Vec<_>>(),
-            }))
-            .into_response()
-        }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no message {id} in the queue")),
-        Err(e) => store_error(&e),
-    }
+    let envelope = &view.envelope;
+    answer(json!({
+        "id": id.to_string(),
+        "sender": envelope.sender,
+        "tenant": envelope.tenant,
+        "campaign": envelope.campaign,
+        "metadata": crate::log::meta(&envelope.metadata, &Vec::new()),
+        "age_s": seconds_since(envelope.created_ms),
+        "size": envelope.body_len,
+        "recipients": view.recipients.iter().map(|(_, r)| recipient_json(r)).collect::<Vec<_>>(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -331,44 +357,21 @@ fn report_json(report: &AdminReport) -> serde_json::Value {
     })
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("request body: {e}"))
-}
-
-async fn suspend(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: SuspendRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn suspend(State(admin): Api, Body(request): Body<SuspendRequest>) -> Answer {
     let until = request.duration_seconds.map(|s| crate::log::now_ms() + s.saturating_mul(1000));
-    let domain = match (&request.domain, &request.site, &request.tenant) {
-        (Some(domain), None, None) => domain.to_ascii_lowercase(),
+    let store = Arc::clone(&admin.store);
+    let report = match (request.domain.clone(), &request.site, request.tenant.clone()) {
+        (Some(domain), None, None) => blocking(move || store.suspend(&domain.to_ascii_lowercase(), until)).await?,
         (None, Some(site), None) => {
             admin.site_holds.hold(site, until);
             tracing::info!(%site, "site suspended by the admin API");
-            return Json(json!({"site": site, "until_ms": until})).into_response();
+            return answer(json!({"site": site, "until_ms": until}));
         }
-        (None, None, Some(_)) => String::new(),
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, site or tenant"),
+        (None, None, Some(tenant)) => blocking(move || store.suspend_tenant(&tenant, until)).await?,
+        _ => return Err(Refusal::bad("give exactly one of domain, site or tenant")),
     };
-    let store = Arc::clone(&admin.store);
-    let tenant = request.tenant.clone();
-    let result = tokio::task::spawn_blocking(move || match &tenant {
-        Some(tenant) => store.suspend_tenant(tenant, until),
-        None => store.suspend(&domain, until),
-    })
-    .await;
-    match result {
-        Ok(Ok(report)) => {
-            let name = request.domain.or(request.tenant);
-            Json(json!({"domain": name, "until_ms": until, "report": report_json(&report)})).into_response()
-        }
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+    let name = request.domain.or(request.tenant);
+    answer(json!({"domain": name, "until_ms": until, "report": report_json(&report)}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -382,45 +385,32 @@ struct DomainRequest {
     tenant: Option<String>,
 }
 
-async fn resume(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: DomainRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let domains = match (&request.domain, &request.site, &request.tenant) {
-        (Some(domain), None, None) => vec![domain.to_ascii_lowercase()],
-        (None, Some(site), None) => match admin.site_holds.release(site) {
-            Some(domains) => domains,
-            None => return error(StatusCode::NOT_FOUND, format!("site {site:?} is not suspended")),
-        },
-        (None, None, Some(_)) => Vec::new(),
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, site or tenant"),
-    };
+async fn resume(State(admin): Api, Body(request): Body<DomainRequest>) -> Answer {
     let store = Arc::clone(&admin.store);
-    let tenant = request.tenant.clone();
-    let resumed = tokio::task::spawn_blocking(move || {
-        let mut total = AdminReport::default();
-        if let Some(tenant) = tenant {
-            return store.resume_tenant(&tenant);
+    let domains = match (&request.domain, &request.site, request.tenant.clone()) {
+        (Some(domain), None, None) => vec![domain.to_ascii_lowercase()],
+        (None, Some(site), None) => admin
+            .site_holds
+            .release(site)
+            .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("site {site:?} is not suspended")))?,
+        (None, None, Some(tenant)) => {
+            let report = blocking(move || store.resume_tenant(&tenant)).await?;
+            return answer(json!({"domain": request.tenant, "report": report_json(&report)}));
         }
+        _ => return Err(Refusal::bad("give exactly one of domain, site or tenant")),
+    };
+    let report = blocking(move || {
+        let mut total = AdminReport::default();
         for domain in domains {
             let report = store.resume(&domain)?;
             total.changed += report.changed;
             total.in_flight += report.in_flight;
         }
-        Ok::<_, queue_store::StoreError>(total)
-    });
-    match resumed.await {
-        Ok(Ok(report)) => {
-            let name = request.domain.or(request.site).or(request.tenant);
-            Json(json!({"domain": name, "report": report_json(&report)})).into_response()
-        }
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+        Ok(total)
+    })
+    .await?;
+    let name = request.domain.or(request.site);
+    answer(json!({"domain": name, "report": report_json(&report)}))
 }
 
 fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
@@ -441,11 +431,8 @@ fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
     sites.chain(tenants).chain(domains).collect()
 }
 
-async fn suspensions(State(admin): Api, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    Json(json!({"suspensions": suspension_list(&admin)})).into_response()
+async fn suspensions(State(admin): Api) -> Answer {
+    answer(json!({"suspensions": suspension_list(&admin)}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,96 +451,56 @@ struct BounceRequest {
     dry_run: bool,
 }
 
-async fn bounce(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: BounceRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn bounce(State(admin): Api, Body(request): Body<BounceRequest>) -> Answer {
     if request.reason.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "reason: say why (it goes into every AdminBounce record)");
+        return Err(Refusal::bad("reason: say why (it goes into every AdminBounce record)"));
     }
     let given = [&request.domain, &request.message, &request.tenant, &request.campaign];
     if given.iter().filter(|field| field.is_some()).count() != 1 {
-        return error(StatusCode::BAD_REQUEST, "give exactly one of domain, message, tenant or campaign");
+        return Err(Refusal::bad("give exactly one of domain, message, tenant or campaign"));
     }
-    if request.tenant.is_some() || request.campaign.is_some() {
-        return bounce_group(&admin, request).await;
-    }
-    let selector = match (&request.domain, &request.message) {
-        (Some(domain), _) => Selector::Domain(domain.to_ascii_lowercase()),
-        (_, Some(id)) => match MessageId::from_str(id) {
-            Ok(id) => Selector::Message(id),
-            Err(_) => return error(StatusCode::BAD_REQUEST, format!("message: {id:?} is not a message id")),
-        },
-        _ => return error(StatusCode::BAD_REQUEST, "give exactly one of domain, message, tenant or campaign"),
-    };
-    if request.dry_run {
-        let count = match &selector {
-            Selector::Domain(domain) => {
-                admin.store.domain_counts().into_iter().find(|(d, _)| d == domain).map(|(_, c)| c.total()).unwrap_or(0)
-            }
-            Selector::Message(id) => match admin.store.message(*id) {
-                Ok(view) => view.map(|v| v.recipients.len() as u64).unwrap_or(0),
-                Err(e) => return store_error(&e),
-            },
-        };
-        return Json(json!({"dry_run": true, "would_bounce": count})).into_response();
-    }
+    // What to bounce (a domain is one selector), and for a dry run the recipients
+    // it holds (a tenant's or campaign's scan counts them anyway).
     let store = Arc::clone(&admin.store);
-    let reason = format!("administrative bounce: {}", request.reason);
-    let result = tokio::task::spawn_blocking(move || store.admin_bounce(selector, &reason)).await;
-    let report = match result {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => return store_error(&e),
-        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
-    for terminal in &report.terminal {
-        log_admin_bounce(&admin, terminal);
-    }
-    Json(json!({"bounced": report.terminal.len(), "report": report_json(&report)})).into_response()
-}
-
-/// A bounce by tenant or campaign: the queue is scanned for their messages, and each
-/// is bounced as a message.
-async fn bounce_group(admin: &Admin, request: BounceRequest) -> Response {
-    let store = Arc::clone(&admin.store);
-    let (tenant, campaign) = (request.tenant.clone(), request.campaign.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        let mut messages = Vec::new();
-        let mut recipients = 0u64;
-        store
-            .scan(|envelope, listed| {
-                let matches = match (&tenant, &campaign) {
-                    (Some(tenant), _) => envelope.tenant.as_ref() == Some(tenant),
-                    (_, Some(campaign)) => envelope.campaign.as_ref() == Some(campaign),
-                    _ => false,
+    let (selectors, recipients, messages): (Vec<Selector>, u64, Option<usize>) =
+        match (&request.domain, &request.message) {
+            (Some(domain), _) => {
+                let domain = domain.to_ascii_lowercase();
+                let count = match request.dry_run {
+                    true => store.domain_counts().iter().find(|(d, _)| *d == domain).map_or(0, |(_, c)| c.total()),
+                    false => 0,
                 };
-                if matches {
-                    messages.push(envelope.id);
-                    recipients += listed.len() as u64;
-                }
-                true
-            })
-            .map(|()| (messages, recipients))
-    })
-    .await;
-    let (messages, recipients) = match found {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => return store_error(&e),
-        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
+                (vec![Selector::Domain(domain)], count, None)
+            }
+            (_, Some(id)) => {
+                let id = message_id(id, "message: ")?;
+                let count = match request.dry_run {
+                    true => store.message(id)?.map_or(0, |view| view.recipients.len() as u64),
+                    false => 0,
+                };
+                (vec![Selector::Message(id)], count, None)
+            }
+            _ => {
+                let (tenant, campaign) = (request.tenant.clone(), request.campaign.clone());
+                let (ids, count) =
+                    blocking(move || group_messages(&store, tenant.as_deref(), campaign.as_deref())).await?;
+                let messages = ids.len();
+                (ids.into_iter().map(Selector::Message).collect(), count, Some(messages))
+            }
+        };
     if request.dry_run {
-        return Json(json!({"dry_run": true, "would_bounce": recipients, "messages": messages.len()})).into_response();
+        let mut value = json!({"dry_run": true, "would_bounce": recipients});
+        if let Some(messages) = messages {
+            value["messages"] = json!(messages);
+        }
+        return answer(value);
     }
     let store = Arc::clone(&admin.store);
     let reason = format!("administrative bounce: {}", request.reason);
-    let result = tokio::task::spawn_blocking(move || {
+    let report = blocking(move || {
         let mut total = AdminReport::default();
-        for id in messages {
-            let report = store.admin_bounce(Selector::Message(id), &reason)?;
+        for selector in selectors {
+            let report = store.admin_bounce(selector, &reason)?;
             total.terminal.extend(report.terminal);
             total.in_flight += report.in_flight;
             if report.error.is_some() {
@@ -561,18 +508,37 @@ async fn bounce_group(admin: &Admin, request: BounceRequest) -> Response {
                 break;
             }
         }
-        Ok::<_, queue_store::StoreError>(total)
+        Ok(total)
     })
-    .await;
-    let report = match result {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => return store_error(&e),
-        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
+    .await?;
     for terminal in &report.terminal {
-        log_admin_bounce(admin, terminal);
+        log_admin_bounce(&admin, terminal);
     }
-    Json(json!({"bounced": report.terminal.len(), "report": report_json(&report)})).into_response()
+    answer(json!({"bounced": report.terminal.len(), "report": report_json(&report)}))
+}
+
+/// The messages of a tenant or a campaign (a scan of the queue), and how many
+/// recipients they hold.
+fn group_messages(
+    store: &Store,
+    tenant: Option<&str>,
+    campaign: Option<&str>,
+) -> Result<(Vec<MessageId>, u64), queue_store::StoreError> {
+    let mut messages = Vec::new();
+    let mut recipients = 0u64;
+    store.scan(|envelope, listed| {
+        let matches = match (tenant, campaign) {
+            (Some(tenant), _) => envelope.tenant.as_deref() == Some(tenant),
+            (_, Some(campaign)) => envelope.campaign.as_deref() == Some(campaign),
+            _ => false,
+        };
+        if matches {
+            messages.push(envelope.id);
+            recipients += listed.len() as u64;
+        }
+        true
+    })?;
+    Ok((messages, recipients))
 }
 
 fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
@@ -619,24 +585,14 @@ fn retry_domains(store: &Store, domains: Vec<String>) -> Result<u64, queue_store
     Ok(changed)
 }
 
-async fn retry_now(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: RetryRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn retry_now(State(admin): Api, Body(request): Body<RetryRequest>) -> Answer {
     let store = Arc::clone(&admin.store);
     let domains = match &request.domain {
         Some(domain) => vec![domain.to_ascii_lowercase()],
         None => store.domain_counts().into_iter().filter(|(_, c)| c.deferred > 0).map(|(d, _)| d).collect(),
     };
-    match tokio::task::spawn_blocking(move || retry_domains(&store, domains)).await {
-        Ok(Ok(changed)) => Json(json!({"domain": request.domain, "due_now": changed})).into_response(),
-        Ok(Err(e)) => store_error(&e),
-        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+    let changed = blocking(move || retry_domains(&store, domains)).await?;
+    answer(json!({"domain": request.domain, "due_now": changed}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,49 +602,29 @@ struct RebindRequest {
     pool: Option<String>,
 }
 
-async fn rebind(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: RebindRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn rebind(State(admin): Api, Body(request): Body<RebindRequest>) -> Answer {
     if let Some(pool) = &request.pool {
         if !admin.pools.contains(pool) {
             let known: Vec<_> = admin.pools.iter().collect();
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("pool: no [[egress]] source is in pool {pool:?} (pools: {known:?})"),
-            );
+            return Err(Refusal::bad(format!("pool: no [[egress]] source is in pool {pool:?} (pools: {known:?})")));
         }
     }
     let domain = request.domain.to_ascii_lowercase();
     admin.rebinds.set(&domain, request.pool.clone());
     tracing::info!(%domain, pool = ?request.pool, "domain rebound by the admin API");
     let store = Arc::clone(&admin.store);
-    let due = match tokio::task::spawn_blocking(move || retry_domains(&store, vec![domain])).await {
-        Ok(Ok(changed)) => changed,
-        Ok(Err(e)) => return store_error(&e),
-        Err(e) => return error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    };
-    Json(json!({"domain": request.domain, "pool": request.pool, "due_now": due})).into_response()
+    let due = blocking(move || retry_domains(&store, vec![domain])).await?;
+    answer(json!({"domain": request.domain, "pool": request.pool, "due_now": due}))
 }
 
-async fn rebinds(State(admin): Api, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
+async fn rebinds(State(admin): Api) -> Answer {
     let all: Vec<_> =
         admin.rebinds.all().into_iter().map(|(domain, pool)| json!({"domain": domain, "pool": pool})).collect();
-    Json(json!({"rebinds": all})).into_response()
+    answer(json!({"rebinds": all}))
 }
 
-async fn lanes(State(admin): Api, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    Json(json!({"lanes": admin.lanes.lanes()})).into_response()
+async fn lanes(State(admin): Api) -> Answer {
+    answer(json!({"lanes": admin.lanes.lanes()}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,27 +633,19 @@ struct CheckpointRequest {
     path: std::path::PathBuf,
 }
 
-async fn checkpoint(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: CheckpointRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn checkpoint(State(admin): Api, Body(request): Body<CheckpointRequest>) -> Answer {
     if !request.path.is_absolute() {
-        return error(StatusCode::BAD_REQUEST, "path: must be absolute (the daemon's working directory is not yours)");
+        return Err(Refusal::bad("path: must be absolute (the daemon's working directory is not yours)"));
     }
     if request.path.exists() {
-        return error(StatusCode::CONFLICT, format!("path: {} exists already", request.path.display()));
+        return Err(Refusal::new(StatusCode::CONFLICT, format!("path: {} exists already", request.path.display())));
     }
     let store = Arc::clone(&admin.store);
     let path = request.path.clone();
-    match tokio::task::spawn_blocking(move || store.checkpoint(&path)).await {
-        Ok(Ok(())) => Json(json!({"path": request.path})).into_response(),
-        Ok(Err(e)) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+    // Any failure to write the copy is the daemon's (500), not a busy store.
+    let written = tokio::task::spawn_blocking(move || store.checkpoint(&path)).await?;
+    written.map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    answer(json!({"path": request.path}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -726,29 +654,17 @@ struct DrainRequest {
     on: bool,
 }
 
-async fn drain(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: DrainRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn drain(State(admin): Api, Body(request): Body<DrainRequest>) -> Answer {
     admin.shedding.set_draining(request.on);
     tracing::info!(draining = request.on, "intake drain changed by the admin API");
-    Json(json!({"draining": request.on})).into_response()
+    answer(json!({"draining": request.on}))
 }
 
-async fn reload(State(admin): Api, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
+async fn reload(State(admin): Api) -> Answer {
     let live = Arc::clone(&admin.live);
-    match tokio::task::spawn_blocking(move || live.reload()).await {
-        Ok(Ok(report)) => Json(json!(report)).into_response(),
-        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, format!("nothing changed: {why}")),
-        Err(e) => error_with(StatusCode::INTERNAL_SERVER_ERROR, &e),
-    }
+    let report = tokio::task::spawn_blocking(move || live.reload()).await?;
+    let report = report.map_err(|why| Refusal::bad(format!("nothing changed: {why}")))?;
+    answer(json!(report))
 }
 
 type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -767,31 +683,20 @@ struct LogLevelRequest {
     filter: String,
 }
 
-async fn log_level(State(admin): Api, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
-    let request: LogLevelRequest = match parse(&body) {
-        Ok(request) => request,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
+async fn log_level(Body(request): Body<LogLevelRequest>) -> Answer {
     let Some(hook) = LOG_LEVEL.get() else {
-        return error(StatusCode::NOT_IMPLEMENTED, "this process's log filter cannot be changed (not ringmail serve)");
+        return Err(Refusal::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this process's log filter cannot be changed (not ringmail serve)",
+        ));
     };
-    match hook(&request.filter) {
-        Ok(()) => {
-            tracing::info!(filter = %request.filter, "log filter changed by the admin API");
-            Json(json!({"filter": request.filter})).into_response()
-        }
-        Err(why) => error(StatusCode::BAD_REQUEST, format!("filter: {why}")),
-    }
+    hook(&request.filter).map_err(|why| Refusal::bad(format!("filter: {why}")))?;
+    tracing::info!(filter = %request.filter, "log filter changed by the admin API");
+    answer(json!({"filter": request.filter}))
 }
 
-async fn shutdown(State(admin): Api, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refused(&admin, &headers) {
-        return refusal;
-    }
+async fn shutdown(State(admin): Api) -> Answer {
     admin.shutdown.store(true, Ordering::Relaxed);
     tracing::info!("shutdown requested by the admin API");
-    (StatusCode::ACCEPTED, Json(json!({"stopping": true}))).into_response()
+    Ok((StatusCode::ACCEPTED, Json(json!({"stopping": true}))).into_response())
 }
