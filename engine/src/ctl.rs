@@ -33,29 +33,17 @@ pub enum CtlCommand {
     Message(MessageCommand),
     /// Hold a domain's mail (queued, and new arrivals), or a site's (every domain
     /// routed to that MX host set), until resumed or for a while.
-    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Suspend {
-        #[arg(long, group = "target")]
-        domain: Option<String>,
-        /// A site as `ringmail ctl lanes` names it (its MX hosts).
-        #[arg(long, group = "target")]
-        site: Option<String>,
-        /// A tenant: its messages, whatever their domain.
-        #[arg(long, group = "target")]
-        tenant: Option<String>,
+        #[command(flatten)]
+        target: Target,
         /// How long (90s, 15m, 2h, 1d); none: until `resume`.
         #[arg(long)]
         duration: Option<String>,
     },
     /// Release a suspended domain, site or tenant.
-    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     Resume {
-        #[arg(long, group = "target")]
-        domain: Option<String>,
-        #[arg(long, group = "target")]
-        site: Option<String>,
-        #[arg(long, group = "target")]
-        tenant: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Suspended domains and when each suspension ends.
     Suspensions,
@@ -116,6 +104,20 @@ pub enum CtlCommand {
     LogLevel { filter: String },
     /// Stop the daemon gracefully (as SIGTERM).
     Shutdown,
+}
+
+/// What `suspend` and `resume` act on: exactly one of these.
+#[derive(Args, Debug, serde::Serialize)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    #[arg(long)]
+    domain: Option<String>,
+    /// A site as `ringmail ctl lanes` names it (its MX hosts).
+    #[arg(long)]
+    site: Option<String>,
+    /// A tenant: its messages, whatever their domain.
+    #[arg(long)]
+    tenant: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,18 +244,16 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
         CtlCommand::Message(MessageCommand::Show { id }) => {
             (client.call("GET", &format!("messages/{id}"), None)?, message_table)
         }
-        CtlCommand::Suspend { domain, site, tenant, duration } => {
+        CtlCommand::Suspend { target, duration } => {
             let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
-            let body = json!({"domain": domain, "site": site, "tenant": tenant, "duration_seconds": seconds});
+            let mut body = json!(target);
+            body["duration_seconds"] = json!(seconds);
             (client.call("POST", "suspend", Some(body))?, |v| match v["site"].as_str() {
                 Some(site) => format!("site {site} suspended: its domains are held as they come up"),
                 None => report_line(v),
             })
         }
-        CtlCommand::Resume { domain, site, tenant } => {
-            let body = json!({"domain": domain, "site": site, "tenant": tenant});
-            (client.call("POST", "resume", Some(body))?, report_line)
-        }
+        CtlCommand::Resume { target } => (client.call("POST", "resume", Some(json!(target)))?, report_line),
         CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
         CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
             let body = json!({"domain": domain, "message": message, "tenant": tenant, "campaign": campaign,
