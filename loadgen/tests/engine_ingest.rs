@@ -15,7 +15,7 @@ use loadgen::scenario::Scenario;
 use ringmail::daemon::Engine;
 
 mod common;
-use common::{dns_for, engine_config, free_port, log_records};
+use common::{dns_for, engine_config, free_port, log_records, settle};
 
 /// A plain SMTP client speaking raw lines, for input no real client would send.
 struct Raw {
@@ -226,13 +226,7 @@ fn curl_injects_a_personalised_campaign_and_bad_requests_are_refused() {
     let (status, answer) = curl(engine.http, &"x".repeat(2 << 20), TOKEN);
     assert_eq!(status, 413, "{answer}");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fleet.state().accepted.len() < 1001 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    while engine.store.counts().total() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    settle(&fleet, &engine, 1001, 30);
     engine.shutdown();
     let state = fleet.state();
     assert_eq!(state.accepted.len(), 1001);

@@ -12,7 +12,7 @@ use loadgen::scenario::Scenario;
 use ringmail::daemon::Engine;
 
 mod common;
-use common::{dns_for, engine_config, free_port, log_records};
+use common::{dns_for, engine_config, free_port, log_records, settle};
 
 #[test]
 fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
@@ -51,13 +51,7 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
         .expect("smtp-source (Debian package postfix)");
     assert!(status.success());
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fleet.state().accepted.len() < 1001 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    while engine.store.counts().total() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    settle(&fleet, &engine, 1001, 30);
     engine.shutdown();
     let state = fleet.state();
     assert_eq!(state.accepted.len(), 1001, "the swaks message and smtp-source's 1000, each delivered once");

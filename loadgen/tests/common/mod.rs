@@ -39,3 +39,15 @@ pub fn log_records(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap_or_default();
     text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
 }
+
+/// Waits (up to `seconds`) until the sinks have `count` acceptances and the engine's
+/// queue is empty; the caller asserts what it expects after.
+pub fn settle(fleet: &loadgen::sink::Fleet, engine: &ringmail::daemon::Engine, count: usize, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while fleet.state().accepted.len() < count && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    while engine.store.counts().total() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
