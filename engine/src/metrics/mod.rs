@@ -87,10 +87,27 @@ impl Metrics {
             let value = if name.ends_with("_seconds_sum") { value as f64 / 1e6 } else { value as f64 };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
+        let oldest = store.oldest_message().map(|(_, ms)| crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0);
         let gauges = [
-            ("ringmail_connections_open", "Outbound connections open", load(&self.connections_open)),
-            ("ringmail_ready_queue_depth", "Recipients waiting in lanes", load(&self.ready_queue_depth)),
-            ("ringmail_in_flight", "Recipients claimed and not finished", load(&self.in_flight)),
+            ("ringmail_connections_open", "Outbound connections open", load(&self.connections_open) as f64),
+            ("ringmail_ready_queue_depth", "Recipients waiting in lanes", load(&self.ready_queue_depth) as f64),
+            ("ringmail_in_flight", "Recipients claimed and not finished", load(&self.in_flight) as f64),
+            (
+                "ringmail_oldest_message_age_seconds",
+                "Age of the oldest message in the queue (0 when empty)",
+                oldest.unwrap_or(0.0),
+            ),
+            ("ringmail_resident_memory_bytes", "Resident memory of the daemon", crate::ingest::resident_bytes() as f64),
+            (
+                "ringmail_store_healthy",
+                "1 when the queue store accepts writes",
+                f64::from(u8::from(store.health() == queue_store::Health::Healthy)),
+            ),
+            (
+                "ringmail_tls_certificate_expiry_timestamp_seconds",
+                "When the SMTP listener's certificate expires (0: none)",
+                load(&self.tls_certificate_expiry) as f64,
+            ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -106,27 +123,6 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "ringmail_queue_recipients{{state=\"{state}\"}} {value}");
         }
-        let oldest = store.oldest_message().map(|(_, ms)| crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0);
-        let _ = writeln!(
-            out,
-            "# HELP ringmail_oldest_message_age_seconds Age of the oldest message in the queue (0 when empty)\n# TYPE ringmail_oldest_message_age_seconds gauge\nringmail_oldest_message_age_seconds {}",
-            oldest.unwrap_or(0.0)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ringmail_resident_memory_bytes Resident memory of the daemon\n# TYPE ringmail_resident_memory_bytes gauge\nringmail_resident_memory_bytes {}",
-            crate::ingest::resident_bytes()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ringmail_store_healthy 1 when the queue store accepts writes\n# TYPE ringmail_store_healthy gauge\nringmail_store_healthy {}",
-            u8::from(store.health() == queue_store::Health::Healthy)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ringmail_tls_certificate_expiry_timestamp_seconds When the SMTP listener's certificate expires (0: none)\n# TYPE ringmail_tls_certificate_expiry_timestamp_seconds gauge\nringmail_tls_certificate_expiry_timestamp_seconds {}",
-            load(&self.tls_certificate_expiry)
-        );
         let _ =
             writeln!(out, "# HELP ringmail_site_recipients_total Finished attempts per destination site and outcome");
         let _ = writeln!(out, "# TYPE ringmail_site_recipients_total counter");
