@@ -1,4 +1,5 @@
-//! The SMTP listener: ringmail's strict server session (`smtp::server`) on io_uring,
+//! The SMTP listener: ringmail's strict server session (`smtp::server`) on io_uring
+//! (`io::serve`, ringmail's own loop),
 //! writing to queue-store and answering 250 after DATA only once the message is
 //! synced. Relay control: only clients in `smtp.relay_networks`, or users who
 //! authenticated (AUTH PLAIN/LOGIN over TLS, argon2 hashes), may relay; anyone else
@@ -6,8 +7,10 @@
 //! store is unhealthy or full, new connections get `421 4.3.2` and a transaction gets
 //! `451 4.3.0` — at once, with nothing half-stored.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::{has_header, rfc5322_date};
 use crate::config::SmtpSection;
 use crate::io::connect::Allowlist;
-use crate::io::driver::{run_server, ServerHandler};
-use crate::io::tls::{server_config, Connection};
+use crate::io::serve::{Accepted, Decision, ServeHandler};
+use crate::io::tls::server_config;
 use crate::log::{send_receptions, Reception, Record, Response};
 use crate::metrics::Metrics;
 use crate::smtp::{EnhancedCode, ReceivedMessage, Reply, ServerConfig, ServerEvent, ServerSession, Verdict};
@@ -113,35 +116,27 @@ pub fn start(
     let limits = (section.connections_max, section.connections_per_ip_max);
     let mut handles = Vec::new();
     for (index, listeners) in sockets.into_iter().enumerate() {
-        let context = Context {
-            config: Arc::clone(&config),
-            tls: tls.clone(),
-            relay: relay.clone(),
-            users: Arc::clone(&users),
-            port: Port::Plain,
-        };
-        let (ingest, open) = (ingest.clone(), Arc::clone(&open));
+        let (sockets, contexts): (Vec<_>, Vec<_>) = listeners
+            .into_iter()
+            .map(|(listener, port)| {
+                let context = Context {
+                    config: Arc::clone(&config),
+                    tls: tls.clone(),
+                    relay: relay.clone(),
+                    users: Arc::clone(&users),
+                    port,
+                };
+                (listener, context)
+            })
+            .unzip();
+        let mut listener = Listener { contexts, ingest: ingest.clone(), open: Arc::clone(&open), limits };
         let handle = std::thread::Builder::new()
             .name(format!("ringmail-smtp-{index}"))
             .spawn(move || {
-                tokio_uring::start(async move {
-                    let loops: Vec<_> = listeners
-                        .into_iter()
-                        .map(|(listener, port)| {
-                            let context = Context { port, ..context.clone() };
-                            tokio_uring::spawn(accept_loop(
-                                listener,
-                                context,
-                                ingest.clone(),
-                                Arc::clone(&open),
-                                limits,
-                            ))
-                        })
-                        .collect();
-                    for task in loops {
-                        let _ = task.await;
-                    }
-                })
+                let stop = Arc::clone(&listener.ingest.stop);
+                if let Err(error) = crate::io::serve::serve(sockets, &mut listener, &stop) {
+                    tracing::error!(%error, "SMTP listener thread stopped");
+                }
             })
             .map_err(|e| e.to_string())?;
         handles.push(handle);
@@ -168,9 +163,6 @@ struct Context {
     users: Arc<Users>,
     port: Port,
 }
-
-/// A client gets this long to finish a TLS handshake at connect.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who may authenticate: names and their argon2 password hashes (PHC strings).
 #[derive(Debug, Default)]
@@ -231,144 +223,169 @@ fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
     Reply::new(code, Some(EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2)), text)
 }
 
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    context: Context,
+/// Whether a new connection may stay (`None`: counted as open) or the refusal to say.
+fn admit(
+    open: &Mutex<Open>,
+    peer: SocketAddr,
+    ingest: &Ingest,
+    (total_max, per_ip_max): (usize, usize),
+) -> Option<Reply> {
+    let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let from_ip = open.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+    if open.total >= total_max || from_ip >= per_ip_max {
+        Some(reply(421, (4, 7, 0), "Too many connections, try again later"))
+    } else if let Some(reason) = ingest.shedding.reason() {
+        tracing::debug!(%peer, reason, "SMTP connection refused: shedding load");
+        Some(reply(421, (4, 3, 2), "System not accepting mail right now, try again later"))
+    } else {
+        open.total += 1;
+        *open.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        None
+    }
+}
+
+/// One listener thread's side of the loop: admission, and each connection's handler.
+struct Listener {
+    /// Per listening socket, in the order given to the loop.
+    contexts: Vec<Context>,
     ingest: Ingest,
     open: Arc<Mutex<Open>>,
-    (total_max, per_ip_max): (usize, usize),
-) {
-    let listener = tokio_uring::net::TcpListener::from_std(listener);
-    let stop = Arc::clone(&ingest.stop);
-    let stopped = async move {
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    limits: (usize, usize),
+}
+
+impl ServeHandler for Listener {
+    type Conn = Handler;
+
+    fn accept(&mut self, listener: usize, peer: SocketAddr) -> Option<Accepted<Handler>> {
+        let context = self.contexts.get(listener)?;
+        let now = Instant::now();
+        let refusal = admit(&self.open, peer, &self.ingest, self.limits);
+        let handler = Handler {
+            ingest: self.ingest.clone(),
+            peer,
+            relay: context.relay.allows(peer.ip()),
+            authenticated: Rc::new(Cell::new(false)),
+            submission: context.port == Port::Submission,
+            users: Arc::clone(&context.users),
+            refused: refusal.is_some(),
+        };
+        if let Some(refusal) = refusal {
+            if context.port == Port::ImplicitTls {
+                return None; // closed before the handshake
+            }
+            let session = ServerSession::refuse(Arc::clone(&context.config), refusal, now);
+            return Some(Accepted { session, starttls: None, implicit_tls: None, context: handler });
         }
-    };
-    tokio::pin!(stopped);
-    loop {
-        // Never a timeout around accept: a dropped tokio-uring accept stays posted in
-        // the kernel and would swallow a later connection. Only when stopping is the
-        // accept given up (the listener closes with it).
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stopped => return,
-        };
-        let Ok((stream, peer)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let refusal = {
-            let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let from_ip = open.per_ip.get(&peer.ip()).copied().unwrap_or(0);
-            if open.total >= total_max || from_ip >= per_ip_max {
-                Some(reply(421, (4, 7, 0), "Too many connections, try again later"))
-            } else if let Some(reason) = ingest.shedding.reason() {
-                tracing::debug!(%peer, reason, "SMTP connection refused: shedding load");
-                Some(reply(421, (4, 3, 2), "System not accepting mail right now, try again later"))
-            } else {
-                open.total += 1;
-                *open.per_ip.entry(peer.ip()).or_insert(0) += 1;
-                None
+        Some(match (context.port, context.tls.clone()) {
+            (Port::ImplicitTls, Some(tls)) => Accepted {
+                session: ServerSession::new(Arc::clone(&context.config), true, now),
+                starttls: None,
+                implicit_tls: Some(tls),
+                context: handler,
+            },
+            _ => Accepted {
+                session: ServerSession::new(Arc::clone(&context.config), false, now),
+                starttls: context.tls.clone(),
+                implicit_tls: None,
+                context: handler,
+            },
+        })
+    }
+
+    fn decide(&mut self, conn: &mut Handler, event: ServerEvent, tls: bool) -> Decision {
+        conn.decide(event, tls)
+    }
+
+    fn closed(&mut self, conn: Handler) {
+        if conn.refused {
+            return; // never counted
+        }
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.total = open.total.saturating_sub(1);
+        if let Some(count) = open.per_ip.get_mut(&conn.peer.ip()) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.per_ip.remove(&conn.peer.ip());
             }
-        };
-        let (context, ingest, open) = (context.clone(), ingest.clone(), Arc::clone(&open));
-        tokio_uring::spawn(async move {
-            let now = Instant::now();
-            if let Some(refusal) = refusal {
-                if context.port != Port::ImplicitTls {
-                    let session = ServerSession::refuse(Arc::clone(&context.config), refusal, now);
-                    run_server(Connection::Plain(stream), session, None, &mut Refuse).await;
-                }
-                return; // on an implicit-TLS port: closed before the handshake
-            }
-            let relay = context.relay.allows(peer.ip());
-            let submission = context.port == Port::Submission;
-            let users = Arc::clone(&context.users);
-            let mut handler = Handler { ingest, peer, relay, authenticated: false, submission, users };
-            match (context.port, context.tls.clone()) {
-                (Port::ImplicitTls, Some(tls)) => {
-                    let accept = crate::io::tls::TlsStream::accept(stream, tls);
-                    if let Ok(Ok(stream)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                        let session = ServerSession::new(Arc::clone(&context.config), true, now);
-                        run_server(Connection::Tls(Box::new(stream)), session, None, &mut handler).await;
-                    }
-                }
-                _ => {
-                    let session = ServerSession::new(Arc::clone(&context.config), false, now);
-                    run_server(Connection::Plain(stream), session, context.tls.clone(), &mut handler).await;
-                }
-            }
-            let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            open.total = open.total.saturating_sub(1);
-            if let Some(count) = open.per_ip.get_mut(&peer.ip()) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    open.per_ip.remove(&peer.ip());
-                }
-            }
-        });
+        }
     }
 }
 
-struct Refuse;
-
-impl ServerHandler for Refuse {
-    async fn decide(&mut self, _event: ServerEvent, _tls: bool) -> Verdict {
-        Verdict::Reject(reply(421, (4, 3, 2), "Service not available"))
-    }
-}
-
+/// One connection's state and answers.
 struct Handler {
     ingest: Ingest,
     peer: SocketAddr,
-    /// A relay network's client, or authenticated: may relay.
+    /// A relay network's client: may relay (so may anyone once authenticated).
     relay: bool,
-    authenticated: bool,
+    /// Set by the AUTH check's future, on this listener's thread.
+    authenticated: Rc<Cell<bool>>,
     /// A submission port: AUTH before MAIL, whoever the client is.
     submission: bool,
     users: Arc<Users>,
+    /// Greeted with a refusal (too many connections, shedding load): never counted open.
+    refused: bool,
 }
 
-impl ServerHandler for Handler {
-    async fn decide(&mut self, event: ServerEvent, tls: bool) -> Verdict {
-        match event {
-            ServerEvent::Mail { .. } if self.submission && !self.authenticated => {
-                Verdict::Reject(reply(530, (5, 7, 0), "Authentication required"))
-            }
-            ServerEvent::Mail { .. } if self.ingest.shedding.reason().is_some() => {
-                Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
-            }
-            ServerEvent::Mail { .. } => Verdict::Accept,
-            ServerEvent::Recipient { .. } if !self.relay => Verdict::Reject(reply(550, (5, 7, 1), "Relaying denied")),
-            ServerEvent::Recipient { .. } => Verdict::Accept,
-            ServerEvent::Authenticate { identity, password } => {
-                let users = Arc::clone(&self.users);
-                let check = tokio::task::spawn_blocking(move || users.check(&identity, &password));
-                if check.await.unwrap_or(false) {
-                    self.relay = true;
-                    self.authenticated = true;
-                    Verdict::Accept
-                } else {
-                    Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
-                }
-            }
-            ServerEvent::Data if self.ingest.shedding.reason().is_some() => {
-                Metrics::count(&self.ingest.metrics.rejected_requests, 1);
-                Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
-            }
-            ServerEvent::Data => Verdict::Accept,
-            ServerEvent::Message(message) => self.store(message, tls).await,
-            ServerEvent::StartTls | ServerEvent::Closed => Verdict::Accept,
-        }
-    }
+fn busy() -> Verdict {
+    Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
 }
 
 impl Handler {
+    fn decide(&mut self, event: ServerEvent, tls: bool) -> Decision {
+        if self.refused {
+            return Decision::Now(Verdict::Reject(reply(421, (4, 3, 2), "Service not available")));
+        }
+        let verdict = match event {
+            ServerEvent::Mail { .. } if self.submission && !self.authenticated.get() => {
+                Verdict::Reject(reply(530, (5, 7, 0), "Authentication required"))
+            }
+            ServerEvent::Mail { .. } if self.ingest.shedding.reason().is_some() => busy(),
+            ServerEvent::Mail { .. } => Verdict::Accept,
+            ServerEvent::Recipient { .. } if !self.relay && !self.authenticated.get() => {
+                Verdict::Reject(reply(550, (5, 7, 1), "Relaying denied"))
+            }
+            ServerEvent::Recipient { .. } => Verdict::Accept,
+            ServerEvent::Authenticate { identity, password } => return self.authenticate(identity, password),
+            ServerEvent::Data if self.ingest.shedding.reason().is_some() => {
+                Metrics::count(&self.ingest.metrics.rejected_requests, 1);
+                busy()
+            }
+            ServerEvent::Data => Verdict::Accept,
+            ServerEvent::Message(message) => return self.store(message, tls),
+            ServerEvent::StartTls | ServerEvent::Closed => Verdict::Accept,
+        };
+        Decision::Now(verdict)
+    }
+
+    /// argon2 costs tens of milliseconds of CPU: checked on a thread of its own, never
+    /// on the listener's. One at a time per connection (the session waits for it).
+    fn authenticate(&mut self, identity: String, password: String) -> Decision {
+        let users = Arc::clone(&self.users);
+        let (answer, checked) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new().name("ringmail-auth".into()).spawn(move || {
+            let _ = answer.send(users.check(&identity, &password));
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "SMTP AUTH: cannot start the check");
+            return Decision::Now(Verdict::Reject(reply(454, (4, 7, 0), "Temporary authentication failure")));
+        }
+        let authenticated = Rc::clone(&self.authenticated);
+        Decision::Later(Box::pin(async move {
+            if checked.await.unwrap_or(false) {
+                authenticated.set(true);
+                Verdict::Accept
+            } else {
+                Verdict::Reject(reply(535, (5, 7, 8), "Authentication credentials invalid"))
+            }
+        }))
+    }
+
     /// Queues the message; 250 only once it is synced.
-    async fn store(&mut self, message: ReceivedMessage, tls: bool) -> Verdict {
+    fn store(&mut self, message: ReceivedMessage, tls: bool) -> Decision {
         if let Some(reason) = self.ingest.shedding.reason() {
             tracing::debug!(peer = %self.peer, reason, "SMTP message refused: shedding load");
             Metrics::count(&self.ingest.metrics.rejected_requests, 1);
-            return Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"));
+            return Decision::Now(busy());
         }
         let sender = message.from.clone();
         let recipients = message.recipients.clone();
@@ -381,44 +398,48 @@ impl Handler {
             campaign: None,
             metadata: Vec::new(),
         };
-        let result = match self.ingest.store.submit_enqueue(vec![new]) {
-            Ok(pending) => pending.await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(ids) => {
-                let id = ids.first().map(ToString::to_string).unwrap_or_default();
-                Metrics::count(&self.ingest.metrics.injected_messages, 1);
-                Metrics::count(&self.ingest.metrics.injected_recipients, recipients.len() as u64);
-                self.log_reception(&id, &sender, recipients);
-                Verdict::AcceptWith(reply(250, (2, 0, 0), &format!("Ok: queued as {id}")))
+        let submitted = self.ingest.store.submit_enqueue(vec![new]);
+        let (ingest, peer) = (self.ingest.clone(), self.peer);
+        Decision::Later(Box::pin(async move {
+            let result = match submitted {
+                Ok(pending) => pending.await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(ids) => {
+                    let id = ids.first().map(ToString::to_string).unwrap_or_default();
+                    Metrics::count(&ingest.metrics.injected_messages, 1);
+                    Metrics::count(&ingest.metrics.injected_recipients, recipients.len() as u64);
+                    log_reception(&ingest, peer, &id, &sender, recipients);
+                    Verdict::AcceptWith(reply(250, (2, 0, 0), &format!("Ok: queued as {id}")))
+                }
+                Err(StoreError::Invalid { reason, .. }) => {
+                    Verdict::Reject(reply(554, (5, 6, 0), &format!("Message refused: {reason}")))
+                }
+                Err(error) => {
+                    Metrics::count(&ingest.metrics.rejected_requests, 1);
+                    tracing::warn!(%error, "SMTP ingest: message not queued");
+                    busy()
+                }
             }
-            Err(StoreError::Invalid { reason, .. }) => {
-                Verdict::Reject(reply(554, (5, 6, 0), &format!("Message refused: {reason}")))
-            }
-            Err(error) => {
-                Metrics::count(&self.ingest.metrics.rejected_requests, 1);
-                tracing::warn!(%error, "SMTP ingest: message not queued");
-                Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
-            }
-        }
+        }))
     }
+}
 
-    fn log_reception(&self, id: &str, sender: &str, recipients: Vec<String>) {
-        let response = Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() };
-        let metadata = Vec::new();
-        let reception = Reception {
-            id,
-            sender,
-            peer: Some(self.peer.to_string()),
-            response,
-            tenant: None,
-            campaign: None,
-            metadata: &metadata,
-        };
-        let recipients = recipients.into_iter().map(|recipient| (recipient, Vec::new()));
-        send_receptions(&self.ingest.receptions, &self.ingest.metrics.log_records_dropped, reception, recipients);
-    }
+fn log_reception(ingest: &Ingest, peer: SocketAddr, id: &str, sender: &str, recipients: Vec<String>) {
+    let response = Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() };
+    let metadata = Vec::new();
+    let reception = Reception {
+        id,
+        sender,
+        peer: Some(peer.to_string()),
+        response,
+        tenant: None,
+        campaign: None,
+        metadata: &metadata,
+    };
+    let recipients = recipients.into_iter().map(|recipient| (recipient, Vec::new()));
+    send_receptions(&ingest.receptions, &ingest.metrics.log_records_dropped, reception, recipients);
 }
 
 /// The message with a `Received:` header on top, and a `Message-ID:` when it has none.

@@ -22,6 +22,7 @@ pub mod connect;
 pub mod driver;
 pub mod epoll;
 pub mod ring;
+pub mod serve;
 pub mod tls;
 pub mod uring;
 

@@ -647,7 +647,11 @@ fn received(slot: &mut Slot, length: usize, now: Instant) {
 
 /// Runs TLS records through rustls; the plaintext they held goes to `plain`.
 /// `Ok(true)`: the server said close_notify.
-fn decrypt(connection: &mut rustls::ClientConnection, mut input: &[u8], plain: &mut Vec<u8>) -> io::Result<bool> {
+pub(super) fn decrypt<D>(
+    connection: &mut rustls::ConnectionCommon<D>,
+    mut input: &[u8],
+    plain: &mut Vec<u8>,
+) -> io::Result<bool> {
     while !input.is_empty() {
         if connection.read_tls(&mut input)? == 0 {
             return Err(io::Error::other("TLS layer took no input"));

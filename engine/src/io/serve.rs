@@ -1,0 +1,760 @@
+//! The SMTP listener's own io_uring loop: the server side of [`super::ring`].
+//!
+//! One thread, one ring, several listening sockets. Each listening socket keeps one
+//! `accept` posted; each connection keeps one `recv` posted into its own buffer and
+//! has at most one `send` in flight; one `io_uring_enter` per turn submits what the
+//! last turn queued and waits for the next completion or the earliest deadline. The
+//! sans-IO [`ServerSession`]s are driven straight from the completions, as
+//! `driver::run_server` drives them over tokio-uring.
+//!
+//! A session's questions go to a [`ServeHandler`], which answers at once (MAIL, RCPT,
+//! DATA) or with a future (a message waiting for its sync, an AUTH check on another
+//! thread). Such a future is polled with a waker that queues the connection and
+//! writes a byte into a pipe whose read end has a `read` posted in the ring: another
+//! thread's wake-up (the queue-store's syncer) ends the ring's wait like any
+//! completion, with no epoll in between.
+//!
+//! TLS (STARTTLS, and implicit TLS from the first byte) runs rustls in memory over
+//! the same buffers.
+//!
+//! Safety: as in `ring.rs`, a posted entry points into a slot's heap buffers, the
+//! wake-up pipe's boxed buffer, or nothing; each is freed only after its operations
+//! completed, and dropping the loop cancels and waits for what is left.
+#![allow(unsafe_code)] // `push` and adopting accepted descriptors: see the module docs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::smtp::{ServerEvent, ServerSession, Verdict};
+
+/// Each connection's receive buffer: one TLS record (16 KiB + overhead) fits.
+const RECV_BYTES: usize = 32 * 1024;
+/// Saying close_notify and shutting down may take this long before the loop cancels.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A STARTTLS or implicit-TLS handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Writing one batch of replies must finish within this (a client that stops reading
+/// is dropped, not waited for).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// After a failed accept (out of descriptors, say), the listener waits this long.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often the loop looks at its stop flag when nothing else happens.
+const STOP_POLL: Duration = Duration::from_millis(100);
+const RING_ENTRIES: u32 = 1024;
+const WAKE_BYTES: usize = 64;
+
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_CANCEL: u64 = 4;
+const OP_ACCEPT: u64 = 5;
+const OP_WAKE: u64 = 6;
+
+/// What a handler says about a new connection.
+#[derive(Debug)]
+pub struct Accepted<C> {
+    pub session: ServerSession,
+    /// The configuration STARTTLS upgrades with (the session must offer it too).
+    pub starttls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS from the first byte (port 465): the session's greeting waits for the handshake.
+    pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The handler's own state for this connection, handed back with each question.
+    pub context: C,
+}
+
+/// An answer to a session's question: now, or when a future ends.
+pub enum Decision {
+    Now(Verdict),
+    Later(Pin<Box<dyn Future<Output = Verdict>>>),
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decision::Now(verdict) => f.debug_tuple("Now").field(verdict).finish(),
+            Decision::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+/// What the loop asks its owner.
+pub trait ServeHandler {
+    type Conn;
+    /// A connection from `peer` reached listening socket `listener` (its index in the
+    /// list given to [`serve`]). `None` closes it at once without a word.
+    fn accept(&mut self, listener: usize, peer: SocketAddr) -> Option<Accepted<Self::Conn>>;
+    /// A session's question (`Mail`, `Recipient`, `Data`, `Authenticate`, `Message`).
+    fn decide(&mut self, conn: &mut Self::Conn, event: ServerEvent, tls: bool) -> Decision;
+    /// The connection is gone.
+    fn closed(&mut self, conn: Self::Conn);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The session is over: flushing what is left (close_notify), then shutting down.
+    Closing,
+    /// Shut down; waiting for posted operations to complete.
+    Draining,
+}
+
+struct Slot<C> {
+    generation: u32,
+    state: State,
+    socket: TcpStream,
+    session: ServerSession,
+    context: Option<C>,
+    starttls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<rustls::ServerConnection>,
+    /// The STARTTLS handshake (not implicit TLS) is running: tell the session when done.
+    upgrading: bool,
+    /// `RECV_BYTES` long; the kernel writes into it while `recv_posted`.
+    incoming: Vec<u8>,
+    /// Bytes being sent; the kernel reads `outgoing[sent..]` while `send_posted`.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Wire bytes waiting for the send in flight to finish, in order.
+    staged: Vec<u8>,
+    /// Plaintext scratch (session output before encryption, decrypted input).
+    plain: Vec<u8>,
+    recv_posted: bool,
+    send_posted: bool,
+    cancel_sent: bool,
+    /// The session's question waiting for the handler's future.
+    pending: Option<Pin<Box<dyn Future<Output = Verdict>>>>,
+    handshake_deadline: Option<Instant>,
+    send_deadline: Option<Instant>,
+    close_deadline: Option<Instant>,
+    armed: Option<Instant>,
+}
+
+impl<C> Slot<C> {
+    fn in_flight(&self) -> bool {
+        self.recv_posted || self.send_posted
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let session = if self.state == State::Open { self.session.poll_timeout() } else { None };
+        [session, self.handshake_deadline, self.send_deadline, self.close_deadline].into_iter().flatten().min()
+    }
+
+    fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+}
+
+fn user_data(index: u32, generation: u32, op: u64) -> u64 {
+    (u64::from(generation & 0x00ff_ffff) << 32) | (u64::from(index) << 8) | op
+}
+
+fn split_user_data(user_data: u64) -> (u32, u32, u64) {
+    ((user_data >> 8) as u32 & 0x00ff_ffff, (user_data >> 32) as u32, user_data & 0xff)
+}
+
+/// Connections whose futures asked to be polled, and the pipe that wakes the loop.
+struct Wakeups {
+    ready: Mutex<Vec<(u32, u32)>>,
+    pipe: io::PipeWriter,
+}
+
+struct SlotWaker {
+    wakeups: Arc<Wakeups>,
+    index: u32,
+    generation: u32,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut ready = self.wakeups.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was_empty = ready.is_empty();
+        ready.push((self.index, self.generation));
+        drop(ready);
+        // One byte per empty-to-waiting change: the loop empties the list on each read,
+        // so the pipe never holds more than a few bytes.
+        if was_empty {
+            let _ = (&self.wakeups.pipe).write(&[1]);
+        }
+    }
+}
+
+struct Listening {
+    socket: TcpListener,
+    posted: bool,
+    paused_until: Option<Instant>,
+}
+
+/// Serves `listeners` until `stop` is set. Connections still open then are dropped.
+pub fn serve<H: ServeHandler>(listeners: Vec<TcpListener>, handler: &mut H, stop: &AtomicBool) -> io::Result<()> {
+    let mut server = Server::<H::Conn>::new(listeners)?;
+    while !stop.load(Ordering::Relaxed) {
+        server.turn(handler)?;
+    }
+    Ok(())
+}
+
+struct Server<C> {
+    ring: IoUring,
+    backlog: VecDeque<squeue::Entry>,
+    listeners: Vec<Listening>,
+    slots: Vec<Option<Slot<C>>>,
+    free: Vec<u32>,
+    generations: Vec<u32>,
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    completions: Vec<(u64, i32)>,
+    wakeups: Arc<Wakeups>,
+    wake_reader: io::PipeReader,
+    /// The kernel writes into it while the wake-up read is posted.
+    wake_buffer: Box<[u8; WAKE_BYTES]>,
+    wake_posted: bool,
+}
+
+impl<C> Server<C> {
+    fn new(listeners: Vec<TcpListener>) -> io::Result<Server<C>> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let (wake_reader, pipe) = io::pipe()?;
+        let listeners =
+            listeners.into_iter().map(|socket| Listening { socket, posted: false, paused_until: None }).collect();
+        Ok(Server {
+            ring,
+            backlog: VecDeque::new(),
+            listeners,
+            slots: Vec::new(),
+            free: Vec::new(),
+            generations: Vec::new(),
+            timers: BinaryHeap::new(),
+            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            wakeups: Arc::new(Wakeups { ready: Mutex::new(Vec::new()), pipe }),
+            wake_reader,
+            wake_buffer: Box::new([0; WAKE_BYTES]),
+            wake_posted: false,
+        })
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() && self.try_push(&entry) {
+            return;
+        }
+        if self.ring.submit().is_ok() && self.backlog.is_empty() && self.try_push(&entry) {
+            return;
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: the entry points only into a slot's `incoming` or `outgoing`, the
+        // boxed wake-up buffer, or nothing (accept, cancel); each stays allocated and
+        // unmoved until the operation's completion is reaped (see the module docs).
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if !self.try_push(&entry) {
+                self.backlog.push_front(entry);
+                return;
+            }
+        }
+    }
+
+    fn post_accepts(&mut self, now: Instant) {
+        for index in 0..self.listeners.len() {
+            let listening = &mut self.listeners[index];
+            if listening.posted || listening.paused_until.is_some_and(|until| until > now) {
+                continue;
+            }
+            listening.posted = true;
+            listening.paused_until = None;
+            let entry = opcode::Accept::new(
+                types::Fd(listening.socket.as_raw_fd()),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(index as u32, 0, OP_ACCEPT));
+            self.push(entry);
+        }
+        if !self.wake_posted {
+            self.wake_posted = true;
+            let entry = opcode::Read::new(
+                types::Fd(self.wake_reader.as_raw_fd()),
+                self.wake_buffer.as_mut_ptr(),
+                WAKE_BYTES as u32,
+            )
+            .build()
+            .user_data(user_data(0, 0, OP_WAKE));
+            self.push(entry);
+        }
+    }
+
+    fn turn<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) -> io::Result<()> {
+        let now = Instant::now();
+        self.post_accepts(now);
+        let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let paused = self.listeners.iter().filter_map(|l| l.paused_until).min();
+        let wake = [next_timer, paused, Some(now + STOP_POLL)].into_iter().flatten().min().unwrap_or(now);
+        self.drain_backlog();
+        let wait = wake.saturating_duration_since(now);
+        let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&timespec);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            Err(error) => return Err(error),
+        }
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        for &(user_data, result) in &completions {
+            self.complete(user_data, result, handler);
+        }
+        completions.clear();
+        self.completions = completions;
+        self.fire_timers(handler);
+        Ok(())
+    }
+
+    fn complete<H: ServeHandler<Conn = C>>(&mut self, user_data: u64, result: i32, handler: &mut H) {
+        let (index, generation, op) = split_user_data(user_data);
+        match op {
+            OP_CANCEL => {}
+            OP_ACCEPT => self.accepted(index as usize, result, handler),
+            OP_WAKE => {
+                self.wake_posted = false;
+                let ready =
+                    std::mem::take(&mut *self.wakeups.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+                for (index, generation) in ready {
+                    self.poll_pending(index, generation, handler);
+                }
+            }
+            _ => self.socket_done(index, generation, op, result, handler),
+        }
+    }
+
+    fn accepted<H: ServeHandler<Conn = C>>(&mut self, listener: usize, result: i32, handler: &mut H) {
+        let Some(listening) = self.listeners.get_mut(listener) else { return };
+        listening.posted = false;
+        if result < 0 {
+            let error = io::Error::from_raw_os_error(-result);
+            tracing::warn!(%error, "SMTP listener: accept failed; pausing this socket briefly");
+            listening.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            return;
+        }
+        // SAFETY: a successful accept's result is a new descriptor that nothing else owns.
+        let socket = unsafe { TcpStream::from_raw_fd(result) };
+        let Ok(peer) = socket.peer_addr() else { return };
+        let _ = socket.set_nodelay(true);
+        let Some(accepted) = handler.accept(listener, peer) else { return };
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.generations[index as usize].wrapping_add(1) & 0x00ff_ffff;
+        self.generations[index as usize] = generation;
+        let now = Instant::now();
+        let implicit = accepted.implicit_tls.and_then(|config| match rustls::ServerConnection::new(config) {
+            Ok(connection) => Some(connection),
+            Err(error) => {
+                tracing::warn!(%error, "SMTP listener: cannot start TLS");
+                None
+            }
+        });
+        let slot = Slot {
+            generation,
+            state: State::Open,
+            socket,
+            session: accepted.session,
+            context: Some(accepted.context),
+            starttls: accepted.starttls,
+            handshake_deadline: implicit.as_ref().map(|_| now + HANDSHAKE_TIMEOUT),
+            tls: implicit,
+            upgrading: false,
+            incoming: vec![0; RECV_BYTES],
+            outgoing: Vec::new(),
+            sent: 0,
+            staged: Vec::new(),
+            plain: Vec::new(),
+            recv_posted: false,
+            send_posted: false,
+            cancel_sent: false,
+            pending: None,
+            send_deadline: None,
+            close_deadline: None,
+            armed: None,
+        };
+        self.slots[index as usize] = Some(slot);
+        self.pump(index, handler);
+    }
+
+    fn socket_done<H: ServeHandler<Conn = C>>(
+        &mut self,
+        index: u32,
+        generation: u32,
+        op: u64,
+        result: i32,
+        handler: &mut H,
+    ) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        if slot.generation != generation {
+            return;
+        }
+        let now = Instant::now();
+        match op {
+            OP_RECV => {
+                slot.recv_posted = false;
+                match (slot.state, result) {
+                    (State::Open, 1..) => received(slot, result as usize, now),
+                    (State::Open, _) => slot.session.handle_closed(),
+                    _ => {}
+                }
+            }
+            OP_SEND => {
+                slot.send_posted = false;
+                slot.send_deadline = None;
+                if result < 0 {
+                    slot.outgoing.clear();
+                    slot.staged.clear();
+                    slot.sent = 0;
+                    slot.session.handle_closed();
+                    if slot.state == State::Closing {
+                        slot.state = State::Draining;
+                    }
+                } else {
+                    slot.sent += result as usize;
+                    if slot.sent >= slot.outgoing.len() {
+                        slot.outgoing.clear();
+                        slot.sent = 0;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.pump(index, handler);
+    }
+
+    fn poll_pending<H: ServeHandler<Conn = C>>(&mut self, index: u32, generation: u32, handler: &mut H) {
+        let waker = Waker::from(Arc::new(SlotWaker { wakeups: Arc::clone(&self.wakeups), index, generation }));
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        if slot.generation != generation {
+            return;
+        }
+        let Some(future) = slot.pending.as_mut() else { return };
+        if let Poll::Ready(verdict) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
+            slot.pending = None;
+            slot.session.handle_verdict(verdict, Instant::now());
+            self.pump(index, handler);
+        }
+    }
+
+    /// Moves one connection forward: questions to the handler, output to the socket,
+    /// a receive posted, and the closing steps.
+    fn pump<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
+        let waker = Waker::from(Arc::new(SlotWaker {
+            wakeups: Arc::clone(&self.wakeups),
+            index,
+            generation: self.generations[index as usize],
+        }));
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let generation = slot.generation;
+        let now = Instant::now();
+        // Questions, one at a time: a pending future holds the rest back.
+        while slot.state == State::Open && slot.pending.is_none() {
+            let Some(event) = slot.session.poll_event() else { break };
+            match event {
+                ServerEvent::StartTls => {
+                    // The 220 goes out in plaintext ahead of everything encrypted.
+                    slot.session.poll_transmit(&mut slot.staged);
+                    let started = slot.starttls.clone().map(rustls::ServerConnection::new);
+                    match started {
+                        Some(Ok(connection)) => {
+                            slot.tls = Some(connection);
+                            slot.upgrading = true;
+                            slot.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT);
+                        }
+                        _ => begin_close(slot),
+                    }
+                }
+                ServerEvent::Closed => begin_close(slot),
+                question => {
+                    let tls = slot.tls.is_some();
+                    let Some(context) = slot.context.as_mut() else { break };
+                    match handler.decide(context, question, tls) {
+                        Decision::Now(verdict) => slot.session.handle_verdict(verdict, now),
+                        Decision::Later(mut future) => match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                            Poll::Ready(verdict) => slot.session.handle_verdict(verdict, now),
+                            Poll::Pending => slot.pending = Some(future),
+                        },
+                    }
+                }
+            }
+        }
+        if let Err(error) = collect_output(slot) {
+            tracing::debug!(%error, "SMTP listener: TLS error; closing");
+            slot.staged.clear();
+            slot.state = State::Draining;
+        }
+        let fd = types::Fd(slot.socket.as_raw_fd());
+        let mut entries: [Option<squeue::Entry>; 3] = [None, None, None];
+        if matches!(slot.state, State::Open | State::Closing) && !slot.send_posted {
+            if slot.sent >= slot.outgoing.len() {
+                slot.outgoing.clear();
+                slot.sent = 0;
+                std::mem::swap(&mut slot.outgoing, &mut slot.staged);
+            }
+            if slot.sent < slot.outgoing.len() {
+                let rest = &slot.outgoing[slot.sent..];
+                let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+                entries[0] = Some(
+                    opcode::Send::new(fd, rest.as_ptr(), length)
+                        .build()
+                        .user_data(user_data(index, generation, OP_SEND)),
+                );
+                slot.send_posted = true;
+                slot.send_deadline = Some(now + WRITE_TIMEOUT);
+            }
+        }
+        if slot.state == State::Closing && !slot.send_posted && slot.staged.is_empty() {
+            let _ = slot.socket.shutdown(Shutdown::Both);
+            slot.state = State::Draining;
+        }
+        if slot.state == State::Open && !slot.recv_posted && slot.session.wants_input() {
+            entries[1] = Some(
+                opcode::Recv::new(fd, slot.incoming.as_mut_ptr(), RECV_BYTES as u32)
+                    .build()
+                    .user_data(user_data(index, generation, OP_RECV)),
+            );
+            slot.recv_posted = true;
+        }
+        if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
+            let _ = slot.socket.shutdown(Shutdown::Both);
+            entries[2] = Some(
+                opcode::AsyncCancel::new(user_data(index, generation, OP_RECV))
+                    .build()
+                    .user_data(user_data(index, generation, OP_CANCEL)),
+            );
+            slot.cancel_sent = true;
+        }
+        // A message waiting for its sync keeps the slot (and its reception record)
+        // alive even when the client has gone.
+        if slot.state == State::Draining && !slot.in_flight() && slot.pending.is_none() {
+            return self.release(index, handler);
+        }
+        for entry in entries.into_iter().flatten() {
+            self.push(entry);
+        }
+        self.arm(index);
+    }
+
+    fn release<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::take) else { return };
+        self.free.push(index);
+        if let Some(context) = slot.context {
+            handler.closed(context);
+        }
+    }
+
+    fn arm(&mut self, index: u32) {
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(deadline) = slot.deadline() else { return };
+        if slot.armed.is_none_or(|armed| deadline < armed) {
+            slot.armed = Some(deadline);
+            self.timers.push(Reverse((deadline, index, slot.generation)));
+        }
+    }
+
+    fn fire_timers<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            due.push((at, index, generation));
+        }
+        for (at, index, generation) in due {
+            let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
+            if slot.generation != generation || slot.armed != Some(at) {
+                continue;
+            }
+            slot.armed = None;
+            let mut cancels = Vec::new();
+            if slot.handshake_deadline.is_some_and(|at| at <= now) {
+                slot.handshake_deadline = None;
+                if slot.handshaking() {
+                    slot.session.handle_closed();
+                    slot.state = State::Draining;
+                }
+            }
+            if slot.send_deadline.is_some_and(|at| at <= now) {
+                slot.send_deadline = None;
+                slot.session.handle_closed();
+                slot.state = State::Draining;
+                cancels.push(OP_SEND);
+            }
+            if slot.close_deadline.is_some_and(|at| at <= now) {
+                slot.close_deadline = None;
+                slot.state = State::Draining;
+                cancels.extend([OP_RECV, OP_SEND]);
+            }
+            if slot.state == State::Open {
+                slot.session.handle_timeout(now);
+            }
+            if slot.state == State::Draining {
+                let _ = slot.socket.shutdown(Shutdown::Both);
+            }
+            for op in cancels {
+                let entry = opcode::AsyncCancel::new(user_data(index, generation, op))
+                    .build()
+                    .user_data(user_data(index, generation, OP_CANCEL));
+                self.push(entry);
+            }
+            self.pump(index, handler);
+        }
+    }
+}
+
+fn begin_close<C>(slot: &mut Slot<C>) {
+    if slot.state != State::Open {
+        return;
+    }
+    slot.state = State::Closing;
+    slot.close_deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+    if let Some(connection) = slot.tls.as_mut().filter(|c| !c.is_handshaking()) {
+        // What the session still says (its closing reply) goes first.
+        slot.plain.clear();
+        slot.session.poll_transmit(&mut slot.plain);
+        let _ = connection.writer().write_all(&slot.plain);
+        slot.plain.clear();
+        connection.send_close_notify();
+    }
+}
+
+/// Feeds `length` received bytes to the session, through rustls when TLS runs.
+fn received<C>(slot: &mut Slot<C>, length: usize, now: Instant) {
+    let Some(connection) = slot.tls.as_mut() else {
+        slot.session.handle_input(&slot.incoming[..length], now);
+        return;
+    };
+    let was_handshaking = connection.is_handshaking();
+    slot.plain.clear();
+    let peer_closed = match super::ring::decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
+        Ok(peer_closed) => peer_closed,
+        Err(error) => {
+            tracing::debug!(%error, "SMTP listener: TLS error from the client");
+            slot.session.handle_closed();
+            slot.state = State::Draining;
+            return;
+        }
+    };
+    if was_handshaking && !connection.is_handshaking() {
+        slot.handshake_deadline = None;
+        if std::mem::take(&mut slot.upgrading) {
+            slot.session.handle_tls_established(now);
+        }
+    }
+    if !slot.plain.is_empty() {
+        slot.session.handle_input(&slot.plain, now);
+    }
+    if peer_closed {
+        slot.session.handle_closed();
+    }
+}
+
+/// Moves what the session and rustls have to say into `staged`, encrypted once TLS
+/// runs (nothing of the session's while the handshake is on).
+fn collect_output<C>(slot: &mut Slot<C>) -> io::Result<()> {
+    let Some(connection) = slot.tls.as_mut() else {
+        if slot.state == State::Open || slot.state == State::Closing {
+            slot.session.poll_transmit(&mut slot.staged);
+        }
+        return Ok(());
+    };
+    if !connection.is_handshaking() && slot.state == State::Open {
+        slot.plain.clear();
+        slot.session.poll_transmit(&mut slot.plain);
+        let mut rest: &[u8] = &slot.plain;
+        while !rest.is_empty() {
+            let taken = connection.writer().write(rest)?;
+            rest = &rest[taken..];
+            while connection.wants_write() {
+                connection.write_tls(&mut slot.staged)?;
+            }
+            if taken == 0 && !rest.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
+            }
+        }
+    }
+    while connection.wants_write() {
+        connection.write_tls(&mut slot.staged)?;
+    }
+    Ok(())
+}
+
+impl<C> Drop for Server<C> {
+    fn drop(&mut self) {
+        // The kernel may still write into posted buffers: cancel, then wait for every
+        // completion before they are freed. Leak them if the kernel never answers.
+        let mut waiting: usize = 0;
+        let mut cancels = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot.as_mut() else { continue };
+            let _ = slot.socket.shutdown(Shutdown::Both);
+            for (posted, op) in [(slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)] {
+                if posted {
+                    waiting += 1;
+                    cancels.push(user_data(index as u32, slot.generation, op));
+                }
+            }
+        }
+        for (index, listening) in self.listeners.iter().enumerate() {
+            if listening.posted {
+                waiting += 1;
+                cancels.push(user_data(index as u32, 0, OP_ACCEPT));
+            }
+        }
+        if self.wake_posted {
+            waiting += 1;
+            cancels.push(user_data(0, 0, OP_WAKE));
+        }
+        for target in cancels {
+            self.push(opcode::AsyncCancel::new(target).build().user_data(target & !0xff | OP_CANCEL));
+        }
+        let give_up = Instant::now() + CLOSE_TIMEOUT;
+        while waiting > 0 && Instant::now() < give_up {
+            let timespec = types::Timespec::new().nsec(100_000_000);
+            let args = types::SubmitArgs::new().timespec(&timespec);
+            self.drain_backlog();
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let done = self.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count();
+            waiting = waiting.saturating_sub(done);
+        }
+        if waiting > 0 {
+            tracing::error!(waiting, "io_uring operations outlived the listener loop; leaking their buffers");
+            std::mem::forget(std::mem::take(&mut self.slots));
+            std::mem::forget(std::mem::replace(&mut self.wake_buffer, Box::new([0; WAKE_BYTES])));
+        }
+    }
+}
