@@ -1,7 +1,7 @@
 //! Side by side with Postfix, and the physical ceiling (issue 8, first part): the
-//! same injector (Postfix's `smtp-source`, 20 sessions, 4 KiB, one recipient, `-d`)
-//! and the same sink (loadgen's, which counts every arrival) on loopback, in one
-//! run, alternating Postfix and ringmail:
+//! same injector (Postfix's `smtp-source`, 20 and then 100 sessions, 4 KiB, one
+//! recipient, `-d`) and the same sink (loadgen's, which counts every arrival) on
+//! loopback, in one run, two rounds of ceiling, Postfix, ringmail at each level:
 //! 1. ceiling: `smtp-source` straight into the sink;
 //! 2. Postfix relaying to the sink (transport map, tuned for bulk: `in_flow_delay =
 //!    0`, 100 connections per destination, connection cache; it syncs each queue
@@ -15,10 +15,11 @@
 //! peak RSS.
 //!
 //! Ends with `BENCH compare ringmail_msgs_s=.. postfix_msgs_s=.. ceiling_msgs_s=..
-//! vs_postfix=.. vs_ceiling=.. ringmail_ingest_msgs_s=.. postfix_ingest_msgs_s=..
+//! vs_postfix=.. vs_ceiling=.. ringmail100_msgs_s=.. postfix100_msgs_s=..
+//! ceiling100_msgs_s=.. vs_postfix100=.. vs_ceiling100=.. ringmail_ingest_msgs_s=.. postfix_ingest_msgs_s=..
 //! ringmail_cpu_us_per_msg=.. machine_cpu_s_ringmail=.. machine_cpu_s_postfix=..
 //! ringmail_rss_mb=.. tls_ratio=.. flaky_msgs_s=..` (end-to-end rates, best of
-//! the two runs each; `tls_ratio`: ringmail with STARTTLS to the sink over a
+//! the two runs each, the ceiling included; `..100`: at 100 sessions; `tls_ratio`: ringmail with STARTTLS to the sink over a
 //! plaintext run beside it; `flaky_msgs_s`: to completion through 10 % tempfails
 //! and 2 % permfails, retried after 1 s) domains100_msgs_s=.. domains10k_msgs_s=..
 //! domains10k_ratio=..` (loadgen's pipelining injector, since `smtp-source` sends
@@ -38,6 +39,8 @@ use loadgen::scenario::Scenario;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SESSIONS: usize = 20;
+/// The second concurrency level of the issue's injector.
+const SESSIONS_MANY: usize = 100;
 
 fn messages() -> usize {
     std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000)
@@ -69,9 +72,9 @@ fn process_usage(pid: u32) -> (f64, f64) {
     (cpu, rss_kb / 1024.0)
 }
 
-fn smtp_source(target: SocketAddr, count: usize, to: &str) {
+fn smtp_source(target: SocketAddr, count: usize, to: &str, sessions: usize) {
     let status = Command::new("/usr/sbin/smtp-source")
-        .args(["-s", &SESSIONS.to_string(), "-m", &count.to_string(), "-l", "4096", "-d"])
+        .args(["-s", &sessions.to_string(), "-m", &count.to_string(), "-l", "4096", "-d"])
         .args(["-f", "bulk@sender.test", "-t", to, "-M", "source.test"])
         .arg(target.to_string())
         .status()
@@ -86,11 +89,11 @@ struct Run {
     machine_cpu: f64,
 }
 
-fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize) -> Run {
+fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize, sessions: usize) -> Run {
     let before = fleet.state().accepted.len();
     let cpu = machine_cpu();
     let started = Instant::now();
-    smtp_source(target, count, "rcpt@relay.test");
+    smtp_source(target, count, "rcpt@relay.test", sessions);
     let ingest = count as f64 / started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
     while fleet.state().accepted.len() < before + count {
@@ -105,7 +108,7 @@ fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize) -> Run {
 /// ended there: the end-to-end rate.
 fn run_until(target: SocketAddr, count: usize, to: &str, done: impl Fn() -> bool) -> f64 {
     let started = Instant::now();
-    smtp_source(target, count, to);
+    smtp_source(target, count, to, SESSIONS);
     let deadline = Instant::now() + Duration::from_secs(900);
     while !done() {
         assert!(Instant::now() < deadline, "the {to} run did not finish");
@@ -198,32 +201,41 @@ fn main() {
         eprintln!("compare: no Postfix to compare with: {error}");
     }
 
-    let ceiling = run(sink, &fleet, count);
-    println!("ceiling (smtp-source -> sink): {:.0}/s", ceiling.end_to_end);
-    let mut ringmail_runs = Vec::new();
-    let mut postfix_runs = Vec::new();
+    // Every round runs the ceiling, Postfix and ringmail one after the other, at 20
+    // sessions and then at 100: each is compared with a ceiling measured minutes
+    // apart at most, on a machine whose speed drifts.
+    let mut ceiling_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut ringmail_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut postfix_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let (cpu_before, _) = process_usage(engine.0.id());
+    let mut relayed = 0;
     for round in 0..2 {
-        if let Ok(postfix) = &postfix {
-            let result = run(postfix.address, &fleet, count);
+        for (level, sessions) in [SESSIONS, SESSIONS_MANY].into_iter().enumerate() {
+            let ceiling = run(sink, &fleet, count, sessions);
+            println!("round {round}, {sessions} sessions, ceiling (smtp-source -> sink): {:.0}/s", ceiling.end_to_end);
+            ceiling_runs[level].push(ceiling);
+            if let Ok(postfix) = &postfix {
+                let result = run(postfix.address, &fleet, count, sessions);
+                println!(
+                    "round {round}, {sessions} sessions, postfix: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
+                    result.ingest, result.end_to_end, result.machine_cpu
+                );
+                postfix_runs[level].push(result);
+            }
+            let result = run(ringmail_address, &fleet, count, sessions);
             println!(
-                "round {round} postfix: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
+                "round {round}, {sessions} sessions, ringmail: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
                 result.ingest, result.end_to_end, result.machine_cpu
             );
-            postfix_runs.push(result);
+            ringmail_runs[level].push(result);
+            relayed += count;
         }
-        let result = run(ringmail_address, &fleet, count);
-        println!(
-            "round {round} ringmail: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
-            result.ingest, result.end_to_end, result.machine_cpu
-        );
-        ringmail_runs.push(result);
     }
     // STARTTLS to the sink, and a flaky sink (10 % tempfail, 2 % permfail at RCPT)
     // until every message is delivered or bounced.
     let arrived = |name: &str| fleet.state().accepted.iter().filter(|a| a.provider == name).count();
     let tls = run_until(ringmail_address, count, "rcpt@tls.test", || arrived("tls") >= count);
-    let plain_again = run(ringmail_address, &fleet, count).end_to_end;
+    let plain_again = run(ringmail_address, &fleet, count, SESSIONS).end_to_end;
     let tls_ratio = tls / plain_again.max(1.0);
     println!("ringmail with STARTTLS to the sink: {tls:.0}/s; plaintext beside it: {plain_again:.0}/s");
     let flaky = run_until(ringmail_address, count, "rcpt@flaky.test", || {
@@ -273,18 +285,26 @@ fn main() {
     let domains10k_ratio = domains_10k / domains_100.max(1.0);
     println!("loadgen injector: 100 domains {domains_100:.0}/s, 10,000 domains {domains_10k:.0}/s");
     let (cpu_after, rss_mb) = process_usage(engine.0.id());
-    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / (7 * count) as f64;
+    relayed += 5 * count; // STARTTLS, plaintext beside it, flaky, 100 and 10,000 domains
+    let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / relayed as f64;
     drop(engine);
     let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
     let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
-    let ringmail = best(&ringmail_runs, |r| r.end_to_end);
-    let postfix_rate = best(&postfix_runs, |r| r.end_to_end);
+    let ringmail = best(&ringmail_runs[0], |r| r.end_to_end);
+    let postfix_rate = best(&postfix_runs[0], |r| r.end_to_end);
+    let ceiling = best(&ceiling_runs[0], |r| r.end_to_end);
+    let ringmail_many = best(&ringmail_runs[1], |r| r.end_to_end);
+    let postfix_many = best(&postfix_runs[1], |r| r.end_to_end);
+    let ceiling_many = best(&ceiling_runs[1], |r| r.end_to_end);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let state = fleet.state();
     let of = |name: &str| state.accepted.iter().filter(|a| a.provider == name).count();
+    let relay_runs: usize =
+        [&ceiling_runs, &ringmail_runs, &postfix_runs].iter().flat_map(|runs| runs.iter()).map(Vec::len).sum();
     println!(
         "sink: {} plaintext messages arrived of {} sent, {} over STARTTLS of {count}",
         of("relay"),
-        count * (2 + ringmail_runs.len() + postfix_runs.len()),
+        count * (1 + relay_runs),
         of("tls")
     );
     println!("ringmail: {ringmail_cpu_us:.0} µs of its own CPU per message relayed, peak RSS {rss_mb:.0} MiB");
@@ -293,14 +313,19 @@ fn main() {
         &[
             ("ringmail_msgs_s", format!("{ringmail:.0}")),
             ("postfix_msgs_s", format!("{postfix_rate:.0}")),
-            ("ceiling_msgs_s", format!("{:.0}", ceiling.end_to_end)),
-            ("vs_postfix", format!("{:.2}", if postfix_rate > 0.0 { ringmail / postfix_rate } else { 0.0 })),
-            ("vs_ceiling", format!("{:.2}", ringmail / ceiling.end_to_end.max(1.0))),
-            ("ringmail_ingest_msgs_s", format!("{:.0}", best(&ringmail_runs, |r| r.ingest))),
-            ("postfix_ingest_msgs_s", format!("{:.0}", best(&postfix_runs, |r| r.ingest))),
+            ("ceiling_msgs_s", format!("{ceiling:.0}")),
+            ("vs_postfix", format!("{:.2}", ratio(ringmail, postfix_rate))),
+            ("vs_ceiling", format!("{:.2}", ratio(ringmail, ceiling))),
+            ("ringmail100_msgs_s", format!("{ringmail_many:.0}")),
+            ("postfix100_msgs_s", format!("{postfix_many:.0}")),
+            ("ceiling100_msgs_s", format!("{ceiling_many:.0}")),
+            ("vs_postfix100", format!("{:.2}", ratio(ringmail_many, postfix_many))),
+            ("vs_ceiling100", format!("{:.2}", ratio(ringmail_many, ceiling_many))),
+            ("ringmail_ingest_msgs_s", format!("{:.0}", best(&ringmail_runs[0], |r| r.ingest))),
+            ("postfix_ingest_msgs_s", format!("{:.0}", best(&postfix_runs[0], |r| r.ingest))),
             ("ringmail_cpu_us_per_msg", format!("{ringmail_cpu_us:.0}")),
-            ("machine_cpu_s_ringmail", format!("{:.1}", mean(&ringmail_runs, |r| r.machine_cpu))),
-            ("machine_cpu_s_postfix", format!("{:.1}", mean(&postfix_runs, |r| r.machine_cpu))),
+            ("machine_cpu_s_ringmail", format!("{:.1}", mean(&ringmail_runs[0], |r| r.machine_cpu))),
+            ("machine_cpu_s_postfix", format!("{:.1}", mean(&postfix_runs[0], |r| r.machine_cpu))),
             ("ringmail_rss_mb", format!("{rss_mb:.0}")),
             ("tls_ratio", format!("{tls_ratio:.2}")),
             ("flaky_msgs_s", format!("{flaky:.0}")),
