@@ -19,7 +19,8 @@
 //! ceiling100_msgs_s=.. vs_postfix100=.. vs_ceiling100=.. ringmail_ingest_msgs_s=.. postfix_ingest_msgs_s=..
 //! ringmail_cpu_us_per_msg=.. machine_cpu_s_ringmail=.. machine_cpu_s_postfix=..
 //! ringmail_rss_mb=.. tls_ratio=.. flaky_msgs_s=..` (end-to-end rates, best of
-//! the two runs each, the ceiling included; `..100`: at 100 sessions; `tls_ratio`: ringmail with STARTTLS to the sink over a
+//! the two runs each, the ceiling included; `vs_..`: each round's ratio of runs
+//! seconds apart, averaged over the rounds; `..100`: at 100 sessions; `tls_ratio`: ringmail with STARTTLS to the sink over a
 //! plaintext run beside it; `flaky_msgs_s`: to completion through 10 % tempfails
 //! and 2 % permfails, retried after 1 s) domains100_msgs_s=.. domains10k_msgs_s=..
 //! domains10k_ratio=..` (loadgen's pipelining injector, since `smtp-source` sends
@@ -117,6 +118,25 @@ fn run_until(target: SocketAddr, count: usize, to: &str, done: impl Fn() -> bool
     count as f64 / started.elapsed().as_secs_f64()
 }
 
+/// From the engine's `/metrics`: WAL syncs so far and the seconds spent in them;
+/// SMTP messages answered after their data and the seconds from data to reply.
+fn engine_figures(http: SocketAddr) -> [f64; 4] {
+    use std::io::{Read, Write};
+    let mut text = String::new();
+    if let Ok(mut stream) = std::net::TcpStream::connect(http) {
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: ringmail\r\n\r\n");
+        let _ = stream.read_to_string(&mut text);
+    }
+    let value =
+        |name: &str| text.lines().find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok()).unwrap_or(0.0);
+    [
+        value("ringmail_store_syncs_total "),
+        value("ringmail_store_sync_seconds_sum "),
+        value("ringmail_smtp_data_reply_seconds_count "),
+        value("ringmail_smtp_data_reply_seconds_sum "),
+    ]
+}
+
 struct Engine(Child);
 
 impl Drop for Engine {
@@ -150,11 +170,12 @@ fn main() {
     let dir = benches::scratch_dir().unwrap();
     let smtp_port = std::net::TcpListener::bind("127.0.0.72:0").unwrap().local_addr().unwrap().port();
     let ringmail_address: SocketAddr = format!("127.0.0.72:{smtp_port}").parse().unwrap();
+    let http_address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let config = dir.path().join("ringmail.toml");
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"{http_address}\"\n\
              [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n{}\n\
              [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
              connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}\n\
@@ -222,10 +243,21 @@ fn main() {
                 );
                 postfix_runs[level].push(result);
             }
+            let before = engine_figures(http_address);
             let result = run(ringmail_address, &fleet, count, sessions);
+            let after = engine_figures(http_address);
+            let [syncs, sync_seconds, replies, reply_seconds] = std::array::from_fn(|i| after[i] - before[i]);
             println!(
-                "round {round}, {sessions} sessions, ringmail: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s",
-                result.ingest, result.end_to_end, result.machine_cpu
+                "round {round}, {sessions} sessions, ringmail: ingest {:.0}/s, end to end {:.0}/s, machine CPU {:.1} s; \
+                 {syncs:.0} WAL syncs ({:.0}/s, {:.1} messages each, {:.2} ms each); \
+                 250 after data in {:.2} ms on average",
+                result.ingest,
+                result.end_to_end,
+                result.machine_cpu,
+                syncs * result.ingest / count as f64,
+                count as f64 / syncs.max(1.0),
+                sync_seconds * 1e3 / syncs.max(1.0),
+                reply_seconds * 1e3 / replies.max(1.0)
             );
             ringmail_runs[level].push(result);
             relayed += count;
@@ -296,7 +328,24 @@ fn main() {
     let ringmail_many = best(&ringmail_runs[1], |r| r.end_to_end);
     let postfix_many = best(&postfix_runs[1], |r| r.end_to_end);
     let ceiling_many = best(&ceiling_runs[1], |r| r.end_to_end);
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    // Ratios pair the runs of one round (seconds apart), then average the rounds:
+    // the machine's speed drifts more between rounds than within one.
+    let paired = |a: &[Run], b: &[Run]| {
+        let ratios: Vec<f64> =
+            a.iter().zip(b).filter(|(_, b)| b.end_to_end > 0.0).map(|(a, b)| a.end_to_end / b.end_to_end).collect();
+        ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
+    };
+    for (level, sessions) in [SESSIONS, SESSIONS_MANY].into_iter().enumerate() {
+        for round in 0..ringmail_runs[level].len() {
+            let one = |runs: &[Run]| runs.get(round).map(|r| r.end_to_end).unwrap_or(0.0);
+            let (r, c, p) = (one(&ringmail_runs[level]), one(&ceiling_runs[level]), one(&postfix_runs[level]));
+            println!(
+                "round {round}, {sessions} sessions: ringmail/ceiling {:.2}, ringmail/postfix {:.2}",
+                r / c.max(1.0),
+                if p > 0.0 { r / p } else { 0.0 }
+            );
+        }
+    }
     let state = fleet.state();
     let of = |name: &str| state.accepted.iter().filter(|a| a.provider == name).count();
     let relay_runs: usize =
@@ -314,13 +363,13 @@ fn main() {
             ("ringmail_msgs_s", format!("{ringmail:.0}")),
             ("postfix_msgs_s", format!("{postfix_rate:.0}")),
             ("ceiling_msgs_s", format!("{ceiling:.0}")),
-            ("vs_postfix", format!("{:.2}", ratio(ringmail, postfix_rate))),
-            ("vs_ceiling", format!("{:.2}", ratio(ringmail, ceiling))),
+            ("vs_postfix", format!("{:.2}", paired(&ringmail_runs[0], &postfix_runs[0]))),
+            ("vs_ceiling", format!("{:.2}", paired(&ringmail_runs[0], &ceiling_runs[0]))),
             ("ringmail100_msgs_s", format!("{ringmail_many:.0}")),
             ("postfix100_msgs_s", format!("{postfix_many:.0}")),
             ("ceiling100_msgs_s", format!("{ceiling_many:.0}")),
-            ("vs_postfix100", format!("{:.2}", ratio(ringmail_many, postfix_many))),
-            ("vs_ceiling100", format!("{:.2}", ratio(ringmail_many, ceiling_many))),
+            ("vs_postfix100", format!("{:.2}", paired(&ringmail_runs[1], &postfix_runs[1]))),
+            ("vs_ceiling100", format!("{:.2}", paired(&ringmail_runs[1], &ceiling_runs[1]))),
             ("ringmail_ingest_msgs_s", format!("{:.0}", best(&ringmail_runs[0], |r| r.ingest))),
             ("postfix_ingest_msgs_s", format!("{:.0}", best(&postfix_runs[0], |r| r.ingest))),
             ("ringmail_cpu_us_per_msg", format!("{ringmail_cpu_us:.0}")),

@@ -398,6 +398,7 @@ impl Handler {
             campaign: None,
             metadata: Vec::new(),
         };
+        let started = Instant::now();
         let submitted = self.ingest.store.submit_enqueue(vec![new]);
         let (ingest, peer) = (self.ingest.clone(), self.peer);
         Decision::Later(Box::pin(async move {
@@ -405,6 +406,8 @@ impl Handler {
                 Ok(pending) => pending.await,
                 Err(error) => Err(error),
             };
+            Metrics::count(&ingest.metrics.smtp_data_replies, 1);
+            Metrics::count(&ingest.metrics.smtp_data_reply_micros, started.elapsed().as_micros() as u64);
             match result {
                 Ok(ids) => {
                     let id = ids.first().map(ToString::to_string).unwrap_or_default();

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub dns_lookups: AtomicU64,
     pub dns_lookup_micros: AtomicU64,
     pub log_records_dropped: AtomicU64,
+    /// SMTP messages answered after their data, and the time from the end of the
+    /// data to that reply (the store's sync included), in microseconds.
+    pub smtp_data_replies: AtomicU64,
+    pub smtp_data_reply_micros: AtomicU64,
     /// `notAfter` of the SMTP listener's certificate (seconds since the epoch); 0: none.
     pub tls_certificate_expiry: AtomicU64,
     /// Finished attempts per destination site: delivered, transient, bounced.
@@ -76,6 +80,16 @@ impl Metrics {
             ("ringmail_connect_failures_total", "Outbound connections that failed", &self.connect_failures),
             ("ringmail_dns_lookups_total", "Route lookups", &self.dns_lookups),
             ("ringmail_dns_lookup_seconds_sum", "Time spent in route lookups", &self.dns_lookup_micros),
+            (
+                "ringmail_smtp_data_reply_seconds_count",
+                "SMTP messages handed to the store, answered after their data",
+                &self.smtp_data_replies,
+            ),
+            (
+                "ringmail_smtp_data_reply_seconds_sum",
+                "Time from the end of an SMTP message's data to its reply, the sync included",
+                &self.smtp_data_reply_micros,
+            ),
             (
                 "ringmail_log_records_dropped_total",
                 "Delivery log records dropped (log channel full)",
