@@ -35,12 +35,17 @@ fn bad_scenarios_get_a_clear_error_and_a_good_one_prints_its_zone() {
 
 #[test]
 fn inject_reports_what_the_mta_accepted_and_refuses_a_remote_target() {
-    let port = std::net::TcpListener::bind("127.0.0.24:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
-        "[[provider]]\nname = \"p\"\ndomains = [\"a.test\", \"b.test\"]\nmx = [{{ host = \"mx.p.test\", address = \"127.0.0.24\", port = {port} }}]\n"
-    );
-    let scenario = loadgen::scenario::Scenario::parse(&text, "cli.toml").unwrap();
-    let fleet = loadgen::sink::start(&scenario).unwrap();
+    // A port found free may be taken before the sink binds it: try a few.
+    let (port, fleet) = (0..5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.24:0").unwrap().local_addr().unwrap().port();
+            let text = format!(
+                "[[provider]]\nname = \"p\"\ndomains = [\"a.test\", \"b.test\"]\nmx = [{{ host = \"mx.p.test\", address = \"127.0.0.24\", port = {port} }}]\n"
+            );
+            let scenario = loadgen::scenario::Scenario::parse(&text, "cli.toml").unwrap();
+            loadgen::sink::start(&scenario).ok().map(|fleet| (port, fleet))
+        })
+        .expect("a free port for the sink");
     let target = format!("127.0.0.24:{port}");
     let output = loadgen(&[
         "inject",

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use queue_store::{Applied, Claimed, Health, MessageId, Store, StoreError, TerminalKind};
 
 use crate::config::{Config, EgressSource};
@@ -363,36 +363,58 @@ impl std::fmt::Debug for Completer {
     }
 }
 
+/// How often the completer drains its channels.
+const COMPLETER_TICK: Duration = Duration::from_millis(5);
+/// Delivery results recorded in one store request at most.
+const COMPLETER_BATCH_MAX: usize = 4096;
+/// Reception records written per tick at most (the channel holds 65,536).
+const RECEPTIONS_PER_TICK_MAX: usize = 65_536;
+
 impl Completer {
     /// Runs until every sender of results is gone.
     pub fn run(mut self) {
         loop {
-            crossbeam_channel::select! {
-                recv(self.results) -> first => {
-                    let Ok(first) = first else { break };
-                    let mut batch = vec![first];
-                    batch.extend(self.results.try_iter().take(4095));
-                    self.apply(batch);
+            // Drained on a tick, never slept on: a sender (a shard's result, a
+            // listener's reception record) then never pays for waking this thread,
+            // once per message. Results wait at most a tick longer to be recorded.
+            let mut batch = Vec::new();
+            let mut closed = false;
+            while batch.len() < COMPLETER_BATCH_MAX {
+                match self.results.try_recv() {
+                    Ok(attempt) => batch.push(attempt),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
                 }
-                recv(self.receptions) -> record => match record {
-                    Ok(record) => self.write_receptions(record),
-                    // Ingest has stopped; results may still come.
-                    Err(_) => self.receptions = crossbeam_channel::never(),
-                },
+            }
+            let full = batch.len() == COMPLETER_BATCH_MAX;
+            if !batch.is_empty() {
+                self.apply(batch);
+            }
+            self.write_receptions();
+            if closed {
+                break;
+            }
+            if !full {
+                std::thread::sleep(COMPLETER_TICK);
             }
         }
-        for record in self.receptions.try_iter().collect::<Vec<_>>() {
-            self.log.write(&record);
-        }
+        self.write_receptions();
         self.log.flush();
     }
 
-    fn write_receptions(&mut self, first: Record) {
-        self.log.write(&first);
-        for record in self.receptions.try_iter().take(4095).collect::<Vec<_>>() {
+    /// Writes the reception records waiting (at most a channel's worth), then flushes.
+    fn write_receptions(&mut self) {
+        let mut written = false;
+        for record in self.receptions.try_iter().take(RECEPTIONS_PER_TICK_MAX) {
             self.log.write(&record);
+            written = true;
         }
-        self.log.flush();
+        if written {
+            self.log.flush();
+        }
     }
 
     fn apply(&mut self, batch: Vec<Attempt>) {
