@@ -380,3 +380,47 @@ fn connections_are_limited_per_client_and_in_all_across_listener_threads() {
     }
     engine.shutdown();
 }
+
+#[test]
+fn idle_and_stalled_clients_are_timed_out_and_their_places_freed() {
+    let (scenario, port) = fleet_for("127.0.0.96", "timeouts");
+    let dns = dns_for(&scenario);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let rest = format!(
+        "[smtp]\nlisten = [\"{listen}\"]\nthreads = 1\nconnections_max = 2\ncommand_timeout_seconds = 1\n\
+         data_timeout_seconds = 1\nrelay_networks = [\"127.0.0.0/8\"]\n"
+    );
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let started = Instant::now();
+    // One says nothing after the greeting; one stops in the middle of a message.
+    let (mut idle, greeting) = Raw::connect(&listen);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let mut stalled = Raw::hello(&listen);
+    assert!(stalled.command("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(stalled.command("RCPT TO:<slow@timeouts.test>").starts_with("250"));
+    assert!(stalled.command("DATA").starts_with("354"));
+    stalled.send(b"Subject: stalled\r\n\r\nhalf a message");
+    // Both places are taken: a third client is refused.
+    let (_, greeting) = connect_from("127.0.0.36", &listen);
+    assert!(greeting.starts_with("421 4.7.0"), "the limit holds: {greeting}");
+    // The listener's timers end both sessions with 421 4.4.2 and close them.
+    for (name, raw) in [("idle", &mut idle), ("stalled", &mut stalled)] {
+        let reply = raw.reply();
+        assert!(reply.starts_with("421 4.4.2"), "{name}: {reply}");
+        assert_eq!(raw.reply(), "", "{name}: closed after the 421");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "timed out within the configured second (and some)");
+    // Their places are free again, and the half message was never queued.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, greeting) = connect_from("127.0.0.36", &listen);
+        if greeting.starts_with("220") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "room again after the timeouts: {greeting}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(engine.store.counts().total(), 0, "nothing queued from the stalled message");
+    engine.shutdown();
+}
