@@ -424,3 +424,74 @@ fn idle_and_stalled_clients_are_timed_out_and_their_places_freed() {
     assert_eq!(engine.store.counts().total(), 0, "nothing queued from the stalled message");
     engine.shutdown();
 }
+
+#[test]
+fn a_client_that_does_not_read_its_replies_is_held_back_and_one_that_leaves_after_the_dot_gets_its_250() {
+    let (scenario, port) = fleet_for("127.0.0.95", "pushy");
+    let dns = dns_for(&scenario);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let rest = format!("[smtp]\nlisten = [\"{listen}\"]\nthreads = 1\nrelay_networks = [\"127.0.0.0/8\"]\n");
+    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+
+    // Pipelined NOOPs, never reading the answers (small socket buffers on the
+    // client's side, so the replies back up in the listener rather than in the
+    // kernel): the listener stops reading, and the client's writes block long
+    // before 2 MiB. (EHLO: a short command with a long reply.)
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.connect(&listen.parse::<SocketAddr>().unwrap().into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut raw = Raw { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) };
+    let greeting = raw.reply();
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let line = "EHLO client.test\r\n";
+    raw.writer.set_write_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let (mut sent, limit) = (0usize, 2 << 20);
+    while sent * line.len() < limit {
+        match raw.writer.write_all(line.as_bytes()) {
+            Ok(()) => sent += 1,
+            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                break
+            }
+            Err(error) => panic!("writing NOOPs: {error}"),
+        }
+    }
+    assert!(sent * line.len() < limit, "the listener kept reading: {sent} EHLOs taken without a reply read");
+    // Nothing was lost meanwhile: every EHLO whole is answered, in order. (A write
+    // that timed out may have left half a line: end it. The listener reads again
+    // only as its replies are read: write from another thread.)
+    raw.writer.set_write_timeout(None).unwrap();
+    let mut writer = raw.writer.try_clone().unwrap();
+    let quit = std::thread::spawn(move || writer.write_all(b"\r\nQUIT\r\n"));
+    let mut answered = 0;
+    loop {
+        let reply = raw.reply();
+        if reply.starts_with("250 ") {
+            answered += 1;
+        } else {
+            assert!(reply.starts_with("500") || reply.starts_with("221"), "{reply}");
+            if reply.starts_with("221") {
+                break;
+            }
+        }
+    }
+    quit.join().unwrap().unwrap();
+    assert!(answered >= sent && answered <= sent + 1, "{answered} answers to {sent} EHLOs");
+
+    // A client that sends its message, QUIT, and closes its side at once still
+    // gets the 250 (the message is queued) and the 221.
+    let mut raw = Raw::hello(&listen);
+    raw.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<left@pushy.test>\r\nDATA\r\n");
+    assert!(raw.reply().starts_with("250") && raw.reply().starts_with("250"));
+    assert!(raw.reply().starts_with("354"));
+    raw.send(b"Subject: bye\r\n\r\nbye\r\n.\r\nQUIT\r\n");
+    raw.writer.shutdown(std::net::Shutdown::Write).unwrap();
+    let queued = raw.reply();
+    assert!(queued.starts_with("250 2.0.0 Ok: queued as"), "{queued}");
+    assert!(raw.reply().starts_with("221"));
+    assert_eq!(engine.store.counts().total(), 1);
+    engine.shutdown();
+}

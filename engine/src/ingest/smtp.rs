@@ -192,8 +192,9 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// Whether `password` is `name`'s. argon2 costs tens of milliseconds of CPU: the
-    /// listener calls this on tokio's blocking pool, never on its io_uring thread.
+    /// Whether `password` is `name`'s. argon2 costs tens of milliseconds of CPU (and
+    /// ~19 MiB): the listener calls this on a thread of its own (at most
+    /// `AUTH_CHECKS_MAX` at once), never on its io_uring thread.
     pub fn check(&self, name: &str, password: &str) -> bool {
         use argon2::PasswordVerifier;
         let Some(hash) = self.hashes.get(name) else { return false };
@@ -326,6 +327,10 @@ struct Handler {
     refused: bool,
 }
 
+/// Password checks running at once, at most (argon2: ~19 MiB and tens of ms each).
+const AUTH_CHECKS_MAX: usize = 8;
+static AUTH_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn busy() -> Verdict {
     Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
 }
@@ -358,16 +363,25 @@ impl Handler {
     }
 
     /// argon2 costs tens of milliseconds of CPU: checked on a thread of its own, never
-    /// on the listener's. One at a time per connection (the session waits for it).
+    /// on the listener's. One at a time per connection (the session waits for it), and
+    /// at most [`AUTH_CHECKS_MAX`] in the process; beyond that the client is asked to
+    /// try again later (454).
     fn authenticate(&mut self, identity: String, password: String) -> Decision {
+        let later = || Decision::Now(Verdict::Reject(reply(454, (4, 7, 0), "Temporary authentication failure")));
+        if AUTH_CHECKS.fetch_add(1, Ordering::AcqRel) >= AUTH_CHECKS_MAX {
+            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
+            return later();
+        }
         let users = Arc::clone(&self.users);
         let (answer, checked) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new().name("ringmail-auth".into()).spawn(move || {
             let _ = answer.send(users.check(&identity, &password));
+            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
         });
         if let Err(error) = spawned {
+            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
             tracing::warn!(%error, "SMTP AUTH: cannot start the check");
-            return Decision::Now(Verdict::Reject(reply(454, (4, 7, 0), "Temporary authentication failure")));
+            return later();
         }
         let authenticated = Rc::clone(&self.authenticated);
         Decision::Later(Box::pin(async move {

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +43,13 @@ use crate::smtp::{ServerEvent, ServerSession, Verdict};
 const RECV_BYTES: usize = 32 * 1024;
 /// Saying close_notify and shutting down may take this long before the loop cancels.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A STARTTLS or implicit-TLS handshake must finish within this.
+/// An implicit-TLS handshake (port 465) must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A STARTTLS handshake must finish within this.
+const STARTTLS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Replies waiting to be sent beyond this hold back reading: a client that
+/// pipelines commands without reading the answers cannot grow them without bound.
+const OUTPUT_PENDING_MAX: usize = 64 * 1024;
 /// Writing one batch of replies must finish within this (a client that stops reading
 /// is dropped, not waited for).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -130,6 +136,10 @@ struct Slot<C> {
     recv_posted: bool,
     send_posted: bool,
     cancel_sent: bool,
+    /// The client has closed its side (or said close_notify): nothing more is read,
+    /// and the session hears of it once its pending question is answered, so a
+    /// message queued just before the client left still gets its reply.
+    peer_eof: bool,
     /// The session's question waiting for the handler's future.
     pending: Option<Pin<Box<dyn Future<Output = Verdict>>>>,
     handshake_deadline: Option<Instant>,
@@ -164,7 +174,9 @@ fn split_user_data(user_data: u64) -> (u32, u32, u64) {
 /// Connections whose futures asked to be polled, and the pipe that wakes the loop.
 struct Wakeups {
     ready: Mutex<Vec<(u32, u32)>>,
-    pipe: io::PipeWriter,
+    /// Non-blocking: a wake-up never stalls the thread that sends it (the store's
+    /// syncer); a full socket already holds a byte the loop will read.
+    pipe: UnixStream,
 }
 
 struct SlotWaker {
@@ -200,10 +212,18 @@ struct Listening {
 /// Serves `listeners` until `stop` is set. Connections still open then are dropped.
 pub fn serve<H: ServeHandler>(listeners: Vec<TcpListener>, handler: &mut H, stop: &AtomicBool) -> io::Result<()> {
     let mut server = Server::<H::Conn>::new(listeners)?;
-    while !stop.load(Ordering::Relaxed) {
-        server.turn(handler)?;
+    let mut result = Ok(());
+    while result.is_ok() && !stop.load(Ordering::Relaxed) {
+        result = server.turn(handler);
     }
-    Ok(())
+    // Whatever is still open is dropped with the loop: the handler hears of each
+    // (its connection counts are shared with the other listener threads).
+    for slot in server.slots.iter_mut().flatten() {
+        if let Some(context) = slot.context.take() {
+            handler.closed(context);
+        }
+    }
+    result
 }
 
 struct Server<C> {
@@ -216,7 +236,7 @@ struct Server<C> {
     timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     completions: Vec<(u64, i32)>,
     wakeups: Arc<Wakeups>,
-    wake_reader: io::PipeReader,
+    wake_reader: UnixStream,
     /// The kernel writes into it while the wake-up read is posted.
     wake_buffer: Box<[u8; WAKE_BYTES]>,
     wake_posted: bool,
@@ -229,7 +249,8 @@ impl<C> Server<C> {
             .setup_defer_taskrun()
             .build(RING_ENTRIES)
             .or_else(|_| IoUring::new(RING_ENTRIES))?;
-        let (wake_reader, pipe) = io::pipe()?;
+        let (wake_reader, pipe) = UnixStream::pair()?;
+        pipe.set_nonblocking(true)?;
         let listeners =
             listeners.into_iter().map(|socket| Listening { socket, posted: false, paused_until: None }).collect();
         Ok(Server {
@@ -353,16 +374,27 @@ impl<C> Server<C> {
         let Some(listening) = self.listeners.get_mut(listener) else { return };
         listening.posted = false;
         if result < 0 {
-            let error = io::Error::from_raw_os_error(-result);
-            tracing::warn!(%error, "SMTP listener: accept failed; pausing this socket briefly");
-            listening.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
-            return;
+            if matches!(-result, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+                let error = io::Error::from_raw_os_error(-result);
+                tracing::warn!(%error, "SMTP listener: accept failed; pausing this socket briefly");
+                listening.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            }
+            return; // otherwise (the client gave up first, say) the next accept is posted at once
         }
         // SAFETY: a successful accept's result is a new descriptor that nothing else owns.
         let socket = unsafe { TcpStream::from_raw_fd(result) };
         let Ok(peer) = socket.peer_addr() else { return };
         let _ = socket.set_nodelay(true);
         let Some(accepted) = handler.accept(listener, peer) else { return };
+        let implicit = match accepted.implicit_tls.map(rustls::ServerConnection::new) {
+            None => None,
+            Some(Ok(connection)) => Some(connection),
+            Some(Err(error)) => {
+                // Never a plaintext session on a TLS port: closed at once.
+                tracing::warn!(%error, "SMTP listener: cannot start TLS; closing the connection");
+                return handler.closed(accepted.context);
+            }
+        };
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -374,13 +406,6 @@ impl<C> Server<C> {
         let generation = self.generations[index as usize].wrapping_add(1) & 0x00ff_ffff;
         self.generations[index as usize] = generation;
         let now = Instant::now();
-        let implicit = accepted.implicit_tls.and_then(|config| match rustls::ServerConnection::new(config) {
-            Ok(connection) => Some(connection),
-            Err(error) => {
-                tracing::warn!(%error, "SMTP listener: cannot start TLS");
-                None
-            }
-        });
         let slot = Slot {
             generation,
             state: State::Open,
@@ -399,6 +424,7 @@ impl<C> Server<C> {
             recv_posted: false,
             send_posted: false,
             cancel_sent: false,
+            peer_eof: false,
             pending: None,
             send_deadline: None,
             close_deadline: None,
@@ -426,23 +452,24 @@ impl<C> Server<C> {
                 slot.recv_posted = false;
                 match (slot.state, result) {
                     (State::Open, 1..) => received(slot, result as usize, now),
-                    (State::Open, _) => slot.session.handle_closed(),
+                    (State::Open, _) => slot.peer_eof = true,
                     _ => {}
                 }
             }
             OP_SEND => {
                 slot.send_posted = false;
-                slot.send_deadline = None;
                 if result < 0 {
                     slot.outgoing.clear();
                     slot.staged.clear();
                     slot.sent = 0;
+                    slot.send_deadline = None;
                     slot.session.handle_closed();
                     if slot.state == State::Closing {
                         slot.state = State::Draining;
                     }
                 } else {
                     slot.sent += result as usize;
+                    slot.send_deadline = None;
                     if slot.sent >= slot.outgoing.len() {
                         slot.outgoing.clear();
                         slot.sent = 0;
@@ -481,7 +508,13 @@ impl<C> Server<C> {
         let now = Instant::now();
         // Questions, one at a time: a pending future holds the rest back.
         while slot.state == State::Open && slot.pending.is_none() {
-            let Some(event) = slot.session.poll_event() else { break };
+            let Some(event) = slot.session.poll_event() else {
+                if slot.peer_eof && !slot.session.is_closed() {
+                    slot.session.handle_closed();
+                    continue;
+                }
+                break;
+            };
             match event {
                 ServerEvent::StartTls => {
                     // The 220 goes out in plaintext ahead of everything encrypted.
@@ -491,7 +524,7 @@ impl<C> Server<C> {
                         Some(Ok(connection)) => {
                             slot.tls = Some(connection);
                             slot.upgrading = true;
-                            slot.handshake_deadline = Some(now + HANDSHAKE_TIMEOUT);
+                            slot.handshake_deadline = Some(now + STARTTLS_TIMEOUT);
                         }
                         _ => begin_close(slot),
                     }
@@ -532,14 +565,22 @@ impl<C> Server<C> {
                         .user_data(user_data(index, generation, OP_SEND)),
                 );
                 slot.send_posted = true;
+                // Per send: a slow reader holds no more than OUTPUT_PENDING_MAX here
+                // (reading waits for it), and its session times out without input.
                 slot.send_deadline = Some(now + WRITE_TIMEOUT);
             }
         }
+        let output_pending = slot.outgoing.len() - slot.sent.min(slot.outgoing.len()) + slot.staged.len();
         if slot.state == State::Closing && !slot.send_posted && slot.staged.is_empty() {
             let _ = slot.socket.shutdown(Shutdown::Both);
             slot.state = State::Draining;
         }
-        if slot.state == State::Open && !slot.recv_posted && slot.session.wants_input() {
+        if slot.state == State::Open
+            && !slot.recv_posted
+            && !slot.peer_eof
+            && output_pending < OUTPUT_PENDING_MAX
+            && slot.session.wants_input()
+        {
             entries[1] = Some(
                 opcode::Recv::new(fd, slot.incoming.as_mut_ptr(), RECV_BYTES as u32)
                     .build()
@@ -679,7 +720,7 @@ fn received<C>(slot: &mut Slot<C>, length: usize, now: Instant) {
         slot.session.handle_input(&slot.plain, now);
     }
     if peer_closed {
-        slot.session.handle_closed();
+        slot.peer_eof = true;
     }
 }
 
@@ -748,7 +789,17 @@ impl<C> Drop for Server<C> {
             let args = types::SubmitArgs::new().timespec(&timespec);
             self.drain_backlog();
             let _ = self.ring.submitter().submit_with_args(1, &args);
-            let done = self.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count();
+            let mut done = 0;
+            for cqe in self.ring.completion() {
+                let op = cqe.user_data() & 0xff;
+                if op == OP_ACCEPT && cqe.result() >= 0 {
+                    // SAFETY: a new descriptor from a successful accept, owned by nothing else.
+                    drop(unsafe { TcpStream::from_raw_fd(cqe.result()) });
+                }
+                if op != OP_CANCEL {
+                    done += 1;
+                }
+            }
             waiting = waiting.saturating_sub(done);
         }
         if waiting > 0 {
