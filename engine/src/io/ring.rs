@@ -699,26 +699,34 @@ fn gather_output(slot: &mut Slot) -> io::Result<()> {
         slot.session.poll_transmit(&mut slot.outgoing);
         return Ok(());
     };
+    slot.plain.clear();
     if !connection.is_handshaking() {
-        slot.plain.clear();
         slot.session.poll_transmit(&mut slot.plain);
-        // rustls buffers a bounded amount of plaintext: feed and drain in turns.
-        let mut rest: &[u8] = &slot.plain;
-        while !rest.is_empty() {
-            let taken = connection.writer().write(rest)?;
-            rest = &rest[taken..];
-            while connection.wants_write() {
-                connection.write_tls(&mut slot.outgoing)?;
-            }
-            if taken == 0 && !rest.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
-            }
+    }
+    encrypt(connection, &slot.plain, &mut slot.outgoing)
+}
+
+/// Encrypts `plain` into `out`, with whatever else rustls has to send (handshake
+/// messages, alerts, close_notify). rustls buffers a bounded amount of plaintext:
+/// it is fed and drained in turns.
+pub(super) fn encrypt<D>(
+    connection: &mut rustls::ConnectionCommon<D>,
+    mut plain: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    loop {
+        while connection.wants_write() {
+            connection.write_tls(out)?;
         }
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let taken = connection.writer().write(plain)?;
+        if taken == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
+        }
+        plain = &plain[taken..];
     }
-    while connection.wants_write() {
-        connection.write_tls(&mut slot.outgoing)?;
-    }
-    Ok(())
 }
 
 impl Drop for Ring {

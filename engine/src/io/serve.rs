@@ -733,25 +733,11 @@ fn collect_output<C>(slot: &mut Slot<C>) -> io::Result<()> {
         }
         return Ok(());
     };
+    slot.plain.clear();
     if !connection.is_handshaking() && slot.state == State::Open {
-        slot.plain.clear();
         slot.session.poll_transmit(&mut slot.plain);
-        let mut rest: &[u8] = &slot.plain;
-        while !rest.is_empty() {
-            let taken = connection.writer().write(rest)?;
-            rest = &rest[taken..];
-            while connection.wants_write() {
-                connection.write_tls(&mut slot.staged)?;
-            }
-            if taken == 0 && !rest.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
-            }
-        }
     }
-    while connection.wants_write() {
-        connection.write_tls(&mut slot.staged)?;
-    }
-    Ok(())
+    super::ring::encrypt(connection, &slot.plain, &mut slot.staged)
 }
 
 impl<C> Drop for Server<C> {
