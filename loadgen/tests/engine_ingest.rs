@@ -466,16 +466,17 @@ fn a_client_that_does_not_read_its_replies_is_held_back_and_one_that_leaves_afte
     raw.writer.set_write_timeout(None).unwrap();
     let mut writer = raw.writer.try_clone().unwrap();
     let quit = std::thread::spawn(move || writer.write_all(b"\r\nQUIT\r\n"));
-    let mut answered = 0;
+    let (mut answered, mut fragments) = (0, 0);
     loop {
         let reply = raw.reply();
         if reply.starts_with("250 ") {
             answered += 1;
+        } else if reply.starts_with("221") {
+            break;
         } else {
-            assert!(reply.starts_with("500") || reply.starts_with("221"), "{reply}");
-            if reply.starts_with("221") {
-                break;
-            }
+            // The half line a timed-out write left, ended by the CRLF: a syntax error.
+            assert!(reply.starts_with('5') && fragments == 0, "{reply}");
+            fragments += 1;
         }
     }
     quit.join().unwrap().unwrap();

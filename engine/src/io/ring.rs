@@ -160,7 +160,7 @@ pub struct Ring {
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
     generations: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    timers: Timers,
     completions: Vec<(u64, i32)>,
     live: usize,
 }
@@ -175,17 +175,12 @@ impl Ring {
     /// A ring for one thread. Uses `DEFER_TASKRUN` (completions are reaped only when
     /// this thread waits) where the kernel has it.
     pub fn new() -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
         Ok(Ring {
-            ring: Submissions { ring, backlog: VecDeque::new() },
+            ring: Submissions::new()?,
             slots: Vec::new(),
             free: Vec::new(),
             generations: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
             live: 0,
         })
@@ -286,28 +281,10 @@ impl Ring {
     /// completions, and handles them.
     pub fn turn<H: RingHandler>(&mut self, handler: &mut H, max_wait: Option<Duration>) -> io::Result<()> {
         let now = Instant::now();
-        let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let next_timer = self.timers.next();
         let wake = [next_timer, max_wait.map(|wait| now + wait)].into_iter().flatten().min();
-        self.ring.drain_backlog();
-        let ring = &mut self.ring.ring;
-        let result = match wake {
-            Some(at) => {
-                let wait = at.saturating_duration_since(now);
-                let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&timespec);
-                ring.submitter().submit_with_args(1, &args)
-            }
-            None => ring.submit_and_wait(1),
-        };
-        match result {
-            Ok(_) => {}
-            // Timed out, interrupted, or completions to reap first: all retried next turn.
-            Err(error)
-                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-            Err(error) => return Err(error),
-        }
         let mut completions = std::mem::take(&mut self.completions);
-        completions.extend(ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        self.ring.wait(now, wake, &mut completions)?;
         for &(user_data, result) in &completions {
             self.complete(user_data, result, handler);
         }
@@ -458,24 +435,12 @@ impl Ring {
     fn arm(&mut self, index: u32) {
         let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
         let Some(deadline) = slot.deadline() else { return };
-        if slot.armed.is_none_or(|armed| deadline < armed) {
-            slot.armed = Some(deadline);
-            self.timers.push(Reverse((deadline, index, slot.generation)));
-        }
+        self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
     }
 
     fn fire_timers<H: RingHandler>(&mut self, handler: &mut H) {
         let now = Instant::now();
-        // Due entries first: what handling them re-arms waits for the next turn.
-        let mut due = Vec::new();
-        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            due.push((at, index, generation));
-        }
-        for (at, index, generation) in due {
+        for (at, index, generation) in self.timers.due(now) {
             let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
             if slot.generation != generation || slot.armed != Some(at) {
                 continue;
@@ -484,6 +449,44 @@ impl Ring {
             expire(slot, now, generation, index, &mut self.ring);
             self.pump(index, handler);
         }
+    }
+}
+
+/// Deadlines of a loop's connections: one heap entry per connection at (or before)
+/// its earliest deadline, re-armed lazily; an entry whose connection has moved on
+/// (another generation, or a different armed time) is skipped when it comes due.
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+}
+
+impl Timers {
+    /// Arms `deadline` for connection (`index`, `generation`) unless `armed` (its
+    /// entry in the heap) is already at or before it.
+    pub(super) fn arm(&mut self, armed: &mut Option<Instant>, deadline: Instant, index: u32, generation: u32) {
+        if armed.is_none_or(|at| deadline < at) {
+            *armed = Some(deadline);
+            self.heap.push(Reverse((deadline, index, generation)));
+        }
+    }
+
+    /// The earliest entry's time.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Takes the entries due at `now` (all of them first: what handling them re-arms
+    /// waits for the next turn). The caller checks each against its connection.
+    pub(super) fn due(&mut self, now: Instant) -> Vec<(Instant, u32, u32)> {
+        let mut due = Vec::new();
+        while let Some(&Reverse(entry)) = self.heap.peek() {
+            if entry.0 > now {
+                break;
+            }
+            self.heap.pop();
+            due.push(entry);
+        }
+        due
     }
 }
 
@@ -553,24 +556,60 @@ fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut
 }
 
 fn try_push(ring: &mut IoUring, entry: &squeue::Entry) -> bool {
-    // SAFETY: the entry points only into a `Slot`'s `incoming`, `outgoing` or boxed
-    // `destination`, which stay allocated and unmoved until the operation's completion
-    // is reaped (see the module docs); cancels point at nothing.
+    // SAFETY: entries point only into buffers their loop keeps allocated and unmoved
+    // until the operation's completion is reaped: here a `Slot`'s `incoming`,
+    // `outgoing` or boxed `destination`; in `serve.rs` a slot's buffers and the boxed
+    // wake-up buffer (see each module's docs). Accepts and cancels point at nothing.
     unsafe { ring.submission().push(entry) }.is_ok()
 }
 
 /// The submission side: the ring, and entries waiting for room in its queue.
-struct Submissions {
-    ring: IoUring,
+pub(super) struct Submissions {
+    pub(super) ring: IoUring,
     /// Entries that found the submission queue full and could not be submitted at
     /// once; they go first on the next turn. Never dropped: a slot counts them posted.
     backlog: VecDeque<squeue::Entry>,
 }
 
 impl Submissions {
+    /// A ring for one thread. Uses `DEFER_TASKRUN` (completions are reaped only when
+    /// this thread waits) where the kernel has it.
+    pub(super) fn new() -> io::Result<Submissions> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        Ok(Submissions { ring, backlog: VecDeque::new() })
+    }
+
+    /// Submits what is queued and waits for a completion, or until `wake` (`None`:
+    /// no limit); the completions go to `into` as (user data, result).
+    pub(super) fn wait(&mut self, now: Instant, wake: Option<Instant>, into: &mut Vec<(u64, i32)>) -> io::Result<()> {
+        self.drain_backlog();
+        let result = match wake {
+            Some(at) => {
+                let wait = at.saturating_duration_since(now);
+                let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => {}
+            // Timed out, interrupted, or completions to reap first: all retried next turn.
+            Err(error)
+                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
+            Err(error) => return Err(error),
+        }
+        into.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        Ok(())
+    }
+
     /// Queues `entry` for the kernel; it cannot fail (a full queue is submitted, and
     /// if even that fails the entry waits in the backlog).
-    fn push(&mut self, entry: squeue::Entry) {
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
         if self.backlog.is_empty() && try_push(&mut self.ring, &entry) {
             return;
         }
@@ -581,7 +620,7 @@ impl Submissions {
     }
 
     /// Moves backlogged entries into the submission queue while there is room.
-    fn drain_backlog(&mut self) {
+    pub(super) fn drain_backlog(&mut self) {
         while let Some(entry) = self.backlog.front() {
             if !try_push(&mut self.ring, entry) {
                 return;

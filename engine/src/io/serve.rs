@@ -22,8 +22,6 @@
 //! completed, and dropping the loop cancels and waits for what is left.
 #![allow(unsafe_code)] // `push` and adopting accepted descriptors: see the module docs.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -35,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{opcode, squeue, types};
+
+use super::ring::{Submissions, Timers};
 
 use crate::smtp::{ServerEvent, ServerSession, Verdict};
 
@@ -227,13 +227,12 @@ pub fn serve<H: ServeHandler>(listeners: Vec<TcpListener>, handler: &mut H, stop
 }
 
 struct Server<C> {
-    ring: IoUring,
-    backlog: VecDeque<squeue::Entry>,
+    ring: Submissions,
     listeners: Vec<Listening>,
     slots: Vec<Option<Slot<C>>>,
     free: Vec<u32>,
     generations: Vec<u32>,
-    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    timers: Timers,
     completions: Vec<(u64, i32)>,
     wakeups: Arc<Wakeups>,
     wake_reader: UnixStream,
@@ -244,23 +243,18 @@ struct Server<C> {
 
 impl<C> Server<C> {
     fn new(listeners: Vec<TcpListener>) -> io::Result<Server<C>> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
+        let ring = Submissions::new()?;
         let (wake_reader, pipe) = UnixStream::pair()?;
         pipe.set_nonblocking(true)?;
         let listeners =
             listeners.into_iter().map(|socket| Listening { socket, posted: false, paused_until: None }).collect();
         Ok(Server {
             ring,
-            backlog: VecDeque::new(),
             listeners,
             slots: Vec::new(),
             free: Vec::new(),
             generations: Vec::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
             wakeups: Arc::new(Wakeups { ready: Mutex::new(Vec::new()), pipe }),
             wake_reader,
@@ -270,29 +264,7 @@ impl<C> Server<C> {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
-        if self.backlog.is_empty() && self.try_push(&entry) {
-            return;
-        }
-        if self.ring.submit().is_ok() && self.backlog.is_empty() && self.try_push(&entry) {
-            return;
-        }
-        self.backlog.push_back(entry);
-    }
-
-    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
-        // SAFETY: the entry points only into a slot's `incoming` or `outgoing`, the
-        // boxed wake-up buffer, or nothing (accept, cancel); each stays allocated and
-        // unmoved until the operation's completion is reaped (see the module docs).
-        unsafe { self.ring.submission().push(entry) }.is_ok()
-    }
-
-    fn drain_backlog(&mut self) {
-        while let Some(entry) = self.backlog.pop_front() {
-            if !self.try_push(&entry) {
-                self.backlog.push_front(entry);
-                return;
-            }
-        }
+        self.ring.push(entry);
     }
 
     fn post_accepts(&mut self, now: Instant) {
@@ -329,21 +301,11 @@ impl<C> Server<C> {
     fn turn<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) -> io::Result<()> {
         let now = Instant::now();
         self.post_accepts(now);
-        let next_timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let next_timer = self.timers.next();
         let paused = self.listeners.iter().filter_map(|l| l.paused_until).min();
         let wake = [next_timer, paused, Some(now + STOP_POLL)].into_iter().flatten().min().unwrap_or(now);
-        self.drain_backlog();
-        let wait = wake.saturating_duration_since(now);
-        let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
-        let args = types::SubmitArgs::new().timespec(&timespec);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => {}
-            Err(error)
-                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-            Err(error) => return Err(error),
-        }
         let mut completions = std::mem::take(&mut self.completions);
-        completions.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        self.ring.wait(now, Some(wake), &mut completions)?;
         for &(user_data, result) in &completions {
             self.complete(user_data, result, handler);
         }
@@ -619,23 +581,12 @@ impl<C> Server<C> {
     fn arm(&mut self, index: u32) {
         let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
         let Some(deadline) = slot.deadline() else { return };
-        if slot.armed.is_none_or(|armed| deadline < armed) {
-            slot.armed = Some(deadline);
-            self.timers.push(Reverse((deadline, index, slot.generation)));
-        }
+        self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
     }
 
     fn fire_timers<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) {
         let now = Instant::now();
-        let mut due = Vec::new();
-        while let Some(&Reverse((at, index, generation))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            due.push((at, index, generation));
-        }
-        for (at, index, generation) in due {
+        for (at, index, generation) in self.timers.due(now) {
             let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
             if slot.generation != generation || slot.armed != Some(at) {
                 continue;
@@ -773,10 +724,10 @@ impl<C> Drop for Server<C> {
         while waiting > 0 && Instant::now() < give_up {
             let timespec = types::Timespec::new().nsec(100_000_000);
             let args = types::SubmitArgs::new().timespec(&timespec);
-            self.drain_backlog();
-            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.ring.drain_backlog();
+            let _ = self.ring.ring.submitter().submit_with_args(1, &args);
             let mut done = 0;
-            for cqe in self.ring.completion() {
+            for cqe in self.ring.ring.completion() {
                 let op = cqe.user_data() & 0xff;
                 if op == OP_ACCEPT && cqe.result() >= 0 {
                     // SAFETY: a new descriptor from a successful accept, owned by nothing else.
