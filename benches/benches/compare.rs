@@ -321,7 +321,13 @@ fn main() {
     let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / relayed as f64;
     drop(engine);
     let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
-    let mean = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).sum::<f64>() / runs.len().max(1) as f64;
+    let mean = |runs: &[Run], f: fn(&Run) -> f64| {
+        if runs.is_empty() {
+            0.0
+        } else {
+            runs.iter().map(f).sum::<f64>() / runs.len() as f64
+        }
+    };
     let ringmail = best(&ringmail_runs[0], |r| r.end_to_end);
     let postfix_rate = best(&postfix_runs[0], |r| r.end_to_end);
     let ceiling = best(&ceiling_runs[0], |r| r.end_to_end);
@@ -333,7 +339,11 @@ fn main() {
     let paired = |a: &[Run], b: &[Run]| {
         let ratios: Vec<f64> =
             a.iter().zip(b).filter(|(_, b)| b.end_to_end > 0.0).map(|(a, b)| a.end_to_end / b.end_to_end).collect();
-        ratios.iter().sum::<f64>() / ratios.len().max(1) as f64
+        if ratios.is_empty() {
+            0.0
+        } else {
+            ratios.iter().sum::<f64>() / ratios.len() as f64
+        }
     };
     for (level, sessions) in [SESSIONS, SESSIONS_MANY].into_iter().enumerate() {
         for round in 0..ringmail_runs[level].len() {
