@@ -275,10 +275,7 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
             })
         }
         CtlCommand::Rebinds => (client.call("GET", "rebinds", None)?, |v| {
-            let rows: Vec<Vec<String>> = v["rebinds"]
-                .as_array()
-                .map(|list| list.iter().map(|r| vec![number(&r["domain"]), number(&r["pool"])]).collect())
-                .unwrap_or_default();
+            let rows = rows(&v["rebinds"], |r| vec![number(&r["domain"]), number(&r["pool"])]);
             if rows.is_empty() {
                 return "no rebinds".into();
             }
@@ -379,49 +376,37 @@ fn summary_table(v: &Value) -> String {
         out.push_str("intake DRAINING: new mail is refused\n");
     }
     out.push_str(&format!("store {}\n\n", number(&v["store_health"])));
-    let rows: Vec<Vec<String>> = v["groups"]
-        .as_array()
-        .map(|groups| {
-            groups
-                .iter()
-                .map(|g| {
-                    let mut row: Vec<String> = ["name", "queued", "in_flight", "deferred", "suspended", "total"]
-                        .iter()
-                        .map(|k| number(&g[*k]))
-                        .collect();
-                    row.push(seconds(&g["oldest_age_s"]));
-                    row
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows(&v["groups"], |g| {
+        let mut row: Vec<String> =
+            ["name", "queued", "in_flight", "deferred", "suspended", "total"].iter().map(|k| number(&g[*k])).collect();
+        row.push(seconds(&g["oldest_age_s"]));
+        row
+    });
     let by = v["by"].as_str().unwrap_or("domain").to_uppercase();
     out.push_str(&table(&[&by, "QUEUED", "IN FLIGHT", "DEFERRED", "SUSPENDED", "TOTAL", "OLDEST"], &rows));
     out
 }
 
 fn recipient_rows(recipients: &Value, with_message: bool) -> Vec<Vec<String>> {
-    recipients
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|r| {
-                    let mut row = Vec::new();
-                    if with_message {
-                        row.push(number(&r["message"]));
-                    }
-                    row.extend([
-                        number(&r["recipient"]),
-                        number(&r["state"]),
-                        number(&r["attempts"]),
-                        seconds(&r["next_attempt_in_s"]),
-                        r["last_response"].as_str().unwrap_or("-").chars().take(60).collect(),
-                    ]);
-                    row
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    rows(recipients, |r| {
+        let mut row = Vec::new();
+        if with_message {
+            row.push(number(&r["message"]));
+        }
+        row.extend([
+            number(&r["recipient"]),
+            number(&r["state"]),
+            number(&r["attempts"]),
+            seconds(&r["next_attempt_in_s"]),
+            r["last_response"].as_str().unwrap_or("-").chars().take(60).collect(),
+        ]);
+        row
+    })
+}
+
+/// One table row per element of the JSON array `list` (none when it is not one).
+fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().map(|items| items.iter().map(row).collect()).unwrap_or_default()
 }
 
 fn list_table(v: &Value) -> String {
@@ -445,25 +430,18 @@ fn message_table(v: &Value) -> String {
 }
 
 fn lanes_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["lanes"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|l| {
-                    vec![
-                        number(&l["site"]),
-                        if l["source"].is_null() { "-".into() } else { number(&l["source"]) },
-                        format!("{}/{}", number(&l["connections"]), number(&l["limit"])),
-                        number(&l["ready"]),
-                        format!("{:.1}", l["rate"].as_f64().unwrap_or(0.0)),
-                        seconds(&l["backoff_remaining_s"]),
-                        number(&l["hosts_down"]),
-                        l["last_error"].as_str().unwrap_or("").chars().take(50).collect(),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows(&v["lanes"], |l| {
+        vec![
+            number(&l["site"]),
+            if l["source"].is_null() { "-".into() } else { number(&l["source"]) },
+            format!("{}/{}", number(&l["connections"]), number(&l["limit"])),
+            number(&l["ready"]),
+            format!("{:.1}", l["rate"].as_f64().unwrap_or(0.0)),
+            seconds(&l["backoff_remaining_s"]),
+            number(&l["hosts_down"]),
+            l["last_error"].as_str().unwrap_or("").chars().take(50).collect(),
+        ]
+    });
     if rows.is_empty() {
         return "no lanes (nothing delivered since the start)".into();
     }
@@ -471,22 +449,14 @@ fn lanes_table(v: &Value) -> String {
 }
 
 fn suspensions_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["suspensions"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|s| {
-                    let until =
-                        if s["remaining_s"].is_null() { "until resumed".into() } else { seconds(&s["remaining_s"]) };
-                    match (s["site"].as_str(), s["tenant"].as_str()) {
-                        (Some(site), _) => vec![format!("site {site}"), until],
-                        (_, Some(tenant)) => vec![format!("tenant {tenant}"), until],
-                        _ => vec![number(&s["domain"]), until],
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows = rows(&v["suspensions"], |s| {
+        let until = if s["remaining_s"].is_null() { "until resumed".into() } else { seconds(&s["remaining_s"]) };
+        match (s["site"].as_str(), s["tenant"].as_str()) {
+            (Some(site), _) => vec![format!("site {site}"), until],
+            (_, Some(tenant)) => vec![format!("tenant {tenant}"), until],
+            _ => vec![number(&s["domain"]), until],
+        }
+    });
     if rows.is_empty() {
         return "no suspensions".into();
     }
