@@ -203,6 +203,12 @@ impl Wake for SlotWaker {
     }
 }
 
+/// The waker for connection (`index`, `generation`)'s pending future: made only when
+/// such a future is polled, not on every pass over the connection.
+fn slot_waker(wakeups: &Arc<Wakeups>, index: u32, generation: u32) -> Waker {
+    Waker::from(Arc::new(SlotWaker { wakeups: Arc::clone(wakeups), index, generation }))
+}
+
 struct Listening {
     socket: TcpListener,
     posted: bool,
@@ -263,10 +269,6 @@ impl<C> Server<C> {
         })
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
-        self.ring.push(entry);
-    }
-
     fn post_accepts(&mut self, now: Instant) {
         for index in 0..self.listeners.len() {
             let listening = &mut self.listeners[index];
@@ -283,7 +285,7 @@ impl<C> Server<C> {
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(user_data(index as u32, 0, OP_ACCEPT));
-            self.push(entry);
+            self.ring.push(entry);
         }
         if !self.wake_posted {
             self.wake_posted = true;
@@ -294,7 +296,7 @@ impl<C> Server<C> {
             )
             .build()
             .user_data(user_data(0, 0, OP_WAKE));
-            self.push(entry);
+            self.ring.push(entry);
         }
     }
 
@@ -444,12 +446,12 @@ impl<C> Server<C> {
     }
 
     fn poll_pending<H: ServeHandler<Conn = C>>(&mut self, index: u32, generation: u32, handler: &mut H) {
-        let waker = Waker::from(Arc::new(SlotWaker { wakeups: Arc::clone(&self.wakeups), index, generation }));
         let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
         if slot.generation != generation {
             return;
         }
         let Some(future) = slot.pending.as_mut() else { return };
+        let waker = slot_waker(&self.wakeups, index, generation);
         if let Poll::Ready(verdict) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
             slot.pending = None;
             slot.session.handle_verdict(verdict, Instant::now());
@@ -460,11 +462,6 @@ impl<C> Server<C> {
     /// Moves one connection forward: questions to the handler, output to the socket,
     /// a receive posted, and the closing steps.
     fn pump<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
-        let waker = Waker::from(Arc::new(SlotWaker {
-            wakeups: Arc::clone(&self.wakeups),
-            index,
-            generation: self.generations[index as usize],
-        }));
         let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
         let generation = slot.generation;
         let now = Instant::now();
@@ -497,10 +494,13 @@ impl<C> Server<C> {
                     let Some(context) = slot.context.as_mut() else { break };
                     match handler.decide(context, question, tls) {
                         Decision::Now(verdict) => slot.session.handle_verdict(verdict, now),
-                        Decision::Later(mut future) => match future.as_mut().poll(&mut Context::from_waker(&waker)) {
-                            Poll::Ready(verdict) => slot.session.handle_verdict(verdict, now),
-                            Poll::Pending => slot.pending = Some(future),
-                        },
+                        Decision::Later(mut future) => {
+                            let waker = slot_waker(&self.wakeups, index, generation);
+                            match future.as_mut().poll(&mut Context::from_waker(&waker)) {
+                                Poll::Ready(verdict) => slot.session.handle_verdict(verdict, now),
+                                Poll::Pending => slot.pending = Some(future),
+                            }
+                        }
                     }
                 }
             }
@@ -565,7 +565,7 @@ impl<C> Server<C> {
             return self.release(index, handler);
         }
         for entry in entries.into_iter().flatten() {
-            self.push(entry);
+            self.ring.push(entry);
         }
         self.arm(index);
     }
@@ -621,7 +621,7 @@ impl<C> Server<C> {
                 let entry = opcode::AsyncCancel::new(user_data(index, generation, op))
                     .build()
                     .user_data(user_data(index, generation, OP_CANCEL));
-                self.push(entry);
+                self.ring.push(entry);
             }
             self.pump(index, handler);
         }
@@ -718,7 +718,7 @@ impl<C> Drop for Server<C> {
             cancels.push(user_data(0, 0, OP_WAKE));
         }
         for target in cancels {
-            self.push(opcode::AsyncCancel::new(target).build().user_data(target & !0xff | OP_CANCEL));
+            self.ring.push(opcode::AsyncCancel::new(target).build().user_data(target & !0xff | OP_CANCEL));
         }
         let give_up = Instant::now() + CLOSE_TIMEOUT;
         while waiting > 0 && Instant::now() < give_up {
