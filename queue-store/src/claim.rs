@@ -13,7 +13,7 @@ use crate::db::{cf, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_SUSPEND_PREF
 use crate::error::StoreError;
 use crate::keys::{
     domain_prefix, due_bound, envelope_key, parse_domain_key_tail, parse_due_key, parse_envelopes_key, recipient_key,
-    EnvelopesKey, DUE_KEY_LEN,
+    tenant_key, EnvelopesKey, DUE_KEY_LEN, TENANT_PREFIX,
 };
 use crate::shared::InFlight;
 use crate::types::{
@@ -25,7 +25,7 @@ use crate::writer::Writer;
 /// (a suspended big domain may hold millions) while keeping writes few.
 const ADMIN_CHUNK: usize = 10_000;
 /// Recipients one claim may take at most, whatever the caller asks.
-pub(crate) const CLAIM_LIMIT_MAX: usize = 10_000;
+pub const CLAIM_LIMIT_MAX: usize = 10_000;
 
 impl Writer {
     pub(crate) fn claim(&mut self, shard: u16, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
@@ -402,14 +402,6 @@ impl Writer {
         }
         Ok(keys)
     }
-}
-
-/// Tenant suspensions live among the domain ones under a name no domain can have
-/// (addresses with `<` are refused at enqueue).
-pub(crate) const TENANT_PREFIX: &str = "<tenant>";
-
-pub(crate) fn tenant_key(tenant: &str) -> String {
-    format!("{TENANT_PREFIX}{tenant}")
 }
 
 pub(crate) fn suspend_key(domain: &str) -> Vec<u8> {

@@ -65,12 +65,28 @@ pub(crate) fn cf_options(name: &str, config: &StoreConfig) -> Options {
         _ => config.write_buffer_bytes,
     };
     options.set_write_buffer_size(buffer);
+    // A full memtable waits for its flush while the next one fills: with RocksDB's
+    // default of two, one slow flush (both cores busy with ingest) stops writes, and
+    // `no_slowdown` turns that stop into a refusal at once. Four lets three wait for a
+    // flush before writes stop, at the cost of memory only while flushes lag.
+    options.set_max_write_buffer_number(WRITE_BUFFERS_PER_FAMILY_MAX);
     options
 }
+
+/// Memtables per column family at most (one filling, the rest waiting for flushes).
+const WRITE_BUFFERS_PER_FAMILY_MAX: i32 = 4;
 
 pub(crate) fn open_db(config: &StoreConfig) -> Result<DB, StoreError> {
     std::fs::create_dir_all(&config.path)
         .map_err(|error| StoreError::Storage(format!("creating {}: {error}", config.path.display())))?;
-    let families = COLUMN_FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, config)));
+    // Version 1's families (created on a new store), and whatever families upgrade
+    // steps added since (`format`): a store is opened with all it has.
+    let mut names: Vec<String> = COLUMN_FAMILIES.iter().map(|name| name.to_string()).collect();
+    for existing in DB::list_cf(&Options::default(), &config.path).unwrap_or_default() {
+        if existing != "default" && !names.contains(&existing) {
+            names.push(existing);
+        }
+    }
+    let families = names.iter().map(|name| ColumnFamilyDescriptor::new(name, cf_options(name, config)));
     Ok(DB::open_cf_descriptors(&db_options(config), &config.path, families)?)
 }

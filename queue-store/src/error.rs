@@ -91,6 +91,10 @@ pub enum StoreError {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The store was written in a format this code does not know (by a newer
+    /// ringmail): it is left untouched.
+    #[error("store format version {found} is newer than this ringmail supports ({supported}); use the ringmail that wrote it")]
+    UnsupportedFormat { found: u32, supported: u32 },
 }
 
 impl StoreError {

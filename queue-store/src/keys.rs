@@ -112,6 +112,15 @@ pub fn shard_of(domain: &str, shard_count: u16) -> u16 {
     (hash % u64::from(shard_count.max(1))) as u16
 }
 
+/// Tenant suspensions live among the domain ones under a name no domain can have
+/// (addresses with `<` are refused at enqueue).
+pub(crate) const TENANT_PREFIX: &str = "<tenant>";
+
+/// The suspension name of `tenant`.
+pub(crate) fn tenant_key(tenant: &str) -> String {
+    format!("{TENANT_PREFIX}{tenant}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,8 @@ pub struct OpenReport {
     /// Records moved to quarantine, in all (the list below stops at 1,000).
     pub quarantined_count: u64,
     pub quarantined: Vec<QuarantinedRecord>,
+    /// The format version found, and the upgrades run.
+    pub format: crate::format::FormatReport,
 }
 
 /// A record that failed its checks and was set aside.

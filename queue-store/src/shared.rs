@@ -54,7 +54,7 @@ impl Tables {
             return false;
         }
         self.suspended.contains_key(domain)
-            || tenant.is_some_and(|tenant| self.suspended.contains_key(&crate::claim::tenant_key(tenant)))
+            || tenant.is_some_and(|tenant| self.suspended.contains_key(&crate::keys::tenant_key(tenant)))
     }
 }
 
@@ -85,6 +85,9 @@ pub(crate) struct Counters {
     pub rejected_busy: AtomicU64,
     pub rejected_unhealthy: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Writes RocksDB refused because it stalled writes (too many memtables or
+    /// level-0 files); ingest answered "busy" meanwhile.
+    pub write_stalls: AtomicU64,
     pub corrupt_records: AtomicU64,
 }
 
@@ -106,6 +109,7 @@ pub struct StoreMetrics {
     pub rejected_busy: u64,
     pub rejected_unhealthy: u64,
     pub write_errors: u64,
+    pub write_stalls: u64,
     pub corrupt_records: u64,
     /// Recipients in the queue now (not terminal), including reservations of
     /// enqueues under way.
@@ -179,6 +183,7 @@ impl Shared {
             rejected_busy: read(&c.rejected_busy),
             rejected_unhealthy: read(&c.rejected_unhealthy),
             write_errors: read(&c.write_errors),
+            write_stalls: read(&c.write_stalls),
             corrupt_records: read(&c.corrupt_records),
             recipients_queued: read(&self.recipients_queued),
         }

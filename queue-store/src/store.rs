@@ -66,7 +66,9 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<(Store, OpenReport), StoreError> {
         config.validate()?;
         let mut db = open_db(&config)?;
-        let recovered = recover(&mut db, &config)?;
+        let format = crate::format::upgrade(&mut db, &config)?;
+        let mut recovered = recover(&mut db, &config)?;
+        recovered.report.format = format;
         let db = Arc::new(db);
         let recipients = recovered.report.recipients;
         let shared = Arc::new(Shared::new(recovered.tables, recipients));
@@ -159,13 +161,13 @@ impl Store {
     /// Holds a tenant's recipients (every domain) until `resume_tenant` or
     /// `until_ms`: waiting ones now, the others as they come back or come due.
     pub fn suspend_tenant(&self, tenant: &str, until_ms: Option<u64>) -> Result<AdminReport, StoreError> {
-        let domain = crate::claim::tenant_key(tenant);
+        let domain = crate::keys::tenant_key(tenant);
         self.submit_control(|reply| ControlRequest::Suspend { domain, until_ms, reply })?.wait()
     }
 
     /// Releases a tenant's held recipients (those whose domain is not suspended).
     pub fn resume_tenant(&self, tenant: &str) -> Result<AdminReport, StoreError> {
-        let domain = crate::claim::tenant_key(tenant);
+        let domain = crate::keys::tenant_key(tenant);
         self.submit_control(|reply| ControlRequest::Resume { domain, reply })?.wait()
     }
 
@@ -175,7 +177,7 @@ impl Store {
         let mut out: Vec<_> = tables
             .suspended
             .iter()
-            .filter_map(|(name, until)| Some((name.strip_prefix(crate::claim::TENANT_PREFIX)?.to_string(), *until)))
+            .filter_map(|(name, until)| Some((name.strip_prefix(crate::keys::TENANT_PREFIX)?.to_string(), *until)))
             .collect();
         out.sort();
         out
@@ -316,7 +318,7 @@ impl Store {
         let mut out: Vec<_> = tables
             .suspended
             .iter()
-            .filter(|(d, _)| !d.starts_with(crate::claim::TENANT_PREFIX))
+            .filter(|(d, _)| !d.starts_with(crate::keys::TENANT_PREFIX))
             .map(|(d, u)| (d.clone(), *u))
             .collect();
         out.sort();

@@ -296,6 +296,9 @@ impl Writer {
         let health = classify(error);
         self.shared.set_health(health);
         self.shared.counters.write_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if health == Health::WriteStall {
+            self.shared.counters.write_stalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::error!(%error, ?health, "queue-store write failed");
         StoreError::Unhealthy(health)
     }
