@@ -11,7 +11,10 @@ use serde::Deserialize;
 use crate::io::connect::Allowlist;
 use crate::smtp::TlsMode;
 
-#[derive(Clone, Debug, Deserialize)]
+/// `Config::default()` is every key's default; it does not pass `check` (no
+/// `dns.nameservers`), so a usable configuration always comes from a file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,14 +37,18 @@ pub struct Config {
     #[serde(default)]
     pub log: LogSection,
     /// Per-site overrides of the `[delivery]` lane limits, first match wins.
+    // The example test checks these two apart: `policy`'s rule types are not `Serialize`.
     #[serde(default, rename = "site")]
+    #[cfg_attr(test, serde(skip_serializing))]
     pub sites: Vec<crate::policy::site::SiteRule>,
     /// Bounce classification rules, tried before the built-in ones.
     #[serde(default, rename = "bounce_rule")]
+    #[cfg_attr(test, serde(skip_serializing))]
     pub bounce_rules: Vec<crate::policy::BounceRule>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// Where the queue lives (RocksDB directory).
@@ -63,6 +70,7 @@ fn default_queue_recipients_max() -> u64 {
 
 /// Load shedding shared by the SMTP listener and the HTTP inject API.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct IngestSection {
     /// Resident memory (MiB) above which ingest refuses new mail; 0: no limit.
@@ -89,6 +97,7 @@ impl Default for StoreSection {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     /// The control plane: inject API, metrics, health. Loopback by default.
@@ -136,6 +145,7 @@ impl Default for HttpSection {
 
 /// The SMTP listener (ingest). No `listen` address: no listener.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSection {
     /// Addresses to listen on (STARTTLS offered when a certificate is configured).
@@ -235,6 +245,7 @@ fn default_smtp_recipients() -> usize {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
     /// Nameservers as address:port. Required: the system resolver is not used.
@@ -274,6 +285,7 @@ impl Default for DnsSection {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct DeliverySection {
     /// Delivery threads; 0: one per core.
@@ -368,6 +380,7 @@ impl Default for DeliverySection {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RetrySection {
     /// First retry after a transient failure; doubles each attempt.
@@ -403,6 +416,7 @@ impl Default for RetrySection {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct EgressSource {
     pub address: IpAddr,
@@ -424,6 +438,7 @@ fn default_weight() -> u32 {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// The delivery log (JSON lines); absent: no log file.
@@ -606,3 +621,6 @@ mod tests {
         assert_eq!(Config::parse(&open, "r.toml").unwrap().http.tokens.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod example_tests;
