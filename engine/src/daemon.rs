@@ -26,8 +26,15 @@ use crate::shard::ShardSettings;
 
 /// Work items waiting per shard at most.
 const SHARD_INBOX: usize = 8192;
-/// Attempts waiting for the completer at most.
+/// After every host of a lane failed, no new connection for this long.
+const LANE_BACKOFF: Duration = Duration::from_secs(5);
+/// Attempts (and, in their own channel, reception records) waiting for the completer
+/// at most.
 const RESULTS_CHANNEL: usize = 65_536;
+const _: () = assert!(
+    crate::schedule::RECEPTIONS_PER_TICK_MAX >= RESULTS_CHANNEL,
+    "one completer tick must be able to empty the receptions channel"
+);
 
 /// A running engine.
 #[derive(Debug)]
@@ -90,25 +97,28 @@ impl Engine {
             generation: 0,
             metrics: Arc::clone(&metrics),
         };
-        threads.push(spawn("ringmail-completer", move || completer.run()).map_err(|e| e.to_string())?);
+        let completer_running = metrics.parts.register("completer", 0);
+        threads.push(
+            spawn("ringmail-completer", move || {
+                completer.run();
+                completer_running.stopped();
+            })
+            .map_err(|e| e.to_string())?,
+        );
 
+        let backend = crate::io::Backend::detect();
+        metrics.parts.set_backend(backend.name());
         let board = Arc::new(crate::shard::LaneBoard::default());
-        let mut settings = shard_settings(&config, Arc::clone(&board), Arc::clone(&live))?;
-        let mut inboxes = Vec::new();
-        for index in 0..config.shard_count() {
-            settings.index = index;
-            let (tx, rx) = crossbeam_channel::bounded(SHARD_INBOX);
-            inboxes.push(tx);
-            let (results, settings, metrics, stop) =
-                (results_tx.clone(), settings.clone(), Arc::clone(&metrics), Arc::clone(&stop));
-            let thread = spawn(&format!("ringmail-shard-{index}"), move || {
-                if let Err(error) = crate::shard::run(rx, results, settings, metrics, stop) {
-                    tracing::error!(%error, shard = index, "shard stopped");
-                }
-            });
-            threads.push(thread.map_err(|e| e.to_string())?);
-        }
-        tracing::info!(shards = inboxes.len(), "delivery shards on io_uring");
+        let (inboxes, shards_down, shard_wakers) = start_shards(
+            &config,
+            backend,
+            shard_settings(&config, Arc::clone(&board), Arc::clone(&live), backend)?,
+            &results_tx,
+            &metrics,
+            &stop,
+            &mut threads,
+        )
+        .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
 
         let shedding = Arc::new(Shedding::new(Arc::clone(&store), config.ingest.memory_max_mb << 20));
         let ingest = crate::ingest::smtp::Ingest {
@@ -119,9 +129,9 @@ impl Engine {
             stop: Arc::clone(&stop),
         };
         let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
-        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, ingest)?;
+        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)
+            .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
         if !listeners.is_empty() {
-            tracing::info!(threads = listeners.len(), "SMTP listener");
             threads.extend(listeners);
         }
         let shutdown_requested = Arc::new(AtomicBool::new(false));
@@ -144,6 +154,7 @@ impl Engine {
             site_map,
             pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
+        let arrivals = shedding.arrivals();
         let (http, http_stop, http_thread) =
             start_http(&config, &store, &metrics, shedding, admin, Arc::clone(&live), receptions_tx)?;
         threads.push(http_thread);
@@ -153,15 +164,19 @@ impl Engine {
         let scheduler = (Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&stop));
         let thread = spawn("ringmail-scheduler", move || {
             let (store, metrics, stop) = scheduler;
+            let running = metrics.parts.register("scheduler", 0);
             let config = scheduler_config;
             let resolver = match MxResolver::new(&config.dns, config.delivery.smtp_port) {
                 Ok(resolver) => resolver,
-                Err(error) => return tracing::error!(%error, "no resolver: nothing will be delivered"),
+                Err(error) => return running.failed(&format!("no resolver, nothing will be delivered: {error}")),
             };
             let scheduler = Scheduler {
                 store,
                 resolver,
                 shards: inboxes,
+                shards_down,
+                shard_wakers,
+                arrivals,
                 results: results_tx,
                 live: scheduler_live,
                 in_flight_max: config.delivery.in_flight_max,
@@ -172,8 +187,9 @@ impl Engine {
                 metrics,
                 stop,
             };
-            if let Err(error) = scheduler.run() {
-                tracing::error!(%error, "scheduler stopped");
+            match scheduler.run() {
+                Ok(()) => running.stopped(),
+                Err(error) => running.failed(&format!("scheduler stopped: {error}")),
             }
         });
         threads.push(thread.map_err(|e| e.to_string())?);
@@ -196,32 +212,113 @@ impl Engine {
     }
 }
 
-/// The lane defaults of `[delivery]`, before `[[site]]` rules.
-pub fn lane_defaults(config: &Config) -> Result<LanePolicy, String> {
-    Ok(LanePolicy {
-        connections_max: config.delivery.connections_per_lane_max,
-        messages_per_connection_max: config.delivery.messages_per_connection_max,
-        tls: config.tls_policy()?,
-        message_rate: None,
-        connection_rate: None,
-    })
+type ShardLinks =
+    (Vec<crossbeam_channel::Sender<crate::shard::Work>>, Arc<[AtomicBool]>, Vec<crate::io::ring::RingWaker>);
+
+/// Starts one delivery shard per core (or as configured) on `backend`, and waits
+/// until each says whether its loop could be set up: the engine does not start with
+/// a shard that cannot run. A shard whose loop dies later is marked down (health,
+/// metrics, and the scheduler, which then gives its lanes to the others); its thread
+/// stays to hand back whatever the scheduler still sent it before it saw that.
+fn start_shards(
+    config: &Config,
+    backend: crate::io::Backend,
+    mut settings: ShardSettings,
+    results_tx: &crossbeam_channel::Sender<crate::shard::Attempt>,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<ShardLinks, String> {
+    let count = config.shard_count();
+    let shards_down: Arc<[AtomicBool]> = (0..count).map(|_| AtomicBool::new(false)).collect();
+    let (started_tx, started_rx) = crossbeam_channel::bounded(count);
+    settings.started = Some(started_tx);
+    let mut inboxes = Vec::new();
+    for index in 0..count {
+        settings.index = index;
+        settings.fail_after_works = crate::shard::fault_for(index);
+        let (tx, rx) = crossbeam_channel::bounded(SHARD_INBOX);
+        inboxes.push(tx);
+        let (results, settings, metrics, stop) =
+            (results_tx.clone(), settings.clone(), Arc::clone(metrics), Arc::clone(stop));
+        let down = Arc::clone(&shards_down);
+        let thread = spawn(&format!("ringmail-shard-{index}"), move || {
+            let running = metrics.parts.register("shard", index);
+            match crate::shard::run(&rx, results.clone(), settings, metrics, Arc::clone(&stop)) {
+                Ok(()) => running.stopped(),
+                Err(error) => {
+                    down[index].store(true, Ordering::Relaxed);
+                    running.failed(&format!("the delivery loop failed: {error}"));
+                    release_until_stopped(&rx, &results, &stop);
+                }
+            }
+        });
+        threads.push(thread.map_err(|e| e.to_string())?);
+    }
+    let mut wakers: Vec<Option<crate::io::ring::RingWaker>> = vec![None; count];
+    for _ in 0..count {
+        match started_rx.recv_timeout(SHARD_START_TIMEOUT) {
+            Ok((index, Ok(waker))) => wakers[index] = Some(waker),
+            Ok((index, Err(error))) => {
+                return Err(format!("delivery shard {index}: its {} loop cannot start: {error}", backend.name()))
+            }
+            Err(_) => return Err("delivery shards did not start within 10 s".into()),
+        }
+    }
+    let wakers = wakers.into_iter().flatten().collect::<Vec<_>>();
+    if wakers.len() != count {
+        return Err("a delivery shard reported its start twice".into());
+    }
+    tracing::info!(shards = count, backend = backend.name(), "delivery shards running");
+    Ok((inboxes, shards_down, wakers))
+}
+
+/// A shard's loop could be set up within this, or the start fails.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dead shard's thread looks for stray work this often.
+const DEAD_SHARD_POLL: Duration = Duration::from_millis(50);
+
+/// What reaches a dead shard's inbox goes back to the queue untried.
+fn release_until_stopped(
+    inbox: &crossbeam_channel::Receiver<crate::shard::Work>,
+    results: &crossbeam_channel::Sender<crate::shard::Attempt>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        for work in inbox.try_iter() {
+            for attempt in crate::shard::Attempt::all(&work, &crate::shard::Result::Released, None) {
+                let _ = results.send_timeout(attempt, DEAD_SHARD_POLL * 20);
+            }
+        }
+        if stopping {
+            return;
+        }
+        std::thread::sleep(DEAD_SHARD_POLL);
+    }
 }
 
 fn shard_settings(
     config: &Config,
     board: Arc<crate::shard::LaneBoard>,
     live: Arc<crate::live::Live>,
+    backend: crate::io::Backend,
 ) -> Result<ShardSettings, String> {
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
-        lane: lane_defaults(config)?,
-        sites: config.sites.clone(),
-        idle_timeout: config.idle_timeout(),
+        lanes: crate::shard::LaneSettings {
+            lane: LanePolicy::defaults(config)?,
+            sites: config.sites.clone(),
+            idle_timeout: config.idle_timeout(),
+            backoff: LANE_BACKOFF,
+        },
         connect_timeout: Duration::from_millis(config.delivery.connect_timeout_ms),
-        backoff: Duration::from_secs(5),
         board,
         index: 0,
         live,
+        backend,
+        started: None,
+        fail_after_works: None,
     })
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dns;
+pub mod health;
 pub mod ingest;
 pub mod io;
 pub mod live;

@@ -2,9 +2,9 @@
 //! runtimes do), `Backend::detect` picks epoll, and delivery works on it.
 //!
 //! The filter goes on one thread of this test only (seccomp filters are per thread
-//! unless synchronised), so the other tests keep io_uring.
+//! unless synchronised, and inherited by threads started later), so the other tests
+//! keep io_uring. The delivery there runs on `io::core`'s epoll backend.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(unsafe_code)] // installing a seccomp filter is a raw prctl
 
 mod common;
 
@@ -18,26 +18,8 @@ use ringmail::io::tls::{ClientTls, Verification};
 use ringmail::io::Backend;
 use ringmail::smtp::{ClientConfig, ClientSession, TlsMode, Transaction};
 
-/// Makes `io_uring_setup` fail with EPERM on the calling thread (x86-64 numbering).
 fn block_io_uring_on_this_thread() {
-    const LOAD_SYSCALL_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS, offset 0 = seccomp_data.nr
-    const JUMP_IF_EQUAL: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
-    const ALLOW: u32 = 0x7fff_0000;
-    const ERRNO: u32 = 0x0005_0000;
-    let mut filter = [
-        libc::sock_filter { code: LOAD_SYSCALL_NR, jt: 0, jf: 0, k: 0 },
-        libc::sock_filter { code: JUMP_IF_EQUAL, jt: 0, jf: 1, k: libc::SYS_io_uring_setup as u32 },
-        libc::sock_filter { code: RETURN, jt: 0, jf: 0, k: ERRNO | libc::EPERM as u32 },
-        libc::sock_filter { code: RETURN, jt: 0, jf: 0, k: ALLOW },
-    ];
-    let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
-    // SAFETY: plain prctl calls; `program` and `filter` outlive them (the kernel copies
-    // the filter).
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const _), 0);
-    }
+    ringmail::io::uring::forbid_on_this_thread().unwrap();
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
-use ringmail::daemon::Engine;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records};
@@ -61,7 +60,7 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     let rest = "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n\
                 [[egress]]\naddress = \"127.0.0.2\"\nehlo_name = \"out1.ringmail.test\"\n\
                 [[egress]]\naddress = \"127.0.0.3\"\nehlo_name = \"out2.ringmail.test\"";
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, delivery, rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, delivery, rest));
 
     let plan = Plan {
         messages: 400,

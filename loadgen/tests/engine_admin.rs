@@ -13,7 +13,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
-use ringmail::daemon::Engine;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records};
@@ -61,7 +60,7 @@ fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = engine_config(dir.path(), dns.address, port, "", "[retry]\nfirst_retry_seconds = 1\n");
     config.http.admin_tokens = vec![TOKEN.to_string()];
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
     let http = engine.http;
 
     // Clear errors first: a wrong token, and no daemon at all.
@@ -216,7 +215,7 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
                 [[egress]]\naddress = \"127.0.0.42\"\nehlo_name = \"b.ringmail.test\"\npool = \"second\"\n";
     let mut config = engine_config(dir.path(), dns.address, port, "", rest);
     config.http.admin_tokens = vec![TOKEN.to_string()];
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
     let http = engine.http;
     let clients = |domain: &str| -> Vec<String> {
         fleet.state().accepted.iter().filter(|a| a.recipient.ends_with(domain)).map(|a| a.client.to_string()).collect()

@@ -3,6 +3,7 @@
 //! delivered (lost = 0); duplicates (deliveries repeated after the crash) are allowed
 //! by the at-least-once contract, and counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(unsafe_code)] // pre_exec, to start the engine under a seccomp filter
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,12 +27,15 @@ impl Drop for EngineProcess {
 
 /// `loadgen engine` (ringmail's daemon) on `config`, once its HTTP API answers.
 fn start_engine(config: &Path, http: SocketAddr) -> EngineProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["engine", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    command.args(["engine", "--config", config.to_str().unwrap()]).stdout(Stdio::null()).env("RUST_LOG", "warn");
+    if common::io_uring_blocked() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec only the two prctl calls run (no allocation,
+        // no lock): the child and what it executes run under the filter.
+        unsafe { command.pre_exec(ringmail::io::uring::forbid_on_this_thread) };
+    }
+    let child = command.spawn().unwrap();
     let engine = EngineProcess(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(http).is_err() {

@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
-use ringmail::daemon::Engine;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records, settle};
@@ -78,7 +77,7 @@ fn bad_smtp_input_gets_the_right_reply_and_the_listener_stays_healthy() {
     let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let rest = format!("[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = [\"127.0.0.1/32\"]\nthreads = 2\n");
     // Held: nothing is delivered, so the queue shows exactly what was accepted.
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "hold = true", &rest));
     let queued = || engine.store.counts().total();
 
     let mut raw = Raw::hello(&listen);
@@ -179,7 +178,7 @@ fn curl_injects_a_personalised_campaign_and_bad_requests_are_refused() {
     let mut config = engine_config(dir.path(), dns.address, port, "", "");
     config.http.tokens = vec![TOKEN.to_string()];
     config.http.body_max_bytes = 1 << 20;
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
 
     let recipients: Vec<serde_json::Value> = (0..1000)
         .map(|i| {
@@ -263,7 +262,7 @@ fn a_full_queue_sheds_load_on_both_doors_and_recovers() {
     let rest = format!("[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = [\"127.0.0.1/32\"]\n");
     let mut config = engine_config(dir.path(), dns.address, port, "hold = true", &rest);
     config.store.queue_recipients_max = 3;
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
     let inject = |emails: &[&str]| {
         let recipients: Vec<_> = emails.iter().map(|e| serde_json::json!({ "email": e })).collect();
         let body = serde_json::json!({
@@ -315,7 +314,7 @@ fn memory_over_its_limit_sheds_load_on_both_doors() {
     let rest =
         format!("[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = [\"127.0.0.1/32\"]\n[ingest]\nmemory_max_mb = 1\n");
     // Any running engine is above 1 MiB resident.
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "hold = true", &rest));
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let body = serde_json::json!({
         "envelope_sender": "a@sender.test", "content": "Subject: x\r\n\r\nx\r\n", "recipients": [{"email": "m@memory.test"}],
@@ -352,7 +351,7 @@ fn connections_are_limited_per_client_and_in_all_across_listener_threads() {
     let rest = format!(
         "[smtp]\nlisten = [\"{listen}\"]\nthreads = 2\nconnections_max = 5\nconnections_per_ip_max = 3\nrelay_networks = []\n"
     );
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "hold = true", &rest));
     let mut open = Vec::new();
     for _ in 0..3 {
         let (stream, greeting) = connect_from("127.0.0.31", &listen);
@@ -391,7 +390,7 @@ fn idle_and_stalled_clients_are_timed_out_and_their_places_freed() {
         "[smtp]\nlisten = [\"{listen}\"]\nthreads = 1\nconnections_max = 2\ncommand_timeout_seconds = 1\n\
          data_timeout_seconds = 1\nrelay_networks = [\"127.0.0.0/8\"]\n"
     );
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "hold = true", &rest));
     let started = Instant::now();
     // One says nothing after the greeting; one stops in the middle of a message.
     let (mut idle, greeting) = Raw::connect(&listen);
@@ -432,7 +431,7 @@ fn a_client_that_does_not_read_its_replies_is_held_back_and_one_that_leaves_afte
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let rest = format!("[smtp]\nlisten = [\"{listen}\"]\nthreads = 1\nrelay_networks = [\"127.0.0.0/8\"]\n");
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "hold = true", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "hold = true", &rest));
 
     // Pipelined NOOPs, never reading the answers (small socket buffers on the
     // client's side, so the replies back up in the listener rather than in the

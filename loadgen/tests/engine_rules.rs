@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
-use ringmail::daemon::Engine;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records};
@@ -67,7 +66,7 @@ dns = "servfail"
     let rest = "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 1\nmax_age_seconds = 4\n\
                 [[egress]]\naddress = \"127.0.0.2\"\nweight = 3\n[[egress]]\naddress = \"127.0.0.3\"\nweight = 1";
     let config = engine_config(dir.path(), dns.address, port, "connect_timeout_ms = 2000", rest);
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
     let mut recipients: Vec<String> = (0..400).map(|i| format!("user{i}@failover.test")).collect();
     recipients.extend(["greylist@grey.test".to_string(), "tempfail@grey.test".into(), "someone@broken.test".into()]);
     inject(engine.http, &recipients);
@@ -153,7 +152,7 @@ address = "127.0.0.3"
 pool = "bulk"
 "#;
     let config = engine_config(dir.path(), dns.address, port, "", rest);
-    let engine = Engine::start(config).unwrap();
+    let engine = common::start_engine(config);
     let started = Instant::now();
     let mut recipients: Vec<String> = (0..120).map(|i| format!("p{i}@paced.test")).collect();
     recipients.extend((0..5).map(|i| format!("secret{i}@plain.test")));
@@ -206,7 +205,7 @@ mx = [{{ host = "mx.fast.test", address = "127.0.0.88", port = {port} }}]
     let dns = dns_for(&scenario);
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", "")).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "", ""));
     // One batch holding both domains: the fast one must not wait for the slow lookup.
     let recipients: Vec<String> =
         (0..20).flat_map(|i| [format!("s{i}@slow.test"), format!("f{i}@fast.test")]).collect();

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
-use ringmail::daemon::Engine;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records, settle};
@@ -28,7 +27,7 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
     let rest = format!(
         "[smtp]\nlisten = [\"{listen}\"]\nhostname = \"mx.ringmail.test\"\nrelay_networks = [\"127.0.0.1/32\"]\n"
     );
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "", &rest));
 
     let swaks = |extra: &[&str], to: &str| {
         let output = Command::new("swaks")
@@ -91,7 +90,7 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
         cert = dir.path().join("cert.pem").display(),
         key = dir.path().join("key.pem").display(),
     );
-    let engine = Engine::start(engine_config(dir.path(), dns.address, port, "", &rest)).unwrap();
+    let engine = common::start_engine(engine_config(dir.path(), dns.address, port, "", &rest));
     let swaks_at = |server: &str, extra: &[&str], to: &str| {
         let output = Command::new("swaks")
             .args(["--server", server, "--from", "app@sender.test", "--to", to, "--helo", "client.test"])

@@ -172,6 +172,7 @@ async fn inject(
     };
     match result {
         Ok(ids) => {
+            api.shedding.note_arrival();
             Metrics::count(&api.metrics.injected_messages, count as u64);
             Metrics::count(&api.metrics.injected_recipients, recipients as u64);
             for (id, (sender, tenant, campaign, metadata, recipients)) in ids.iter().zip(receptions) {
@@ -219,9 +220,26 @@ async fn metrics_text(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// 200 only when the store accepts writes and every engine thread runs; otherwise
+/// 503 saying what is wrong (a load balancer then sends ingest elsewhere).
 async fn health(State(api): State<Api>) -> Response {
-    match api.store.health() {
-        queue_store::Health::Healthy => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))).into_response(),
-        other => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {other:?}")),
+    let backend = api.metrics.parts.backend();
+    let store = api.store.health();
+    if store != queue_store::Health::Healthy {
+        let other = store;
+        let body =
+            serde_json::json!({ "status": "unhealthy", "error": format!("store: {other:?}"), "backend": backend });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
+    let down = api.metrics.parts.down();
+    if !down.is_empty() {
+        let body = serde_json::json!({
+            "status": "degraded",
+            "error": format!("engine parts down: {}", down.join("; ")),
+            "down": down,
+            "backend": backend,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    (StatusCode::OK, Json(serde_json::json!({ "status": "ok", "backend": backend }))).into_response()
 }

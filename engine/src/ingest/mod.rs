@@ -21,6 +21,9 @@ pub struct Shedding {
     sampled_ms: AtomicU64,
     /// Intake stopped by the operator (`ringmail ctl drain`); delivery goes on.
     draining: std::sync::atomic::AtomicBool,
+    /// Told after every synced enqueue, so that the scheduler claims the new mail at
+    /// once instead of at its next poll.
+    arrivals: Arc<tokio::sync::Notify>,
 }
 
 /// Resident memory is read from /proc at most this often.
@@ -34,7 +37,19 @@ impl Shedding {
             rss: AtomicU64::new(0),
             sampled_ms: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            arrivals: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Mail was queued (synced): wakes the scheduler. A permit is kept when the
+    /// scheduler is not waiting, so no arrival is missed.
+    pub fn note_arrival(&self) {
+        self.arrivals.notify_one();
+    }
+
+    /// What the scheduler waits on between claims.
+    pub fn arrivals(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.arrivals)
     }
 
     pub fn set_draining(&self, on: bool) {
@@ -73,19 +88,10 @@ impl Shedding {
         if now.saturating_sub(sampled) >= RSS_SAMPLE_MS
             && self.sampled_ms.compare_exchange(sampled, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            self.rss.store(resident_bytes(), Ordering::Relaxed);
+            self.rss.store(crate::metrics::resident_bytes(), Ordering::Relaxed);
         }
         self.rss.load(Ordering::Relaxed)
     }
-}
-
-/// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
-pub fn resident_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|text| text.split_whitespace().nth(1).and_then(|field| field.parse::<u64>().ok()))
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// `Sat, 28 Nov 2026 17:59:00 +0000` for a Unix time (UTC).

@@ -55,6 +55,7 @@ enum Port {
 pub fn start(
     section: &SmtpSection,
     threads: usize,
+    backend: crate::io::Backend,
     ingest: Ingest,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
     let addresses: Vec<(SocketAddr, Port)> = (section.listen.iter().map(|a| (*a, Port::Plain)))
@@ -115,7 +116,9 @@ pub fn start(
     let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
     let mut handles = Vec::new();
+    let (started_tx, started_rx) = crossbeam_channel::bounded(sockets.len());
     for (index, listeners) in sockets.into_iter().enumerate() {
+        let started_tx = started_tx.clone();
         let (sockets, contexts): (Vec<_>, Vec<_>) = listeners
             .into_iter()
             .map(|(listener, port)| {
@@ -134,13 +137,28 @@ pub fn start(
             .name(format!("ringmail-smtp-{index}"))
             .spawn(move || {
                 let stop = Arc::clone(&listener.ingest.stop);
-                if let Err(error) = crate::io::serve::serve(sockets, &mut listener, &stop) {
-                    tracing::error!(%error, "SMTP listener thread stopped");
+                let running = listener.ingest.metrics.parts.register("smtp", index);
+                let started = |result| drop(started_tx.send((index, result)));
+                match crate::io::serve::serve_on(backend, sockets, &mut listener, &stop, started) {
+                    Ok(()) => running.stopped(),
+                    // Its sockets close with it: the kernel spreads new connections over
+                    // the other threads' sockets.
+                    Err(error) => running.failed(&format!("the SMTP listener loop failed: {error}")),
                 }
             })
             .map_err(|e| e.to_string())?;
         handles.push(handle);
     }
+    for _ in 0..handles.len() {
+        match started_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(error))) => {
+                return Err(format!("SMTP listener {index}: its {} loop cannot start: {error}", backend.name()))
+            }
+            Err(_) => return Err("SMTP listeners did not start within 10 s".into()),
+        }
+    }
+    tracing::info!(threads = handles.len(), backend = backend.name(), "SMTP listeners running");
     Ok(handles)
 }
 
@@ -424,6 +442,7 @@ impl Handler {
             Metrics::count(&ingest.metrics.smtp_data_reply_micros, started.elapsed().as_micros() as u64);
             match result {
                 Ok(ids) => {
+                    ingest.shedding.note_arrival();
                     let id = ids.first().map(ToString::to_string).unwrap_or_default();
                     Metrics::count(&ingest.metrics.injected_messages, 1);
                     Metrics::count(&ingest.metrics.injected_recipients, recipients.len() as u64);

@@ -9,6 +9,11 @@
 //!  S: Stream — uring.rs (tokio-uring, the default) or epoll.rs (plain tokio)
 //! ```
 //!
+//! The daemon's own loops do not use that path: the shards' outbound loop
+//! (`ring.rs`) and the SMTP listener's loop (`serve.rs`) drive the sessions straight
+//! from completions, over `core/`: io_uring, or the same operations emulated on
+//! epoll where io_uring is unavailable. [`Backend::detect`] picks one at start.
+//!
 //! Both socket backends give the same [`Stream`] interface, so the TLS layer and the
 //! drivers are written once. tokio-uring sockets have no `AsyncRead`/`AsyncWrite`
 //! and take owned buffers; the trait follows that shape (buffers in, buffers out).
@@ -19,6 +24,7 @@
 
 pub mod certificate;
 pub mod connect;
+pub(crate) mod core;
 pub mod driver;
 pub mod epoll;
 pub mod ring;
@@ -42,29 +48,50 @@ pub trait Stream {
     async fn write_all_owned(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
 }
 
-/// Which socket backend runs.
+/// Which socket backend the daemon's loops (shards and SMTP listeners) run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// io_uring: ringmail's own loop (`ring.rs`) for outbound connections;
-    /// tokio-uring for listeners.
+    /// io_uring: one `io_uring_enter` per turn submits and waits.
     Uring,
-    /// Plain tokio: epoll readiness. Used where io_uring is unavailable (seccomp).
+    /// epoll: the same operations tried at once and parked on readiness. Used where
+    /// io_uring is unavailable (a container's seccomp profile, `io_uring_disabled`).
     Epoll,
 }
+
+/// Names the backend to use instead of detecting one: `io_uring`, `epoll` or `auto`.
+/// For comparing the two on one machine (benchmarks) and for forcing epoll.
+pub const BACKEND_VARIABLE: &str = "RINGMAIL_IO_BACKEND";
 
 impl Backend {
     /// Delivers each job over its own connection on this backend, one thread.
     pub fn deliver_all(self, jobs: Vec<ring::Job>, allowlist: &connect::Allowlist) -> io::Result<Vec<ring::Report>> {
-        match self {
-            Backend::Uring => ring::deliver_all(jobs, allowlist),
-            Backend::Epoll => epoll::deliver_all(jobs, allowlist),
-        }
+        ring::deliver_all_on(self, jobs, allowlist)
     }
 
     /// io_uring if this kernel and sandbox allow it, else epoll; logs the choice.
+    /// [`BACKEND_VARIABLE`] may name one instead (io_uring is still checked: asked
+    /// for where it cannot run, epoll is used and a warning says so).
     pub fn detect() -> Backend {
-        let backend = if uring::available() { Backend::Uring } else { Backend::Epoll };
-        tracing::info!(?backend, "socket backend chosen");
+        let asked = std::env::var(BACKEND_VARIABLE).unwrap_or_default();
+        let available = uring::available();
+        let backend = match asked.as_str() {
+            "epoll" => Backend::Epoll,
+            _ if available => Backend::Uring,
+            "io_uring" => {
+                tracing::warn!("{BACKEND_VARIABLE}=io_uring, but io_uring cannot be set up here: using epoll");
+                Backend::Epoll
+            }
+            _ => Backend::Epoll,
+        };
+        tracing::info!(backend = backend.name(), io_uring_available = available, "socket backend chosen");
         backend
+    }
+
+    /// The name the logs, `/metrics` and `/healthz` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
     }
 }

@@ -16,25 +16,29 @@
 //! transaction started on `ready` leaves in the same write as the content of the last
 //! one (RFC 2920 §3.1) — the same shape as `driver::run_client`.
 //!
-//! Safety: submitting an entry hands the kernel raw pointers into a connection's
+//! The loop runs on either backend of [`super::core`] (io_uring, or epoll where a
+//! seccomp profile blocks io_uring) with the same code: posted operations and one
+//! completion each.
+//!
+//! Safety: posting an operation hands the kernel raw pointers into a connection's
 //! buffers and address. Each [`Slot`] owns those (heap allocations that never move or
 //! resize while an operation is posted on them) and is freed only when every operation
 //! it posted has completed; dropping the ring cancels and waits for what is left.
-#![allow(unsafe_code)] // `push`: see the module docs.
+#![allow(unsafe_code)] // `Submissions::push`: see the module docs.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types, IoUring};
 use rustls::pki_types::ServerName;
 
 use super::connect::{Allowlist, ConnectError, ConnectOptions};
-use super::tls::{ClientTls, TlsInfo};
+use super::core::{pack, unpack, Op, Slab, Submissions, Timers};
+use super::tls::{decrypt, encrypt, ClientTls, TlsInfo};
+use super::Backend;
 use crate::smtp::{ClientEvent, ClientSession, Outcome, SessionError, Transaction};
 
 /// Each connection's receive buffer: one TLS record (16 KiB + overhead) fits, and a
@@ -42,13 +46,48 @@ use crate::smtp::{ClientEvent, ClientSession, Outcome, SessionError, Transaction
 const RECV_BYTES: usize = 32 * 1024;
 /// Saying close_notify and shutting down may take this long before the ring cancels.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Submission queue entries; the completion queue is twice that (the kernel default).
-const RING_ENTRIES: u32 = 1024;
 
 const OP_CONNECT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_CANCEL: u64 = 4;
+/// The wake-up read ([`Ring::waker`]); its user data names no slot.
+const OP_WAKE: u64 = 5;
+/// Bytes one wake-up read takes at most (each wake-up writes one).
+const WAKE_BYTES: usize = 64;
+
+/// Wakes a [`Ring`] from another thread: its `turn` returns at once (and the owner
+/// looks at its inbox). Wake-ups while one is pending cost nothing but an atomic.
+#[derive(Clone, Debug)]
+pub struct RingWaker {
+    shared: Arc<WakeShared>,
+}
+
+#[derive(Debug)]
+struct WakeShared {
+    /// A wake-up is written and not yet read by the ring.
+    pending: std::sync::atomic::AtomicBool,
+    /// Non-blocking: a wake-up never stalls its sender; a full socket already holds
+    /// a byte the ring will read.
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl RingWaker {
+    pub fn wake(&self) {
+        if !self.shared.pending.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _ = (&self.shared.writer).write(&[1]);
+        }
+    }
+}
+
+/// The ring's side of its wake-up channel.
+struct Wake {
+    shared: Arc<WakeShared>,
+    reader: std::os::unix::net::UnixStream,
+    /// The kernel writes into it while `posted`.
+    buffer: Box<[u8; WAKE_BYTES]>,
+    posted: bool,
+}
 
 /// One connection of a [`Ring`]; stale ids (of a closed connection) are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,11 +98,7 @@ pub struct ConnId {
 
 impl ConnId {
     fn user_data(self, op: u64) -> u64 {
-        (u64::from(self.generation & 0x00ff_ffff) << 32) | (u64::from(self.index) << 8) | op
-    }
-
-    fn from_user_data(user_data: u64) -> (u32, u32, u64) {
-        ((user_data >> 8) as u32 & 0x00ff_ffff, (user_data >> 32) as u32, user_data & 0xff)
+        pack(self.index, self.generation, op)
     }
 }
 
@@ -157,38 +192,67 @@ impl Slot {
 /// A single-threaded io_uring event loop of client connections.
 pub struct Ring {
     ring: Submissions,
-    slots: Vec<Option<Slot>>,
-    free: Vec<u32>,
-    generations: Vec<u32>,
+    slots: Slab<Slot>,
     timers: Timers,
     completions: Vec<(u64, i32)>,
-    live: usize,
+    wake: Option<Wake>,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("live", &self.live).finish_non_exhaustive()
+        f.debug_struct("Ring").field("live", &self.slots.len()).finish_non_exhaustive()
     }
 }
 
 impl Ring {
-    /// A ring for one thread. Uses `DEFER_TASKRUN` (completions are reaped only when
-    /// this thread waits) where the kernel has it.
+    /// A loop for one thread on io_uring.
     pub fn new() -> io::Result<Ring> {
+        Ring::with_backend(Backend::Uring)
+    }
+
+    /// A loop for one thread on `backend`.
+    pub fn with_backend(backend: Backend) -> io::Result<Ring> {
         Ok(Ring {
-            ring: Submissions::new()?,
-            slots: Vec::new(),
-            free: Vec::new(),
-            generations: Vec::new(),
+            ring: Submissions::new(backend)?,
+            slots: Slab::default(),
             timers: Timers::default(),
-            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
-            live: 0,
+            completions: Vec::with_capacity(super::core::RING_ENTRIES as usize * 2),
+            wake: None,
         })
+    }
+
+    /// A handle that ends this ring's wait from another thread (a read is kept
+    /// posted on a socket pair; the handle writes one byte).
+    pub fn waker(&mut self) -> io::Result<RingWaker> {
+        if let Some(wake) = &self.wake {
+            return Ok(RingWaker { shared: Arc::clone(&wake.shared) });
+        }
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        writer.set_nonblocking(true)?;
+        let shared = Arc::new(WakeShared { pending: std::sync::atomic::AtomicBool::new(false), writer });
+        self.wake =
+            Some(Wake { shared: Arc::clone(&shared), reader, buffer: Box::new([0; WAKE_BYTES]), posted: false });
+        self.post_wake();
+        Ok(RingWaker { shared })
+    }
+
+    fn post_wake(&mut self) {
+        let Some(wake) = self.wake.as_mut().filter(|wake| !wake.posted) else { return };
+        wake.posted = true;
+        let op = Op::Recv { fd: wake.reader.as_raw_fd(), buffer: wake.buffer.as_mut_ptr(), length: WAKE_BYTES as u32 };
+        // SAFETY: the boxed buffer lives as long as the ring, and is freed (or leaked)
+        // only after this read completed (`Drop`).
+        unsafe { self.ring.push(op, pack(0, 0, OP_WAKE)) };
+    }
+
+    /// The backend this loop runs on.
+    pub fn backend(&self) -> Backend {
+        self.ring.backend()
     }
 
     /// Connections not yet reported closed.
     pub fn connections(&self) -> usize {
-        self.live
+        self.slots.len()
     }
 
     /// Starts connecting to `destination` (allowlist checked, source bound). The
@@ -208,26 +272,12 @@ impl Ring {
             let error = io::Error::new(io::ErrorKind::Unsupported, "implicit TLS is not supported by the ring yet");
             return Err(ConnectError::Io { destination, error });
         }
-        let socket = new_socket(destination, options, allowlist)?;
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                u32::try_from(self.slots.len() - 1).map_err(|_| ConnectError::Io {
-                    destination,
-                    error: io::Error::other("too many connections on one ring"),
-                })?
-            }
-        };
-        let generation = self.generations[index as usize].wrapping_add(1) & 0x00ff_ffff;
-        self.generations[index as usize] = generation;
-        let id = ConnId { index, generation };
+        let socket: TcpStream = new_socket(destination, options, allowlist)?.into();
         let now = Instant::now();
-        let slot = Slot {
+        let make = |_index, generation| Slot {
             generation,
             state: State::Connecting,
-            socket: socket.into(),
+            socket,
             destination: Box::new(socket2::SockAddr::from(destination)),
             session,
             tls: tls.map(|(config, name)| Tls { config, name, connection: None, info: None, reported: false }),
@@ -246,17 +296,21 @@ impl Ring {
             error: None,
             connect_error: None,
         };
-        let entry = opcode::Connect::new(
-            types::Fd(slot.socket.as_raw_fd()),
-            slot.destination.as_ptr().cast::<libc::sockaddr>(),
-            slot.destination.len(),
-        )
-        .build()
-        .user_data(id.user_data(OP_CONNECT));
-        self.slots[index as usize] = Some(slot);
-        self.live += 1;
+        let Some((index, generation)) = self.slots.insert(make) else {
+            let error = io::Error::other("too many connections on one loop");
+            return Err(ConnectError::Io { destination, error });
+        };
+        let id = ConnId { index, generation };
+        let Some(slot) = self.slots.get_mut(index) else { unreachable!("inserted just now") };
+        let op = Op::Connect {
+            fd: slot.socket.as_raw_fd(),
+            address: slot.destination.as_ptr().cast::<libc::sockaddr>(),
+            length: slot.destination.len(),
+        };
+        // SAFETY: `destination` is boxed in the slot, which lives until the connect's
+        // completion (`connect_posted`).
+        unsafe { self.ring.push(op, id.user_data(OP_CONNECT)) };
         self.arm(index);
-        self.ring.push(entry);
         Ok(id)
     }
 
@@ -296,25 +350,31 @@ impl Ring {
 
     /// Turns until every connection has closed.
     pub fn run<H: RingHandler>(&mut self, handler: &mut H) -> io::Result<()> {
-        while self.live > 0 {
+        while self.slots.len() > 0 {
             self.turn(handler, None)?;
         }
         Ok(())
     }
 
     fn slot_mut(&mut self, id: ConnId) -> Option<&mut Slot> {
-        self.slots.get_mut(id.index as usize)?.as_mut().filter(|slot| slot.generation == id.generation)
+        self.slots.get_current(id.index, id.generation)
     }
 
     fn complete<H: RingHandler>(&mut self, user_data: u64, result: i32, handler: &mut H) {
-        let (index, generation, op) = ConnId::from_user_data(user_data);
+        let (index, generation, op) = unpack(user_data);
         if op == OP_CANCEL {
             return;
         }
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
-        if slot.generation != generation {
-            return;
+        if op == OP_WAKE {
+            if let Some(wake) = self.wake.as_mut() {
+                wake.posted = false;
+                // Cleared before the owner looks at its inbox (after this turn): a
+                // wake-up sent after that look writes a new byte.
+                wake.shared.pending.store(false, std::sync::atomic::Ordering::Release);
+            }
+            return self.post_wake();
         }
+        let Some(slot) = self.slots.get_current(index, generation) else { return };
         let now = Instant::now();
         match op {
             OP_CONNECT => {
@@ -364,7 +424,7 @@ impl Ring {
     /// Moves one connection forward: session events to the handler, output to the
     /// socket, a receive posted, and the closing steps.
     fn pump<H: RingHandler>(&mut self, index: u32, handler: &mut H) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
         let id = ConnId { index, generation: slot.generation };
         loop {
             drain_events(slot, id, handler);
@@ -382,16 +442,13 @@ impl Ring {
                 }
             }
         }
-        let mut entries: [Option<squeue::Entry>; 3] = [None, None, None];
+        let fd = slot.socket.as_raw_fd();
+        let mut ops: [Option<(Op, u64)>; 3] = [None, None, None];
         let sending = matches!(slot.state, State::Open | State::Closing) && !slot.send_posted;
         if sending && slot.sent < slot.outgoing.len() {
             let rest = &slot.outgoing[slot.sent..];
             let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            entries[0] = Some(
-                opcode::Send::new(types::Fd(slot.socket.as_raw_fd()), rest.as_ptr(), length)
-                    .build()
-                    .user_data(id.user_data(OP_SEND)),
-            );
+            ops[0] = Some((Op::Send { fd, buffer: rest.as_ptr(), length }, id.user_data(OP_SEND)));
             slot.send_posted = true;
             slot.send_deadline = Some(Instant::now() + slot.session.write_timeout());
         }
@@ -400,32 +457,31 @@ impl Ring {
             slot.state = State::Draining;
         }
         if slot.state == State::Open && !slot.recv_posted {
-            entries[1] = Some(
-                opcode::Recv::new(types::Fd(slot.socket.as_raw_fd()), slot.incoming.as_mut_ptr(), RECV_BYTES as u32)
-                    .build()
-                    .user_data(id.user_data(OP_RECV)),
-            );
+            let op = Op::Recv { fd, buffer: slot.incoming.as_mut_ptr(), length: RECV_BYTES as u32 };
+            ops[1] = Some((op, id.user_data(OP_RECV)));
             slot.recv_posted = true;
         }
         if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
             // shutdown() ends a posted recv on most kernels; the cancel makes sure.
-            entries[2] =
-                Some(opcode::AsyncCancel::new(id.user_data(OP_RECV)).build().user_data(id.user_data(OP_CANCEL)));
+            ops[2] = Some((Op::Cancel { target: id.user_data(OP_RECV) }, id.user_data(OP_CANCEL)));
             slot.cancel_sent = true;
         }
         if slot.state == State::Draining && !slot.in_flight() {
             return self.release(index, handler);
         }
-        for entry in entries.into_iter().flatten() {
-            self.ring.push(entry);
+        for (op, user_data) in ops.into_iter().flatten() {
+            // SAFETY: `outgoing` and `incoming` belong to the slot, which is released
+            // only once neither operation is posted (`in_flight`); neither is resized
+            // while posted (`gather_output` runs only with no send posted).
+            unsafe { self.ring.push(op, user_data) };
         }
         self.arm(index);
     }
 
     fn release<H: RingHandler>(&mut self, index: u32, handler: &mut H) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::take) else { return };
-        self.free.push(index);
-        self.live -= 1;
+        let Some(slot) = self.slots.remove(index) else { return };
+        debug_assert!(!slot.in_flight(), "a slot released with operations posted");
+        self.ring.closing(slot.socket.as_raw_fd());
         let id = ConnId { index, generation: slot.generation };
         let tls = slot.tls.and_then(|tls| tls.info);
         handler.closed(id, End { error: slot.error, connect_error: slot.connect_error, tls });
@@ -433,7 +489,7 @@ impl Ring {
 
     /// Keeps one heap entry per slot at (or before) its earliest deadline.
     fn arm(&mut self, index: u32) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
         let Some(deadline) = slot.deadline() else { return };
         self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
     }
@@ -441,52 +497,14 @@ impl Ring {
     fn fire_timers<H: RingHandler>(&mut self, handler: &mut H) {
         let now = Instant::now();
         for (at, index, generation) in self.timers.due(now) {
-            let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
-            if slot.generation != generation || slot.armed != Some(at) {
+            let Some(slot) = self.slots.get_current(index, generation) else { continue };
+            if slot.armed != Some(at) {
                 continue;
             }
             slot.armed = None;
             expire(slot, now, generation, index, &mut self.ring);
             self.pump(index, handler);
         }
-    }
-}
-
-/// Deadlines of a loop's connections: one heap entry per connection at (or before)
-/// its earliest deadline, re-armed lazily; an entry whose connection has moved on
-/// (another generation, or a different armed time) is skipped when it comes due.
-#[derive(Debug, Default)]
-pub(super) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-}
-
-impl Timers {
-    /// Arms `deadline` for connection (`index`, `generation`) unless `armed` (its
-    /// entry in the heap) is already at or before it.
-    pub(super) fn arm(&mut self, armed: &mut Option<Instant>, deadline: Instant, index: u32, generation: u32) {
-        if armed.is_none_or(|at| deadline < at) {
-            *armed = Some(deadline);
-            self.heap.push(Reverse((deadline, index, generation)));
-        }
-    }
-
-    /// The earliest entry's time.
-    pub(super) fn next(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
-    }
-
-    /// Takes the entries due at `now` (all of them first: what handling them re-arms
-    /// waits for the next turn). The caller checks each against its connection.
-    pub(super) fn due(&mut self, now: Instant) -> Vec<(Instant, u32, u32)> {
-        let mut due = Vec::new();
-        while let Some(&Reverse(entry)) = self.heap.peek() {
-            if entry.0 > now {
-                break;
-            }
-            self.heap.pop();
-            due.push(entry);
-        }
-        due
     }
 }
 
@@ -523,7 +541,8 @@ fn drain_events<H: RingHandler>(slot: &mut Slot, id: ConnId, handler: &mut H) {
 fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut Submissions) {
     let id = ConnId { index, generation };
     let cancel = |ring: &mut Submissions, op| {
-        ring.push(opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL)));
+        // SAFETY: a cancel points at nothing.
+        unsafe { ring.push(Op::Cancel { target: id.user_data(op) }, id.user_data(OP_CANCEL)) };
     };
     if slot.connect_deadline.is_some_and(|at| at <= now) {
         slot.connect_deadline = None;
@@ -552,81 +571,6 @@ fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut
     }
     if slot.state == State::Open {
         slot.session.handle_timeout(now);
-    }
-}
-
-fn try_push(ring: &mut IoUring, entry: &squeue::Entry) -> bool {
-    // SAFETY: entries point only into buffers their loop keeps allocated and unmoved
-    // until the operation's completion is reaped: here a `Slot`'s `incoming`,
-    // `outgoing` or boxed `destination`; in `serve.rs` a slot's buffers and the boxed
-    // wake-up buffer (see each module's docs). Accepts and cancels point at nothing.
-    unsafe { ring.submission().push(entry) }.is_ok()
-}
-
-/// The submission side: the ring, and entries waiting for room in its queue.
-pub(super) struct Submissions {
-    pub(super) ring: IoUring,
-    /// Entries that found the submission queue full and could not be submitted at
-    /// once; they go first on the next turn. Never dropped: a slot counts them posted.
-    backlog: VecDeque<squeue::Entry>,
-}
-
-impl Submissions {
-    /// A ring for one thread. Uses `DEFER_TASKRUN` (completions are reaped only when
-    /// this thread waits) where the kernel has it.
-    pub(super) fn new() -> io::Result<Submissions> {
-        let ring = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(RING_ENTRIES)
-            .or_else(|_| IoUring::new(RING_ENTRIES))?;
-        Ok(Submissions { ring, backlog: VecDeque::new() })
-    }
-
-    /// Submits what is queued and waits for a completion, or until `wake` (`None`:
-    /// no limit); the completions go to `into` as (user data, result).
-    pub(super) fn wait(&mut self, now: Instant, wake: Option<Instant>, into: &mut Vec<(u64, i32)>) -> io::Result<()> {
-        self.drain_backlog();
-        let result = match wake {
-            Some(at) => {
-                let wait = at.saturating_duration_since(now);
-                let timespec = types::Timespec::new().sec(wait.as_secs()).nsec(wait.subsec_nanos());
-                let args = types::SubmitArgs::new().timespec(&timespec);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submit_and_wait(1),
-        };
-        match result {
-            Ok(_) => {}
-            // Timed out, interrupted, or completions to reap first: all retried next turn.
-            Err(error)
-                if matches!(error.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)) => {}
-            Err(error) => return Err(error),
-        }
-        into.extend(self.ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
-        Ok(())
-    }
-
-    /// Queues `entry` for the kernel; it cannot fail (a full queue is submitted, and
-    /// if even that fails the entry waits in the backlog).
-    pub(super) fn push(&mut self, entry: squeue::Entry) {
-        if self.backlog.is_empty() && try_push(&mut self.ring, &entry) {
-            return;
-        }
-        if self.ring.submit().is_ok() && self.backlog.is_empty() && try_push(&mut self.ring, &entry) {
-            return;
-        }
-        self.backlog.push_back(entry);
-    }
-
-    /// Moves backlogged entries into the submission queue while there is room.
-    pub(super) fn drain_backlog(&mut self) {
-        while let Some(entry) = self.backlog.front() {
-            if !try_push(&mut self.ring, entry) {
-                return;
-            }
-            self.backlog.pop_front();
-        }
     }
 }
 
@@ -684,31 +628,6 @@ fn received(slot: &mut Slot, length: usize, now: Instant) {
     }
 }
 
-/// Runs TLS records through rustls; the plaintext they held goes to `plain`.
-/// `Ok(true)`: the server said close_notify.
-pub(super) fn decrypt<D>(
-    connection: &mut rustls::ConnectionCommon<D>,
-    mut input: &[u8],
-    plain: &mut Vec<u8>,
-) -> io::Result<bool> {
-    while !input.is_empty() {
-        if connection.read_tls(&mut input)? == 0 {
-            return Err(io::Error::other("TLS layer took no input"));
-        }
-        let state = connection.process_new_packets().map_err(io::Error::other)?;
-        let available = state.plaintext_bytes_to_read();
-        if available > 0 {
-            let start = plain.len();
-            plain.resize(start + available, 0);
-            connection.reader().read_exact(&mut plain[start..])?;
-        }
-        if state.peer_has_closed() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 fn start_tls(slot: &mut Slot) {
     let Some(tls) = slot.tls.as_mut() else {
         return slot.session.handle_tls_failed("no TLS configuration for this connection".into());
@@ -745,63 +664,36 @@ fn gather_output(slot: &mut Slot) -> io::Result<()> {
     encrypt(connection, &slot.plain, &mut slot.outgoing)
 }
 
-/// Encrypts `plain` into `out`, with whatever else rustls has to send (handshake
-/// messages, alerts, close_notify). rustls buffers a bounded amount of plaintext:
-/// it is fed and drained in turns.
-pub(super) fn encrypt<D>(
-    connection: &mut rustls::ConnectionCommon<D>,
-    mut plain: &[u8],
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    loop {
-        while connection.wants_write() {
-            connection.write_tls(out)?;
-        }
-        if plain.is_empty() {
-            return Ok(());
-        }
-        let taken = connection.writer().write(plain)?;
-        if taken == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
-        }
-        plain = &plain[taken..];
-    }
-}
-
 impl Drop for Ring {
     fn drop(&mut self) {
         // The kernel may still write into posted buffers: cancel, then wait for every
         // completion before the slots are freed. Leak them if the kernel never answers.
-        let mut waiting: usize = 0;
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot.as_mut() else { continue };
+        let mut targets = Vec::new();
+        for (index, slot) in self.slots.iter_mut() {
             if !slot.in_flight() {
                 continue;
             }
             let _ = slot.socket.shutdown(Shutdown::Both);
-            let id = ConnId { index: index as u32, generation: slot.generation };
+            let id = ConnId { index, generation: slot.generation };
             for (posted, op) in
                 [(slot.connect_posted, OP_CONNECT), (slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)]
             {
                 if posted {
-                    waiting += 1;
-                    self.ring
-                        .push(opcode::AsyncCancel::new(id.user_data(op)).build().user_data(id.user_data(OP_CANCEL)));
+                    targets.push(id.user_data(op));
                 }
             }
         }
-        let give_up = Instant::now() + CLOSE_TIMEOUT;
-        while waiting > 0 && Instant::now() < give_up {
-            let timespec = types::Timespec::new().nsec(100_000_000);
-            let args = types::SubmitArgs::new().timespec(&timespec);
-            self.ring.drain_backlog();
-            let _ = self.ring.ring.submitter().submit_with_args(1, &args);
-            let done = self.ring.ring.completion().filter(|cqe| cqe.user_data() & 0xff != OP_CANCEL).count();
-            waiting = waiting.saturating_sub(done);
+        if self.wake.as_ref().is_some_and(|wake| wake.posted) {
+            targets.push(pack(0, 0, OP_WAKE));
         }
-        if waiting > 0 {
-            tracing::error!(waiting, "io_uring operations outlived the ring; leaking their buffers");
-            std::mem::forget(std::mem::take(&mut self.slots));
+        let cancel = |target: u64| target & !0xff | OP_CANCEL;
+        let is_cancel = |user_data: u64| user_data & 0xff == OP_CANCEL;
+        if !self.ring.cancel_and_drain(&targets, cancel, is_cancel, |_, _| {}, CLOSE_TIMEOUT) {
+            tracing::error!("socket operations outlived the loop; leaking their buffers");
+            self.slots.leak();
+            if let Some(wake) = self.wake.take() {
+                std::mem::forget(wake);
+            }
         }
     }
 }
@@ -813,7 +705,12 @@ impl Drop for Ring {
 /// transaction then in flight is in neither `results` nor `unsent`: its outcome is
 /// unknown, as after a lost connection.
 pub fn deliver_all(jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Report>> {
-    let mut ring = Ring::new()?;
+    deliver_all_on(Backend::Uring, jobs, allowlist)
+}
+
+/// [`deliver_all`] on `backend`.
+pub fn deliver_all_on(backend: Backend, jobs: Vec<Job>, allowlist: &Allowlist) -> io::Result<Vec<Report>> {
+    let mut ring = Ring::with_backend(backend)?;
     let mut handler = Deliveries { jobs: Vec::new(), ids: HashMap::new() };
     for job in jobs {
         let Job { destination, options, session, tls, transactions } = job;

@@ -17,7 +17,10 @@
 //! TLS (STARTTLS, and implicit TLS from the first byte) runs rustls in memory over
 //! the same buffers.
 //!
-//! Safety: as in `ring.rs`, a posted entry points into a slot's heap buffers, the
+//! The loop runs on either backend of [`super::core`] (io_uring, or epoll where a
+//! seccomp profile blocks io_uring) with the same code.
+//!
+//! Safety: as in `ring.rs`, a posted operation points into a slot's heap buffers, the
 //! wake-up pipe's boxed buffer, or nothing; each is freed only after its operations
 //! completed, and dropping the loop cancels and waits for what is left.
 #![allow(unsafe_code)] // `push` and adopting accepted descriptors: see the module docs.
@@ -33,9 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use io_uring::{opcode, squeue, types};
-
-use super::ring::{Submissions, Timers};
+use super::core::{pack, unpack, Op, Slab, Submissions, Timers};
+use super::Backend;
 
 use crate::smtp::{ServerEvent, ServerSession, Verdict};
 
@@ -57,7 +59,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often the loop looks at its stop flag when nothing else happens.
 const STOP_POLL: Duration = Duration::from_millis(100);
-const RING_ENTRIES: u32 = 1024;
 const WAKE_BYTES: usize = 64;
 
 const OP_RECV: u64 = 2;
@@ -164,11 +165,7 @@ impl<C> Slot<C> {
 }
 
 fn user_data(index: u32, generation: u32, op: u64) -> u64 {
-    (u64::from(generation & 0x00ff_ffff) << 32) | (u64::from(index) << 8) | op
-}
-
-fn split_user_data(user_data: u64) -> (u32, u32, u64) {
-    ((user_data >> 8) as u32 & 0x00ff_ffff, (user_data >> 32) as u32, user_data & 0xff)
+    pack(index, generation, op)
 }
 
 /// Connections whose futures asked to be polled, and the pipe that wakes the loop.
@@ -215,16 +212,30 @@ struct Listening {
     paused_until: Option<Instant>,
 }
 
-/// Serves `listeners` until `stop` is set. Connections still open then are dropped.
+/// Serves `listeners` on io_uring until `stop` is set (see [`serve_on`]).
 pub fn serve<H: ServeHandler>(listeners: Vec<TcpListener>, handler: &mut H, stop: &AtomicBool) -> io::Result<()> {
-    let mut server = Server::<H::Conn>::new(listeners)?;
+    serve_on(Backend::Uring, listeners, handler, stop, |_| {})
+}
+
+/// Serves `listeners` on `backend` until `stop` is set. `started` hears first
+/// whether the loop could be set up. Connections still open at the end are dropped.
+pub fn serve_on<H: ServeHandler>(
+    backend: Backend,
+    listeners: Vec<TcpListener>,
+    handler: &mut H,
+    stop: &AtomicBool,
+    started: impl FnOnce(Result<(), String>),
+) -> io::Result<()> {
+    let server = Server::<H::Conn>::new(backend, listeners);
+    started(server.as_ref().map(|_| ()).map_err(ToString::to_string));
+    let mut server = server?;
     let mut result = Ok(());
     while result.is_ok() && !stop.load(Ordering::Relaxed) {
         result = server.turn(handler);
     }
     // Whatever is still open is dropped with the loop: the handler hears of each
     // (its connection counts are shared with the other listener threads).
-    for slot in server.slots.iter_mut().flatten() {
+    for (_, slot) in server.slots.iter_mut() {
         if let Some(context) = slot.context.take() {
             handler.closed(context);
         }
@@ -235,9 +246,7 @@ pub fn serve<H: ServeHandler>(listeners: Vec<TcpListener>, handler: &mut H, stop
 struct Server<C> {
     ring: Submissions,
     listeners: Vec<Listening>,
-    slots: Vec<Option<Slot<C>>>,
-    free: Vec<u32>,
-    generations: Vec<u32>,
+    slots: Slab<Slot<C>>,
     timers: Timers,
     completions: Vec<(u64, i32)>,
     wakeups: Arc<Wakeups>,
@@ -248,8 +257,8 @@ struct Server<C> {
 }
 
 impl<C> Server<C> {
-    fn new(listeners: Vec<TcpListener>) -> io::Result<Server<C>> {
-        let ring = Submissions::new()?;
+    fn new(backend: Backend, listeners: Vec<TcpListener>) -> io::Result<Server<C>> {
+        let ring = Submissions::new(backend)?;
         let (wake_reader, pipe) = UnixStream::pair()?;
         pipe.set_nonblocking(true)?;
         let listeners =
@@ -257,11 +266,9 @@ impl<C> Server<C> {
         Ok(Server {
             ring,
             listeners,
-            slots: Vec::new(),
-            free: Vec::new(),
-            generations: Vec::new(),
+            slots: Slab::default(),
             timers: Timers::default(),
-            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            completions: Vec::with_capacity(super::core::RING_ENTRIES as usize * 2),
             wakeups: Arc::new(Wakeups { ready: Mutex::new(Vec::new()), pipe }),
             wake_reader,
             wake_buffer: Box::new([0; WAKE_BYTES]),
@@ -277,26 +284,20 @@ impl<C> Server<C> {
             }
             listening.posted = true;
             listening.paused_until = None;
-            let entry = opcode::Accept::new(
-                types::Fd(listening.socket.as_raw_fd()),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(index as u32, 0, OP_ACCEPT));
-            self.ring.push(entry);
+            let op = Op::Accept { fd: listening.socket.as_raw_fd() };
+            // SAFETY: an accept points at nothing.
+            unsafe { self.ring.push(op, user_data(index as u32, 0, OP_ACCEPT)) };
         }
         if !self.wake_posted {
             self.wake_posted = true;
-            let entry = opcode::Read::new(
-                types::Fd(self.wake_reader.as_raw_fd()),
-                self.wake_buffer.as_mut_ptr(),
-                WAKE_BYTES as u32,
-            )
-            .build()
-            .user_data(user_data(0, 0, OP_WAKE));
-            self.ring.push(entry);
+            let op = Op::Recv {
+                fd: self.wake_reader.as_raw_fd(),
+                buffer: self.wake_buffer.as_mut_ptr(),
+                length: WAKE_BYTES as u32,
+            };
+            // SAFETY: the boxed wake-up buffer lives as long as the loop, and is freed
+            // (or leaked) only after this read completed (`Drop`).
+            unsafe { self.ring.push(op, user_data(0, 0, OP_WAKE)) };
         }
     }
 
@@ -318,7 +319,7 @@ impl<C> Server<C> {
     }
 
     fn complete<H: ServeHandler<Conn = C>>(&mut self, user_data: u64, result: i32, handler: &mut H) {
-        let (index, generation, op) = split_user_data(user_data);
+        let (index, generation, op) = unpack(user_data);
         match op {
             OP_CANCEL => {}
             OP_ACCEPT => self.accepted(index as usize, result, handler),
@@ -359,23 +360,14 @@ impl<C> Server<C> {
                 return handler.closed(accepted.context);
             }
         };
-        let index = match self.free.pop() {
-            Some(index) => index,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let generation = self.generations[index as usize].wrapping_add(1) & 0x00ff_ffff;
-        self.generations[index as usize] = generation;
         let now = Instant::now();
-        let slot = Slot {
+        let context = accepted.context;
+        let make = |_index, generation| Slot {
             generation,
             state: State::Open,
             socket,
             session: accepted.session,
-            context: Some(accepted.context),
+            context: Some(context),
             starttls: accepted.starttls,
             handshake_deadline: implicit.as_ref().map(|_| now + HANDSHAKE_TIMEOUT),
             tls: implicit,
@@ -394,7 +386,9 @@ impl<C> Server<C> {
             close_deadline: None,
             armed: None,
         };
-        self.slots[index as usize] = Some(slot);
+        // The slab is full only at 2^24 connections on one thread: far beyond
+        // `connections_max`, which the handler's `accept` enforced.
+        let Some((index, _)) = self.slots.insert(make) else { return };
         self.pump(index, handler);
     }
 
@@ -406,10 +400,7 @@ impl<C> Server<C> {
         result: i32,
         handler: &mut H,
     ) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
-        if slot.generation != generation {
-            return;
-        }
+        let Some(slot) = self.slots.get_current(index, generation) else { return };
         let now = Instant::now();
         match op {
             OP_RECV => {
@@ -446,10 +437,7 @@ impl<C> Server<C> {
     }
 
     fn poll_pending<H: ServeHandler<Conn = C>>(&mut self, index: u32, generation: u32, handler: &mut H) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
-        if slot.generation != generation {
-            return;
-        }
+        let Some(slot) = self.slots.get_current(index, generation) else { return };
         let Some(future) = slot.pending.as_mut() else { return };
         let waker = slot_waker(&self.wakeups, index, generation);
         if let Poll::Ready(verdict) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
@@ -462,7 +450,7 @@ impl<C> Server<C> {
     /// Moves one connection forward: questions to the handler, output to the socket,
     /// a receive posted, and the closing steps.
     fn pump<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
         let generation = slot.generation;
         let now = Instant::now();
         // Questions, one at a time: a pending future holds the rest back.
@@ -510,8 +498,8 @@ impl<C> Server<C> {
             slot.staged.clear();
             slot.state = State::Draining;
         }
-        let fd = types::Fd(slot.socket.as_raw_fd());
-        let mut entries: [Option<squeue::Entry>; 3] = [None, None, None];
+        let fd = slot.socket.as_raw_fd();
+        let mut ops: [Option<(Op, u64)>; 3] = [None, None, None];
         if matches!(slot.state, State::Open | State::Closing) && !slot.send_posted {
             if slot.sent >= slot.outgoing.len() {
                 slot.outgoing.clear();
@@ -521,11 +509,7 @@ impl<C> Server<C> {
             if slot.sent < slot.outgoing.len() {
                 let rest = &slot.outgoing[slot.sent..];
                 let length = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-                entries[0] = Some(
-                    opcode::Send::new(fd, rest.as_ptr(), length)
-                        .build()
-                        .user_data(user_data(index, generation, OP_SEND)),
-                );
+                ops[0] = Some((Op::Send { fd, buffer: rest.as_ptr(), length }, user_data(index, generation, OP_SEND)));
                 slot.send_posted = true;
                 // Per send: a slow reader holds no more than OUTPUT_PENDING_MAX here
                 // (reading waits for it), and its session times out without input.
@@ -543,20 +527,14 @@ impl<C> Server<C> {
             && output_pending < OUTPUT_PENDING_MAX
             && slot.session.wants_input()
         {
-            entries[1] = Some(
-                opcode::Recv::new(fd, slot.incoming.as_mut_ptr(), RECV_BYTES as u32)
-                    .build()
-                    .user_data(user_data(index, generation, OP_RECV)),
-            );
+            let op = Op::Recv { fd, buffer: slot.incoming.as_mut_ptr(), length: RECV_BYTES as u32 };
+            ops[1] = Some((op, user_data(index, generation, OP_RECV)));
             slot.recv_posted = true;
         }
         if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
             let _ = slot.socket.shutdown(Shutdown::Both);
-            entries[2] = Some(
-                opcode::AsyncCancel::new(user_data(index, generation, OP_RECV))
-                    .build()
-                    .user_data(user_data(index, generation, OP_CANCEL)),
-            );
+            let op = Op::Cancel { target: user_data(index, generation, OP_RECV) };
+            ops[2] = Some((op, user_data(index, generation, OP_CANCEL)));
             slot.cancel_sent = true;
         }
         // A message waiting for its sync keeps the slot (and its reception record)
@@ -564,22 +542,26 @@ impl<C> Server<C> {
         if slot.state == State::Draining && !slot.in_flight() && slot.pending.is_none() {
             return self.release(index, handler);
         }
-        for entry in entries.into_iter().flatten() {
-            self.ring.push(entry);
+        for (op, user_data) in ops.into_iter().flatten() {
+            // SAFETY: `outgoing` and `incoming` belong to the slot, which is released
+            // only once neither operation is posted (`in_flight`); `outgoing` is
+            // swapped or cleared only with no send posted.
+            unsafe { self.ring.push(op, user_data) };
         }
         self.arm(index);
     }
 
     fn release<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::take) else { return };
-        self.free.push(index);
+        let Some(slot) = self.slots.remove(index) else { return };
+        debug_assert!(!slot.in_flight(), "a slot released with operations posted");
+        self.ring.closing(slot.socket.as_raw_fd());
         if let Some(context) = slot.context {
             handler.closed(context);
         }
     }
 
     fn arm(&mut self, index: u32) {
-        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
         let Some(deadline) = slot.deadline() else { return };
         self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
     }
@@ -587,8 +569,8 @@ impl<C> Server<C> {
     fn fire_timers<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) {
         let now = Instant::now();
         for (at, index, generation) in self.timers.due(now) {
-            let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else { continue };
-            if slot.generation != generation || slot.armed != Some(at) {
+            let Some(slot) = self.slots.get_current(index, generation) else { continue };
+            if slot.armed != Some(at) {
                 continue;
             }
             slot.armed = None;
@@ -618,10 +600,9 @@ impl<C> Server<C> {
                 let _ = slot.socket.shutdown(Shutdown::Both);
             }
             for op in cancels {
-                let entry = opcode::AsyncCancel::new(user_data(index, generation, op))
-                    .build()
-                    .user_data(user_data(index, generation, OP_CANCEL));
-                self.ring.push(entry);
+                let cancel = Op::Cancel { target: user_data(index, generation, op) };
+                // SAFETY: a cancel points at nothing.
+                unsafe { self.ring.push(cancel, user_data(index, generation, OP_CANCEL)) };
             }
             self.pump(index, handler);
         }
@@ -652,7 +633,7 @@ fn received<C>(slot: &mut Slot<C>, length: usize, now: Instant) {
     };
     let was_handshaking = connection.is_handshaking();
     slot.plain.clear();
-    let peer_closed = match super::ring::decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
+    let peer_closed = match super::tls::decrypt(connection, &slot.incoming[..length], &mut slot.plain) {
         Ok(peer_closed) => peer_closed,
         Err(error) => {
             tracing::debug!(%error, "SMTP listener: TLS error from the client");
@@ -688,60 +669,41 @@ fn collect_output<C>(slot: &mut Slot<C>) -> io::Result<()> {
     if !connection.is_handshaking() && slot.state == State::Open {
         slot.session.poll_transmit(&mut slot.plain);
     }
-    super::ring::encrypt(connection, &slot.plain, &mut slot.staged)
+    super::tls::encrypt(connection, &slot.plain, &mut slot.staged)
 }
 
 impl<C> Drop for Server<C> {
     fn drop(&mut self) {
         // The kernel may still write into posted buffers: cancel, then wait for every
         // completion before they are freed. Leak them if the kernel never answers.
-        let mut waiting: usize = 0;
-        let mut cancels = Vec::new();
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(slot) = slot.as_mut() else { continue };
+        let mut targets = Vec::new();
+        for (index, slot) in self.slots.iter_mut() {
             let _ = slot.socket.shutdown(Shutdown::Both);
             for (posted, op) in [(slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)] {
                 if posted {
-                    waiting += 1;
-                    cancels.push(user_data(index as u32, slot.generation, op));
+                    targets.push(user_data(index, slot.generation, op));
                 }
             }
         }
         for (index, listening) in self.listeners.iter().enumerate() {
             if listening.posted {
-                waiting += 1;
-                cancels.push(user_data(index as u32, 0, OP_ACCEPT));
+                targets.push(user_data(index as u32, 0, OP_ACCEPT));
             }
         }
         if self.wake_posted {
-            waiting += 1;
-            cancels.push(user_data(0, 0, OP_WAKE));
+            targets.push(user_data(0, 0, OP_WAKE));
         }
-        for target in cancels {
-            self.ring.push(opcode::AsyncCancel::new(target).build().user_data(target & !0xff | OP_CANCEL));
-        }
-        let give_up = Instant::now() + CLOSE_TIMEOUT;
-        while waiting > 0 && Instant::now() < give_up {
-            let timespec = types::Timespec::new().nsec(100_000_000);
-            let args = types::SubmitArgs::new().timespec(&timespec);
-            self.ring.drain_backlog();
-            let _ = self.ring.ring.submitter().submit_with_args(1, &args);
-            let mut done = 0;
-            for cqe in self.ring.ring.completion() {
-                let op = cqe.user_data() & 0xff;
-                if op == OP_ACCEPT && cqe.result() >= 0 {
-                    // SAFETY: a new descriptor from a successful accept, owned by nothing else.
-                    drop(unsafe { TcpStream::from_raw_fd(cqe.result()) });
-                }
-                if op != OP_CANCEL {
-                    done += 1;
-                }
+        let completed = |user_data: u64, result: i32| {
+            if user_data & 0xff == OP_ACCEPT && result >= 0 {
+                // SAFETY: a new descriptor from a successful accept, owned by nothing else.
+                drop(unsafe { TcpStream::from_raw_fd(result) });
             }
-            waiting = waiting.saturating_sub(done);
-        }
-        if waiting > 0 {
-            tracing::error!(waiting, "io_uring operations outlived the listener loop; leaking their buffers");
-            std::mem::forget(std::mem::take(&mut self.slots));
+        };
+        let cancel = |target: u64| target & !0xff | OP_CANCEL;
+        let is_cancel = |user_data: u64| user_data & 0xff == OP_CANCEL;
+        if !self.ring.cancel_and_drain(&targets, cancel, is_cancel, completed, CLOSE_TIMEOUT) {
+            tracing::error!("socket operations outlived the listener loop; leaking their buffers");
+            self.slots.leak();
             std::mem::forget(std::mem::replace(&mut self.wake_buffer, Box::new([0; WAKE_BYTES])));
         }
     }

@@ -396,3 +396,54 @@ impl<S: Stream> Stream for Connection<S> {
         }
     }
 }
+
+// The in-memory rustls glue of both socket loops (`ring.rs`, `serve.rs`): records in,
+// plaintext out, and the reverse.
+
+/// Runs TLS records through rustls; the plaintext they held goes to `plain`.
+/// `Ok(true)`: the server said close_notify.
+pub(crate) fn decrypt<D>(
+    connection: &mut rustls::ConnectionCommon<D>,
+    mut input: &[u8],
+    plain: &mut Vec<u8>,
+) -> io::Result<bool> {
+    while !input.is_empty() {
+        if connection.read_tls(&mut input)? == 0 {
+            return Err(io::Error::other("TLS layer took no input"));
+        }
+        let state = connection.process_new_packets().map_err(io::Error::other)?;
+        let available = state.plaintext_bytes_to_read();
+        if available > 0 {
+            let start = plain.len();
+            plain.resize(start + available, 0);
+            connection.reader().read_exact(&mut plain[start..])?;
+        }
+        if state.peer_has_closed() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Encrypts `plain` into `out`, with whatever else rustls has to send (handshake
+/// messages, alerts, close_notify). rustls buffers a bounded amount of plaintext:
+/// it is fed and drained in turns.
+pub(crate) fn encrypt<D>(
+    connection: &mut rustls::ConnectionCommon<D>,
+    mut plain: &[u8],
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    loop {
+        while connection.wants_write() {
+            connection.write_tls(out)?;
+        }
+        if plain.is_empty() {
+            return Ok(());
+        }
+        let taken = connection.writer().write(plain)?;
+        if taken == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "TLS layer took no plaintext"));
+        }
+        plain = &plain[taken..];
+    }
+}

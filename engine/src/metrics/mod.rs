@@ -27,8 +27,19 @@ pub struct Metrics {
     pub smtp_data_reply_micros: AtomicU64,
     /// `notAfter` of the SMTP listener's certificate (seconds since the epoch); 0: none.
     pub tls_certificate_expiry: AtomicU64,
+    /// Which threads run, and the socket backend (`/healthz` reads it too).
+    pub parts: crate::health::Parts,
     /// Finished attempts per destination site: delivered, transient, bounced.
     sites: std::sync::Mutex<std::collections::HashMap<String, [u64; 3]>>,
+}
+
+/// This process's resident memory (`/proc/self/statm`), 0 if unreadable.
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1).and_then(|field| field.parse::<u64>().ok()))
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// Sites counted one by one at most; the rest are summed under `other`.
@@ -111,7 +122,7 @@ impl Metrics {
                 "Age of the oldest message in the queue (0 when empty)",
                 oldest.unwrap_or(0.0),
             ),
-            ("ringmail_resident_memory_bytes", "Resident memory of the daemon", crate::ingest::resident_bytes() as f64),
+            ("ringmail_resident_memory_bytes", "Resident memory of the daemon", resident_bytes() as f64),
             (
                 "ringmail_store_healthy",
                 "1 when the queue store accepts writes",
@@ -154,11 +165,17 @@ impl Metrics {
             }
         }
         drop(sites);
+        self.parts.render(&mut out);
         let store_metrics = store.metrics();
         let _ = writeln!(
             out,
             "# HELP ringmail_store_syncs_total WAL syncs\n# TYPE ringmail_store_syncs_total counter\nringmail_store_syncs_total {}",
             store_metrics.syncs
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_store_write_stalls_total Queue writes refused because RocksDB stalled writes\n# TYPE ringmail_store_write_stalls_total counter\nringmail_store_write_stalls_total {}",
+            store_metrics.write_stalls
         );
         let _ = writeln!(
             out,

@@ -79,6 +79,17 @@ pub struct LanePolicy {
 }
 
 impl LanePolicy {
+    /// The lane defaults of `[delivery]`, before `[[site]]` rules.
+    pub fn defaults(config: &crate::config::Config) -> Result<LanePolicy, String> {
+        Ok(LanePolicy {
+            connections_max: config.delivery.connections_per_lane_max,
+            messages_per_connection_max: config.delivery.messages_per_connection_max,
+            tls: config.tls_policy()?,
+            message_rate: None,
+            connection_rate: None,
+        })
+    }
+
     /// `defaults` with the first rule matching `site` laid over them.
     pub fn for_site(site: &str, rules: &[SiteRule], defaults: &LanePolicy) -> LanePolicy {
         let mut policy = defaults.clone();

@@ -20,12 +20,32 @@ use crate::shard::{Attempt, LaneKey, Result as AttemptResult, Work};
 
 /// Claims per round at most.
 const CLAIM_BATCH: usize = 2000;
+const _: () = assert!(CLAIM_BATCH <= queue_store::CLAIM_LIMIT_MAX, "the store would cut a claim short");
+/// With `delivery.hold`, the scheduler looks again this often.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+/// With the in-flight limit reached, the scheduler looks again this often.
+const IN_FLIGHT_FULL_POLL: Duration = Duration::from_millis(5);
+/// With nothing due, the scheduler claims again after this.
+const NOTHING_DUE_POLL: Duration = Duration::from_millis(20);
+/// Domain lookups under way at shutdown get this long to hand out what they claimed.
+const SHUTDOWN_LOOKUPS_GRACE: Duration = Duration::from_secs(15);
+/// A state change the store cannot take now (its channel full, a write stall) is
+/// tried again this often, this many times (about 10 s), before the recipients are
+/// left in flight for the next start.
+const COMPLETE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+const COMPLETE_TRIES_MAX: u32 = 100;
 
 /// What the scheduler needs.
 pub struct Scheduler {
     pub store: Arc<Store>,
     pub resolver: MxResolver,
     pub shards: Vec<Sender<Work>>,
+    /// Per shard: its loop has died. Its lanes go to the next live shard instead.
+    pub shards_down: Arc<[AtomicBool]>,
+    /// Per shard: ends its loop's wait when work is handed to it.
+    pub shard_wakers: Vec<crate::io::ring::RingWaker>,
+    /// Told by ingest after every synced enqueue: the scheduler claims at once.
+    pub arrivals: Arc<tokio::sync::Notify>,
     /// Results of attempts that never reached a shard (DNS failures, full shards).
     pub results: Sender<Attempt>,
     /// The running configuration: egress sources, `[[site]]` pools, the default EHLO
@@ -64,11 +84,11 @@ impl Scheduler {
                 let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
                 let room = this.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
                 if this.hold {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(HOLD_POLL).await;
                     continue;
                 }
                 if room == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(IN_FLIGHT_FULL_POLL).await;
                     continue;
                 }
                 let claimed = match this.store.submit_claim(0, crate::log::now_ms(), room) {
@@ -79,7 +99,9 @@ impl Scheduler {
                     }
                 };
                 if claimed.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // New mail wakes the scheduler at once; deferred mail falling due
+                    // is found by the poll.
+                    let _ = tokio::time::timeout(NOTHING_DUE_POLL, this.arrivals.notified()).await;
                     continue;
                 }
                 Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
@@ -94,7 +116,7 @@ impl Scheduler {
             }
             // Lookups under way finish (bounded by the DNS timeout), so that what they
             // claimed is handed out or handed back.
-            let _ = tokio::time::timeout(Duration::from_secs(15), async { while tasks.join_next().await.is_some() {} })
+            let _ = tokio::time::timeout(SHUTDOWN_LOOKUPS_GRACE, async { while tasks.join_next().await.is_some() {} })
                 .await;
         });
         Ok(())
@@ -176,14 +198,33 @@ impl Scheduler {
             ehlo_name,
             lane,
         };
-        let shard = work.lane.shard(self.shards.len());
-        match self.shards[shard].try_send(work) {
-            Ok(()) => {}
-            Err(TrySendError::Full(work) | TrySendError::Disconnected(work)) => {
-                for attempt in Attempt::all(&work, &AttemptResult::Released, None) {
-                    let _ = self.results.send(attempt);
+        let owner = work.lane.shard(self.shards.len());
+        let mut work = work;
+        // The lane's own shard, or while it is down the next live one (a dead shard
+        // holds no lane state, so the lane may start over anywhere).
+        for offset in 0..self.shards.len() {
+            let shard = (owner + offset) % self.shards.len();
+            if self.shards_down[shard].load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.shards[shard].try_send(work) {
+                Ok(()) => {
+                    self.shard_wakers[shard].wake();
+                    return;
+                }
+                Err(TrySendError::Full(full)) => {
+                    work = full;
+                    break; // the lane's shard is busy: the recipients wait in the queue
+                }
+                Err(TrySendError::Disconnected(orphan)) => {
+                    // The shard's thread is gone without saying so (a panic).
+                    self.shards_down[shard].store(true, Ordering::Relaxed);
+                    work = orphan;
                 }
             }
+        }
+        for attempt in Attempt::all(&work, &AttemptResult::Released, None) {
+            let _ = self.results.send(attempt);
         }
     }
 }
@@ -367,8 +408,9 @@ impl std::fmt::Debug for Completer {
 const COMPLETER_TICK: Duration = Duration::from_millis(5);
 /// Delivery results recorded in one store request at most.
 const COMPLETER_BATCH_MAX: usize = 4096;
-/// Reception records written per tick at most (the channel holds 65,536).
-const RECEPTIONS_PER_TICK_MAX: usize = 65_536;
+/// Reception records written per tick at most: a whole channel's worth, so one tick
+/// can empty it (`daemon`'s `RESULTS_CHANNEL` is checked against it).
+pub(crate) const RECEPTIONS_PER_TICK_MAX: usize = 65_536;
 
 impl Completer {
     /// Runs until every sender of results is gone.
@@ -436,10 +478,12 @@ impl Completer {
             tries += 1;
             match self.store.complete(changes.clone()) {
                 Ok(applied) => break applied,
-                Err(error @ (StoreError::ChannelFull | StoreError::Unhealthy(Health::WriteStall))) if tries < 100 => {
+                Err(error @ (StoreError::ChannelFull | StoreError::Unhealthy(Health::WriteStall)))
+                    if tries < COMPLETE_TRIES_MAX =>
+                {
                     // The writer is busy: wait for it (bounded, about 10 s).
                     tracing::warn!(%error, "recording delivery results; retrying");
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(COMPLETE_RETRY_PAUSE);
                 }
                 Err(error) => {
                     // The store cannot take it (disk full, needs a reopen, closed): the

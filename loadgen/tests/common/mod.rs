@@ -51,3 +51,32 @@ pub fn settle(fleet: &loadgen::sink::Fleet, engine: &ringmail::daemon::Engine, c
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// With this variable set to 1, [`start_engine`] starts the engine as inside a
+/// container whose seccomp profile blocks io_uring: every engine thread then runs on
+/// the epoll backend. CI runs the daemon-level tests once each way.
+pub const BLOCK_IO_URING: &str = "RINGMAIL_TEST_BLOCK_IO_URING";
+
+/// Whether this run blocks io_uring for the engines it starts.
+pub fn io_uring_blocked() -> bool {
+    std::env::var(BLOCK_IO_URING).is_ok_and(|value| value == "1")
+}
+
+/// Starts an engine; under [`BLOCK_IO_URING`] on a thread whose seccomp filter makes
+/// `io_uring_setup` fail (the engine's threads inherit it; the test's own thread and
+/// the sinks keep io_uring), and checks that it chose epoll.
+pub fn start_engine(config: Config) -> ringmail::daemon::Engine {
+    if !io_uring_blocked() {
+        let engine = ringmail::daemon::Engine::start(config).unwrap();
+        assert_eq!(engine.metrics.parts.backend(), "io_uring", "io_uring works on this machine");
+        return engine;
+    }
+    let engine = std::thread::spawn(move || {
+        ringmail::io::uring::forbid_on_this_thread().unwrap();
+        ringmail::daemon::Engine::start(config).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(engine.metrics.parts.backend(), "epoll", "io_uring blocked: the engine chose epoll");
+    engine
+}

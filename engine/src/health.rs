@@ -1,0 +1,148 @@
+//! Which of the engine's working threads are running: the delivery shards, the SMTP
+//! listeners, the scheduler and the completer. A thread that ends while the engine is
+//! not stopping (an error, a panic) is marked down with its reason; `/healthz` then
+//! answers 503 naming it, and `/metrics` has `ringmail_part_up` per part. Also which
+//! socket backend the loops run on (`io_uring` or `epoll`).
+//!
+//! A leaf: no other module of the engine is imported here.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// The engine's parts and its socket backend; shared by every thread.
+#[derive(Debug, Default)]
+pub struct Parts {
+    backend: OnceLock<&'static str>,
+    parts: Mutex<Vec<Arc<Part>>>,
+}
+
+#[derive(Debug)]
+struct Part {
+    kind: &'static str,
+    index: usize,
+    up: AtomicBool,
+    reason: Mutex<String>,
+}
+
+/// A running part, held by its thread. Dropped without [`Running::stopped`] or
+/// [`Running::failed`] (a panic unwinding the thread), it marks the part down.
+#[derive(Debug)]
+pub struct Running {
+    part: Arc<Part>,
+    settled: bool,
+}
+
+impl Running {
+    /// The thread ends because the engine stops: the part is not counted as down.
+    pub fn stopped(mut self) {
+        self.settled = true;
+    }
+
+    /// The thread ends on an error: the part is down for `reason`.
+    pub fn failed(mut self, reason: &str) {
+        self.settled = true;
+        self.part.mark_down(reason);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.part.mark_down("the thread ended unexpectedly (panic)");
+        }
+    }
+}
+
+impl Part {
+    fn mark_down(&self, reason: &str) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = reason.to_string();
+        self.up.store(false, Ordering::Relaxed);
+        tracing::error!(part = self.kind, index = self.index, reason, "engine part down");
+    }
+
+    fn name(&self) -> String {
+        format!("{}-{}", self.kind, self.index)
+    }
+}
+
+impl Parts {
+    /// Records the socket backend the loops run on (the first call wins).
+    pub fn set_backend(&self, name: &'static str) {
+        let _ = self.backend.set(name);
+    }
+
+    /// `io_uring`, `epoll`, or `none` before the engine chose.
+    pub fn backend(&self) -> &'static str {
+        self.backend.get().copied().unwrap_or("none")
+    }
+
+    /// A part that starts running now (`kind`: shard, smtp, scheduler, completer).
+    pub fn register(&self, kind: &'static str, index: usize) -> Running {
+        let part = Arc::new(Part { kind, index, up: AtomicBool::new(true), reason: Mutex::new(String::new()) });
+        self.parts.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&part));
+        Running { part, settled: false }
+    }
+
+    /// The parts that are down, as `kind-index: reason`.
+    pub fn down(&self) -> Vec<String> {
+        let parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        parts
+            .iter()
+            .filter(|part| !part.up.load(Ordering::Relaxed))
+            .map(|part| format!("{}: {}", part.name(), part.reason.lock().unwrap_or_else(PoisonError::into_inner)))
+            .collect()
+    }
+
+    /// Whether every part of `kind` is down (none registered counts as down).
+    pub fn all_down(&self, kind: &str) -> bool {
+        let parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        !parts.iter().any(|part| part.kind == kind && part.up.load(Ordering::Relaxed))
+    }
+
+    /// `ringmail_part_up{part,index}` and `ringmail_io_backend{backend}`, in
+    /// Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_part_up Whether an engine thread (shard, SMTP listener, scheduler, completer) runs"
+        );
+        let _ = writeln!(out, "# TYPE ringmail_part_up gauge");
+        for part in self.parts.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let up = u8::from(part.up.load(Ordering::Relaxed));
+            let _ = writeln!(out, "ringmail_part_up{{part=\"{}\",index=\"{}\"}} {up}", part.kind, part.index);
+        }
+        let _ = writeln!(out, "# HELP ringmail_io_backend The socket backend the shards and listeners run on");
+        let _ = writeln!(out, "# TYPE ringmail_io_backend gauge");
+        let _ = writeln!(out, "ringmail_io_backend{{backend=\"{}\"}} 1", self.backend());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Parts;
+
+    #[test]
+    fn a_part_that_fails_or_panics_is_down_and_one_that_stops_is_not() {
+        let parts = Parts::default();
+        parts.set_backend("epoll");
+        parts.register("shard", 0).stopped();
+        parts.register("shard", 1).failed("the loop failed");
+        let panicked = parts.register("smtp", 0);
+        assert!(std::thread::spawn(move || {
+            let _held = panicked;
+            panic!("injected");
+        })
+        .join()
+        .is_err());
+        let down = parts.down();
+        assert_eq!(down, ["shard-1: the loop failed", "smtp-0: the thread ended unexpectedly (panic)"]);
+        assert!(parts.all_down("smtp"));
+        assert!(!parts.all_down("shard"));
+        let mut text = String::new();
+        parts.render(&mut text);
+        assert!(text.contains("ringmail_part_up{part=\"shard\",index=\"0\"} 1"), "{text}");
+        assert!(text.contains("ringmail_part_up{part=\"shard\",index=\"1\"} 0"), "{text}");
+        assert!(text.contains("ringmail_io_backend{backend=\"epoll\"} 1"), "{text}");
+    }
+}
