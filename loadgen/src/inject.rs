@@ -43,7 +43,11 @@ pub struct Plan {
 pub struct Injected {
     pub message_id: String,
     pub recipient: String,
+    /// When the MTA answered.
     pub at: SystemTime,
+    /// When it was offered to the MTA (the HTTP request sent), where known: the
+    /// latency from there includes the MTA's sync before its answer.
+    pub offered_at: Option<SystemTime>,
     /// The MTA took responsibility for it (2xx after DATA).
     pub accepted: bool,
     /// What the MTA said (SMTP reply or HTTP status), or why it was never asked.
@@ -117,6 +121,9 @@ pub struct Progress {
     pub accepted: AtomicU64,
     /// Recipients the MTA refused (or that failed with their connection).
     pub rejected: AtomicU64,
+    /// Requests the MTA answered "busy, try again" (HTTP 503 or 429) and that were
+    /// sent again after a pause, as a real client does.
+    pub backpressure_retries: AtomicU64,
 }
 
 /// Injects the plan into the MTA at `target` over SMTP (pipelined; STARTTLS and AUTH
@@ -156,7 +163,7 @@ pub fn smtp_with_progress(target: SocketAddr, plan: &Plan, progress: &Progress) 
         let answer = "never sent: no connection took it".to_string();
         let message_id = injector.ids.get(&recipient).cloned().unwrap_or_default();
         progress.rejected.fetch_add(1, Ordering::Relaxed);
-        injector.injected.push(Injected { message_id, recipient, at, accepted: false, answer });
+        injector.injected.push(Injected { message_id, recipient, at, offered_at: None, accepted: false, answer });
     }
     injector.injected
 }
@@ -266,7 +273,8 @@ impl RingHandler for Injector<'_> {
                 let answer = "refused by the client session".to_string();
                 let message_id = self.ids.get(recipient).cloned().unwrap_or_default();
                 self.progress.rejected.fetch_add(1, Ordering::Relaxed);
-                self.injected.push(Injected { message_id, recipient: recipient.clone(), at, accepted: false, answer });
+                let recipient = recipient.clone();
+                self.injected.push(Injected { message_id, recipient, at, offered_at: None, accepted: false, answer });
             }
             session.quit(Instant::now());
         }
@@ -286,7 +294,7 @@ impl RingHandler for Injector<'_> {
                     reply.map(|r| r.summary()).unwrap_or(reason)
                 }
             };
-            self.injected.push(Injected { message_id, recipient, at, accepted, answer });
+            self.injected.push(Injected { message_id, recipient, at, offered_at: None, accepted, answer });
         }
     }
 

@@ -19,14 +19,25 @@ use ringmail::smtp::Transaction;
 
 use crate::inject::{build, message_id, Injected, Plan, Progress};
 
-/// Messages per request.
+/// Messages per request at most.
 pub const BATCH: usize = 100;
+/// With a rate, requests a second the injection aims at (each a smaller batch).
+const STEADY_REQUESTS_PER_SECOND: f64 = 100.0;
+/// A request answered "busy" (503, 429: the store stalled, memory over its limit) is
+/// sent again for this long at most, as a real client retries backpressure.
+const BACKPRESSURE_RETRY_FOR: Duration = Duration::from_secs(60);
+/// The first pause after a "busy" answer without Retry-After; doubled each time.
+const BACKPRESSURE_PAUSE_FIRST: Duration = Duration::from_millis(50);
+/// Pauses are never longer than this.
+const BACKPRESSURE_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Injects the plan into ringmail's HTTP API at `target`.
 pub fn http(target: SocketAddr, plan: &Plan, progress: &Progress) -> Vec<Injected> {
     let transactions = build(plan);
+    // With a rate, a request about every 10 ms (a steady stream, not bursts of 100).
+    let batch = plan.rate.map_or(BATCH, |rate| ((rate / STEADY_REQUESTS_PER_SECOND) as usize).clamp(1, BATCH));
     let batches: VecDeque<Vec<Transaction>> =
-        transactions.chunks(BATCH).map(<[Transaction]>::to_vec).collect::<Vec<_>>().into();
+        transactions.chunks(batch).map(<[Transaction]>::to_vec).collect::<Vec<_>>().into();
     let queue = Mutex::new(batches);
     let results = Mutex::new(Vec::with_capacity(transactions.len() * plan.recipients_per_message.max(1)));
     let started = Instant::now();
@@ -71,7 +82,25 @@ pub fn request(batch: &[Transaction]) -> serde_json::Value {
 }
 
 fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progress) -> Vec<Injected> {
-    let (accepted, failed, answer) = match agent.post(url).send_json(request(batch)) {
+    let offered_at = SystemTime::now();
+    let body = request(batch);
+    let give_up = Instant::now() + BACKPRESSURE_RETRY_FOR;
+    let mut pause = BACKPRESSURE_PAUSE_FIRST;
+    let (accepted, failed, answer) = match loop {
+        let sent = agent.post(url).send_json(&body);
+        let busy = sent.as_ref().is_ok_and(|response| matches!(response.status().as_u16(), 429 | 503));
+        if !busy || Instant::now() + pause > give_up {
+            break sent;
+        }
+        let asked = sent
+            .as_ref()
+            .ok()
+            .and_then(|response| response.headers().get("retry-after")?.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        progress.backpressure_retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(asked.unwrap_or(pause).min(BACKPRESSURE_PAUSE_MAX));
+        pause = (pause * 2).min(BACKPRESSURE_PAUSE_MAX);
+    } {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let text = response.body_mut().read_to_string().unwrap_or_default();
@@ -93,7 +122,7 @@ fn post(agent: &ureq::Agent, url: &str, batch: &[Transaction], progress: &Progre
             let counter = if accepted { &progress.accepted } else { &progress.rejected };
             counter.fetch_add(1, Ordering::Relaxed);
             let (message_id, recipient, answer) = (id.clone(), recipient.clone(), answer.clone());
-            injected.push(Injected { message_id, recipient, at, accepted, answer });
+            injected.push(Injected { message_id, recipient, at, offered_at: Some(offered_at), accepted, answer });
         }
     }
     injected

@@ -77,7 +77,8 @@ mod tests {
 
     fn injected(recipient: &str, accepted: bool) -> Injected {
         let answer = "250 ok".to_string();
-        Injected { message_id: "<m@t>".into(), recipient: recipient.into(), at: SystemTime::now(), accepted, answer }
+        let at = SystemTime::now();
+        Injected { message_id: "<m@t>".into(), recipient: recipient.into(), at, offered_at: None, accepted, answer }
     }
 
     fn delivery(recipient: &str) -> Accepted {

@@ -46,9 +46,13 @@ pub struct RunResult {
     pub elapsed: Duration,
     /// Recipients accounted for (delivered or bounced) per second of the run.
     pub rate: f64,
-    /// Latency from the MTA's acceptance to the sink's, milliseconds.
+    /// Latency to the sink's acceptance, milliseconds: from the inject request (HTTP:
+    /// the MTA's sync before its answer included) or from the MTA's answer (SMTP).
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Latency samples: one per recipient that reached a sink.
+    pub latency_samples: usize,
     pub sink: SinkCounts,
     /// Whether every accepted recipient was accounted for before the deadline.
     pub settled: bool,
@@ -167,7 +171,8 @@ pub fn run_against(
     bar.finish_and_clear();
     let state = fleet.state();
     let verdict = crate::oracle::check_scenario(&injected, &state, scenario);
-    let accepted_at: HashMap<&str, SystemTime> = injected.iter().map(|i| (i.recipient.as_str(), i.at)).collect();
+    let accepted_at: HashMap<&str, SystemTime> =
+        injected.iter().map(|i| (i.recipient.as_str(), i.offered_at.unwrap_or(i.at))).collect();
     let mut latencies: Vec<f64> = state
         .accepted
         .iter()
@@ -186,6 +191,8 @@ pub fn run_against(
         rate: per_second(accounted, elapsed),
         p50_ms: percentile(&latencies, 0.50),
         p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().copied().unwrap_or(0.0),
+        latency_samples: latencies.len(),
         sink: state.counts.clone(),
         elapsed,
         settled,
