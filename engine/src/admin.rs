@@ -57,9 +57,9 @@ pub struct Admin {
     pub shutdown: Arc<AtomicBool>,
     /// What the delivery shards publish about their lanes.
     pub lanes: Arc<crate::shard::LaneBoard>,
-    pub rebinds: crate::schedule::Rebinds,
-    pub site_holds: crate::schedule::SiteHolds,
-    pub site_map: crate::schedule::SiteMap,
+    pub rebinds: crate::operator::Rebinds,
+    pub site_holds: crate::operator::SiteHolds,
+    pub site_map: crate::operator::SiteMap,
     /// The egress pools in the configuration.
     pub pools: std::collections::BTreeSet<String>,
 }
@@ -129,9 +129,9 @@ impl IntoResponse for Refusal {
 
 impl From<queue_store::StoreError> for Refusal {
     fn from(problem: queue_store::StoreError) -> Refusal {
-        let status =
-            if problem.is_temporary() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::INTERNAL_SERVER_ERROR };
-        Refusal::new(status, problem.to_string())
+        // The same mapping as the inject API's (`ingest::refusal`).
+        let refusal = crate::ingest::refusal::Refusal::from(&problem);
+        Refusal::new(refusal.http_status(), refusal.to_string())
     }
 }
 

@@ -52,19 +52,64 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
 }
 
-fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(name.into()).spawn(work)
+/// Why the engine did not start. Nothing it started is left running (threads that
+/// had started are told to stop).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The queue could not be opened (a newer format, storage errors, a bad path).
+    #[error("store {path}: {source}")]
+    Store { path: std::path::PathBuf, source: queue_store::StoreError },
+    /// A setting the configuration check let through but the part refused (its
+    /// message names the key).
+    #[error("{0}")]
+    Config(String),
+    /// A thread, socket or runtime could not be set up.
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// A shard or SMTP listener loop could not start on the chosen socket backend.
+    #[error("{0}")]
+    Part(String),
+}
+
+impl StartError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+        let what = what.into();
+        move |source| StartError::Io { what, source }
+    }
+}
+
+/// Sets the engine's stop flag when dropped armed: a start that fails half way does
+/// not leave shards, listeners or the completer running.
+struct StopOnFailure(Option<Arc<AtomicBool>>);
+
+impl StopOnFailure {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnFailure {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.0 {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new().name(name.into()).spawn(work).map_err(StartError::io(format!("thread {name}")))
 }
 
 impl Engine {
     /// Opens the store and starts every part.
-    pub fn start(config: Config) -> Result<Engine, String> {
+    pub fn start(config: Config) -> Result<Engine, StartError> {
         Engine::start_from(config, None)
     }
 
     /// [`Engine::start`] with the file the configuration came from, so that it can
     /// be reloaded ([`crate::live`]).
-    pub fn start_from(config: Config, path: Option<std::path::PathBuf>) -> Result<Engine, String> {
+    pub fn start_from(config: Config, path: Option<std::path::PathBuf>) -> Result<Engine, StartError> {
         let config = Arc::new(config);
         let live = Arc::new(crate::live::Live::new(Arc::clone(&config), path));
         let mut store_config = StoreConfig::new(&config.store.path);
@@ -72,8 +117,8 @@ impl Engine {
             store_config.durability = Durability::Os;
         }
         store_config.limits.queue_recipients_max = config.store.queue_recipients_max;
-        let (store, report) =
-            Store::open(store_config).map_err(|e| format!("store {}: {e}", config.store.path.display()))?;
+        let (store, report) = Store::open(store_config)
+            .map_err(|source| StartError::Store { path: config.store.path.clone(), source })?;
         tracing::info!(messages = report.messages, recipients = report.recipients, "queue opened");
         if report.quarantined_count > 0 {
             tracing::warn!(count = report.quarantined_count, "corrupt queue records quarantined at open");
@@ -81,14 +126,16 @@ impl Engine {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::default());
         let stop = Arc::new(AtomicBool::new(false));
+        // Any failure below stops what was started already.
+        let stop_on_failure = StopOnFailure(Some(Arc::clone(&stop)));
         let mut threads = Vec::new();
 
         let (results_tx, results_rx) = crossbeam_channel::bounded(RESULTS_CHANNEL);
         let (receptions_tx, receptions_rx) = crossbeam_channel::bounded(RESULTS_CHANNEL);
-        let log = DeliveryLog::open(config.log.path.as_deref()).map_err(|e| e.to_string())?;
+        let log = DeliveryLog::open(config.log.path.as_deref()).map_err(StartError::io("log.path"))?;
         let completer = Completer {
             store: Arc::clone(&store),
-            classifier: crate::policy::Classifier::new(&config.bounce_rules)?,
+            classifier: crate::policy::Classifier::new(&config.bounce_rules).map_err(StartError::Config)?,
             receptions: receptions_rx,
             results: results_rx,
             log,
@@ -98,13 +145,10 @@ impl Engine {
             metrics: Arc::clone(&metrics),
         };
         let completer_running = metrics.parts.register("completer", 0);
-        threads.push(
-            spawn("ringmail-completer", move || {
-                completer.run();
-                completer_running.stopped();
-            })
-            .map_err(|e| e.to_string())?,
-        );
+        threads.push(spawn("ringmail-completer", move || {
+            completer.run();
+            completer_running.stopped();
+        })?);
 
         let backend = crate::io::Backend::detect();
         metrics.parts.set_backend(backend.name());
@@ -112,13 +156,12 @@ impl Engine {
         let (inboxes, shards_down, shard_wakers) = start_shards(
             &config,
             backend,
-            shard_settings(&config, Arc::clone(&board), Arc::clone(&live), backend)?,
+            shard_settings(&config, Arc::clone(&board), Arc::clone(&live), backend).map_err(StartError::Config)?,
             &results_tx,
             &metrics,
             &stop,
             &mut threads,
-        )
-        .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+        )?;
 
         let shedding = Arc::new(Shedding::new(Arc::clone(&store), config.ingest.memory_max_mb << 20));
         let ingest = crate::ingest::smtp::Ingest {
@@ -129,17 +172,17 @@ impl Engine {
             stop: Arc::clone(&stop),
         };
         let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
-        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)
-            .inspect_err(|_| stop.store(true, Ordering::Relaxed))?;
+        let listeners =
+            crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest).map_err(StartError::Part)?;
         if !listeners.is_empty() {
             threads.extend(listeners);
         }
         let shutdown_requested = Arc::new(AtomicBool::new(false));
-        let rebinds = crate::schedule::Rebinds::default();
+        let rebinds = crate::operator::Rebinds::default();
         let scheduler_rebinds = rebinds.clone();
-        let site_holds = crate::schedule::SiteHolds::default();
+        let site_holds = crate::operator::SiteHolds::default();
         let scheduler_site_holds = site_holds.clone();
-        let site_map = crate::schedule::SiteMap::default();
+        let site_map = crate::operator::SiteMap::default();
         let scheduler_site_map = site_map.clone();
         let admin = crate::admin::Admin {
             store: Arc::clone(&store),
@@ -192,7 +235,8 @@ impl Engine {
                 Err(error) => running.failed(&format!("scheduler stopped: {error}")),
             }
         });
-        threads.push(thread.map_err(|e| e.to_string())?);
+        threads.push(thread?);
+        stop_on_failure.disarm();
         Ok(Engine { http, store, shutdown_requested, live, metrics, stop, http_stop: Some(http_stop), threads })
     }
 
@@ -228,7 +272,7 @@ fn start_shards(
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
     threads: &mut Vec<JoinHandle<()>>,
-) -> Result<ShardLinks, String> {
+) -> Result<ShardLinks, StartError> {
     let count = config.shard_count();
     let shards_down: Arc<[AtomicBool]> = (0..count).map(|_| AtomicBool::new(false)).collect();
     let (started_tx, started_rx) = crossbeam_channel::bounded(count);
@@ -253,21 +297,22 @@ fn start_shards(
                 }
             }
         });
-        threads.push(thread.map_err(|e| e.to_string())?);
+        threads.push(thread?);
     }
     let mut wakers: Vec<Option<crate::io::ring::RingWaker>> = vec![None; count];
     for _ in 0..count {
         match started_rx.recv_timeout(SHARD_START_TIMEOUT) {
             Ok((index, Ok(waker))) => wakers[index] = Some(waker),
             Ok((index, Err(error))) => {
-                return Err(format!("delivery shard {index}: its {} loop cannot start: {error}", backend.name()))
+                let message = format!("delivery shard {index}: its {} loop cannot start: {error}", backend.name());
+                return Err(StartError::Part(message));
             }
-            Err(_) => return Err("delivery shards did not start within 10 s".into()),
+            Err(_) => return Err(StartError::Part("delivery shards did not start within 10 s".into())),
         }
     }
     let wakers = wakers.into_iter().flatten().collect::<Vec<_>>();
     if wakers.len() != count {
-        return Err("a delivery shard reported its start twice".into());
+        return Err(StartError::Part("a delivery shard reported its start twice".into()));
     }
     tracing::info!(shards = count, backend = backend.name(), "delivery shards running");
     Ok((inboxes, shards_down, wakers))
@@ -332,11 +377,11 @@ fn start_http(
     admin: crate::admin::Admin,
     live: Arc<crate::live::Live>,
     receptions: crossbeam_channel::Sender<crate::log::Record>,
-) -> Result<HttpParts, String> {
+) -> Result<HttpParts, StartError> {
     let listen = config.http.listen;
-    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("http.listen {listen}: {e}"))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let listener = std::net::TcpListener::bind(listen).map_err(StartError::io(format!("http.listen {listen}")))?;
+    listener.set_nonblocking(true).map_err(StartError::io("http.listen"))?;
+    let address = listener.local_addr().map_err(StartError::io("http.listen"))?;
     let router = crate::ingest::http::router(
         Arc::clone(store),
         Arc::clone(metrics),
@@ -365,17 +410,17 @@ fn start_http(
                 tracing::error!(%error, "http server");
             }
         });
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     tracing::info!(%address, "HTTP control plane listening");
     Ok((address, stop_tx, thread))
 }
 
 /// `ringmail serve`: runs until SIGTERM or SIGINT, then stops gracefully.
-pub fn serve(config: Config, path: std::path::PathBuf) -> Result<(), String> {
+pub fn serve(config: Config, path: std::path::PathBuf) -> Result<(), StartError> {
     let engine = Engine::start_from(config, Some(path))?;
     println!("ringmail: serving; HTTP control plane on http://{}", engine.http);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(StartError::io("signal runtime"))?;
     runtime.block_on(async {
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };

@@ -24,6 +24,7 @@ pub mod io;
 pub mod live;
 pub mod log;
 pub mod metrics;
+pub mod operator;
 pub mod policy;
 pub mod schedule;
 pub mod shard;

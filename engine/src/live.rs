@@ -54,6 +54,7 @@ impl Live {
             return Err("this engine was not started from a file: nothing to reload".into());
         };
         let new = Config::load(path).map_err(|e| e.to_string())?;
+        crate::policy::check(&new).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut guard = self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = Arc::clone(&guard);
         let mut applied = (*old).clone();

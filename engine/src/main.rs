@@ -48,9 +48,9 @@ fn main() -> ExitCode {
         handle.reload(filter).map_err(|e| e.to_string())
     }));
     let result = match Cli::parse().command {
-        Command::Serve { config: path } => {
-            Config::load(&path).map_err(|e| e.to_string()).and_then(|config| ringmail::daemon::serve(config, path))
-        }
+        Command::Serve { config: path } => Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| ringmail::daemon::serve(config, path).map_err(|e| e.to_string())),
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).map_err(|e| e.to_string()).and_then(|_| {
@@ -59,9 +59,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Ctl(ctl) => ringmail::ctl::run(ctl),
-        Command::CheckConfig { config } => {
-            Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string())
-        }
+        Command::CheckConfig { config } => Config::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| ringmail::policy::check(&loaded).map_err(|e| format!("{}: {e}", config.display())))
+            .map(|()| println!("{}: ok", config.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = ringmail::config::Config::load(&path)
         .map_err(|e| e.to_string())
-        .and_then(|config| ringmail::daemon::serve(config, path));
+        .and_then(|config| ringmail::daemon::serve(config, path).map_err(|e| e.to_string()));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

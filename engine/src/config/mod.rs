@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod rules;
+
+pub use rules::{parse_tls, BounceRule, SiteRule};
+
 use crate::io::connect::Allowlist;
 use crate::smtp::TlsMode;
 
@@ -40,11 +44,11 @@ pub struct Config {
     // The example test checks these two apart: `policy`'s rule types are not `Serialize`.
     #[serde(default, rename = "site")]
     #[cfg_attr(test, serde(skip_serializing))]
-    pub sites: Vec<crate::policy::site::SiteRule>,
+    pub sites: Vec<SiteRule>,
     /// Bounce classification rules, tried before the built-in ones.
     #[serde(default, rename = "bounce_rule")]
     #[cfg_attr(test, serde(skip_serializing))]
-    pub bounce_rules: Vec<crate::policy::BounceRule>,
+    pub bounce_rules: Vec<BounceRule>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -540,7 +544,6 @@ impl Config {
         for rule in &self.sites {
             rule.check()?;
         }
-        crate::policy::Classifier::new(&self.bounce_rules)?;
         Allowlist::parse(self.smtp.relay_networks.iter().map(String::as_str))
             .map_err(|e| format!("smtp.relay_networks: {e}"))?;
         if self.smtp.tls_certificate.is_some() != self.smtp.tls_key.is_some() {
@@ -570,7 +573,7 @@ impl Config {
     }
 
     pub fn tls_policy(&self) -> Result<TlsMode, String> {
-        crate::policy::site::parse_tls(&self.delivery.tls).map_err(|e| format!("delivery.{e}"))
+        parse_tls(&self.delivery.tls).map_err(|e| format!("delivery.{e}"))
     }
 
     pub fn shard_count(&self) -> usize {

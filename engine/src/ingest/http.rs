@@ -199,20 +199,14 @@ async fn inject(
     }
 }
 
-/// Why the store refused, as the client should hear it.
+/// Why the store refused, as the client should hear it (`ingest::refusal`).
 fn refusal(store_error: &StoreError) -> Response {
-    match store_error {
-        StoreError::Invalid { .. } => error(StatusCode::BAD_REQUEST, store_error.to_string()),
-        StoreError::Storage(_) | StoreError::Corrupt { .. } => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, store_error.to_string())
-        }
-        // Sticky until the engine restarts: no Retry-After.
-        StoreError::Unhealthy(queue_store::Health::NeedsReopen) | StoreError::Closed => {
-            error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string())
-        }
-        error_ if error_.is_temporary() => busy(store_error.to_string()),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, store_error.to_string()),
+    let refusal = super::refusal::Refusal::from(store_error);
+    let mut response = error(refusal.http_status(), refusal.to_string());
+    if let Some(seconds) = refusal.retry_after_seconds() {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
     }
+    response
 }
 
 async fn metrics_text(State(api): State<Api>) -> Response {

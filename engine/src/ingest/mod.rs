@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod inject;
+pub mod refusal;
 pub mod smtp;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -350,7 +350,7 @@ const AUTH_CHECKS_MAX: usize = 8;
 static AUTH_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn busy() -> Verdict {
-    Verdict::Reject(reply(451, (4, 3, 0), "Mail system busy, try again later"))
+    Verdict::Reject(super::refusal::Refusal::Busy(String::new()).smtp_reply())
 }
 
 impl Handler {
@@ -450,12 +450,12 @@ impl Handler {
                     Verdict::AcceptWith(reply(250, (2, 0, 0), &format!("Ok: queued as {id}")))
                 }
                 Err(StoreError::Invalid { reason, .. }) => {
-                    Verdict::Reject(reply(554, (5, 6, 0), &format!("Message refused: {reason}")))
+                    Verdict::Reject(super::refusal::Refusal::Invalid(reason.to_string()).smtp_reply())
                 }
                 Err(error) => {
                     Metrics::count(&ingest.metrics.rejected_requests, 1);
                     tracing::warn!(%error, "SMTP ingest: message not queued");
-                    busy()
+                    Verdict::Reject(super::refusal::Refusal::from(&error).smtp_reply())
                 }
             }
         }))

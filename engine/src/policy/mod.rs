@@ -102,15 +102,13 @@ impl std::str::FromStr for Category {
     }
 }
 
-/// A `[[bounce_rule]]` of the configuration: tried before the built-in rules.
-#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct BounceRule {
-    /// Matched case-insensitively anywhere in the reply text (or the reason).
-    #[serde(rename = "match")]
-    pub pattern: String,
-    /// One of the category names (`InvalidRecipient`, `MailboxFull`, ...).
-    pub category: String,
+pub use crate::config::BounceRule;
+
+/// What the configuration says that only policy can judge (bounce rule categories),
+/// for `check-config` and a reload: a configuration that passes `Config::load` and
+/// this runs.
+pub fn check(config: &crate::config::Config) -> Result<(), String> {
+    Classifier::new(&config.bounce_rules).map(|_| ())
 }
 
 /// The configured rules, then the built-in ones.

@@ -3,70 +3,8 @@
 
 use std::time::Instant;
 
-use serde::Deserialize;
-
+pub use crate::config::{parse_tls, SiteRule};
 use crate::smtp::TlsMode;
-
-/// A `[[site]]` rule of the configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SiteRule {
-    /// A host name suffix, by whole labels: matches a site when one of its MX hosts
-    /// is this name or ends with "." and this name ("google.com" matches
-    /// "alt1.gmail-smtp-in.l.google.com"; a leading "*." is ignored).
-    #[serde(rename = "match")]
-    pub pattern: String,
-    pub connections_max: Option<usize>,
-    pub messages_per_connection_max: Option<usize>,
-    /// "opportunistic", "required" or "disabled".
-    pub tls: Option<String>,
-    /// Messages per second per lane (token bucket, bursts up to one second's worth).
-    pub message_rate: Option<f64>,
-    /// New connections per second per lane.
-    pub connection_rate: Option<f64>,
-    /// The egress pool for this site (`[[egress]] pool`); absent: "default".
-    pub pool: Option<String>,
-}
-
-impl SiteRule {
-    /// The pool of the first rule that matches `site` and names one.
-    pub fn pool_for<'a>(site: &str, rules: &'a [SiteRule]) -> Option<&'a str> {
-        rules.iter().find(|rule| rule.matches(site)).and_then(|rule| rule.pool.as_deref())
-    }
-
-    fn matches(&self, site: &str) -> bool {
-        let pattern = self.pattern.trim_start_matches("*.").to_ascii_lowercase();
-        site.split(',').any(|host| host == pattern || host.ends_with(&format!(".{pattern}")))
-    }
-
-    /// What is wrong with the rule, if anything.
-    pub fn check(&self) -> Result<(), String> {
-        if self.pattern.trim().is_empty() {
-            return Err("site.match: empty".into());
-        }
-        if let Some(tls) = &self.tls {
-            parse_tls(tls).map_err(|e| format!("site {:?}: {e}", self.pattern))?;
-        }
-        for (key, value) in [("message_rate", self.message_rate), ("connection_rate", self.connection_rate)] {
-            if value.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
-                return Err(format!("site {:?}: {key} must be a positive number", self.pattern));
-            }
-        }
-        if self.connections_max == Some(0) || self.messages_per_connection_max == Some(0) {
-            return Err(format!("site {:?}: limits must be at least 1", self.pattern));
-        }
-        Ok(())
-    }
-}
-
-pub fn parse_tls(text: &str) -> Result<TlsMode, String> {
-    match text {
-        "opportunistic" => Ok(TlsMode::Opportunistic),
-        "required" => Ok(TlsMode::Required),
-        "disabled" => Ok(TlsMode::Disabled),
-        other => Err(format!("tls: {other:?} is not opportunistic, required or disabled")),
-    }
-}
 
 /// What one lane works under.
 #[derive(Clone, Debug, PartialEq)]

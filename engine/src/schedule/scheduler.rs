@@ -1,0 +1,258 @@
+//! The scheduler: claims due recipients from the queue (at once when ingest says mail
+//! arrived, else on a short poll), resolves their domains' routes, groups them into
+//! transactions (one message, one lane), picks the egress source, and hands each to
+//! the shard that owns its lane (or, while that shard is down, the next live one).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use queue_store::{Claimed, MessageId, Store};
+
+use crate::config::EgressSource;
+use crate::dns::{MxResolver, Route};
+use crate::metrics::Metrics;
+use crate::operator::{Rebinds, SiteHolds, SiteMap};
+use crate::shard::{Attempt, LaneKey, Result as AttemptResult, Work};
+
+/// Claims per round at most.
+const CLAIM_BATCH: usize = 2000;
+const _: () = assert!(CLAIM_BATCH <= queue_store::CLAIM_LIMIT_MAX, "the store would cut a claim short");
+/// With `delivery.hold`, the scheduler looks again this often.
+const HOLD_POLL: Duration = Duration::from_millis(100);
+/// With the in-flight limit reached, the scheduler looks again this often.
+const IN_FLIGHT_FULL_POLL: Duration = Duration::from_millis(5);
+/// With nothing due, the scheduler claims again after this.
+const NOTHING_DUE_POLL: Duration = Duration::from_millis(20);
+/// Domain lookups under way at shutdown get this long to hand out what they claimed.
+const SHUTDOWN_LOOKUPS_GRACE: Duration = Duration::from_secs(15);
+/// What the scheduler needs.
+pub struct Scheduler {
+    pub store: Arc<Store>,
+    pub resolver: MxResolver,
+    pub shards: Vec<Sender<Work>>,
+    /// Per shard: its loop has died. Its lanes go to the next live shard instead.
+    pub shards_down: Arc<[AtomicBool]>,
+    /// Per shard: ends its loop's wait when work is handed to it.
+    pub shard_wakers: Vec<crate::io::ring::RingWaker>,
+    /// Told by ingest after every synced enqueue: the scheduler claims at once.
+    pub arrivals: Arc<tokio::sync::Notify>,
+    /// Results of attempts that never reached a shard (DNS failures, full shards).
+    pub results: Sender<Attempt>,
+    /// The running configuration: egress sources, `[[site]]` pools, the default EHLO
+    /// name and recipients per transaction are read from it (they reload).
+    pub live: Arc<crate::live::Live>,
+    pub in_flight_max: usize,
+    /// Queue everything, deliver nothing (`delivery.hold`).
+    pub hold: bool,
+    /// Domains moved to another egress pool by the operator (`ringmail ctl rebind`).
+    pub rebinds: Rebinds,
+    /// Sites the operator suspended (`ringmail ctl suspend --site`).
+    pub site_holds: SiteHolds,
+    /// Which site each domain routed to last (for `ringmail ctl queue summary --by site`).
+    pub site_map: SiteMap,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").field("shards", &self.shards.len()).finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    /// Runs until `stop` is set (on its own current-thread tokio runtime: the
+    /// resolver needs one). Each domain of a claim batch is resolved and handed out
+    /// on its own, so a slow or broken domain delays only its own recipients.
+    pub fn run(self) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let this = Arc::new(self);
+        runtime.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            while !this.stop.load(Ordering::Relaxed) {
+                while tasks.try_join_next().is_some() {}
+                let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
+                let room = this.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
+                if this.hold {
+                    tokio::time::sleep(HOLD_POLL).await;
+                    continue;
+                }
+                if room == 0 {
+                    tokio::time::sleep(IN_FLIGHT_FULL_POLL).await;
+                    continue;
+                }
+                let claimed = match this.store.submit_claim(0, crate::log::now_ms(), room) {
+                    Ok(pending) => pending.await.unwrap_or_default(),
+                    Err(error) => {
+                        tracing::warn!(%error, "claiming from the queue");
+                        Vec::new()
+                    }
+                };
+                if claimed.is_empty() {
+                    // New mail wakes the scheduler at once; deferred mail falling due
+                    // is found by the poll.
+                    let _ = tokio::time::timeout(NOTHING_DUE_POLL, this.arrivals.notified()).await;
+                    continue;
+                }
+                Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
+                let mut by_domain: HashMap<String, Vec<Claimed>> = HashMap::new();
+                for recipient in claimed {
+                    by_domain.entry(recipient.recipient.domain.clone()).or_default().push(recipient);
+                }
+                for (domain, recipients) in by_domain {
+                    let this = Arc::clone(&this);
+                    tasks.spawn(async move { this.route_and_hand(domain, recipients).await });
+                }
+            }
+            // Lookups under way finish (bounded by the DNS timeout), so that what they
+            // claimed is handed out or handed back.
+            let _ = tokio::time::timeout(SHUTDOWN_LOOKUPS_GRACE, async { while tasks.join_next().await.is_some() {} })
+                .await;
+        });
+        Ok(())
+    }
+
+    /// Resolves one domain and hands its recipients to the shards (one transaction
+    /// per message and lane), or fails them as the route lookup says.
+    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>) {
+        let started = Instant::now();
+        let route = self.resolver.route(&domain).await.map(Arc::new);
+        Metrics::count(&self.metrics.dns_lookups, 1);
+        Metrics::count(&self.metrics.dns_lookup_micros, started.elapsed().as_micros() as u64);
+        let route = match route {
+            Ok(route) => route,
+            Err(error) => {
+                for recipient in &recipients {
+                    let result = match error.is_permanent() {
+                        true => AttemptResult::Permanent(error.to_string()),
+                        false => AttemptResult::Transient(error.to_string()),
+                    };
+                    self.fail(recipient, result);
+                }
+                return;
+            }
+        };
+        self.site_map.record(&domain, &route.site);
+        if let Some(until_ms) = self.site_holds.held(&route.site) {
+            // The site is suspended: its domains are suspended in the queue as they
+            // are met, and these recipients go back to be held there.
+            let store = Arc::clone(&self.store);
+            let held = domain.clone();
+            let suspended = tokio::task::spawn_blocking(move || store.suspend(&held, until_ms)).await;
+            if matches!(suspended, Ok(Ok(_))) {
+                self.site_holds.add_domain(&route.site, &domain);
+            }
+            for recipient in &recipients {
+                self.fail(recipient, AttemptResult::Released);
+            }
+            return;
+        }
+        let mut by_message: HashMap<MessageId, Vec<Claimed>> = HashMap::new();
+        for recipient in recipients {
+            by_message.entry(recipient.key.message).or_default().push(recipient);
+        }
+        for (message, recipients) in by_message {
+            let Ok(Some(body)) = self.store.body(message) else {
+                for recipient in &recipients {
+                    self.fail(recipient, AttemptResult::Transient("the stored body could not be read".into()));
+                }
+                continue;
+            };
+            let body: Arc<[u8]> = body.into();
+            let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
+            for chunk in recipients.chunks(per_transaction) {
+                self.hand_over(chunk, &route, &body);
+            }
+        }
+    }
+
+    fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
+        let config = self.live.current();
+        let rebound = self.rebinds.pool_of(&recipients[0].recipient.domain);
+        let pool = match &rebound {
+            Some(pool) => pool.as_str(),
+            None => crate::policy::site::SiteRule::pool_for(&route.site, &config.sites).unwrap_or("default"),
+        };
+        let source = pick_source(&config.egress, pool);
+        let ehlo_name: Arc<str> =
+            Arc::from(source.and_then(|s| s.ehlo_name.as_deref()).unwrap_or(config.delivery.ehlo_name.as_str()));
+        let lane = LaneKey { site: route.site.clone(), source: source.map(|s| s.address) };
+        let work = Work {
+            keys: recipients.iter().map(|c| c.key).collect(),
+            recipients: recipients.iter().map(|c| c.recipient.address.clone()).collect(),
+            metadata: recipients.iter().map(|c| c.recipient.metadata.clone()).collect(),
+            attempts: recipients.iter().map(|c| c.recipient.attempts).collect(),
+            envelope: Arc::clone(&recipients[0].envelope),
+            body: Arc::clone(body),
+            route: Arc::clone(route),
+            ehlo_name,
+            lane,
+        };
+        let owner = work.lane.shard(self.shards.len());
+        let mut work = work;
+        // The lane's own shard, or while it is down the next live one (a dead shard
+        // holds no lane state, so the lane may start over anywhere).
+        for offset in 0..self.shards.len() {
+            let shard = (owner + offset) % self.shards.len();
+            if self.shards_down[shard].load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.shards[shard].try_send(work) {
+                Ok(()) => {
+                    self.shard_wakers[shard].wake();
+                    return;
+                }
+                Err(TrySendError::Full(full)) => {
+                    work = full;
+                    break; // the lane's shard is busy: the recipients wait in the queue
+                }
+                Err(TrySendError::Disconnected(orphan)) => {
+                    // The shard's thread is gone without saying so (a panic).
+                    self.shards_down[shard].store(true, Ordering::Relaxed);
+                    work = orphan;
+                }
+            }
+        }
+        for attempt in Attempt::all(&work, &AttemptResult::Released, None) {
+            let _ = self.results.send(attempt);
+        }
+    }
+}
+
+/// An egress source of `pool` by weight; `None` when the pool has none.
+fn pick_source<'a>(egress: &'a [EgressSource], pool: &str) -> Option<&'a EgressSource> {
+    let in_pool = || egress.iter().filter(move |source| source.pool == pool);
+    let total: u32 = in_pool().map(|s| s.weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = fastrand::u32(0..total);
+    in_pool().find(|source| {
+        if point < source.weight {
+            return true;
+        }
+        point -= source.weight;
+        false
+    })
+}
+
+impl Scheduler {
+    fn fail(&self, recipient: &Claimed, result: AttemptResult) {
+        let attempt = Attempt {
+            key: recipient.key,
+            recipient: recipient.recipient.address.clone(),
+            metadata: recipient.recipient.metadata.clone(),
+            envelope: Arc::clone(&recipient.envelope),
+            attempts: recipient.recipient.attempts,
+            result,
+            site: None,
+            source: None,
+            peer: None,
+            tls: None,
+        };
+        let _ = self.results.send(attempt);
+    }
+}
