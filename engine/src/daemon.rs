@@ -288,14 +288,19 @@ fn start_shards(
         let down = Arc::clone(&shards_down);
         let thread = spawn(&format!("ringmail-shard-{index}"), move || {
             let running = metrics.parts.register("shard", index);
-            match crate::shard::run(&rx, results.clone(), settings, metrics, Arc::clone(&stop)) {
-                Ok(()) => running.stopped(),
-                Err(error) => {
-                    down[index].store(true, Ordering::Relaxed);
-                    running.failed(&format!("the delivery loop failed: {error}"));
-                    release_until_stopped(&rx, &results, &stop);
-                }
-            }
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::shard::run(&rx, results.clone(), settings, metrics, Arc::clone(&stop))
+            }));
+            let reason = match ran {
+                Ok(Ok(())) => return running.stopped(),
+                Ok(Err(error)) => format!("the delivery loop failed: {error}"),
+                // What its lanes held unwound with it: those recipients stay in
+                // flight until a restart makes them due again (at-least-once).
+                Err(_) => "the shard panicked; what its lanes held is retried after a restart".to_string(),
+            };
+            down[index].store(true, Ordering::Relaxed);
+            running.failed(&reason);
+            release_until_stopped(&rx, &results, &stop);
         });
         threads.push(thread?);
     }
@@ -333,7 +338,11 @@ fn release_until_stopped(
         let stopping = stop.load(Ordering::Relaxed);
         for work in inbox.try_iter() {
             for attempt in crate::shard::Attempt::all(&work, &crate::shard::Result::Released, None) {
-                let _ = results.send_timeout(attempt, DEAD_SHARD_POLL * 20);
+                // Waits for room: the completer runs until every sender is gone, and a
+                // result given up here would leave its recipient in flight.
+                if results.send(attempt).is_err() {
+                    return tracing::error!("the completer is gone: recipients stay in flight until a restart");
+                }
             }
         }
         if stopping {

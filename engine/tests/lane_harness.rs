@@ -377,10 +377,11 @@ impl Schedule {
                     }
                 }
                 Phase::Closing { at, .. } if *at <= now => {
-                    let Some(SimConn { phase: Phase::Closing { ending, .. }, .. }) = self.conns.remove(&id) else {
+                    let Some(SimConn { phase: Phase::Closing { ending, .. }, greeted, .. }) = self.conns.remove(&id)
+                    else {
                         unreachable!()
                     };
-                    self.report_closed(id, lane, host, false, ending);
+                    self.report_closed(id, lane, host, greeted, ending);
                 }
                 _ => {}
             }
@@ -396,6 +397,10 @@ impl Schedule {
     fn report_closed(&mut self, id: u64, lane: usize, host: usize, greeted: bool, ending: Ending) {
         if !greeted && matches!(ending, Ending::ConnectFailed(_) | Ending::Failed(_)) {
             self.failed_at.insert((lane, host), self.now);
+        }
+        // A connection that served to a clean end proves the host takes connections.
+        if greeted && matches!(ending, Ending::Clean) {
+            self.failed_at.remove(&(lane, host));
         }
         self.lanes_machine.closed(id, ending, self.now);
     }

@@ -339,12 +339,16 @@ impl<C> Server<C> {
         let Some(listening) = self.listeners.get_mut(listener) else { return };
         listening.posted = false;
         if result < 0 {
-            if matches!(-result, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+            // A connection's own failure (the client gave up first, a firewall rule):
+            // the next accept is posted at once. Anything else (out of descriptors or
+            // memory, or an error that would recur at once) pauses this socket, so
+            // that a persistent error cannot spin the loop.
+            if !matches!(-result, libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR | libc::EAGAIN) {
                 let error = io::Error::from_raw_os_error(-result);
                 tracing::warn!(%error, "SMTP listener: accept failed; pausing this socket briefly");
                 listening.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
             }
-            return; // otherwise (the client gave up first, say) the next accept is posted at once
+            return;
         }
         // SAFETY: a successful accept's result is a new descriptor that nothing else owns.
         let socket = unsafe { TcpStream::from_raw_fd(result) };

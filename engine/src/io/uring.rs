@@ -4,13 +4,27 @@ use std::io;
 
 use super::Stream;
 
-/// Whether io_uring can be used here: the kernel has it, it is not disabled
-/// (`/proc/sys/kernel/io_uring_disabled`), and seccomp lets us create a ring.
+/// Whether ringmail's io_uring loops can run here: io_uring is not disabled
+/// (`/proc/sys/kernel/io_uring_disabled`), seccomp lets us create a ring, the kernel
+/// waits with a timeout in `io_uring_enter` (`EXT_ARG`, 5.11), and has every
+/// operation the loops post (connect, accept, send, recv, async cancel). A kernel
+/// that creates rings but lacks one of these would fail the loops' first turn.
 pub fn available() -> bool {
     if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0") {
         return false;
     }
-    io_uring::IoUring::new(2).is_ok()
+    let Ok(ring) = io_uring::IoUring::new(2) else { return false };
+    if !ring.params().is_feature_ext_arg() {
+        return false;
+    }
+    let mut probe = io_uring::Probe::new();
+    if ring.submitter().register_probe(&mut probe).is_err() {
+        return false;
+    }
+    use io_uring::opcode;
+    [opcode::Connect::CODE, opcode::Accept::CODE, opcode::Send::CODE, opcode::Recv::CODE, opcode::AsyncCancel::CODE]
+        .into_iter()
+        .all(|code| probe.is_supported(code))
 }
 
 impl Stream for tokio_uring::net::TcpStream {

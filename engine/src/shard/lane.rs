@@ -99,6 +99,15 @@ pub struct LaneState {
     pub backoff_until: Option<Instant>,
 }
 
+/// Why the session did not take a transaction handed to it.
+#[derive(Debug)]
+pub enum SendError {
+    /// Something about the message (no recipient, a bad address): it bounces.
+    Message(String),
+    /// The connection cannot take it (not ready, failed): it is retried later.
+    Connection(String),
+}
+
 /// What [`Lanes::ready`] did with a connection that can take a transaction.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ready {
@@ -403,7 +412,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         &mut self,
         id: C,
         now: Instant,
-        mut send: impl FnMut(&Work) -> std::result::Result<(), String>,
+        mut send: impl FnMut(&Work) -> std::result::Result<(), SendError>,
     ) -> Ready {
         let Some(conn) = self.conns.get_mut(&id) else { return Ready::Quit };
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return Ready::Quit };
@@ -430,9 +439,14 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                     lane.idle.retain(|idle| *idle != id);
                     return Ready::Sent;
                 }
-                Err(error) => {
+                Err(SendError::Message(error)) => {
                     let result = Result::Permanent(format!("refused by the client: {error}"));
                     self.out.extend(Attempt::all(&work, &result, None));
+                }
+                Err(SendError::Connection(error)) => {
+                    let result = Result::Transient(format!("the connection could not take it: {error}"));
+                    self.out.extend(Attempt::all(&work, &result, Some(conn.peer)));
+                    return Ready::Quit;
                 }
             }
         }
@@ -477,9 +491,18 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         lane.connections = lane.connections.saturating_sub(1);
         lane.idle.retain(|idle| *idle != id);
         if conn.greeted {
-            if let Ending::ServiceClosing(reply) = ending {
-                lane.slow_down(now); // a 421 mid-session
-                lane.last_error = reply;
+            match ending {
+                Ending::ServiceClosing(reply) => {
+                    lane.slow_down(now); // a 421 mid-session
+                    lane.last_error = reply;
+                }
+                // Served to its end: the host takes connections (a mark left by
+                // another connection's failure is lifted, or a one-host lane whose
+                // pooled connections all ended would wait out HOST_DOWN).
+                Ending::Clean => {
+                    lane.down.remove(&conn.peer);
+                }
+                Ending::ConnectFailed(_) | Ending::Failed(_) => {}
             }
             return;
         }

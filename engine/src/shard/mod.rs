@@ -24,7 +24,7 @@ use queue_store::{Envelope, RecipientKey};
 use rustls::pki_types::ServerName;
 
 pub use board::{LaneBoard, LaneView};
-pub use lane::{Ending, LaneSettings, LaneState, Lanes, Open, OpenError, Ready};
+pub use lane::{Ending, LaneSettings, LaneState, Lanes, Open, OpenError, Ready, SendError};
 
 use crate::dns::Route;
 use crate::io::connect::{Allowlist, ConnectError, ConnectOptions};
@@ -32,7 +32,7 @@ use crate::io::ring::{ConnId, End, Ring, RingHandler, RingWaker};
 use crate::io::tls::{ClientTls, TlsInfo};
 use crate::metrics::Metrics;
 use crate::policy::site::LanePolicy;
-use crate::smtp::{ClientConfig, ClientSession, Outcome, SessionError, TlsMode, Transaction};
+use crate::smtp::{ClientConfig, ClientSession, MisuseError, Outcome, SessionError, TlsMode, Transaction};
 
 /// Which lane: the destination site and the egress source.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -219,6 +219,8 @@ pub fn run(
             Some(limit) if shard.works_received >= limit => {
                 Err(std::io::Error::other("fault injected (RINGMAIL_FAULT_SHARD_FAIL)"))
             }
+            // More work waiting (beyond one turn's share): no wait at all.
+            _ if !inbox.is_empty() => ring.turn(&mut lanes, Some(Duration::ZERO)),
             _ => ring.turn(&mut lanes, Some(TURN_WAIT_MAX)),
         };
         if let Err(error) = turned {
@@ -255,8 +257,6 @@ const INBOX_PER_TURN_MAX: usize = 4096;
 const TURN_WAIT_MAX: Duration = Duration::from_millis(20);
 /// In-flight transactions get this long to finish when the engine stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The last hand-over to the completer waits this long per result at most.
-const FINAL_HANDOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the driver keeps beside the lanes: how to open connections.
 struct Shard {
@@ -325,7 +325,10 @@ fn flush_blocking(mut pending: Vec<Attempt>, results: &Sender<Attempt>, inbox: &
         pending.extend(Attempt::all(&work, &Result::Released, None));
     }
     for attempt in pending {
-        if results.send_timeout(attempt, FINAL_HANDOVER_TIMEOUT).is_err() {
+        // Waits for room however long the completer needs (it retries a busy store
+        // for ~10 s): it runs until every sender is gone, and a result given up here
+        // would leave its recipient in flight until a restart.
+        if results.send(attempt).is_err() {
             tracing::error!("the completer is gone: recipients stay in flight until a restart");
             return;
         }
@@ -354,7 +357,14 @@ impl Lanes<ConnId> {
     /// [`Lanes::ready`] with the session at hand: the transaction goes to it.
     fn ready_session(&mut self, id: ConnId, session: &mut ClientSession) {
         let now = Instant::now();
-        if self.ready(id, now, |work| session.send(transaction(work), now).map_err(|e| e.to_string())) == Ready::Quit {
+        let send = |work: &Work| {
+            session.send(transaction(work), now).map_err(|error| match error {
+                // The connection's state, not the message: retried elsewhere.
+                MisuseError::NotReady | MisuseError::Failed(_) => SendError::Connection(error.to_string()),
+                other => SendError::Message(other.to_string()),
+            })
+        };
+        if self.ready(id, now, send) == Ready::Quit {
             session.quit(now);
         }
     }

@@ -33,6 +33,8 @@ pub(super) struct Readiness {
     epoll: OwnedFd,
     /// Registered descriptors and what waits on them.
     parked: HashMap<RawFd, Parked>,
+    /// Where each parked operation waits (a cancel finds it without a scan).
+    parked_at: HashMap<u64, RawFd>,
     /// Posted since the last turn, in order.
     fresh: Vec<(Op, u64)>,
     events: Vec<libc::epoll_event>,
@@ -59,7 +61,7 @@ impl Readiness {
         // SAFETY: as above.
         let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         let events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
-        Ok(Readiness { epoll, parked: HashMap::new(), fresh: Vec::new(), events })
+        Ok(Readiness { epoll, parked: HashMap::new(), parked_at: HashMap::new(), fresh: Vec::new(), events })
     }
 
     pub(super) fn push(&mut self, op: Op, user_data: u64) {
@@ -95,7 +97,13 @@ impl Readiness {
         };
         if count < 0 {
             let error = errno();
-            return if error == libc::EINTR { Ok(()) } else { Err(io::Error::from_raw_os_error(error)) };
+            // Completions already collected are handed over whatever happened: their
+            // operations are done (a lasting failure shows again on the next turn).
+            return if error == libc::EINTR || into.len() > start {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(error))
+            };
         }
         for index in 0..count as usize {
             let event = self.events[index];
@@ -107,6 +115,7 @@ impl Readiness {
                 if let Some((op, user_data)) = parked.read {
                     if let Tried::Done(result) = attempt(op) {
                         parked.read = None;
+                        self.parked_at.remove(&user_data);
                         into.push((user_data, result));
                     }
                 }
@@ -119,6 +128,7 @@ impl Readiness {
                     };
                     if let Tried::Done(result) = tried {
                         parked.write = None;
+                        self.parked_at.remove(&user_data);
                         into.push((user_data, result));
                     }
                 }
@@ -141,16 +151,20 @@ impl Readiness {
                 if unsafe { libc::connect(fd, address, length) } == 0 {
                     Tried::Done(0)
                 } else {
+                    // EAGAIN from a TCP connect means no local port: a failure, not a wait.
                     match errno() {
-                        libc::EINPROGRESS | libc::EAGAIN => Tried::WouldBlock,
+                        libc::EINPROGRESS => Tried::WouldBlock,
                         error => Tried::Done(-error),
                     }
                 }
             }
             Op::Accept { fd } => {
-                // The listening socket is shared by every listener thread: its own
-                // flag must be non-blocking, or an accept another thread won blocks.
-                set_nonblocking(fd);
+                // A blocking listening socket would block the loop when a connection
+                // reported ready is gone (reset) before the accept: made non-blocking
+                // once, when first seen (it stays registered while the loop runs).
+                if !self.parked.contains_key(&fd) {
+                    set_nonblocking(fd);
+                }
                 attempt(op)
             }
             other => attempt(other),
@@ -181,19 +195,20 @@ impl Readiness {
         };
         debug_assert!(side.is_none(), "two operations of one direction parked on fd {fd}");
         *side = Some((op, user_data));
+        self.parked_at.insert(user_data, fd);
         Ok(())
     }
 
     /// Completes the parked operation `target` with `-ECANCELED`; the cancel's own
     /// result, as io_uring gives it: 0, or `-ENOENT` when `target` was not parked.
     fn cancel(&mut self, target: u64, into: &mut Vec<(u64, i32)>) -> i32 {
-        for parked in self.parked.values_mut() {
-            for side in [&mut parked.read, &mut parked.write] {
-                if side.is_some_and(|(_, user_data)| user_data == target) {
-                    *side = None;
-                    into.push((target, -libc::ECANCELED));
-                    return 0;
-                }
+        let Some(fd) = self.parked_at.remove(&target) else { return -libc::ENOENT };
+        let Some(parked) = self.parked.get_mut(&fd) else { return -libc::ENOENT };
+        for side in [&mut parked.read, &mut parked.write] {
+            if side.is_some_and(|(_, user_data)| user_data == target) {
+                *side = None;
+                into.push((target, -libc::ECANCELED));
+                return 0;
             }
         }
         -libc::ENOENT
@@ -210,8 +225,18 @@ fn set_nonblocking(fd: RawFd) {
     }
 }
 
-/// One non-blocking try of a transfer or an accept.
+/// One non-blocking try of a transfer or an accept (tried again at once when a
+/// signal interrupts it: parked, it might wait for an edge that never comes).
 fn attempt(op: Op) -> Tried {
+    loop {
+        match attempt_once(op) {
+            Tried::Done(result) if result == -libc::EINTR => continue,
+            tried => return tried,
+        }
+    }
+}
+
+fn attempt_once(op: Op) -> Tried {
     // SAFETY: the buffers are valid for `length` bytes (`Submissions::push`); accept4
     // is given no address buffer.
     let result = unsafe {
@@ -223,7 +248,10 @@ fn attempt(op: Op) -> Tried {
                 libc::send(fd, buffer.cast(), length as usize, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as i64
             }
             Op::Accept { fd } => {
-                i64::from(libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC))
+                // Non-blocking too: every later operation uses MSG_DONTWAIT anyway, and
+                // nothing on this thread may ever block on the new socket.
+                let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                i64::from(libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), flags))
             }
             Op::Connect { .. } | Op::Cancel { .. } => return Tried::Done(-libc::EINVAL),
         }
@@ -232,7 +260,7 @@ fn attempt(op: Op) -> Tried {
         return Tried::Done(i32::try_from(result).unwrap_or(i32::MAX));
     }
     match errno() {
-        libc::EAGAIN | libc::EINTR => Tried::WouldBlock,
+        libc::EAGAIN => Tried::WouldBlock,
         error => Tried::Done(-error),
     }
 }
