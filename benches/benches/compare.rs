@@ -23,9 +23,11 @@
 //! seconds apart, averaged over the rounds; `..100`: at 100 sessions; `tls_ratio`: ringmail with STARTTLS to the sink over a
 //! plaintext run beside it; `flaky_msgs_s`: to completion through 10 % tempfails
 //! and 2 % permfails, retried after 1 s) domains100_msgs_s=.. domains10k_msgs_s=..
-//! domains10k_ratio=..` (loadgen's pipelining injector, since `smtp-source` sends
-//! to one address: 10,000 domains over 100 through the same MX site). The backlog
-//! is `benches/backlog`.
+//! domains10k_ratio=.. epoll_vs_uring_relay=.. epoll_vs_uring_relay100=..` (loadgen's
+//! pipelining injector, since `smtp-source` sends to one address: 10,000 domains over
+//! 100 through the same MX site; `epoll_vs_uring_relay`: a second ringmail forced
+//! onto its epoll backend, run right after the io_uring one in each round, paired as
+//! the other ratios). The backlog is `benches/backlog`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
 
 use std::net::SocketAddr;
@@ -139,6 +141,52 @@ fn engine_figures(http: SocketAddr) -> [f64; 4] {
 
 struct Engine(Child);
 
+/// `ringmail serve` (the compare-engine binary) on its own queue under `dir`,
+/// listening for SMTP on `ip`, on the socket backend `backend`; its SMTP and HTTP
+/// addresses once it listens.
+fn start_ringmail(
+    dir: &std::path::Path,
+    ip: &str,
+    port: u16,
+    dns: SocketAddr,
+    backend: &str,
+) -> (Engine, SocketAddr, SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let smtp_port = std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port();
+    let ringmail_address: SocketAddr = format!("{ip}:{smtp_port}").parse().unwrap();
+    let http_address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.join("ringmail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"{http_address}\"\n\
+             [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n{}\n\
+             [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
+             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}\n\
+             [retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n",
+            dir.join("queue").display(),
+            std::env::var("BENCH_SMTP_TOML").unwrap_or_default(),
+            dns,
+            std::env::var("BENCH_DELIVERY_TOML").unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_compare-engine"))
+        .arg(&config)
+        .env("RINGMAIL_IO_BACKEND", backend)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let engine = Engine(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(ringmail_address).is_err() {
+        assert!(Instant::now() < deadline, "ringmail ({backend}) did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (engine, ringmail_address, http_address)
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
@@ -166,39 +214,13 @@ fn main() {
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let sink = fleet.listeners[0].1;
 
-    // ringmail in its own process.
+    // ringmail in its own process, and a second one forced onto epoll
+    // (RINGMAIL_IO_BACKEND) for epoll_vs_uring_relay.
     let dir = benches::scratch_dir().unwrap();
-    let smtp_port = std::net::TcpListener::bind("127.0.0.72:0").unwrap().local_addr().unwrap().port();
-    let ringmail_address: SocketAddr = format!("127.0.0.72:{smtp_port}").parse().unwrap();
-    let http_address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let config = dir.path().join("ringmail.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\npath = \"{}\"\n[http]\nlisten = \"{http_address}\"\n\
-             [smtp]\nlisten = [\"{ringmail_address}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nconnections_per_ip_max = 200\n{}\n\
-             [dns]\nnameservers = [\"{}\"]\n[delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\n\
-             connections_per_lane_max = 32\nrecipients_per_transaction_max = 100\n{}\n\
-             [retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n",
-            dir.path().join("queue").display(),
-            std::env::var("BENCH_SMTP_TOML").unwrap_or_default(),
-            dns.address,
-            std::env::var("BENCH_DELIVERY_TOML").unwrap_or_default()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_compare-engine"))
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let engine = Engine(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(ringmail_address).is_err() {
-        assert!(Instant::now() < deadline, "ringmail did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (engine, ringmail_address, http_address) =
+        start_ringmail(&dir.path().join("uring"), "127.0.0.72", port, dns.address, "io_uring");
+    let (epoll_engine, epoll_address, _) =
+        start_ringmail(&dir.path().join("epoll"), "127.0.0.74", port, dns.address, "epoll");
 
     let skip_postfix = std::env::var_os("BENCH_SKIP_POSTFIX").is_some(); // for tuning runs
     let postfix = if skip_postfix {
@@ -228,6 +250,7 @@ fn main() {
     let mut ceiling_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut ringmail_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut postfix_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut epoll_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let (cpu_before, _) = process_usage(engine.0.id());
     let mut relayed = 0;
     for round in 0..2 {
@@ -261,6 +284,12 @@ fn main() {
             );
             ringmail_runs[level].push(result);
             relayed += count;
+            let epoll = run(epoll_address, &fleet, count, sessions);
+            println!(
+                "round {round}, {sessions} sessions, ringmail on epoll: ingest {:.0}/s, end to end {:.0}/s",
+                epoll.ingest, epoll.end_to_end
+            );
+            epoll_runs[level].push(epoll);
         }
     }
     // STARTTLS to the sink, and a flaky sink (10 % tempfail, 2 % permfail at RCPT)
@@ -320,6 +349,7 @@ fn main() {
     relayed += 5 * count; // STARTTLS, plaintext beside it, flaky, 100 and 10,000 domains
     let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / relayed as f64;
     drop(engine);
+    drop(epoll_engine);
     let best = |runs: &[Run], f: fn(&Run) -> f64| runs.iter().map(f).fold(0.0, f64::max);
     let mean = |runs: &[Run], f: fn(&Run) -> f64| {
         if runs.is_empty() {
@@ -358,8 +388,11 @@ fn main() {
     }
     let state = fleet.state();
     let of = |name: &str| state.accepted.iter().filter(|a| a.provider == name).count();
-    let relay_runs: usize =
-        [&ceiling_runs, &ringmail_runs, &postfix_runs].iter().flat_map(|runs| runs.iter()).map(Vec::len).sum();
+    let relay_runs: usize = [&ceiling_runs, &ringmail_runs, &postfix_runs, &epoll_runs]
+        .iter()
+        .flat_map(|runs| runs.iter())
+        .map(Vec::len)
+        .sum();
     println!(
         "sink: {} plaintext messages arrived of {} sent, {} over STARTTLS of {count}",
         of("relay"),
@@ -391,6 +424,8 @@ fn main() {
             ("domains100_msgs_s", format!("{domains_100:.0}")),
             ("domains10k_msgs_s", format!("{domains_10k:.0}")),
             ("domains10k_ratio", format!("{domains10k_ratio:.2}")),
+            ("epoll_vs_uring_relay", format!("{:.2}", paired(&epoll_runs[0], &ringmail_runs[0]))),
+            ("epoll_vs_uring_relay100", format!("{:.2}", paired(&epoll_runs[1], &ringmail_runs[1]))),
         ],
     );
     println!("{line}");
