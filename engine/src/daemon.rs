@@ -337,7 +337,7 @@ fn release_until_stopped(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         for work in inbox.try_iter() {
-            for attempt in crate::shard::Attempt::all(&work, &crate::shard::Result::Released, None) {
+            for attempt in crate::shard::Attempt::all(&work, &crate::shard::AttemptResult::Released, None) {
                 // Waits for room: the completer runs until every sender is gone, and a
                 // result given up here would leave its recipient in flight.
                 if results.send(attempt).is_err() {

@@ -25,7 +25,7 @@ use ringmail::dns::Route;
 use ringmail::metrics::Metrics;
 use ringmail::policy::site::{LanePolicy, SiteRule};
 use ringmail::shard::lane::{HOST_DOWN, SLOW_DOWN_PAUSE};
-use ringmail::shard::{Ending, LaneKey, LaneSettings, Lanes, Open, OpenError, Ready, Result as AttemptResult, Work};
+use ringmail::shard::{AttemptResult, Ending, LaneKey, LaneSettings, Lanes, Open, OpenError, Ready, Work};
 use ringmail::smtp::{Outcome, Reply, TlsMode};
 
 /// One simulated step.

@@ -12,7 +12,7 @@ use queue_store::{Applied, Health, Store, StoreError, TerminalKind};
 use crate::config::Config;
 use crate::log::{DeliveryLog, Record, Response};
 use crate::metrics::Metrics;
-use crate::shard::{Attempt, Result as AttemptResult};
+use crate::shard::{Attempt, AttemptResult};
 
 /// A state change the store cannot take now (its channel full, a write stall) is
 /// tried again this often, this many times (about 10 s), before the recipients are

@@ -15,7 +15,7 @@ use crate::config::EgressSource;
 use crate::dns::{MxResolver, Route};
 use crate::metrics::Metrics;
 use crate::operator::{Rebinds, SiteHolds, SiteMap};
-use crate::shard::{Attempt, LaneKey, Result as AttemptResult, Work};
+use crate::shard::{Attempt, AttemptResult, LaneKey, Work};
 
 /// Claims per round at most.
 const CLAIM_BATCH: usize = 2000;

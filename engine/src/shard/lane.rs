@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Attempt, LaneKey, LaneView, Result, Work};
+use super::{Attempt, AttemptResult, LaneKey, LaneView, Work};
 use crate::io::tls::TlsInfo;
 use crate::metrics::Metrics;
 use crate::policy::site::{LanePolicy, SiteRule, TokenBucket};
@@ -240,7 +240,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
 
     /// Hands `work` straight back untried (the shard is stopping).
     pub fn release(&mut self, work: &Work) {
-        self.out.extend(Attempt::all(work, &Result::Released, None));
+        self.out.extend(Attempt::all(work, &AttemptResult::Released, None));
     }
 
     /// Takes reloaded lane defaults, site rules and timeouts; lanes already open get
@@ -290,7 +290,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
     pub fn release_queued(&mut self) {
         for lane in self.lanes.values_mut() {
             for work in lane.queue.drain(..) {
-                self.out.extend(Attempt::all(&work, &Result::Released, None));
+                self.out.extend(Attempt::all(&work, &AttemptResult::Released, None));
                 self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
             }
         }
@@ -300,7 +300,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
     pub fn abandon_busy(&mut self, reason: &str) {
         for conn in self.conns.values_mut() {
             for work in conn.busy.drain(..) {
-                self.out.extend(Attempt::all(&work, &Result::Transient(reason.to_string()), Some(conn.peer)));
+                self.out.extend(Attempt::all(&work, &AttemptResult::Transient(reason.to_string()), Some(conn.peer)));
             }
         }
     }
@@ -319,7 +319,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
 
     /// Opens the connections the lanes want now (where the queue is longer than the
     /// pool can take), each through `open`, which carries it out at once.
-    pub fn open_connections(&mut self, now: Instant, mut open: impl FnMut(&Open) -> std::result::Result<C, OpenError>) {
+    pub fn open_connections(&mut self, now: Instant, mut open: impl FnMut(&Open) -> Result<C, OpenError>) {
         let mut opened = Vec::new();
         for (key, lane) in &mut self.lanes {
             if lane.backoff_until.is_some_and(|until| now < until) {
@@ -351,8 +351,12 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                             continue;
                         }
                         let result = match error {
-                            OpenError::Denied(reason) => Result::Permanent(format!("connect to {peer}: {reason}")),
-                            OpenError::Failed(reason) => Result::Transient(format!("connect to {peer}: {reason}")),
+                            OpenError::Denied(reason) => {
+                                AttemptResult::Permanent(format!("connect to {peer}: {reason}"))
+                            }
+                            OpenError::Failed(reason) => {
+                                AttemptResult::Transient(format!("connect to {peer}: {reason}"))
+                            }
                         };
                         for work in lane.queue.drain(..) {
                             self.out.extend(Attempt::all(&work, &result, Some(peer)));
@@ -408,12 +412,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
     /// Connection `id` can take a transaction: the next queued work (within the
     /// lane's message rate) goes to `send`, which hands it to the session; a work
     /// item the session refuses bounces and the next one is tried.
-    pub fn ready(
-        &mut self,
-        id: C,
-        now: Instant,
-        mut send: impl FnMut(&Work) -> std::result::Result<(), SendError>,
-    ) -> Ready {
+    pub fn ready(&mut self, id: C, now: Instant, mut send: impl FnMut(&Work) -> Result<(), SendError>) -> Ready {
         let Some(conn) = self.conns.get_mut(&id) else { return Ready::Quit };
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return Ready::Quit };
         if !conn.greeted {
@@ -440,11 +439,11 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                     return Ready::Sent;
                 }
                 Err(SendError::Message(error)) => {
-                    let result = Result::Permanent(format!("refused by the client: {error}"));
+                    let result = AttemptResult::Permanent(format!("refused by the client: {error}"));
                     self.out.extend(Attempt::all(&work, &result, None));
                 }
                 Err(SendError::Connection(error)) => {
-                    let result = Result::Transient(format!("the connection could not take it: {error}"));
+                    let result = AttemptResult::Transient(format!("the connection could not take it: {error}"));
                     self.out.extend(Attempt::all(&work, &result, Some(conn.peer)));
                     return Ready::Quit;
                 }
@@ -485,7 +484,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         let Some(conn) = self.conns.remove(&id) else { return };
         // The session reported every transaction it took; anything left never started.
         for work in &conn.busy {
-            self.out.extend(Attempt::all(work, &Result::Transient("connection ended".into()), Some(conn.peer)));
+            self.out.extend(Attempt::all(work, &AttemptResult::Transient("connection ended".into()), Some(conn.peer)));
         }
         let Some(lane) = self.lanes.get_mut(&conn.lane) else { return };
         lane.connections = lane.connections.saturating_sub(1);
@@ -539,7 +538,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
             let reason = lane.last_error.clone();
             for work in lane.queue.drain(..) {
                 self.metrics.ready_queue_depth.fetch_sub(1, Ordering::Relaxed);
-                self.out.extend(Attempt::all(&work, &Result::Transient(reason.clone()), None));
+                self.out.extend(Attempt::all(&work, &AttemptResult::Transient(reason.clone()), None));
             }
         }
     }
@@ -573,15 +572,15 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         let mut outcomes = outcomes.into_iter();
         for index in 0..work.keys.len() {
             let result = match outcomes.next().map(|(_, outcome)| outcome) {
-                Some(Outcome::Delivered { reply }) => Result::Delivered(reply.summary()),
-                Some(Outcome::Transient { reply, reason }) => Result::Transient(text(reply.as_ref(), &reason)),
-                Some(Outcome::Permanent { reply, reason }) => Result::Permanent(text(reply.as_ref(), &reason)),
+                Some(Outcome::Delivered { reply }) => AttemptResult::Delivered(reply.summary()),
+                Some(Outcome::Transient { reply, reason }) => AttemptResult::Transient(text(reply.as_ref(), &reason)),
+                Some(Outcome::Permanent { reply, reason }) => AttemptResult::Permanent(text(reply.as_ref(), &reason)),
                 // The session owes one outcome per recipient; a missing one is retried.
-                None => Result::Transient("no outcome for this recipient: retried".into()),
+                None => AttemptResult::Transient("no outcome for this recipient: retried".into()),
             };
-            slowed |= matches!(&result, Result::Transient(text) if crate::policy::is_slow_down(text));
-            delivered |= matches!(result, Result::Delivered(_));
-            if let Result::Transient(text) | Result::Permanent(text) = &result {
+            slowed |= matches!(&result, AttemptResult::Transient(text) if crate::policy::is_slow_down(text));
+            delivered |= matches!(result, AttemptResult::Delivered(_));
+            if let AttemptResult::Transient(text) | AttemptResult::Permanent(text) = &result {
                 failure = Some(text.clone());
             }
             self.out.push(Attempt { tls: tls.clone(), ..Attempt::one(work, index, result, peer) });

@@ -70,7 +70,7 @@ pub struct Work {
 
 /// How one recipient's attempt ended.
 #[derive(Clone, Debug)]
-pub enum Result {
+pub enum AttemptResult {
     Delivered(String),
     Transient(String),
     Permanent(String),
@@ -87,7 +87,7 @@ pub struct Attempt {
     pub metadata: queue_store::Metadata,
     pub envelope: Arc<Envelope>,
     pub attempts: u32,
-    pub result: Result,
+    pub result: AttemptResult,
     pub site: Option<String>,
     pub source: Option<IpAddr>,
     pub peer: Option<SocketAddr>,
@@ -96,12 +96,12 @@ pub struct Attempt {
 
 impl Attempt {
     /// Every recipient of `work` with the same result.
-    pub fn all(work: &Work, result: &Result, peer: Option<SocketAddr>) -> Vec<Attempt> {
+    pub fn all(work: &Work, result: &AttemptResult, peer: Option<SocketAddr>) -> Vec<Attempt> {
         (0..work.keys.len()).map(|index| Attempt::one(work, index, result.clone(), peer)).collect()
     }
 
     /// Recipient `index` of `work`.
-    fn one(work: &Work, index: usize, result: Result, peer: Option<SocketAddr>) -> Attempt {
+    fn one(work: &Work, index: usize, result: AttemptResult, peer: Option<SocketAddr>) -> Attempt {
         Attempt {
             key: work.keys[index],
             recipient: work.recipients[index].clone(),
@@ -134,7 +134,7 @@ pub struct ShardSettings {
     pub backend: crate::io::Backend,
     /// Told once whether the loop could be set up, with the handle that wakes it when
     /// work arrives (the daemon's start waits for it).
-    pub started: Option<Sender<(usize, std::result::Result<RingWaker, String>)>>,
+    pub started: Option<Sender<(usize, Result<RingWaker, String>)>>,
     /// Test-only fault: the loop fails as if the kernel broke it once this many
     /// work items have arrived ([`FAULT_VARIABLE`]).
     pub fail_after_works: Option<u64>,
@@ -322,7 +322,7 @@ fn flush(pending: &mut Vec<Attempt>, results: &Sender<Attempt>) {
 /// still running), releasing whatever is still in the inbox too.
 fn flush_blocking(mut pending: Vec<Attempt>, results: &Sender<Attempt>, inbox: &Receiver<Work>) {
     for work in inbox.try_iter() {
-        pending.extend(Attempt::all(&work, &Result::Released, None));
+        pending.extend(Attempt::all(&work, &AttemptResult::Released, None));
     }
     for attempt in pending {
         // Waits for room however long the completer needs (it retries a busy store
