@@ -6,7 +6,13 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
+
+use crate::admin::api::{
+    BounceRequest, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, RebindRequest, RetryRequest,
+    SuspendRequest,
+};
+use crate::admin::client::AdminClient;
 
 #[derive(Args, Debug)]
 pub struct Ctl {
@@ -107,7 +113,7 @@ pub enum CtlCommand {
 }
 
 /// What `suspend` and `resume` act on: exactly one of these.
-#[derive(Args, Debug, serde::Serialize)]
+#[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct Target {
     #[arg(long)]
@@ -159,48 +165,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-struct Client {
-    agent: ureq::Agent,
-    url: String,
-    token: Option<String>,
-}
-
-impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let url = format!("{}/admin/v1/{path}", self.url.trim_end_matches('/'));
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let result = match (method, body) {
-            ("GET", _) => {
-                let mut request = self.agent.get(&url);
-                if let Some(auth) = &auth {
-                    request = request.header("Authorization", auth);
-                }
-                request.call()
-            }
-            (_, body) => {
-                let mut request = self.agent.post(&url);
-                if let Some(auth) = &auth {
-                    request = request.header("Authorization", auth);
-                }
-                request.send_json(body.unwrap_or(json!({})))
-            }
-        };
-        let mut response = result.map_err(|e| format!("cannot reach the daemon at {}: {e}", self.url))?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().map_err(|e| format!("reading the answer: {e}"))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "error": text }));
-        match status {
-            200..=299 => Ok(value),
-            401 => Err(format!(
-                "the daemon refused the admin token (401): {}; give --token or RINGMAIL_ADMIN_TOKEN",
-                value["error"].as_str().unwrap_or_default()
-            )),
-            404 if value.get("error").is_none() => Err(format!("{url}: not found (is this a ringmail daemon?)")),
-            _ => Err(format!("{status}: {}", value["error"].as_str().unwrap_or(&text))),
-        }
-    }
-}
-
 #[derive(Parser, Debug)]
 #[command(name = "ringmail ctl")]
 struct Line {
@@ -228,43 +192,42 @@ pub fn run(ctl: Ctl) -> Result<(), String> {
 
 /// Runs one command: the daemon's JSON answer and the table made of it.
 pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let client = Client { agent, url: ctl.url.clone(), token: ctl.token.clone() };
+    let client = AdminClient::new(&ctl.url, ctl.token.clone());
     let (answer, table): (Value, fn(&Value) -> String) = match ctl.command {
         CtlCommand::Queue(QueueCommand::Summary { top, by }) => {
-            (client.call("GET", &format!("summary?top={top}&by={by}"), None)?, summary_table)
+            (client.get(&format!("summary?top={top}&by={by}"))?, summary_table)
         }
         CtlCommand::Queue(QueueCommand::List { domain, limit }) => {
-            (client.call("GET", &format!("domains/{domain}/recipients?limit={limit}"), None)?, list_table)
+            (client.get(&format!("domains/{domain}/recipients?limit={limit}"))?, list_table)
         }
-        CtlCommand::Message(MessageCommand::Show { id }) => {
-            (client.call("GET", &format!("messages/{id}"), None)?, message_table)
-        }
+        CtlCommand::Message(MessageCommand::Show { id }) => (client.get(&format!("messages/{id}"))?, message_table),
         CtlCommand::Suspend { target, duration } => {
             let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
-            let mut body = json!(target);
-            body["duration_seconds"] = json!(seconds);
-            (client.call("POST", "suspend", Some(body))?, |v| match v["site"].as_str() {
+            let request = SuspendRequest {
+                domain: target.domain,
+                site: target.site,
+                tenant: target.tenant,
+                duration_seconds: seconds,
+            };
+            (client.post("suspend", Some(&request))?, |v| match v["site"].as_str() {
                 Some(site) => format!("site {site} suspended: its domains are held as they come up"),
                 None => report_line(v),
             })
         }
-        CtlCommand::Resume { target } => (client.call("POST", "resume", Some(json!(target)))?, report_line),
-        CtlCommand::Suspensions => (client.call("GET", "suspensions", None)?, suspensions_table),
-        CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
-            let body = json!({"domain": domain, "message": message, "tenant": tenant, "campaign": campaign,
-                              "reason": reason, "dry_run": dry_run});
-            (client.call("POST", "bounce", Some(body))?, bounce_line)
+        CtlCommand::Resume { target } => {
+            let request = DomainRequest { domain: target.domain, site: target.site, tenant: target.tenant };
+            (client.post("resume", Some(&request))?, report_line)
         }
-        CtlCommand::RetryNow { domain } => (client.call("POST", "retry-now", Some(json!({"domain": domain})))?, |v| {
+        CtlCommand::Suspensions => (client.get("suspensions")?, suspensions_table),
+        CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
+            let request = BounceRequest { domain, message, tenant, campaign, reason, dry_run };
+            (client.post("bounce", Some(&request))?, bounce_line)
+        }
+        CtlCommand::RetryNow { domain } => (client.post("retry-now", Some(&RetryRequest { domain }))?, |v| {
             format!("{} deferred recipients due now", number(&v["due_now"]))
         }),
         CtlCommand::Rebind { domain, pool, reset: _ } => {
-            let answer = client.call("POST", "rebind", Some(json!({"domain": domain, "pool": pool})))?;
+            let answer = client.post("rebind", Some(&RebindRequest { domain, pool }))?;
             (answer, |v| match v["pool"].as_str() {
                 Some(pool) => format!(
                     "{} goes through pool {pool}; {} deferred recipients due now",
@@ -274,28 +237,28 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
                 None => format!("{} follows the configuration again", number(&v["domain"])),
             })
         }
-        CtlCommand::Rebinds => (client.call("GET", "rebinds", None)?, |v| {
+        CtlCommand::Rebinds => (client.get("rebinds")?, |v| {
             let rows = rows(&v["rebinds"], |r| vec![number(&r["domain"]), number(&r["pool"])]);
             if rows.is_empty() {
                 return "no rebinds".into();
             }
             table(&["DOMAIN", "POOL"], &rows)
         }),
-        CtlCommand::Lanes => (client.call("GET", "lanes", None)?, lanes_table),
+        CtlCommand::Lanes => (client.get("lanes")?, lanes_table),
         CtlCommand::Backup { to } => {
             let to = if to.is_absolute() { to } else { std::env::current_dir().map_err(|e| e.to_string())?.join(to) };
-            (client.call("POST", "checkpoint", Some(json!({"path": to})))?, |v| {
+            (client.post("checkpoint", Some(&CheckpointRequest { path: to }))?, |v| {
                 format!("backup written to {}", v["path"].as_str().unwrap_or("?"))
             })
         }
-        CtlCommand::Drain { off } => (client.call("POST", "drain", Some(json!({"on": !off})))?, |v| {
+        CtlCommand::Drain { off } => (client.post("drain", Some(&DrainRequest { on: !off }))?, |v| {
             if v["draining"].as_bool() == Some(true) {
                 "draining: new mail refused (SMTP 421, HTTP 503); queued mail is still delivered".into()
             } else {
                 "taking mail in again".into()
             }
         }),
-        CtlCommand::Reload => (client.call("POST", "reload", None)?, |v| {
+        CtlCommand::Reload => (client.post::<()>("reload", None)?, |v| {
             let list = |key: &str| {
                 let items: Vec<String> = v[key].as_array().map(|a| a.iter().map(number).collect()).unwrap_or_default();
                 if items.is_empty() {
@@ -306,10 +269,10 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
             };
             format!("reloaded: applied {}; needs a restart: {}", list("applied"), list("restart_needed"))
         }),
-        CtlCommand::LogLevel { filter } => (client.call("POST", "log-level", Some(json!({"filter": filter})))?, |v| {
+        CtlCommand::LogLevel { filter } => (client.post("log-level", Some(&LogLevelRequest { filter }))?, |v| {
             format!("log filter: {}", number(&v["filter"]))
         }),
-        CtlCommand::Shutdown => (client.call("POST", "shutdown", None)?, |_| "the daemon is stopping".into()),
+        CtlCommand::Shutdown => (client.post::<()>("shutdown", None)?, |_| "the daemon is stopping".into()),
     };
     let text = table(&answer);
     Ok((answer, text))

@@ -39,6 +39,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::api::{
+    BounceRequest, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, RebindRequest, RetryRequest,
+    SuspendRequest,
+};
 use crate::ingest::Shedding;
 use crate::log::{Record, Response as LogResponse};
 use crate::metrics::Metrics;
@@ -332,22 +336,6 @@ async fn message(State(admin): Api, Path(id): Path<String>) -> Answer {
     }))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SuspendRequest {
-    #[serde(default)]
-    domain: Option<String>,
-    /// A site (MX host set, as in `lanes` and the log's `site`): its domains are
-    /// suspended in the queue as the scheduler meets them.
-    #[serde(default)]
-    site: Option<String>,
-    /// A tenant: its messages are held whatever their domain.
-    #[serde(default)]
-    tenant: Option<String>,
-    #[serde(default)]
-    duration_seconds: Option<u64>,
-}
-
 fn report_json(report: &AdminReport) -> serde_json::Value {
     json!({
         "ended": report.terminal.len(),
@@ -372,17 +360,6 @@ async fn suspend(State(admin): Api, Body(request): Body<SuspendRequest>) -> Answ
     };
     let name = request.domain.or(request.tenant);
     answer(json!({"domain": name, "until_ms": until, "report": report_json(&report)}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DomainRequest {
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(default)]
-    site: Option<String>,
-    #[serde(default)]
-    tenant: Option<String>,
 }
 
 async fn resume(State(admin): Api, Body(request): Body<DomainRequest>) -> Answer {
@@ -433,22 +410,6 @@ fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
 
 async fn suspensions(State(admin): Api) -> Answer {
     answer(json!({"suspensions": suspension_list(&admin)}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BounceRequest {
-    #[serde(default)]
-    domain: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    tenant: Option<String>,
-    #[serde(default)]
-    campaign: Option<String>,
-    reason: String,
-    #[serde(default)]
-    dry_run: bool,
 }
 
 async fn bounce(State(admin): Api, Body(request): Body<BounceRequest>) -> Answer {
@@ -568,13 +529,6 @@ fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryRequest {
-    #[serde(default)]
-    domain: Option<String>,
-}
-
 /// Deferred recipients of `domains` due now; how many changed.
 fn retry_domains(store: &Store, domains: Vec<String>) -> Result<u64, queue_store::StoreError> {
     let now = crate::log::now_ms();
@@ -593,13 +547,6 @@ async fn retry_now(State(admin): Api, Body(request): Body<RetryRequest>) -> Answ
     };
     let changed = blocking(move || retry_domains(&store, domains)).await?;
     answer(json!({"domain": request.domain, "due_now": changed}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RebindRequest {
-    domain: String,
-    pool: Option<String>,
 }
 
 async fn rebind(State(admin): Api, Body(request): Body<RebindRequest>) -> Answer {
@@ -627,12 +574,6 @@ async fn lanes(State(admin): Api) -> Answer {
     answer(json!({"lanes": admin.lanes.lanes()}))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointRequest {
-    path: std::path::PathBuf,
-}
-
 async fn checkpoint(State(admin): Api, Body(request): Body<CheckpointRequest>) -> Answer {
     if !request.path.is_absolute() {
         return Err(Refusal::bad("path: must be absolute (the daemon's working directory is not yours)"));
@@ -646,12 +587,6 @@ async fn checkpoint(State(admin): Api, Body(request): Body<CheckpointRequest>) -
     let written = tokio::task::spawn_blocking(move || store.checkpoint(&path)).await?;
     written.map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     answer(json!({"path": request.path}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrainRequest {
-    on: bool,
 }
 
 async fn drain(State(admin): Api, Body(request): Body<DrainRequest>) -> Answer {
@@ -675,12 +610,6 @@ static LOG_LEVEL: std::sync::OnceLock<LogLevelHook> = std::sync::OnceLock::new()
 /// tracing subscriber). Once per process.
 pub fn set_log_level_hook(hook: LogLevelHook) {
     let _ = LOG_LEVEL.set(hook);
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LogLevelRequest {
-    filter: String,
 }
 
 async fn log_level(Body(request): Body<LogLevelRequest>) -> Answer {
