@@ -14,7 +14,6 @@ use benches::bench_line;
 use loadgen::inject::Plan;
 use loadgen::run::RunConfig;
 use loadgen::scenario::Scenario;
-use ringmail::config::Config;
 use ringmail::daemon::Engine;
 
 #[global_allocator]
@@ -52,21 +51,9 @@ fn peak_rss_mb() -> f64 {
 fn main() {
     let port = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
     let scenario = scenario(port);
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let fleet = loadgen::sink::start(&scenario).unwrap();
-    let dir = benches::scratch_dir().unwrap();
-    let config = Config::parse(
-        &format!(
-            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}\"]\n\
-             [delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n",
-            dir.path().join("queue").display(),
-            dns.address
-        ),
-        "e2e config",
-    )
-    .unwrap();
-    let engine = Engine::start(config).unwrap();
+    let sinks = benches::on_sinks(&scenario, port).unwrap();
+    let fleet = &sinks.fleet;
+    let engine = Engine::start(sinks.config.clone()).unwrap();
     let domains = scenario.providers.iter().flat_map(|p| p.domains.iter().cloned()).collect();
     let run = RunConfig {
         target: engine.http,
@@ -90,7 +77,7 @@ fn main() {
         plot: None,
         http: true,
     };
-    let result = loadgen::run::run_against(&scenario, &run, &fleet, &|| String::new()).unwrap();
+    let result = loadgen::run::run_against(&scenario, &run, fleet, &|| String::new()).unwrap();
     engine.shutdown();
     print!("{}", result.table());
     let line = bench_line(

@@ -15,7 +15,6 @@ use benches::bench_line;
 use loadgen::inject::Plan;
 use loadgen::run::{RunConfig, RunResult};
 use loadgen::scenario::Scenario;
-use ringmail::config::Config;
 use ringmail::daemon::Engine;
 
 #[global_allocator]
@@ -44,21 +43,9 @@ fn run_once(backend: &str, rate: f64, seconds: f64) -> RunResult {
     std::env::set_var(ringmail::io::BACKEND_VARIABLE, backend);
     let port = std::net::TcpListener::bind("127.0.0.81:0").unwrap().local_addr().unwrap().port();
     let scenario = scenario(port);
-    let zone = loadgen::dns::Zone::from_scenario(&scenario).unwrap();
-    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let fleet = loadgen::sink::start(&scenario).unwrap();
-    let dir = benches::scratch_dir().unwrap();
-    let config = Config::parse(
-        &format!(
-            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}\"]\n\
-             [delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n",
-            dir.path().join("queue").display(),
-            dns.address
-        ),
-        "latency config",
-    )
-    .unwrap();
-    let engine = Engine::start(config).unwrap();
+    let sinks = benches::on_sinks(&scenario, port).unwrap();
+    let fleet = &sinks.fleet;
+    let engine = Engine::start(sinks.config.clone()).unwrap();
     assert_eq!(engine.metrics.parts.backend(), backend, "the engine runs on the backend asked for");
     let domains = scenario.providers.iter().flat_map(|p| p.domains.iter().cloned()).collect();
     let run = RunConfig {
@@ -83,7 +70,7 @@ fn run_once(backend: &str, rate: f64, seconds: f64) -> RunResult {
         plot: None,
         http: true,
     };
-    let result = loadgen::run::run_against(&scenario, &run, &fleet, &|| String::new()).unwrap();
+    let result = loadgen::run::run_against(&scenario, &run, fleet, &|| String::new()).unwrap();
     engine.shutdown();
     println!(
         "{backend}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, lost {}",

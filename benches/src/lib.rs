@@ -41,6 +41,35 @@ pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     }
 }
 
+/// An engine's surroundings for an in-process benchmark: loadgen's DNS and sinks for
+/// a scenario, and a configuration on a fresh queue that routes to them (plaintext,
+/// loopback allowlist). Keep it alive for the run.
+#[allow(missing_debug_implementations)] // loadgen's servers have no Debug
+pub struct OnSinks {
+    pub dns: loadgen::dns::DnsServer,
+    pub fleet: loadgen::sink::Fleet,
+    pub dir: tempfile::TempDir,
+    pub config: ringmail::config::Config,
+}
+
+/// [`OnSinks`] for `scenario`, whose MX hosts listen on `port`.
+pub fn on_sinks(scenario: &loadgen::scenario::Scenario, port: u16) -> anyhow::Result<OnSinks> {
+    let zone = loadgen::dns::Zone::from_scenario(scenario).map_err(anyhow::Error::msg)?;
+    let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse()?)?;
+    let fleet = loadgen::sink::start(scenario)?;
+    let dir = scratch_dir()?;
+    let config = ringmail::config::Config::parse(
+        &format!(
+            "[store]\npath = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[dns]\nnameservers = [\"{}\"]\n\
+             [delivery]\nsmtp_port = {port}\nallowlist = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n",
+            dir.path().join("queue").display(),
+            dns.address
+        ),
+        "bench config",
+    )?;
+    Ok(OnSinks { dns, fleet, dir, config })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,18 @@ struct Stats {
     give_ups: usize,
 }
 
+/// Lane defaults (4 connections, 100 messages each, no rates) under `sites`.
+fn lane_settings(sites: Vec<SiteRule>, idle_timeout: Duration) -> LaneSettings {
+    let lane = LanePolicy {
+        connections_max: 4,
+        messages_per_connection_max: 100,
+        tls: TlsMode::Opportunistic,
+        message_rate: None,
+        connection_rate: None,
+    };
+    LaneSettings { lane, sites, idle_timeout, backoff: BACKOFF }
+}
+
 fn reply(code: u16, text: &str) -> Reply {
     Reply::new(code, None, text)
 }
@@ -164,18 +176,7 @@ impl Schedule {
             hosts.push(lane_hosts);
             routes.push(route);
         }
-        let settings = LaneSettings {
-            lane: LanePolicy {
-                connections_max: 4,
-                messages_per_connection_max: 100,
-                tls: TlsMode::Opportunistic,
-                message_rate: None,
-                connection_rate: None,
-            },
-            sites,
-            idle_timeout: Duration::from_millis(rng.u64(100..=3000)),
-            backoff: BACKOFF,
-        };
+        let settings = lane_settings(sites, Duration::from_millis(rng.u64(100..=3000)));
         let mut schedule = Schedule {
             seed,
             now: start,
@@ -565,18 +566,7 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
     let start = Instant::now();
     let primary: SocketAddr = "127.0.9.1:25".parse().unwrap();
     let secondary: SocketAddr = "127.0.9.2:25".parse().unwrap();
-    let settings = LaneSettings {
-        lane: LanePolicy {
-            connections_max: 4,
-            messages_per_connection_max: 100,
-            tls: TlsMode::Opportunistic,
-            message_rate: None,
-            connection_rate: None,
-        },
-        sites: Vec::new(),
-        idle_timeout: Duration::from_secs(5),
-        backoff: BACKOFF,
-    };
+    let settings = lane_settings(Vec::new(), Duration::from_secs(5));
     let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
     let route = Arc::new(Route { site: "mx.test".into(), hosts: vec![primary, secondary] });
     let key = LaneKey { site: "mx.test".into(), source: None };
