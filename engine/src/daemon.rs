@@ -67,9 +67,12 @@ pub enum StartError {
     /// A thread, socket or runtime could not be set up.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
-    /// A shard or SMTP listener loop could not start on the chosen socket backend.
+    /// A shard loop could not start on the chosen socket backend.
     #[error("{0}")]
     Part(String),
+    /// The SMTP listener did not start (a setting, a bind, its loop).
+    #[error(transparent)]
+    Listener(#[from] crate::ingest::smtp::ListenerError),
 }
 
 impl StartError {
@@ -172,8 +175,7 @@ impl Engine {
             stop: Arc::clone(&stop),
         };
         let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
-        let listeners =
-            crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest).map_err(StartError::Part)?;
+        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)?;
         if !listeners.is_empty() {
             threads.extend(listeners);
         }

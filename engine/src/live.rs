@@ -25,6 +25,21 @@ pub struct Live {
     path: Option<PathBuf>,
 }
 
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The engine was started from a `Config` built in memory: no file to read.
+    #[error("this engine was not started from a file: nothing to reload")]
+    NoFile,
+    /// The file does not load (it names the file, line and key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The file loads but policy refuses it (a bounce rule's category, say).
+    #[error("{path}: {message}")]
+    Policy { path: PathBuf, message: String },
+}
+
 /// What a reload did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct ReloadReport {
@@ -49,12 +64,10 @@ impl Live {
     }
 
     /// Reads the file again and applies what can change while running.
-    pub fn reload(&self) -> Result<ReloadReport, String> {
-        let Some(path) = &self.path else {
-            return Err("this engine was not started from a file: nothing to reload".into());
-        };
-        let new = Config::load(path).map_err(|e| e.to_string())?;
-        crate::policy::check(&new).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let Some(path) = &self.path else { return Err(ReloadError::NoFile) };
+        let new = Config::load(path)?;
+        crate::policy::check(&new).map_err(|message| ReloadError::Policy { path: path.clone(), message })?;
         let mut guard = self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = Arc::clone(&guard);
         let mut applied = (*old).clone();

@@ -57,7 +57,7 @@ pub fn start(
     threads: usize,
     backend: crate::io::Backend,
     ingest: Ingest,
-) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+) -> Result<Vec<std::thread::JoinHandle<()>>, ListenerError> {
     let addresses: Vec<(SocketAddr, Port)> = (section.listen.iter().map(|a| (*a, Port::Plain)))
         .chain(section.listen_tls.iter().map(|a| (*a, Port::ImplicitTls)))
         .chain(section.listen_submission.iter().map(|a| (*a, Port::Submission)))
@@ -66,23 +66,24 @@ pub fn start(
         return Ok(Vec::new());
     }
     let relay = Allowlist::parse(section.relay_networks.iter().map(String::as_str))
-        .map_err(|e| format!("smtp.relay_networks: {e}"))?;
+        .map_err(|e| ListenerError::Setting(format!("smtp.relay_networks: {e}")))?;
     let tls = match (&section.tls_certificate, &section.tls_key) {
         (Some(certificate), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(certificate)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("smtp.tls_certificate {}: {e}", certificate.display()))?;
+                .map_err(|e| ListenerError::Setting(format!("smtp.tls_certificate {}: {e}", certificate.display())))?;
             match chain.first().and_then(|leaf| crate::io::certificate::not_after(leaf)) {
                 Some(expiry) => ingest.metrics.tls_certificate_expiry.store(expiry, Ordering::Relaxed),
                 None => tracing::warn!(path = %certificate.display(), "could not read the certificate's expiry"),
             }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("smtp.tls_key {}: {e}", key.display()))?;
-            Some(server_config(chain, key).map_err(|e| format!("smtp TLS: {e}"))?)
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ListenerError::Setting(format!("smtp.tls_key {}: {e}", key.display())))?;
+            Some(server_config(chain, key).map_err(|e| ListenerError::Setting(format!("smtp TLS: {e}")))?)
         }
         _ => None,
     };
     let users = match &section.users_file {
-        Some(path) => Arc::new(Users::load(path)?),
+        Some(path) => Arc::new(Users::load(path).map_err(ListenerError::Setting)?),
         None => Arc::new(Users::default()),
     };
     let mut config = ServerConfig::new(section.hostname.clone().unwrap_or_else(|| "ringmail.localdomain".into()));
@@ -108,8 +109,9 @@ pub fn start(
         };
         let mut bound = address;
         for thread in sockets.iter_mut() {
-            let listener = reuse_port_listener(bound).map_err(|e| format!("{key} {address}: {e}"))?;
-            bound = listener.local_addr().map_err(|e| format!("{key} {address}: {e}"))?;
+            let bind_failed = |source| ListenerError::Bind { key, address, source };
+            let listener = reuse_port_listener(bound).map_err(bind_failed)?;
+            bound = listener.local_addr().map_err(bind_failed)?;
             thread.push((listener, port));
         }
     }
@@ -146,20 +148,37 @@ pub fn start(
                     Err(error) => running.failed(&format!("the SMTP listener loop failed: {error}")),
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ListenerError::Loop(format!("thread ringmail-smtp-{index}: {e}")))?;
         handles.push(handle);
     }
     for _ in 0..handles.len() {
         match started_rx.recv_timeout(Duration::from_secs(10)) {
             Ok((_, Ok(()))) => {}
             Ok((index, Err(error))) => {
-                return Err(format!("SMTP listener {index}: its {} loop cannot start: {error}", backend.name()))
+                let message = format!("SMTP listener {index}: its {} loop cannot start: {error}", backend.name());
+                return Err(ListenerError::Loop(message));
             }
-            Err(_) => return Err("SMTP listeners did not start within 10 s".into()),
+            Err(_) => return Err(ListenerError::Loop("SMTP listeners did not start within 10 s".into())),
         }
     }
     tracing::info!(threads = handles.len(), backend = backend.name(), "SMTP listeners running");
     Ok(handles)
+}
+
+/// Why the SMTP listener did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// A setting of `[smtp]` the listener cannot use (a certificate, a key, the
+    /// users file, a relay network); the message names the key and the file.
+    #[error("{0}")]
+    Setting(String),
+    /// A listen address could not be bound.
+    #[error("{key} {address}: {source}")]
+    Bind { key: &'static str, address: SocketAddr, source: std::io::Error },
+    /// A listener thread or its socket loop could not start.
+    #[error("{0}")]
+    Loop(String),
 }
 
 /// A listening socket with SO_REUSEPORT (and SO_REUSEADDR), backlog 1024.
