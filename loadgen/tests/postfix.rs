@@ -100,7 +100,10 @@ fn run_through_postfix(base: u8, extra: &str, deadline: &str, plot: Option<&std:
 fn postfix_relays_everything_through_tempfails_and_permfails_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let plot = dir.path().join("run.svg");
-    let Some(run) = run_through_postfix(60, "", "120", Some(&plot)) else { return };
+    // The deadline only bounds a failing run (a run ends when every recipient is
+    // accounted for): under a loaded machine Postfix's retries of the sink's
+    // tempfails once took longer than 120 s for one recipient.
+    let Some(run) = run_through_postfix(60, "", "400", Some(&plot)) else { return };
     let r = &run.result;
     assert_eq!(run.code, Some(0), "{}", run.stdout);
     assert_eq!(r["injected"], 600.0, "Postfix accepted every recipient:\n{}", run.stdout);
