@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 
 use super::connect::{Allowlist, ConnectError, ConnectOptions};
-use super::core::{pack, unpack, Op, Slab, Submissions, Timers};
+use super::core::{pack, unpack, Op, Slab, Submissions, Timers, WakeRead, OP_CANCEL};
 use super::tls::{decrypt, encrypt, ClientTls, TlsInfo};
 use super::Backend;
 use crate::smtp::{ClientEvent, ClientSession, Outcome, SessionError, Transaction};
@@ -50,11 +50,9 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const OP_CONNECT: u64 = 1;
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
-const OP_CANCEL: u64 = 4;
 /// The wake-up read ([`Ring::waker`]); its user data names no slot.
 const OP_WAKE: u64 = 5;
-/// Bytes one wake-up read takes at most (each wake-up writes one).
-const WAKE_BYTES: usize = 64;
+const _: () = assert!(OP_CONNECT != OP_CANCEL && OP_RECV != OP_CANCEL && OP_SEND != OP_CANCEL && OP_WAKE != OP_CANCEL);
 
 /// Wakes a [`Ring`] from another thread: its `turn` returns at once (and the owner
 /// looks at its inbox). Wake-ups while one is pending cost nothing but an atomic.
@@ -83,10 +81,7 @@ impl RingWaker {
 /// The ring's side of its wake-up channel.
 struct Wake {
     shared: Arc<WakeShared>,
-    reader: std::os::unix::net::UnixStream,
-    /// The kernel writes into it while `posted`.
-    buffer: Box<[u8; WAKE_BYTES]>,
-    posted: bool,
+    read: WakeRead,
 }
 
 /// One connection of a [`Ring`]; stale ids (of a closed connection) are ignored.
@@ -227,22 +222,17 @@ impl Ring {
         if let Some(wake) = &self.wake {
             return Ok(RingWaker { shared: Arc::clone(&wake.shared) });
         }
-        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
-        writer.set_nonblocking(true)?;
+        let (read, writer) = WakeRead::pair()?;
         let shared = Arc::new(WakeShared { pending: std::sync::atomic::AtomicBool::new(false), writer });
-        self.wake =
-            Some(Wake { shared: Arc::clone(&shared), reader, buffer: Box::new([0; WAKE_BYTES]), posted: false });
+        self.wake = Some(Wake { shared: Arc::clone(&shared), read });
         self.post_wake();
         Ok(RingWaker { shared })
     }
 
     fn post_wake(&mut self) {
-        let Some(wake) = self.wake.as_mut().filter(|wake| !wake.posted) else { return };
-        wake.posted = true;
-        let op = Op::Recv { fd: wake.reader.as_raw_fd(), buffer: wake.buffer.as_mut_ptr(), length: WAKE_BYTES as u32 };
-        // SAFETY: the boxed buffer lives as long as the ring, and is freed (or leaked)
-        // only after this read completed (`Drop`).
-        unsafe { self.ring.push(op, pack(0, 0, OP_WAKE)) };
+        if let Some(wake) = self.wake.as_mut() {
+            wake.read.post(&mut self.ring, pack(0, 0, OP_WAKE));
+        }
     }
 
     /// The backend this loop runs on.
@@ -367,7 +357,7 @@ impl Ring {
         }
         if op == OP_WAKE {
             if let Some(wake) = self.wake.as_mut() {
-                wake.posted = false;
+                wake.read.completed();
                 // Cleared before the owner looks at its inbox (after this turn): a
                 // wake-up sent after that look writes a new byte.
                 wake.shared.pending.store(false, std::sync::atomic::Ordering::Release);
@@ -443,7 +433,8 @@ impl Ring {
             }
         }
         let fd = slot.socket.as_raw_fd();
-        let mut ops: [Option<(Op, u64)>; 3] = [None, None, None];
+        let mut ops: [Option<(Op, u64)>; 2] = [None, None];
+        let mut cancel_recv = false;
         let sending = matches!(slot.state, State::Open | State::Closing) && !slot.send_posted;
         if sending && slot.sent < slot.outgoing.len() {
             let rest = &slot.outgoing[slot.sent..];
@@ -463,7 +454,7 @@ impl Ring {
         }
         if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
             // shutdown() ends a posted recv on most kernels; the cancel makes sure.
-            ops[2] = Some((Op::Cancel { target: id.user_data(OP_RECV) }, id.user_data(OP_CANCEL)));
+            cancel_recv = true;
             slot.cancel_sent = true;
         }
         if slot.state == State::Draining && !slot.in_flight() {
@@ -474,6 +465,9 @@ impl Ring {
             // only once neither operation is posted (`in_flight`); neither is resized
             // while posted (`gather_output` runs only with no send posted).
             unsafe { self.ring.push(op, user_data) };
+        }
+        if cancel_recv {
+            self.ring.cancel(id.user_data(OP_RECV));
         }
         self.arm(index);
     }
@@ -540,23 +534,19 @@ fn drain_events<H: RingHandler>(slot: &mut Slot, id: ConnId, handler: &mut H) {
 /// Acts on whichever of the slot's deadlines have passed.
 fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut Submissions) {
     let id = ConnId { index, generation };
-    let cancel = |ring: &mut Submissions, op| {
-        // SAFETY: a cancel points at nothing.
-        unsafe { ring.push(Op::Cancel { target: id.user_data(op) }, id.user_data(OP_CANCEL)) };
-    };
     if slot.connect_deadline.is_some_and(|at| at <= now) {
         slot.connect_deadline = None;
         if slot.state == State::Connecting {
             let destination = slot.destination.as_socket();
             slot.connect_error = destination.map(ConnectError::Timeout);
             slot.state = State::Draining;
-            cancel(ring, OP_CONNECT);
+            ring.cancel(id.user_data(OP_CONNECT));
         }
     }
     if slot.send_deadline.is_some_and(|at| at <= now) {
         // A peer that stops reading must not hold us: RFC 5321's data-block timeout.
         slot.send_deadline = None;
-        cancel(ring, OP_SEND);
+        ring.cancel(id.user_data(OP_SEND));
         if slot.state == State::Open {
             slot.session.handle_closed(now);
         }
@@ -566,7 +556,7 @@ fn expire(slot: &mut Slot, now: Instant, generation: u32, index: u32, ring: &mut
         let _ = slot.socket.shutdown(Shutdown::Both);
         slot.state = State::Draining;
         for op in [OP_RECV, OP_SEND] {
-            cancel(ring, op);
+            ring.cancel(id.user_data(op));
         }
     }
     if slot.state == State::Open {
@@ -683,16 +673,14 @@ impl Drop for Ring {
                 }
             }
         }
-        if self.wake.as_ref().is_some_and(|wake| wake.posted) {
+        if self.wake.as_ref().is_some_and(|wake| wake.read.is_posted()) {
             targets.push(pack(0, 0, OP_WAKE));
         }
-        let cancel = |target: u64| target & !0xff | OP_CANCEL;
-        let is_cancel = |user_data: u64| user_data & 0xff == OP_CANCEL;
-        if !self.ring.cancel_and_drain(&targets, cancel, is_cancel, |_, _| {}, CLOSE_TIMEOUT) {
+        if !self.ring.cancel_and_drain(&targets, |_, _| {}, CLOSE_TIMEOUT) {
             tracing::error!("socket operations outlived the loop; leaking their buffers");
             self.slots.leak();
-            if let Some(wake) = self.wake.take() {
-                std::mem::forget(wake);
+            if let Some(wake) = self.wake.as_mut() {
+                wake.read.leak();
             }
         }
     }

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use super::core::{pack, unpack, Op, Slab, Submissions, Timers};
+use super::core::{pack, unpack, Op, Slab, Submissions, Timers, WakeRead, OP_CANCEL};
 use super::Backend;
 
 use crate::smtp::{ServerEvent, ServerSession, Verdict};
@@ -59,13 +59,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often the loop looks at its stop flag when nothing else happens.
 const STOP_POLL: Duration = Duration::from_millis(100);
-const WAKE_BYTES: usize = 64;
 
 const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
-const OP_CANCEL: u64 = 4;
 const OP_ACCEPT: u64 = 5;
 const OP_WAKE: u64 = 6;
+const _: () = assert!(OP_RECV != OP_CANCEL && OP_SEND != OP_CANCEL && OP_ACCEPT != OP_CANCEL && OP_WAKE != OP_CANCEL);
 
 /// What a handler says about a new connection.
 #[derive(Debug)]
@@ -250,17 +249,13 @@ struct Server<C> {
     timers: Timers,
     completions: Vec<(u64, i32)>,
     wakeups: Arc<Wakeups>,
-    wake_reader: UnixStream,
-    /// The kernel writes into it while the wake-up read is posted.
-    wake_buffer: Box<[u8; WAKE_BYTES]>,
-    wake_posted: bool,
+    wake: WakeRead,
 }
 
 impl<C> Server<C> {
     fn new(backend: Backend, listeners: Vec<TcpListener>) -> io::Result<Server<C>> {
         let ring = Submissions::new(backend)?;
-        let (wake_reader, pipe) = UnixStream::pair()?;
-        pipe.set_nonblocking(true)?;
+        let (wake, pipe) = WakeRead::pair()?;
         let listeners =
             listeners.into_iter().map(|socket| Listening { socket, posted: false, paused_until: None }).collect();
         Ok(Server {
@@ -270,9 +265,7 @@ impl<C> Server<C> {
             timers: Timers::default(),
             completions: Vec::with_capacity(super::core::RING_ENTRIES as usize * 2),
             wakeups: Arc::new(Wakeups { ready: Mutex::new(Vec::new()), pipe }),
-            wake_reader,
-            wake_buffer: Box::new([0; WAKE_BYTES]),
-            wake_posted: false,
+            wake,
         })
     }
 
@@ -288,17 +281,7 @@ impl<C> Server<C> {
             // SAFETY: an accept points at nothing.
             unsafe { self.ring.push(op, user_data(index as u32, 0, OP_ACCEPT)) };
         }
-        if !self.wake_posted {
-            self.wake_posted = true;
-            let op = Op::Recv {
-                fd: self.wake_reader.as_raw_fd(),
-                buffer: self.wake_buffer.as_mut_ptr(),
-                length: WAKE_BYTES as u32,
-            };
-            // SAFETY: the boxed wake-up buffer lives as long as the loop, and is freed
-            // (or leaked) only after this read completed (`Drop`).
-            unsafe { self.ring.push(op, user_data(0, 0, OP_WAKE)) };
-        }
+        self.wake.post(&mut self.ring, user_data(0, 0, OP_WAKE));
     }
 
     fn turn<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) -> io::Result<()> {
@@ -324,7 +307,7 @@ impl<C> Server<C> {
             OP_CANCEL => {}
             OP_ACCEPT => self.accepted(index as usize, result, handler),
             OP_WAKE => {
-                self.wake_posted = false;
+                self.wake.completed();
                 let ready =
                     std::mem::take(&mut *self.wakeups.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                 for (index, generation) in ready {
@@ -503,7 +486,8 @@ impl<C> Server<C> {
             slot.state = State::Draining;
         }
         let fd = slot.socket.as_raw_fd();
-        let mut ops: [Option<(Op, u64)>; 3] = [None, None, None];
+        let mut ops: [Option<(Op, u64)>; 2] = [None, None];
+        let mut cancel_recv = false;
         if matches!(slot.state, State::Open | State::Closing) && !slot.send_posted {
             if slot.sent >= slot.outgoing.len() {
                 slot.outgoing.clear();
@@ -537,8 +521,7 @@ impl<C> Server<C> {
         }
         if slot.state == State::Draining && slot.recv_posted && !slot.cancel_sent {
             let _ = slot.socket.shutdown(Shutdown::Both);
-            let op = Op::Cancel { target: user_data(index, generation, OP_RECV) };
-            ops[2] = Some((op, user_data(index, generation, OP_CANCEL)));
+            cancel_recv = true;
             slot.cancel_sent = true;
         }
         // A message waiting for its sync keeps the slot (and its reception record)
@@ -551,6 +534,9 @@ impl<C> Server<C> {
             // only once neither operation is posted (`in_flight`); `outgoing` is
             // swapped or cleared only with no send posted.
             unsafe { self.ring.push(op, user_data) };
+        }
+        if cancel_recv {
+            self.ring.cancel(user_data(index, generation, OP_RECV));
         }
         self.arm(index);
     }
@@ -604,9 +590,7 @@ impl<C> Server<C> {
                 let _ = slot.socket.shutdown(Shutdown::Both);
             }
             for op in cancels {
-                let cancel = Op::Cancel { target: user_data(index, generation, op) };
-                // SAFETY: a cancel points at nothing.
-                unsafe { self.ring.push(cancel, user_data(index, generation, OP_CANCEL)) };
+                self.ring.cancel(user_data(index, generation, op));
             }
             self.pump(index, handler);
         }
@@ -694,21 +678,19 @@ impl<C> Drop for Server<C> {
                 targets.push(user_data(index as u32, 0, OP_ACCEPT));
             }
         }
-        if self.wake_posted {
+        if self.wake.is_posted() {
             targets.push(user_data(0, 0, OP_WAKE));
         }
         let completed = |user_data: u64, result: i32| {
-            if user_data & 0xff == OP_ACCEPT && result >= 0 {
+            if unpack(user_data).2 == OP_ACCEPT && result >= 0 {
                 // SAFETY: a new descriptor from a successful accept, owned by nothing else.
                 drop(unsafe { TcpStream::from_raw_fd(result) });
             }
         };
-        let cancel = |target: u64| target & !0xff | OP_CANCEL;
-        let is_cancel = |user_data: u64| user_data & 0xff == OP_CANCEL;
-        if !self.ring.cancel_and_drain(&targets, cancel, is_cancel, completed, CLOSE_TIMEOUT) {
+        if !self.ring.cancel_and_drain(&targets, completed, CLOSE_TIMEOUT) {
             tracing::error!("socket operations outlived the listener loop; leaking their buffers");
             self.slots.leak();
-            std::mem::forget(std::mem::replace(&mut self.wake_buffer, Box::new([0; WAKE_BYTES])));
+            self.wake.leak();
         }
     }
 }

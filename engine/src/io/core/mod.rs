@@ -49,6 +49,10 @@ pub(crate) const RING_ENTRIES: u32 = 1024;
 
 /// The low byte of a user-data word says which operation of a slot completed.
 pub(crate) const OP_BITS: u32 = 8;
+const OP_MASK: u64 = (1 << OP_BITS) - 1;
+/// The operation code of a cancel's own completion ([`Submissions::cancel`]); the
+/// loops give their operations other codes.
+pub(crate) const OP_CANCEL: u64 = 4;
 /// Slot indexes take the next 24 bits: a loop holds at most this many slots.
 pub(crate) const SLOTS_MAX: u32 = 1 << 24;
 /// Generations wrap at 24 bits (the top byte of the word stays free).
@@ -67,7 +71,12 @@ pub(crate) fn pack(index: u32, generation: u32, op: u64) -> u64 {
 pub(crate) fn unpack(user_data: u64) -> (u32, u32, u64) {
     let index = (user_data >> OP_BITS) as u32 & (SLOTS_MAX - 1);
     let generation = (user_data >> 32) as u32;
-    (index, generation, user_data & ((1 << OP_BITS) - 1))
+    (index, generation, user_data & OP_MASK)
+}
+
+/// Whether a completion is a cancel's own (its target completes separately).
+pub(crate) fn is_cancel(user_data: u64) -> bool {
+    user_data & OP_MASK == OP_CANCEL
 }
 
 /// One operation on a descriptor, as io_uring would run it.
@@ -178,21 +187,26 @@ impl Submissions {
         }
     }
 
+    /// Cancels the posted operation `target` (it completes, with `-ECANCELED` if it
+    /// was still waiting); the cancel's own completion carries `target`'s slot with
+    /// [`OP_CANCEL`].
+    pub(crate) fn cancel(&mut self, target: u64) {
+        // SAFETY: a cancel points at nothing.
+        unsafe { self.push(Op::Cancel { target }, target & !OP_MASK | OP_CANCEL) };
+    }
+
     /// Ends a loop: cancels every operation in `targets` (user data of operations
     /// still posted) and waits up to `limit` for all of them to complete, handing
-    /// each completion (cancels' own aside, told by `is_cancel`) to `completed`.
-    /// False when some never completed: their buffers must then be leaked.
+    /// each completion (cancels' own aside) to `completed`. False when some never
+    /// completed: their buffers must then be leaked.
     pub(crate) fn cancel_and_drain(
         &mut self,
         targets: &[u64],
-        cancel_user_data: impl Fn(u64) -> u64,
-        is_cancel: impl Fn(u64) -> bool,
         mut completed: impl FnMut(u64, i32),
         limit: Duration,
     ) -> bool {
         for &target in targets {
-            // SAFETY: a cancel points at nothing.
-            unsafe { self.push(Op::Cancel { target }, cancel_user_data(target)) };
+            self.cancel(target);
         }
         let mut waiting = targets.len();
         let give_up = Instant::now() + limit;
@@ -226,6 +240,59 @@ impl Submissions {
 
 /// One wait of a loop's final drain.
 const DRAIN_STEP: Duration = Duration::from_millis(100);
+
+/// Bytes one wake-up read takes at most (each wake-up writes one).
+const WAKE_BYTES: usize = 64;
+
+/// How another thread ends a loop's wait: a socket pair whose read end keeps one
+/// read posted in the loop, so that a byte written to the other end completes like
+/// any operation. The loop owns this read side; the writer goes to whoever wakes it
+/// (non-blocking: a wake-up never stalls its sender, and a full socket already holds
+/// a byte the loop will read).
+#[derive(Debug)]
+pub(crate) struct WakeRead {
+    reader: std::os::unix::net::UnixStream,
+    /// The kernel writes into it while `posted`.
+    buffer: Box<[u8; WAKE_BYTES]>,
+    posted: bool,
+}
+
+impl WakeRead {
+    /// The read side, and the non-blocking writer to hand out.
+    pub(crate) fn pair() -> io::Result<(WakeRead, std::os::unix::net::UnixStream)> {
+        let (reader, writer) = std::os::unix::net::UnixStream::pair()?;
+        writer.set_nonblocking(true)?;
+        Ok((WakeRead { reader, buffer: Box::new([0; WAKE_BYTES]), posted: false }, writer))
+    }
+
+    /// Posts the read (unless it is posted); its completion carries `user_data`.
+    pub(crate) fn post(&mut self, ring: &mut Submissions, user_data: u64) {
+        if self.posted {
+            return;
+        }
+        self.posted = true;
+        use std::os::fd::AsRawFd;
+        let op = Op::Recv { fd: self.reader.as_raw_fd(), buffer: self.buffer.as_mut_ptr(), length: WAKE_BYTES as u32 };
+        // SAFETY: the boxed buffer lives as long as this value, which the loop drops
+        // (or leaks, `leak`) only after the read completed (its `Drop` drains).
+        unsafe { ring.push(op, user_data) };
+    }
+
+    /// The read completed: the next `post` posts it again.
+    pub(crate) fn completed(&mut self) {
+        self.posted = false;
+    }
+
+    pub(crate) fn is_posted(&self) -> bool {
+        self.posted
+    }
+
+    /// Forgets the buffer (the kernel may still write into it): for a read the
+    /// loop's final drain gave up on.
+    pub(crate) fn leak(&mut self) {
+        std::mem::forget(std::mem::replace(&mut self.buffer, Box::new([0; WAKE_BYTES])));
+    }
+}
 
 /// Deadlines of a loop's connections: one heap entry per connection at (or before)
 /// its earliest deadline, re-armed lazily; an entry whose connection has moved on
