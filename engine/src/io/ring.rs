@@ -141,7 +141,6 @@ struct Tls {
 
 #[derive(Debug)]
 struct Slot {
-    generation: u32,
     state: State,
     socket: TcpStream,
     /// Boxed: the kernel reads it while the connect is posted.
@@ -264,8 +263,7 @@ impl Ring {
         }
         let socket: TcpStream = new_socket(destination, options, allowlist)?.into();
         let now = Instant::now();
-        let make = |_index, generation| Slot {
-            generation,
+        let slot = Slot {
             state: State::Connecting,
             socket,
             destination: Box::new(socket2::SockAddr::from(destination)),
@@ -286,7 +284,7 @@ impl Ring {
             error: None,
             connect_error: None,
         };
-        let Some((index, generation)) = self.slots.insert(make) else {
+        let Some((index, generation)) = self.slots.insert(slot) else {
             let error = io::Error::other("too many connections on one loop");
             return Err(ConnectError::Io { destination, error });
         };
@@ -414,8 +412,8 @@ impl Ring {
     /// Moves one connection forward: session events to the handler, output to the
     /// socket, a receive posted, and the closing steps.
     fn pump<H: RingHandler>(&mut self, index: u32, handler: &mut H) {
+        let id = ConnId { index, generation: self.slots.generation(index) };
         let Some(slot) = self.slots.get_mut(index) else { return };
-        let id = ConnId { index, generation: slot.generation };
         loop {
             drain_events(slot, id, handler);
             if !matches!(slot.state, State::Open | State::Closing) || slot.send_posted {
@@ -476,16 +474,17 @@ impl Ring {
         let Some(slot) = self.slots.remove(index) else { return };
         debug_assert!(!slot.in_flight(), "a slot released with operations posted");
         self.ring.closing(slot.socket.as_raw_fd());
-        let id = ConnId { index, generation: slot.generation };
+        let id = ConnId { index, generation: self.slots.generation(index) };
         let tls = slot.tls.and_then(|tls| tls.info);
         handler.closed(id, End { error: slot.error, connect_error: slot.connect_error, tls });
     }
 
     /// Keeps one heap entry per slot at (or before) its earliest deadline.
     fn arm(&mut self, index: u32) {
+        let generation = self.slots.generation(index);
         let Some(slot) = self.slots.get_mut(index) else { return };
         let Some(deadline) = slot.deadline() else { return };
-        self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
+        self.timers.arm(&mut slot.armed, deadline, index, generation);
     }
 
     fn fire_timers<H: RingHandler>(&mut self, handler: &mut H) {
@@ -659,12 +658,12 @@ impl Drop for Ring {
         // The kernel may still write into posted buffers: cancel, then wait for every
         // completion before the slots are freed. Leak them if the kernel never answers.
         let mut targets = Vec::new();
-        for (index, slot) in self.slots.iter_mut() {
+        for (index, generation, slot) in self.slots.iter_mut() {
             if !slot.in_flight() {
                 continue;
             }
             let _ = slot.socket.shutdown(Shutdown::Both);
-            let id = ConnId { index, generation: slot.generation };
+            let id = ConnId { index, generation };
             for (posted, op) in
                 [(slot.connect_posted, OP_CONNECT), (slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)]
             {

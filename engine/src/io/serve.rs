@@ -115,7 +115,6 @@ enum State {
 }
 
 struct Slot<C> {
-    generation: u32,
     state: State,
     socket: TcpStream,
     session: ServerSession,
@@ -234,7 +233,7 @@ pub fn serve_on<H: ServeHandler>(
     }
     // Whatever is still open is dropped with the loop: the handler hears of each
     // (its connection counts are shared with the other listener threads).
-    for (_, slot) in server.slots.iter_mut() {
+    for (_, _, slot) in server.slots.iter_mut() {
         if let Some(context) = slot.context.take() {
             handler.closed(context);
         }
@@ -349,8 +348,7 @@ impl<C> Server<C> {
         };
         let now = Instant::now();
         let context = accepted.context;
-        let make = |_index, generation| Slot {
-            generation,
+        let slot = Slot {
             state: State::Open,
             socket,
             session: accepted.session,
@@ -375,7 +373,7 @@ impl<C> Server<C> {
         };
         // The slab is full only at 2^24 connections on one thread: far beyond
         // `connections_max`, which the handler's `accept` enforced.
-        let Some((index, _)) = self.slots.insert(make) else { return };
+        let Some((index, _)) = self.slots.insert(slot) else { return };
         self.pump(index, handler);
     }
 
@@ -437,8 +435,8 @@ impl<C> Server<C> {
     /// Moves one connection forward: questions to the handler, output to the socket,
     /// a receive posted, and the closing steps.
     fn pump<H: ServeHandler<Conn = C>>(&mut self, index: u32, handler: &mut H) {
+        let generation = self.slots.generation(index);
         let Some(slot) = self.slots.get_mut(index) else { return };
-        let generation = slot.generation;
         let now = Instant::now();
         // Questions, one at a time: a pending future holds the rest back.
         while slot.state == State::Open && slot.pending.is_none() {
@@ -551,9 +549,10 @@ impl<C> Server<C> {
     }
 
     fn arm(&mut self, index: u32) {
+        let generation = self.slots.generation(index);
         let Some(slot) = self.slots.get_mut(index) else { return };
         let Some(deadline) = slot.deadline() else { return };
-        self.timers.arm(&mut slot.armed, deadline, index, slot.generation);
+        self.timers.arm(&mut slot.armed, deadline, index, generation);
     }
 
     fn fire_timers<H: ServeHandler<Conn = C>>(&mut self, handler: &mut H) {
@@ -665,11 +664,11 @@ impl<C> Drop for Server<C> {
         // The kernel may still write into posted buffers: cancel, then wait for every
         // completion before they are freed. Leak them if the kernel never answers.
         let mut targets = Vec::new();
-        for (index, slot) in self.slots.iter_mut() {
+        for (index, generation, slot) in self.slots.iter_mut() {
             let _ = slot.socket.shutdown(Shutdown::Both);
             for (posted, op) in [(slot.recv_posted, OP_RECV), (slot.send_posted, OP_SEND)] {
                 if posted {
-                    targets.push(user_data(index, slot.generation, op));
+                    targets.push(user_data(index, generation, op));
                 }
             }
         }

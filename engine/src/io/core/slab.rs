@@ -19,9 +19,9 @@ impl<T> Default for Slab<T> {
 }
 
 impl<T> Slab<T> {
-    /// Places what `make` builds for (index, generation); `None` when the loop holds
+    /// Places `value`, giving its (index, generation); `None` when the loop holds
     /// [`SLOTS_MAX`] slots already (the user data has no room for more).
-    pub(crate) fn insert(&mut self, make: impl FnOnce(u32, u32) -> T) -> Option<(u32, u32)> {
+    pub(crate) fn insert(&mut self, value: T) -> Option<(u32, u32)> {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -35,7 +35,7 @@ impl<T> Slab<T> {
         debug_assert!(self.slots[position].is_none(), "slot {index} handed out while occupied");
         let generation = self.generations[position].wrapping_add(1) & 0x00ff_ffff;
         self.generations[position] = generation;
-        self.slots[position] = Some(make(index, generation));
+        self.slots[position] = Some(value);
         self.occupied += 1;
         Some((index, generation))
     }
@@ -54,6 +54,11 @@ impl<T> Slab<T> {
         self.slots.get_mut(position)?.as_mut()
     }
 
+    /// The generation of the slot at `index` (its last one, once freed).
+    pub(crate) fn generation(&self, index: u32) -> u32 {
+        self.generations.get(index as usize).copied().unwrap_or(0)
+    }
+
     /// Frees the slot at `index`; its index is handed out again with a new generation.
     pub(crate) fn remove(&mut self, index: u32) -> Option<T> {
         let taken = self.slots.get_mut(index as usize)?.take()?;
@@ -67,9 +72,13 @@ impl<T> Slab<T> {
         self.occupied
     }
 
-    /// Every occupied slot with its index.
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut T)> {
-        self.slots.iter_mut().enumerate().filter_map(|(index, slot)| Some((index as u32, slot.as_mut()?)))
+    /// Every occupied slot with its index and generation.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u32, u32, &mut T)> {
+        let generations = &self.generations;
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(index, slot)| Some((index as u32, generations[index], slot.as_mut()?)))
     }
 
     /// Forgets every slot without dropping it: for buffers the kernel may still write
