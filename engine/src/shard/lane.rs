@@ -193,13 +193,6 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         Lanes { lanes: HashMap::new(), conns: HashMap::new(), settings, out: Vec::new(), metrics }
     }
 
-    /// Recipients taken and not yet given back (queued, or in a transaction).
-    pub fn holding(&self) -> usize {
-        let queued: usize = self.lanes.values().flat_map(|lane| &lane.queue).map(|work| work.keys.len()).sum();
-        let busy: usize = self.conns.values().flat_map(|conn| &conn.busy).map(|work| work.keys.len()).sum();
-        queued + busy
-    }
-
     /// One lane's state, read-only (for the admin view and the simulated-clock tests).
     pub fn lane_state(&self, key: &LaneKey) -> Option<LaneState> {
         let lane = self.lanes.get(key)?;
@@ -546,17 +539,6 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
     /// The results since the last call, one per recipient.
     pub fn take_attempts(&mut self) -> Vec<Attempt> {
         std::mem::take(&mut self.out)
-    }
-
-    /// Results that could not be handed on yet go back in front.
-    pub fn put_back(&mut self, mut attempts: Vec<Attempt>) {
-        attempts.append(&mut self.out);
-        self.out = attempts;
-    }
-
-    /// Results waiting to be taken.
-    pub fn attempts_waiting(&self) -> bool {
-        !self.out.is_empty()
     }
 
     fn settle(
