@@ -22,7 +22,7 @@ use crate::log::DeliveryLog;
 use crate::metrics::Metrics;
 use crate::policy::site::LanePolicy;
 use crate::schedule::{Completer, Scheduler};
-use crate::shard::ShardSettings;
+use crate::shard::{ShardLink, ShardSettings};
 
 /// Work items waiting per shard at most.
 const SHARD_INBOX: usize = 8192;
@@ -156,7 +156,7 @@ impl Engine {
         let backend = crate::io::Backend::detect();
         metrics.parts.set_backend(backend.name());
         let board = Arc::new(crate::shard::LaneBoard::default());
-        let (inboxes, shards_down, shard_wakers) = start_shards(
+        let shards = start_shards(
             &config,
             backend,
             shard_settings(&config, Arc::clone(&board), Arc::clone(&live), backend).map_err(StartError::Config)?,
@@ -218,9 +218,7 @@ impl Engine {
             let scheduler = Scheduler {
                 store,
                 resolver,
-                shards: inboxes,
-                shards_down,
-                shard_wakers,
+                shards,
                 arrivals,
                 results: results_tx,
                 live: scheduler_live,
@@ -258,9 +256,6 @@ impl Engine {
     }
 }
 
-type ShardLinks =
-    (Vec<crossbeam_channel::Sender<crate::shard::Work>>, Arc<[AtomicBool]>, Vec<crate::io::ring::RingWaker>);
-
 /// Starts one delivery shard per core (or as configured) on `backend`, and waits
 /// until each says whether its loop could be set up: the engine does not start with
 /// a shard that cannot run. A shard whose loop dies later is marked down (health,
@@ -274,9 +269,8 @@ fn start_shards(
     metrics: &Arc<Metrics>,
     stop: &Arc<AtomicBool>,
     threads: &mut Vec<JoinHandle<()>>,
-) -> Result<ShardLinks, StartError> {
+) -> Result<Vec<ShardLink>, StartError> {
     let count = config.shard_count();
-    let shards_down: Arc<[AtomicBool]> = (0..count).map(|_| AtomicBool::new(false)).collect();
     let (started_tx, started_rx) = crossbeam_channel::bounded(count);
     settings.started = Some(started_tx);
     let mut inboxes = Vec::new();
@@ -284,12 +278,11 @@ fn start_shards(
         settings.index = index;
         settings.fail_after_works = crate::shard::fault_for(index);
         let (tx, rx) = crossbeam_channel::bounded(SHARD_INBOX);
-        inboxes.push(tx);
+        let running = metrics.parts.register("shard", index);
+        inboxes.push((tx, running.state()));
         let (results, settings, metrics, stop) =
             (results_tx.clone(), settings.clone(), Arc::clone(metrics), Arc::clone(stop));
-        let down = Arc::clone(&shards_down);
         let thread = spawn(&format!("ringmail-shard-{index}"), move || {
-            let running = metrics.parts.register("shard", index);
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 crate::shard::run(&rx, results.clone(), settings, metrics, Arc::clone(&stop))
             }));
@@ -300,7 +293,6 @@ fn start_shards(
                 // flight until a restart makes them due again (at-least-once).
                 Err(_) => "the shard panicked; what its lanes held is retried after a restart".to_string(),
             };
-            down[index].store(true, Ordering::Relaxed);
             running.failed(&reason);
             release_until_stopped(&rx, &results, &stop);
         });
@@ -317,12 +309,15 @@ fn start_shards(
             Err(_) => return Err(StartError::Part("delivery shards did not start within 10 s".into())),
         }
     }
-    let wakers = wakers.into_iter().flatten().collect::<Vec<_>>();
-    if wakers.len() != count {
-        return Err(StartError::Part("a delivery shard reported its start twice".into()));
+    let mut links = Vec::with_capacity(count);
+    for ((inbox, state), waker) in inboxes.into_iter().zip(wakers) {
+        let Some(waker) = waker else {
+            return Err(StartError::Part("a delivery shard reported its start twice".into()));
+        };
+        links.push(ShardLink { inbox, waker, state });
     }
     tracing::info!(shards = count, backend = backend.name(), "delivery shards running");
-    Ok((inboxes, shards_down, wakers))
+    Ok(links)
 }
 
 /// A shard's loop could be set up within this, or the start fails.

@@ -25,6 +25,16 @@ struct Part {
     reason: Mutex<String>,
 }
 
+/// Whether a part runs, as another thread reads it (one atomic load).
+#[derive(Clone, Debug)]
+pub struct PartState(Arc<Part>);
+
+impl PartState {
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::Relaxed)
+    }
+}
+
 /// A running part, held by its thread. Dropped without [`Running::stopped`] or
 /// [`Running::failed`] (a panic unwinding the thread), it marks the part down.
 #[derive(Debug)]
@@ -34,6 +44,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// A handle that tells others whether this part still runs.
+    pub fn state(&self) -> PartState {
+        PartState(Arc::clone(&self.part))
+    }
+
     /// The thread ends because the engine stops: the part is not counted as down.
     pub fn stopped(mut self) {
         self.settled = true;

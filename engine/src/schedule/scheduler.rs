@@ -15,7 +15,7 @@ use crate::config::EgressSource;
 use crate::dns::{MxResolver, Route};
 use crate::metrics::Metrics;
 use crate::operator::{Rebinds, SiteHolds, SiteMap};
-use crate::shard::{Attempt, AttemptResult, LaneKey, Work};
+use crate::shard::{Attempt, AttemptResult, LaneKey, ShardLink, Work};
 
 /// Claims per round at most.
 const CLAIM_BATCH: usize = 2000;
@@ -32,11 +32,7 @@ const SHUTDOWN_LOOKUPS_GRACE: Duration = Duration::from_secs(15);
 pub struct Scheduler {
     pub store: Arc<Store>,
     pub resolver: MxResolver,
-    pub shards: Vec<Sender<Work>>,
-    /// Per shard: its loop has died. Its lanes go to the next live shard instead.
-    pub shards_down: Arc<[AtomicBool]>,
-    /// Per shard: ends its loop's wait when work is handed to it.
-    pub shard_wakers: Vec<crate::io::ring::RingWaker>,
+    pub shards: Vec<ShardLink>,
     /// Told by ingest after every synced enqueue: the scheduler claims at once.
     pub arrivals: Arc<tokio::sync::Notify>,
     /// Results of attempts that never reached a shard (DNS failures, full shards).
@@ -197,23 +193,21 @@ impl Scheduler {
         // holds no lane state, so the lane may start over anywhere).
         for offset in 0..self.shards.len() {
             let shard = (owner + offset) % self.shards.len();
-            if self.shards_down[shard].load(Ordering::Relaxed) {
+            let link = &self.shards[shard];
+            if !link.state.is_up() {
                 continue;
             }
-            match self.shards[shard].try_send(work) {
+            match link.inbox.try_send(work) {
                 Ok(()) => {
-                    self.shard_wakers[shard].wake();
+                    link.waker.wake();
                     return;
                 }
                 Err(TrySendError::Full(full)) => {
                     work = full;
                     break; // the lane's shard is busy: the recipients wait in the queue
                 }
-                Err(TrySendError::Disconnected(orphan)) => {
-                    // The shard's thread is gone without saying so (a panic).
-                    self.shards_down[shard].store(true, Ordering::Relaxed);
-                    work = orphan;
-                }
+                // The shard's thread has ended (the engine is stopping): the next one.
+                Err(TrySendError::Disconnected(orphan)) => work = orphan,
             }
         }
         for attempt in Attempt::all(&work, &AttemptResult::Released, None) {

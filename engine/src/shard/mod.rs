@@ -117,6 +117,16 @@ impl Attempt {
     }
 }
 
+/// How the scheduler reaches one shard.
+#[derive(Clone, Debug)]
+pub struct ShardLink {
+    pub inbox: Sender<Work>,
+    /// Ends the shard's wait when work is handed to it.
+    pub waker: RingWaker,
+    /// Down once its loop died: its lanes go to the next live shard instead.
+    pub state: crate::health::PartState,
+}
+
 /// What a shard needs from the daemon.
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
