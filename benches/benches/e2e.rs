@@ -13,7 +13,6 @@ use std::time::Duration;
 use benches::bench_line;
 use loadgen::inject::Plan;
 use loadgen::run::RunConfig;
-use loadgen::scenario::Scenario;
 use ringmail::daemon::Engine;
 
 #[global_allocator]
@@ -21,20 +20,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn messages() -> usize {
     std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(50_000)
-}
-
-/// 100 domains over 4 providers; every MX host on `port`.
-fn scenario(port: u16) -> Scenario {
-    let mut text = String::new();
-    for provider in 0..4 {
-        let domains: Vec<String> = (0..25).map(|d| format!("\"d{}.test\"", provider * 25 + d)).collect();
-        text.push_str(&format!(
-            "[[provider]]\nname = \"p{provider}\"\ndomains = [{}]\nmx = [{{ host = \"mx.p{provider}.test\", address = \"127.0.0.{}\", port = {port} }}]\nconnections_per_ip_max = 64\n\n",
-            domains.join(", "),
-            71 + provider
-        ));
-    }
-    Scenario::parse(&text, "e2e scenario").unwrap()
 }
 
 fn peak_rss_mb() -> f64 {
@@ -50,7 +35,7 @@ fn peak_rss_mb() -> f64 {
 
 fn main() {
     let port = std::net::TcpListener::bind("127.0.0.71:0").unwrap().local_addr().unwrap().port();
-    let scenario = scenario(port);
+    let scenario = benches::providers_scenario(4, 25, 71, port).unwrap();
     let sinks = benches::on_sinks(&scenario, port).unwrap();
     let fleet = &sinks.fleet;
     let engine = Engine::start(sinks.config.clone()).unwrap();

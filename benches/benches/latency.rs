@@ -14,7 +14,6 @@ use std::time::Duration;
 use benches::bench_line;
 use loadgen::inject::Plan;
 use loadgen::run::{RunConfig, RunResult};
-use loadgen::scenario::Scenario;
 use ringmail::daemon::Engine;
 
 #[global_allocator]
@@ -24,25 +23,11 @@ fn setting(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-/// 20 domains over 2 providers, sinks with no added latency.
-fn scenario(port: u16) -> Scenario {
-    let mut text = String::new();
-    for provider in 0..2 {
-        let domains: Vec<String> = (0..10).map(|d| format!("\"d{}.test\"", provider * 10 + d)).collect();
-        text.push_str(&format!(
-            "[[provider]]\nname = \"p{provider}\"\ndomains = [{}]\nmx = [{{ host = \"mx.p{provider}.test\", address = \"127.0.0.{}\", port = {port} }}]\nconnections_per_ip_max = 64\n\n",
-            domains.join(", "),
-            81 + provider
-        ));
-    }
-    Scenario::parse(&text, "latency scenario").unwrap()
-}
-
 fn run_once(backend: &str, rate: f64, seconds: f64) -> RunResult {
     // Read once by the engine at start (`Backend::detect`).
     std::env::set_var(ringmail::io::BACKEND_VARIABLE, backend);
     let port = std::net::TcpListener::bind("127.0.0.81:0").unwrap().local_addr().unwrap().port();
-    let scenario = scenario(port);
+    let scenario = benches::providers_scenario(2, 10, 81, port).unwrap();
     let sinks = benches::on_sinks(&scenario, port).unwrap();
     let fleet = &sinks.fleet;
     let engine = Engine::start(sinks.config.clone()).unwrap();

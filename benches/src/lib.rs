@@ -41,6 +41,28 @@ pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     }
 }
 
+/// `providers` mailbox providers of `domains_each` domains (`d0.test`, `d1.test`, ...),
+/// provider `p` with its own MX host on `127.0.0.{first_address + p}:port`, no added
+/// latency or failures.
+pub fn providers_scenario(
+    providers: usize,
+    domains_each: usize,
+    first_address: u8,
+    port: u16,
+) -> anyhow::Result<loadgen::scenario::Scenario> {
+    let mut text = String::new();
+    for provider in 0..providers {
+        let domains: Vec<String> =
+            (0..domains_each).map(|d| format!("\"d{}.test\"", provider * domains_each + d)).collect();
+        text.push_str(&format!(
+            "[[provider]]\nname = \"p{provider}\"\ndomains = [{}]\nmx = [{{ host = \"mx.p{provider}.test\", address = \"127.0.0.{}\", port = {port} }}]\nconnections_per_ip_max = 64\n\n",
+            domains.join(", "),
+            usize::from(first_address) + provider
+        ));
+    }
+    loadgen::scenario::Scenario::parse(&text, "bench scenario").map_err(anyhow::Error::msg)
+}
+
 /// An engine's surroundings for an in-process benchmark: loadgen's DNS and sinks for
 /// a scenario, and a configuration on a fresh queue that routes to them (plaintext,
 /// loopback allowlist). Keep it alive for the run.
