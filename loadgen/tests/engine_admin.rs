@@ -291,10 +291,7 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     assert_eq!(answer["due_now"], 5, "{answer}");
     assert!(line.contains("5 deferred recipients due now"), "{line}");
     wait_for("the retries", || fleet.state().counts.rcpt_tempfail >= 10);
-    let metrics = || {
-        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-        agent.get(format!("http://{http}/metrics")).call().unwrap().body_mut().read_to_string().unwrap()
-    };
+    let metrics = || common::http_get(http, "/metrics").1;
     wait_for("per-site counts", || {
         metrics().contains(r#"ringmail_site_recipients_total{site="mx.later.test",outcome="transient"} 10"#)
     });

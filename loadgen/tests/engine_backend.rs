@@ -12,7 +12,7 @@ use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
 
 mod common;
-use common::{dns_for, engine_config, free_port};
+use common::{dns_for, engine_config, free_port, http_get};
 
 fn scenario(address: &str, port: u16) -> Scenario {
     let text = format!(
@@ -39,13 +39,6 @@ fn plan(messages: usize, seed: u64, domains: [&str; 2]) -> Plan {
         starttls: false,
         auth: None,
     }
-}
-
-fn http_text(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.get(format!("http://{address}{path}")).call().unwrap();
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap())
 }
 
 /// Waits (bounded) until the oracle has seen every injected recipient at a sink.
@@ -77,11 +70,11 @@ fn with_io_uring_forbidden_the_daemon_runs_on_epoll_and_loses_nothing() {
     .join()
     .unwrap();
 
-    let (status, health) = http_text(engine.http, "/healthz");
+    let (status, health) = http_get(engine.http, "/healthz");
     assert_eq!(status, 200, "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["backend"], "epoll", "{health}");
-    let (_, metrics) = http_text(engine.http, "/metrics");
+    let (_, metrics) = http_get(engine.http, "/metrics");
     assert!(metrics.contains("ringmail_io_backend{backend=\"epoll\"} 1"), "{metrics}");
     for part in ["shard\",index=\"0", "shard\",index=\"1", "smtp\",index=\"0", "smtp\",index=\"1", "scheduler"] {
         assert!(metrics.contains(&format!("ringmail_part_up{{part=\"{part}\"")), "{part} listed: {metrics}");

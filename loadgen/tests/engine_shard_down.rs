@@ -12,7 +12,7 @@ use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
 
 mod common;
-use common::{dns_for, engine_config, free_port};
+use common::{dns_for, engine_config, free_port, http_get};
 
 #[test]
 fn a_dead_shard_is_reported_and_its_recipients_are_delivered_by_the_other() {
@@ -58,11 +58,7 @@ fn a_dead_shard_is_reported_and_its_recipients_are_delivered_by_the_other() {
     let injected = loadgen::inject_http::http(engine.http, &plan, &Progress::default());
     assert!(injected.iter().all(|i| i.accepted));
 
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let get = |path: &str| {
-        let mut response = agent.get(format!("http://{}{path}", engine.http)).call().unwrap();
-        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
-    };
+    let get = |path: &str| http_get(engine.http, path);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (status, health) = loop {
         let (status, health) = get("/healthz");

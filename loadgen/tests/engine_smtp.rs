@@ -121,9 +121,7 @@ fn authenticated_users_relay_over_starttls_and_nowhere_else() {
     let (ok, transcript) = swaks_at(&listen, &["--local-interface", "127.0.0.10"], "relay-network@fast.test");
     assert!(ok && transcript.contains("queued as"), "a relay network's client on the relay port: {transcript}");
 
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let metrics =
-        agent.get(format!("http://{}/metrics", engine.http)).call().unwrap().body_mut().read_to_string().unwrap();
+    let (_, metrics) = common::http_get(engine.http, "/metrics");
     let expiry: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("ringmail_tls_certificate_expiry_timestamp_seconds "))

@@ -34,6 +34,13 @@ pub fn engine_config(dir: &Path, dns: SocketAddr, port: u16, delivery: &str, res
     Config::parse(&engine_toml(dir, dns, port, delivery, rest), "test config").unwrap()
 }
 
+/// `GET http://{address}{path}`: the status and the body (any status).
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent.get(format!("http://{address}{path}")).call().unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
 /// The delivery log in `dir`, one JSON value per record.
 pub fn log_records(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap_or_default();
