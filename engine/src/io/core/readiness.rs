@@ -77,7 +77,7 @@ impl Readiness {
     pub(super) fn wait(&mut self, now: Instant, wake: Option<Instant>, into: &mut Vec<(u64, i32)>) -> io::Result<()> {
         let start = into.len();
         for (op, user_data) in std::mem::take(&mut self.fresh) {
-            self.start(op, user_data, into)?;
+            self.start(op, user_data, into);
         }
         let timeout_ms = if into.len() > start {
             0 // completions ready: only collect what else is ready
@@ -138,12 +138,12 @@ impl Readiness {
     }
 
     /// Tries a freshly posted operation; parks it if it would block.
-    fn start(&mut self, op: Op, user_data: u64, into: &mut Vec<(u64, i32)>) -> io::Result<()> {
+    fn start(&mut self, op: Op, user_data: u64, into: &mut Vec<(u64, i32)>) {
         let tried = match op {
             Op::Cancel { target } => {
                 let result = self.cancel(target, into);
                 into.push((user_data, result));
-                return Ok(());
+                return;
             }
             Op::Connect { fd, address, length } => {
                 set_nonblocking(fd);
@@ -169,13 +169,10 @@ impl Readiness {
             }
             other => attempt(other),
         };
-        let Tried::WouldBlock = tried else {
-            if let Tried::Done(result) = tried {
-                into.push((user_data, result));
-            }
-            return Ok(());
-        };
-        let Some(fd) = op.fd() else { return Ok(()) };
+        if let Tried::Done(result) = tried {
+            return into.push((user_data, result));
+        }
+        let Some(fd) = op.fd() else { return };
         if !self.parked.contains_key(&fd) {
             let mut event = libc::epoll_event {
                 events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -184,11 +181,11 @@ impl Readiness {
             // SAFETY: `event` is a live value for the call.
             if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
                 into.push((user_data, -errno()));
-                return Ok(());
+                return;
             }
             self.parked.insert(fd, Parked::default());
         }
-        let Some(parked) = self.parked.get_mut(&fd) else { return Ok(()) };
+        let Some(parked) = self.parked.get_mut(&fd) else { return };
         let side = match op {
             Op::Recv { .. } | Op::Accept { .. } => &mut parked.read,
             _ => &mut parked.write,
@@ -196,7 +193,6 @@ impl Readiness {
         debug_assert!(side.is_none(), "two operations of one direction parked on fd {fd}");
         *side = Some((op, user_data));
         self.parked_at.insert(user_data, fd);
-        Ok(())
     }
 
     /// Completes the parked operation `target` with `-ECANCELED`; the cancel's own
