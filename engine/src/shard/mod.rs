@@ -172,18 +172,11 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let ring = Ring::with_backend(settings.backend).and_then(|mut ring| ring.waker().map(|waker| (ring, waker)));
-    let (mut ring, waker) = match ring {
-        Ok(both) => both,
-        Err(error) => {
-            if let Some(started) = &settings.started {
-                let _ = started.send((settings.index, Err(error.to_string())));
-            }
-            return Err(error);
-        }
-    };
     if let Some(started) = &settings.started {
-        let _ = started.send((settings.index, Ok(waker)));
+        let report = ring.as_ref().map(|(_, waker)| waker.clone()).map_err(ToString::to_string);
+        let _ = started.send((settings.index, report));
     }
+    let (mut ring, _) = ring?;
     let tls = Arc::new(
         ClientTls::new(&crate::io::tls::Verification::Opportunistic { extra_roots: Vec::new() })
             .map_err(std::io::Error::other)?,
