@@ -298,24 +298,11 @@ fn start_shards(
         });
         threads.push(thread?);
     }
-    let mut wakers: Vec<Option<crate::io::ring::RingWaker>> = vec![None; count];
-    for _ in 0..count {
-        match started_rx.recv_timeout(SHARD_START_TIMEOUT) {
-            Ok((index, Ok(waker))) => wakers[index] = Some(waker),
-            Ok((index, Err(error))) => {
-                let message = format!("delivery shard {index}: its {} loop cannot start: {error}", backend.name());
-                return Err(StartError::Part(message));
-            }
-            Err(_) => return Err(StartError::Part("delivery shards did not start within 10 s".into())),
-        }
-    }
-    let mut links = Vec::with_capacity(count);
-    for ((inbox, state), waker) in inboxes.into_iter().zip(wakers) {
-        let Some(waker) = waker else {
-            return Err(StartError::Part("a delivery shard reported its start twice".into()));
-        };
-        links.push(ShardLink { inbox, waker, state });
-    }
+    let wakers =
+        crate::health::await_started(&started_rx, count, SHARD_START_TIMEOUT, "delivery shard", backend.name())
+            .map_err(StartError::Part)?;
+    let links: Vec<ShardLink> =
+        inboxes.into_iter().zip(wakers).map(|((inbox, state), waker)| ShardLink { inbox, waker, state }).collect();
     tracing::info!(shards = count, backend = backend.name(), "delivery shards running");
     Ok(links)
 }

@@ -9,6 +9,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 /// The engine's parts and its socket backend; shared by every thread.
 #[derive(Debug, Default)]
@@ -133,6 +134,32 @@ impl Parts {
     }
 }
 
+/// Waits for `count` threads to report whether their part could start (`(index,
+/// Ok(handle))` or `(index, Err(why))`), each within `limit`: the handles in index
+/// order, or what went wrong, naming `what` (`delivery shard`, `SMTP listener`) and
+/// the socket backend.
+pub fn await_started<T>(
+    reports: &crossbeam_channel::Receiver<(usize, Result<T, String>)>,
+    count: usize,
+    limit: Duration,
+    what: &str,
+    backend: &str,
+) -> Result<Vec<T>, String> {
+    let mut handles: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    for _ in 0..count {
+        match reports.recv_timeout(limit) {
+            Ok((index, Ok(handle))) => {
+                if let Some(slot) = handles.get_mut(index) {
+                    *slot = Some(handle);
+                }
+            }
+            Ok((index, Err(error))) => return Err(format!("{what} {index}: its {backend} loop cannot start: {error}")),
+            Err(_) => return Err(format!("{what}s did not start within {} s", limit.as_secs())),
+        }
+    }
+    handles.into_iter().collect::<Option<Vec<T>>>().ok_or_else(|| format!("a {what} reported its start twice"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Parts;
@@ -159,5 +186,21 @@ mod tests {
         assert!(text.contains("ringmail_part_up{part=\"shard\",index=\"0\"} 1"), "{text}");
         assert!(text.contains("ringmail_part_up{part=\"shard\",index=\"1\"} 0"), "{text}");
         assert!(text.contains("ringmail_io_backend{backend=\"epoll\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn starts_are_collected_in_index_order_and_a_refusal_is_named() {
+        let (tx, rx) = crossbeam_channel::bounded(3);
+        for index in [2, 0, 1] {
+            tx.send((index, Ok(index * 10))).unwrap();
+        }
+        let limit = std::time::Duration::from_secs(1);
+        assert_eq!(super::await_started(&rx, 3, limit, "shard", "epoll").unwrap(), [0, 10, 20]);
+        tx.send((0, Ok(0))).unwrap();
+        tx.send((1, Err("EPERM".to_string()))).unwrap();
+        let error = super::await_started(&rx, 2, limit, "shard", "epoll").unwrap_err();
+        assert_eq!(error, "shard 1: its epoll loop cannot start: EPERM");
+        let error = super::await_started(&rx, 1, std::time::Duration::from_millis(10), "shard", "epoll");
+        assert_eq!(error.unwrap_err(), "shards did not start within 0 s");
     }
 }

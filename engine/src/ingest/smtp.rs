@@ -151,19 +151,14 @@ pub fn start(
             .map_err(|e| ListenerError::Loop(format!("thread ringmail-smtp-{index}: {e}")))?;
         handles.push(handle);
     }
-    for _ in 0..handles.len() {
-        match started_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok((_, Ok(()))) => {}
-            Ok((index, Err(error))) => {
-                let message = format!("SMTP listener {index}: its {} loop cannot start: {error}", backend.name());
-                return Err(ListenerError::Loop(message));
-            }
-            Err(_) => return Err(ListenerError::Loop("SMTP listeners did not start within 10 s".into())),
-        }
-    }
+    crate::health::await_started(&started_rx, handles.len(), LISTENER_START_TIMEOUT, "SMTP listener", backend.name())
+        .map_err(ListenerError::Loop)?;
     tracing::info!(threads = handles.len(), backend = backend.name(), "SMTP listeners running");
     Ok(handles)
 }
+
+/// A listener thread's loop could be set up within this, or the start fails.
+const LISTENER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the SMTP listener did not start.
 #[derive(Debug, thiserror::Error)]
