@@ -206,6 +206,12 @@ impl Engine {
 
         let scheduler_config = Arc::clone(&config);
         let scheduler_live = Arc::clone(&live);
+        let handoff = match config.delivery.handoff {
+            true => {
+                Some(store.handoff().map_err(|source| StartError::Store { path: config.store.path.clone(), source })?)
+            }
+            false => None,
+        };
         let scheduler = (Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&stop));
         let thread = spawn("ringmail-scheduler", move || {
             let (store, metrics, stop) = scheduler;
@@ -220,6 +226,7 @@ impl Engine {
                 resolver,
                 shards,
                 arrivals,
+                handoff,
                 results: results_tx,
                 live: scheduler_live,
                 in_flight_max: config.delivery.in_flight_max,

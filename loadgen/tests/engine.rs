@@ -101,6 +101,11 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     assert_eq!(verdict.duplicates, 0, "{verdict:?}");
     assert_eq!(verdict.lost, dns_bounces, "only the null-MX and NXDOMAIN recipients never reach a sink: {verdict:?}");
     assert!(verdict.bounced > 0, "the sink's 5xx bounced: {verdict:?}");
+    // Fresh mail took the fast path (handed over as synced); retries came back
+    // through the due index.
+    let store_metrics = engine.store.metrics();
+    assert!(store_metrics.handed_over > 0, "{store_metrics:?}");
+    assert!(store_metrics.claimed > store_metrics.handed_over, "{store_metrics:?}");
     let state = fleet.state();
     assert!(state.counts.rcpt_tempfail > 0, "tempfails happened and were retried");
     let sources: std::collections::BTreeSet<String> = state.accepted.iter().map(|a| a.client.to_string()).collect();

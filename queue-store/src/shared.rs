@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::Health;
+use crate::handoff::HandoffSlot;
 use crate::types::{Envelope, MessageId, RecipientKey, RecipientRecord, RecipientState, StateCounts};
 
 /// A recipient a delivery worker holds.
@@ -79,6 +80,10 @@ pub(crate) struct Counters {
     pub enqueued_messages: AtomicU64,
     pub enqueued_recipients: AtomicU64,
     pub claimed: AtomicU64,
+    /// Recipients handed to the scheduler as they were synced (never in the due index).
+    pub handed_over: AtomicU64,
+    /// Due-index entries written (fresh, deferred, released, resumed mail).
+    pub due_written: AtomicU64,
     pub terminal: AtomicU64,
     pub deferred: AtomicU64,
     pub rejected_full: AtomicU64,
@@ -103,6 +108,11 @@ pub struct StoreMetrics {
     pub enqueued_messages: u64,
     pub enqueued_recipients: u64,
     pub claimed: u64,
+    /// Of them, handed over on the fast path as they were synced (`handoff.rs`).
+    pub handed_over: u64,
+    /// Due-index entries written: a claimer that saw this unchanged since its last
+    /// empty claim knows nothing new went in.
+    pub due_written: u64,
     pub terminal: u64,
     pub deferred: u64,
     pub rejected_full: u64,
@@ -123,6 +133,8 @@ pub(crate) struct Shared {
     /// to the writer, so the queue limit holds without waiting for it.
     pub recipients_queued: AtomicU64,
     pub counters: Counters,
+    /// The fast path's credit and channel (`handoff.rs`).
+    pub handoff: Arc<HandoffSlot>,
     tables: Mutex<Tables>,
 }
 
@@ -132,6 +144,7 @@ impl Shared {
             health: AtomicU8::new(Health::Healthy.code()),
             recipients_queued: AtomicU64::new(recipients_queued),
             counters: Counters::default(),
+            handoff: Arc::default(),
             tables: Mutex::new(tables),
         }
     }
@@ -177,6 +190,8 @@ impl Shared {
             enqueued_messages: read(&c.enqueued_messages),
             enqueued_recipients: read(&c.enqueued_recipients),
             claimed: read(&c.claimed),
+            handed_over: read(&c.handed_over),
+            due_written: read(&c.due_written),
             terminal: read(&c.terminal),
             deferred: read(&c.deferred),
             rejected_full: read(&c.rejected_full),

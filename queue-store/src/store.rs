@@ -13,6 +13,7 @@ use crate::codec::{decode_envelope, decode_recipient, DecodeError};
 use crate::config::StoreConfig;
 use crate::db::{cf, open_db, CF_BODIES, CF_DOMAINS, CF_ENVELOPES};
 use crate::error::{Health, Invalid, StoreError, TransitionError};
+use crate::handoff::Handoff;
 use crate::keys::{
     domain_key, domain_prefix, envelope_key, parse_domain_key_tail, parse_envelopes_key, recipient_key, EnvelopesKey,
 };
@@ -98,6 +99,13 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Opens the fast path from ingest to delivery: fresh mail, while the returned
+    /// [`Handoff`] grants credit for it, is handed over as it is synced instead of
+    /// being written to the due index (`handoff.rs`). Once per store.
+    pub fn handoff(&self) -> Result<Handoff, StoreError> {
+        Handoff::open(&self.shared.handoff).ok_or_else(|| StoreError::Config("the handoff is already open".into()))
     }
 
     /// Submits a batch for durable storage. Refuses at once (never waits) when the

@@ -19,6 +19,7 @@ use crossbeam_channel::Receiver;
 use rocksdb::DB;
 
 use crate::error::{Health, StoreError};
+use crate::handoff::Arrival;
 use crate::pending::Reply;
 use crate::shared::Shared;
 use crate::types::MessageId;
@@ -31,6 +32,8 @@ pub(crate) const SYNC_QUEUE_GROUPS_MAX: usize = 1024;
 pub(crate) struct SyncJob {
     pub answers: Vec<(Reply<Vec<MessageId>>, Vec<MessageId>)>,
     pub messages: u64,
+    /// Fresh mail for the scheduler (`handoff.rs`), handed over once synced.
+    pub arrivals: Vec<Arrival>,
 }
 
 pub(crate) struct Syncer {
@@ -50,13 +53,19 @@ impl Syncer {
             match result {
                 Ok(()) => {
                     self.shared.record_sync(messages, started.elapsed().as_nanos() as u64);
-                    for (reply, ids) in jobs.into_iter().flat_map(|job| job.answers) {
+                    // Before the answers: a sender told "stored" may be told so by the
+                    // scheduler's wake-up too, and it must find the mail there.
+                    let (answers, arrivals): (Vec<_>, Vec<_>) =
+                        jobs.into_iter().map(|job| (job.answers, job.arrivals)).unzip();
+                    self.shared.handoff.send(arrivals.into_iter().flatten().collect());
+                    for (reply, ids) in answers.into_iter().flatten() {
                         let _ = reply.send(Ok(ids));
                     }
                 }
                 Err(error) => {
                     // A failed fsync is never retried (the kernel may have dropped the
-                    // pages); the written messages are live but unacknowledged.
+                    // pages); the written messages are live but unacknowledged, and
+                    // arrivals are not handed over (recovery makes them due).
                     let health = Health::NeedsReopen;
                     self.shared.set_health(health);
                     tracing::error!(%error, "queue-store WAL sync failed; the store must be reopened");

@@ -16,6 +16,7 @@
 //! store unhealthy; the in-memory tables may then be ahead of the disk, so the store
 //! must be reopened, and recovery rebuilds them from the records.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use crate::codec::{encode_envelope, encode_recipient};
 use crate::config::{Durability, StoreConfig};
 use crate::db::{cf, CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_NEXT_ID};
 use crate::error::{Health, StoreError, TransitionError};
+use crate::handoff::Arrival;
 use crate::keys::{domain_key, due_key, envelope_key, recipient_key, shard_of, DUE_KEY_LEN};
 use crate::pending::Reply;
 use crate::shared::{InFlight, Shared, Tables};
@@ -40,6 +42,20 @@ use crate::types::{
 const CONTROL_GROUP_MAX: usize = 1024;
 /// How often expired suspensions are lifted and an unhealthy store is probed.
 pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A message written by this turn: its recipients' domains and states, and what the
+/// scheduler receives when it is handed over.
+struct Added {
+    id: MessageId,
+    states: Vec<(String, RecipientState)>,
+    handed: Option<Handed>,
+}
+
+struct Handed {
+    envelope: Arc<Envelope>,
+    records: Vec<(RecipientKey, RecipientRecord)>,
+    body: Arc<[u8]>,
+}
 
 pub(crate) struct EnqueueRequest {
     pub messages: Vec<NewMessage>,
@@ -295,9 +311,9 @@ impl Writer {
     fn write_failed(&self, error: &rocksdb::Error) -> StoreError {
         let health = classify(error);
         self.shared.set_health(health);
-        self.shared.counters.write_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         if health == Health::WriteStall {
-            self.shared.counters.write_stalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.counters.write_stalls.fetch_add(1, Ordering::Relaxed);
         }
         tracing::error!(%error, ?health, "queue-store write failed");
         StoreError::Unhealthy(health)
@@ -309,7 +325,7 @@ impl Writer {
         }
         let now = now_ms();
         let mut batch = WriteBatch::default();
-        let mut added: Vec<(MessageId, Vec<(String, RecipientState)>)> = Vec::new();
+        let mut added: Vec<Added> = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
         {
             let shared = Arc::clone(&self.shared);
@@ -317,7 +333,7 @@ impl Writer {
             for request in requests {
                 let ids: Vec<MessageId> = request
                     .messages
-                    .iter()
+                    .into_iter()
                     .map(|message| self.encode_message(&tables, &mut batch, message, now, &mut added))
                     .collect();
                 answers.push((request.reply, request.recipients, ids));
@@ -332,12 +348,17 @@ impl Writer {
         match self.db.write_opt(batch, &options) {
             Ok(()) => {
                 let messages = added.len() as u64;
-                self.enqueued(added);
+                let arrivals = self.enqueued(added);
                 let answers = answers.into_iter().map(|(reply, _, ids)| (reply, ids)).collect();
-                self.acknowledge(SyncJob { answers, messages });
+                self.acknowledge(SyncJob { answers, messages, arrivals });
             }
             Err(error) => {
                 let failure = self.write_failed(&error);
+                for message in &added {
+                    if message.handed.is_some() {
+                        self.shared.handoff.unreserve(message.states.len());
+                    }
+                }
                 for (reply, recipients, _) in answers {
                     self.shared.release_recipients(recipients);
                     let _ = reply.send(Err(failure.clone()));
@@ -347,7 +368,8 @@ impl Writer {
     }
 
     /// Answers a written group: through the syncer (after the WAL sync) under
-    /// `Durability::Sync`, at once under `Durability::Os`.
+    /// `Durability::Sync`, at once under `Durability::Os`. Arrivals are handed to the
+    /// scheduler just before the answers.
     fn acknowledge(&self, job: SyncJob) {
         if self.config.durability == Durability::Sync {
             // The syncer only stops after this writer does, so the send succeeds;
@@ -356,6 +378,9 @@ impl Writer {
             return;
         }
         let answer = self.push_wal();
+        if answer.is_ok() {
+            self.shared.handoff.send(job.arrivals);
+        }
         for (reply, ids) in job.answers {
             let _ = reply.send(answer.clone().map(|()| ids));
         }
@@ -365,17 +390,17 @@ impl Writer {
         &mut self,
         tables: &Tables,
         batch: &mut WriteBatch,
-        message: &NewMessage,
+        message: NewMessage,
         now: u64,
-        added: &mut Vec<(MessageId, Vec<(String, RecipientState)>)>,
+        added: &mut Vec<Added>,
     ) -> MessageId {
         let id = self.allocate_id(now);
         let envelope = Envelope {
             id,
-            sender: message.sender.clone(),
-            tenant: message.tenant.clone(),
-            campaign: message.campaign.clone(),
-            metadata: message.metadata.clone(),
+            sender: message.sender,
+            tenant: message.tenant,
+            campaign: message.campaign,
+            metadata: message.metadata,
             created_ms: now,
             recipient_count: message.recipients.len() as u32,
             body_len: message.body.len() as u64,
@@ -383,27 +408,39 @@ impl Writer {
         };
         batch.put_cf(cf(&self.db, CF_ENVELOPES), envelope_key(id), encode_envelope(&envelope));
         batch.put_cf(cf(&self.db, CF_BODIES), envelope_key(id), &message.body);
-        let mut states = Vec::with_capacity(message.recipients.len());
-        for (index, recipient) in message.recipients.iter().enumerate() {
+        // Validated on submit: every address has a domain.
+        let domains: Vec<String> =
+            message.recipients.iter().map(|recipient| domain_of(&recipient.address).unwrap_or_default()).collect();
+        let held: Vec<bool> = domains.iter().map(|domain| tables.is_held(domain, envelope.tenant.as_deref())).collect();
+        // Handed over whole or not at all: one message, one arrival.
+        let handed = !held.contains(&true) && self.shared.handoff.reserve(domains.len());
+        let mut states = Vec::with_capacity(domains.len());
+        let mut records = Vec::with_capacity(if handed { domains.len() } else { 0 });
+        for (index, ((recipient, domain), held)) in message.recipients.into_iter().zip(domains).zip(held).enumerate() {
             let key = RecipientKey { message: id, index: index as u32 };
-            // Validated on submit: every address has a domain.
-            let domain = domain_of(&recipient.address).unwrap_or_default();
-            let held = tables.is_held(&domain, message.tenant.as_deref());
             let state = if held { RecipientState::Suspended } else { RecipientState::Queued };
             let record = RecipientRecord {
-                address: recipient.address.clone(),
+                address: recipient.address,
                 domain,
                 state,
                 attempts: 0,
                 due_ms: now,
                 last_response: None,
-                metadata: recipient.metadata.clone(),
+                metadata: recipient.metadata,
             };
-            self.put_recipient(batch, key, &record);
             batch.put_cf(cf(&self.db, CF_DOMAINS), domain_key(&record.domain, key), []);
-            states.push((record.domain, state));
+            if handed {
+                // The record without its due key: the scheduler holds it in flight.
+                batch.put_cf(cf(&self.db, CF_ENVELOPES), recipient_key(key), encode_recipient(&record));
+                states.push((record.domain.clone(), RecipientState::InFlight));
+                records.push((key, record));
+            } else {
+                self.put_recipient(batch, key, &record);
+                states.push((record.domain, state));
+            }
         }
-        added.push((id, states));
+        let handed = handed.then(|| Handed { envelope: Arc::new(envelope), records, body: message.body.into() });
+        added.push(Added { id, states, handed });
         id
     }
 
@@ -414,20 +451,39 @@ impl Writer {
         id
     }
 
-    fn enqueued(&mut self, added: Vec<(MessageId, Vec<(String, RecipientState)>)>) {
+    /// Counts the written messages in, puts the handed-over ones in flight, and
+    /// returns what the scheduler is to receive.
+    fn enqueued(&mut self, added: Vec<Added>) -> Vec<Arrival> {
         let mut tables = self.shared.tables();
         let mut recipients = 0u64;
-        for (id, states) in &added {
-            tables.remaining.insert(*id, states.len() as u32);
-            for (domain, state) in states {
+        let mut handed_over = 0u64;
+        let mut arrivals = Vec::new();
+        let messages = added.len() as u64;
+        for message in added {
+            tables.remaining.insert(message.id, message.states.len() as u32);
+            for (domain, state) in &message.states {
                 tables.count_move(domain, None, Some(*state));
             }
-            recipients += states.len() as u64;
+            recipients += message.states.len() as u64;
+            let Some(handed) = message.handed else { continue };
+            let mut shown = Vec::with_capacity(handed.records.len());
+            for (key, record) in handed.records {
+                let mut in_flight = record.clone();
+                in_flight.state = RecipientState::InFlight;
+                shown.push(Claimed { key, envelope: Arc::clone(&handed.envelope), recipient: in_flight });
+                let envelope = Arc::clone(&handed.envelope);
+                tables.in_flight.insert(key, InFlight { envelope, record, admin_bounce: None });
+            }
+            handed_over += shown.len() as u64;
+            arrivals.push(Arrival { recipients: shown, body: handed.body });
         }
         drop(tables);
         let counters = &self.shared.counters;
-        counters.enqueued_messages.fetch_add(added.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        counters.enqueued_recipients.fetch_add(recipients, std::sync::atomic::Ordering::Relaxed);
+        counters.enqueued_messages.fetch_add(messages, Ordering::Relaxed);
+        counters.enqueued_recipients.fetch_add(recipients, Ordering::Relaxed);
+        counters.claimed.fetch_add(handed_over, Ordering::Relaxed);
+        counters.handed_over.fetch_add(handed_over, Ordering::Relaxed);
+        arrivals
     }
 
     /// Writes a recipient's record, and its due key when it is waiting for delivery.
@@ -438,6 +494,7 @@ impl Writer {
             let shard = shard_of(&record.domain, self.config.shard_count);
             let due = due_key(shard, record.due_ms, key);
             batch.put_cf(cf(&self.db, CF_DUE), due, []);
+            self.shared.counters.due_written.fetch_add(1, Ordering::Relaxed);
             let floor = &mut self.floors[usize::from(shard)];
             if floor.is_some_and(|current| due < current) {
                 *floor = Some(due);
@@ -483,7 +540,7 @@ impl Writer {
             Outcome::Deferred { due_ms, response } => {
                 record.attempts = record.attempts.saturating_add(1);
                 record.last_response = Some(bounded(response, self.config.limits.field_length_max));
-                self.shared.counters.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.counters.deferred.fetch_add(1, Ordering::Relaxed);
                 let held = tables.is_held(&record.domain, envelope.tenant.as_deref());
                 let state = if held { RecipientState::Suspended } else { RecipientState::Deferred };
                 return Ok(self.requeue(tables, batch, key, record, due_ms, state));
@@ -547,7 +604,7 @@ impl Writer {
             None => debug_assert!(false, "retiring {key} of a message with no remaining recipients"),
         }
         self.shared.release_recipients(1);
-        self.shared.counters.terminal.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.counters.terminal.fetch_add(1, Ordering::Relaxed);
         TerminalRecord { key, kind, envelope, recipient: record, response }
     }
 

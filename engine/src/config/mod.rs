@@ -326,6 +326,10 @@ pub struct DeliverySection {
     /// Recipients claimed from the queue and not yet finished, at most.
     #[serde(default = "default_in_flight")]
     pub in_flight_max: usize,
+    /// Fresh mail goes from its sync straight to the scheduler while the scheduler has
+    /// room (false: all mail is claimed back from the due index; for comparisons).
+    #[serde(default = "default_true")]
+    pub handoff: bool,
 }
 
 fn default_smtp_port() -> u16 {
@@ -360,6 +364,10 @@ fn default_connect_timeout_ms() -> u64 {
     30_000
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_in_flight() -> usize {
     20_000
 }
@@ -379,6 +387,7 @@ impl Default for DeliverySection {
             idle_timeout_ms: default_idle_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             in_flight_max: default_in_flight(),
+            handoff: true,
         }
     }
 }

@@ -179,6 +179,16 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP ringmail_store_claimed_total Recipients taken for delivery, claimed or handed over\n# TYPE ringmail_store_claimed_total counter\nringmail_store_claimed_total {}",
+            store_metrics.claimed
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ringmail_store_handed_over_total Recipients handed to the scheduler as they were synced (no due-index round trip)\n# TYPE ringmail_store_handed_over_total counter\nringmail_store_handed_over_total {}",
+            store_metrics.handed_over
+        );
+        let _ = writeln!(
+            out,
             "# HELP ringmail_store_sync_seconds_sum Time in WAL syncs\n# TYPE ringmail_store_sync_seconds_sum counter\nringmail_store_sync_seconds_sum {}",
             store_metrics.sync_nanos_total as f64 / 1e9
         );

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
-use queue_store::{Claimed, MessageId, Store};
+use queue_store::{Arrival, Claimed, Handoff, MessageId, Store};
 
 use crate::config::EgressSource;
 use crate::dns::{MxResolver, Route};
@@ -24,7 +24,8 @@ const _: () = assert!(CLAIM_BATCH <= queue_store::CLAIM_LIMIT_MAX, "the store wo
 const HOLD_POLL: Duration = Duration::from_millis(100);
 /// With the in-flight limit reached, the scheduler looks again this often.
 const IN_FLIGHT_FULL_POLL: Duration = Duration::from_millis(5);
-/// With nothing due, the scheduler claims again after this.
+/// With nothing due, the scheduler claims again after this (new mail wakes it
+/// sooner: handed over, or written to the due index).
 const NOTHING_DUE_POLL: Duration = Duration::from_millis(20);
 /// Domain lookups under way at shutdown get this long to hand out what they claimed.
 const SHUTDOWN_LOOKUPS_GRACE: Duration = Duration::from_secs(15);
@@ -33,8 +34,11 @@ pub struct Scheduler {
     pub store: Arc<Store>,
     pub resolver: MxResolver,
     pub shards: Vec<ShardLink>,
-    /// Told by ingest after every synced enqueue: the scheduler claims at once.
+    /// Told by ingest after every synced enqueue: the scheduler looks at once.
     pub arrivals: Arc<tokio::sync::Notify>,
+    /// The fast path: fresh mail handed over as it is synced (`None`: all mail is
+    /// claimed from the due index).
+    pub handoff: Option<Handoff>,
     /// Results of attempts that never reached a shard (DNS failures, full shards).
     pub results: Sender<Attempt>,
     /// The running configuration: egress sources, `[[site]]` pools, the default EHLO
@@ -68,39 +72,70 @@ impl Scheduler {
         let this = Arc::new(self);
         runtime.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
+            let mut next_claim = Instant::now();
+            // The store's count of due-index writes at the last claim.
+            let mut due_seen = u64::MAX;
             while !this.stop.load(Ordering::Relaxed) {
                 while tasks.try_join_next().is_some() {}
-                let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
-                let room = this.in_flight_max.saturating_sub(in_flight).min(CLAIM_BATCH);
                 if this.hold {
                     tokio::time::sleep(HOLD_POLL).await;
                     continue;
                 }
-                if room == 0 {
-                    tokio::time::sleep(IN_FLIGHT_FULL_POLL).await;
-                    continue;
-                }
-                let claimed = match this.store.submit_claim(0, crate::log::now_ms(), room) {
-                    Ok(pending) => pending.await.unwrap_or_default(),
-                    Err(error) => {
-                        tracing::warn!(%error, "claiming from the queue");
-                        Vec::new()
+                let mut work = Intake::default();
+                if let Some(handoff) = &this.handoff {
+                    while let Some(arrival) = handoff.try_recv() {
+                        work.add_arrival(arrival);
                     }
+                }
+                let arrived = work.recipients;
+                Metrics::count(&this.metrics.in_flight, arrived as u64);
+                let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
+                let room = this.in_flight_max.saturating_sub(in_flight);
+                // Fresh mail is handed over while there is room for it; what the
+                // handoff may still bring counts against the room for claims.
+                let granted = match &this.handoff {
+                    Some(handoff) => {
+                        handoff.set_target(room / 2);
+                        handoff.outstanding()
+                    }
+                    None => 0,
                 };
-                if claimed.is_empty() {
-                    // New mail wakes the scheduler at once; deferred mail falling due
-                    // is found by the poll.
-                    let _ = tokio::time::timeout(NOTHING_DUE_POLL, this.arrivals.notified()).await;
+                let claim_room = room.saturating_sub(granted).min(CLAIM_BATCH);
+                // Claims only when the due index may hold something: at once after a
+                // full claim or when ingest wrote to it, else on the poll (deferred
+                // mail falling due).
+                let due_written = this.store.metrics().due_written;
+                let mut claimed_full = false;
+                if claim_room > 0 && (Instant::now() >= next_claim || due_written != due_seen) {
+                    due_seen = due_written;
+                    let claimed = match this.store.submit_claim(0, crate::log::now_ms(), claim_room) {
+                        Ok(pending) => pending.await.unwrap_or_default(),
+                        Err(error) => {
+                            tracing::warn!(%error, "claiming from the queue");
+                            Vec::new()
+                        }
+                    };
+                    claimed_full = claimed.len() == claim_room;
+                    next_claim = Instant::now() + NOTHING_DUE_POLL;
+                    Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
+                    work.add_claimed(claimed);
+                }
+                if work.recipients == 0 {
+                    // New mail (handed over or written to the due index) wakes the
+                    // scheduler at once; the poll finds deferred mail falling due.
+                    let wait = match claim_room {
+                        0 => IN_FLIGHT_FULL_POLL,
+                        _ => next_claim.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+                    };
+                    let _ = tokio::time::timeout(wait, this.arrivals.notified()).await;
                     continue;
                 }
-                Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
-                let mut by_domain: HashMap<String, Vec<Claimed>> = HashMap::new();
-                for recipient in claimed {
-                    by_domain.entry(recipient.recipient.domain.clone()).or_default().push(recipient);
+                if claimed_full {
+                    next_claim = Instant::now();
                 }
-                for (domain, recipients) in by_domain {
+                for (domain, (recipients, bodies)) in work.by_domain {
                     let this = Arc::clone(&this);
-                    tasks.spawn(async move { this.route_and_hand(domain, recipients).await });
+                    tasks.spawn(async move { this.route_and_hand(domain, recipients, bodies).await });
                 }
             }
             // Lookups under way finish (bounded by the DNS timeout), so that what they
@@ -113,7 +148,7 @@ impl Scheduler {
 
     /// Resolves one domain and hands its recipients to the shards (one transaction
     /// per message and lane), or fails them as the route lookup says.
-    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>) {
+    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>, bodies: Bodies) {
         let started = Instant::now();
         let route = self.resolver.route(&domain).await.map(Arc::new);
         Metrics::count(&self.metrics.dns_lookups, 1);
@@ -151,13 +186,20 @@ impl Scheduler {
             by_message.entry(recipient.key.message).or_default().push(recipient);
         }
         for (message, recipients) in by_message {
-            let Ok(Some(body)) = self.store.body(message) else {
-                for recipient in &recipients {
-                    self.fail(recipient, AttemptResult::Transient("the stored body could not be read".into()));
-                }
-                continue;
+            // Handed-over mail brought its body; claimed mail reads it.
+            let body = match bodies.get(&message) {
+                Some(body) => Arc::clone(body),
+                None => match self.store.body(message) {
+                    Ok(Some(body)) => body.into(),
+                    _ => {
+                        for recipient in &recipients {
+                            let reason = "the stored body could not be read".to_string();
+                            self.fail(recipient, AttemptResult::Transient(reason));
+                        }
+                        continue;
+                    }
+                },
             };
-            let body: Arc<[u8]> = body.into();
             let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
             for chunk in recipients.chunks(per_transaction) {
                 self.hand_over(chunk, &route, &body);
@@ -212,6 +254,34 @@ impl Scheduler {
         }
         for attempt in Attempt::all(&work, &AttemptResult::Released, None) {
             let _ = self.results.send(attempt);
+        }
+    }
+}
+
+/// Bodies of handed-over messages, by message.
+type Bodies = HashMap<MessageId, Arc<[u8]>>;
+
+/// One turn's recipients, handed over and claimed, by domain.
+#[derive(Default)]
+struct Intake {
+    by_domain: HashMap<String, (Vec<Claimed>, Bodies)>,
+    recipients: usize,
+}
+
+impl Intake {
+    fn add_arrival(&mut self, arrival: Arrival) {
+        for recipient in arrival.recipients {
+            let (recipients, bodies) = self.by_domain.entry(recipient.recipient.domain.clone()).or_default();
+            bodies.entry(recipient.key.message).or_insert_with(|| Arc::clone(&arrival.body));
+            recipients.push(recipient);
+            self.recipients += 1;
+        }
+    }
+
+    fn add_claimed(&mut self, claimed: Vec<Claimed>) {
+        self.recipients += claimed.len();
+        for recipient in claimed {
+            self.by_domain.entry(recipient.recipient.domain.clone()).or_default().0.push(recipient);
         }
     }
 }

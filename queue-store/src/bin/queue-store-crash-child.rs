@@ -1,5 +1,5 @@
-//! Test helper for `tests/crash.rs`: opens a store and enqueues, claims and completes
-//! in a loop until killed, printing each acknowledged message as it goes:
+//! Test helper for `tests/crash.rs`: opens a store and enqueues, claims (and receives
+//! handed-over mail) and completes in a loop until killed, printing each acknowledged message as it goes:
 //!
 //! - `OPEN` once the store is open;
 //! - `ACK <id> <crc32> <len> <recipients>` after an enqueue returned (after its sync);
@@ -64,9 +64,29 @@ fn produce(store: &Store, mut rng: Rng) {
 }
 
 fn deliver(store: &Store, mut rng: Rng) {
+    let handoff = match store.handoff() {
+        Ok(handoff) => handoff,
+        Err(error) => {
+            eprintln!("queue-store-crash-child: opening the handoff: {error}");
+            std::process::exit(1);
+        }
+    };
     loop {
-        for shard in 0..SHARDS {
-            let Ok(claimed) = store.claim(shard, now_ms(), 64) else { continue };
+        // Fresh mail comes both ways: handed over while there is credit (some turns
+        // grant none), else through the due index.
+        handoff.set_target(if rng.below(4) == 0 { 0 } else { 256 });
+        let mut arrived = Vec::new();
+        while let Some(arrival) = handoff.try_recv() {
+            arrived.extend(arrival.recipients);
+        }
+        for shard in 0..=SHARDS {
+            let claimed = match shard {
+                SHARDS => std::mem::take(&mut arrived),
+                _ => match store.claim(shard, now_ms(), 64) {
+                    Ok(claimed) => claimed,
+                    Err(_) => continue,
+                },
+            };
             let mut changes = Vec::new();
             for item in claimed {
                 let outcome = match rng.below(10) {
