@@ -351,6 +351,7 @@ fn shard_settings(
 ) -> Result<ShardSettings, String> {
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
+        tls_extra_roots: config.tls_extra_roots()?,
         lanes: crate::shard::LaneSettings {
             lane: LanePolicy::defaults(config)?,
             sites: config.sites.clone(),

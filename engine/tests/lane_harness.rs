@@ -170,7 +170,9 @@ impl Schedule {
                     }
                 })
                 .collect();
-            let route = Arc::new(Route { site: site.clone(), hosts: lane_hosts.iter().map(|h| h.address).collect() });
+            let addresses: Vec<SocketAddr> = lane_hosts.iter().map(|h| h.address).collect();
+            let names = addresses.iter().map(|_| Arc::from(site.as_str())).collect();
+            let route = Arc::new(Route { site: site.clone(), hosts: addresses, names });
             lane_keys.push(LaneKey { site, source: None });
             policies.push(policy);
             hosts.push(lane_hosts);
@@ -568,7 +570,11 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
     let secondary: SocketAddr = "127.0.9.2:25".parse().unwrap();
     let settings = lane_settings(Vec::new(), Duration::from_secs(5));
     let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
-    let route = Arc::new(Route { site: "mx.test".into(), hosts: vec![primary, secondary] });
+    let route = Arc::new(Route {
+        site: "mx.test".into(),
+        hosts: vec![primary, secondary],
+        names: vec![Arc::from("mx.test"); 2],
+    });
     let key = LaneKey { site: "mx.test".into(), source: None };
     let envelope = Arc::new(Envelope {
         id: MessageId::from_u64(1),

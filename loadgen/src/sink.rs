@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls::pki_types::CertificateDer;
+
 use ringmail::io::driver::{run_server, ServerHandler};
 use ringmail::io::tls::{server_config, Connection};
 use ringmail::smtp::{EnhancedCode, Reply, ReplyParser, ServerConfig, ServerEvent, ServerSession, Verdict};
@@ -48,6 +50,8 @@ pub struct SinkCounts {
     pub discarded_after_250: u64,
     pub refused_connections: u64,
     pub tls_refusals: u64,
+    /// MAIL FROM commands received (a client that stopped before it sent none).
+    pub mail_commands: u64,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +73,11 @@ pub struct SinkState {
 pub struct Fleet {
     state: Arc<Mutex<SinkState>>,
     pub listeners: Vec<(String, SocketAddr)>,
+    /// The CA that issued the fleet's certificate (for every MX host name of its
+    /// scenario): trust it to verify the fleet.
+    pub ca: CertificateDer<'static>,
+    /// The same CA in PEM, for configuration files.
+    pub ca_pem: String,
 }
 
 impl Fleet {
@@ -107,9 +116,8 @@ pub fn start(scenario: &Scenario) -> std::io::Result<Fleet> {
     let listeners =
         bound.iter().map(|(p, l)| (p.name.clone(), l.local_addr().unwrap_or_else(|_| unreachable_addr()))).collect();
     let names: Vec<String> = scenario.providers.iter().flat_map(|p| p.mx.iter().map(|m| m.host.clone())).collect();
-    let certified = rcgen::generate_simple_self_signed(names).map_err(std::io::Error::other)?;
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let tls = server_config(vec![certified.cert.der().clone()], key).map_err(std::io::Error::other)?;
+    let (certificate, key, (ca, ca_pem)) = certificates(names).map_err(std::io::Error::other)?;
+    let tls = server_config(vec![certificate], key).map_err(std::io::Error::other)?;
     let thread_state = Arc::clone(&state);
     std::thread::Builder::new().name("loadgen-sink".into()).spawn(move || {
         tokio_uring::start(async move {
@@ -123,7 +131,26 @@ pub fn start(scenario: &Scenario) -> std::io::Result<Fleet> {
             }
         })
     })?;
-    Ok(Fleet { state, listeners })
+    Ok(Fleet { state, listeners, ca, ca_pem })
+}
+
+/// A test CA of the fleet's own, and a certificate it issued for the MX host
+/// `names`: a client that trusts the CA verifies the fleet as it would a real MX.
+type Certified =
+    (CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>, (CertificateDer<'static>, String));
+
+fn certificates(names: Vec<String>) -> Result<Certified, rcgen::Error> {
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "loadgen sink fleet test CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let certificate = rcgen::CertificateParams::new(names)?.signed_by(&key, &issuer)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    Ok((certificate.der().clone(), key, (ca.der().clone(), ca.pem())))
 }
 
 fn unreachable_addr() -> SocketAddr {
@@ -221,6 +248,7 @@ impl Behaviour {
     }
 
     fn mail(&mut self, from: String, tls: bool) -> Verdict {
+        self.state().counts.mail_commands += 1;
         if self.provider.tls_required && !tls {
             self.state().counts.tls_refusals += 1;
             return Verdict::Reject(reply("530 5.7.0 Must issue a STARTTLS command first"));

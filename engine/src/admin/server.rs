@@ -519,6 +519,7 @@ fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
         bounce_classification: Some("AdministrativeBounce"),
         tls_protocol_version: None,
         tls_cipher: None,
+        tls_peer_verified: None,
         tenant: envelope.tenant.clone(),
         campaign: envelope.campaign.clone(),
         meta: crate::log::meta(&envelope.metadata, &terminal.recipient.metadata),

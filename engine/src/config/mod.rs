@@ -6,6 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 mod rules;
@@ -305,6 +307,10 @@ pub struct DeliverySection {
     /// Destinations allowed (CIDRs); absent: anywhere. Tests and demos: loopback.
     #[serde(default)]
     pub allowlist: Option<Vec<String>>,
+    /// PEM files of CA certificates trusted beside the WebPKI roots when a
+    /// certificate must verify (`tls = "required"`); read at start.
+    #[serde(default)]
+    pub tls_extra_roots: Vec<PathBuf>,
     /// The EHLO name when the egress source does not give one.
     #[serde(default = "default_ehlo")]
     pub ehlo_name: String,
@@ -379,6 +385,7 @@ impl Default for DeliverySection {
             hold: false,
             smtp_port: default_smtp_port(),
             allowlist: None,
+            tls_extra_roots: Vec::new(),
             ehlo_name: default_ehlo(),
             tls: default_tls(),
             connections_per_lane_max: default_connections_max(),
@@ -492,6 +499,7 @@ impl Config {
     fn check(&self) -> Result<(), String> {
         self.allowlist()?;
         self.tls_policy()?;
+        self.tls_extra_roots()?;
         if !matches!(self.store.durability.as_str(), "sync" | "os") {
             return Err(format!("store.durability: {:?} is neither \"sync\" nor \"os\"", self.store.durability));
         }
@@ -581,6 +589,23 @@ impl Config {
         }
     }
 
+    /// The CA certificates of `delivery.tls_extra_roots`, each file read whole; an
+    /// unreadable file or one without a certificate is an error naming it.
+    pub fn tls_extra_roots(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+        let mut roots = Vec::new();
+        for path in &self.delivery.tls_extra_roots {
+            let named = |e: &dyn std::fmt::Display| format!("delivery.tls_extra_roots {}: {e}", path.display());
+            let certificates = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| named(&e))?;
+            if certificates.is_empty() {
+                return Err(named(&"no certificate in the file"));
+            }
+            roots.extend(certificates);
+        }
+        Ok(roots)
+    }
+
     pub fn tls_policy(&self) -> Result<TlsMode, String> {
         parse_tls(&self.delivery.tls).map_err(|e| format!("delivery.{e}"))
     }
@@ -631,6 +656,37 @@ mod tests {
             "{dns}[http]\nlisten = \"0.0.0.0:8025\"\ntokens = [\"0123456789abcdef\"]\nadmin_tokens = [\"fedcba9876543210\"]\n"
         );
         assert_eq!(Config::parse(&open, "r.toml").unwrap().http.tokens.len(), 1);
+    }
+
+    #[test]
+    fn tls_levels_and_extra_roots() {
+        let dns = "[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
+        for (level, mode) in [
+            ("required", TlsMode::Required),
+            ("required_insecure", TlsMode::RequiredInsecure),
+            ("opportunistic", TlsMode::Opportunistic),
+            ("disabled", TlsMode::Disabled),
+        ] {
+            let config = Config::parse(&format!("{dns}[delivery]\ntls = \"{level}\"\n"), "t.toml").unwrap();
+            assert_eq!(config.tls_policy().unwrap(), mode);
+        }
+        assert!(TlsMode::Required.verifies() && TlsMode::Required.is_required());
+        assert!(!TlsMode::RequiredInsecure.verifies() && TlsMode::RequiredInsecure.is_required());
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let text = format!("{dns}[delivery]\ntls_extra_roots = [\"{}\"]\n", missing.display());
+        let error = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(error.contains("delivery.tls_extra_roots") && error.contains("missing.pem"), "{error}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let text = format!("{dns}[delivery]\ntls_extra_roots = [\"{}\"]\n", empty.display());
+        let error = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(error.contains("empty.pem") && error.contains("no certificate"), "{error}");
+        let certified = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, certified.cert.pem()).unwrap();
+        let text = format!("{dns}[delivery]\ntls_extra_roots = [\"{}\"]\n", good.display());
+        assert_eq!(Config::parse(&text, "t.toml").unwrap().tls_extra_roots().unwrap().len(), 1);
     }
 }
 

@@ -62,8 +62,9 @@ pub fn parse_tls(text: &str) -> Result<TlsMode, String> {
     match text {
         "opportunistic" => Ok(TlsMode::Opportunistic),
         "required" => Ok(TlsMode::Required),
+        "required_insecure" => Ok(TlsMode::RequiredInsecure),
         "disabled" => Ok(TlsMode::Disabled),
-        other => Err(format!("tls: {other:?} is not opportunistic, required or disabled")),
+        other => Err(format!("tls: {other:?} is not opportunistic, required, required_insecure or disabled")),
     }
 }
 

@@ -22,6 +22,16 @@ pub struct Route {
     pub site: String,
     /// Addresses in the order to try them.
     pub hosts: Vec<SocketAddr>,
+    /// The MX host name each address was found under (same order as `hosts`): the
+    /// name a certificate must carry when it has to verify.
+    pub names: Vec<Arc<str>>,
+}
+
+impl Route {
+    /// The MX host name `peer` was found under (the first, if several share it).
+    pub fn host_name(&self, peer: SocketAddr) -> Option<&Arc<str>> {
+        self.hosts.iter().position(|host| *host == peer).and_then(|index| self.names.get(index))
+    }
 }
 
 /// Why a domain has no route.
@@ -123,7 +133,8 @@ impl MxResolver {
                 if hosts.is_empty() {
                     return Err(RouteError::NoSuchDomain(domain.into()));
                 }
-                Ok(Route { site: domain.to_string(), hosts })
+                let names = vec![Arc::from(domain); hosts.len()];
+                Ok(Route { site: domain.to_string(), hosts, names })
             }
             Err(error) if error.is_nx_domain() || error.is_no_records_found() => {
                 Err(RouteError::NoSuchDomain(format!("{domain} has neither MX nor address records")))
@@ -136,10 +147,17 @@ impl MxResolver {
         let mut names: Vec<String> =
             exchanges.iter().map(|(_, host)| host.trim_end_matches('.').to_lowercase()).collect();
         let mut hosts = Vec::new();
+        let mut host_names = Vec::new();
         let mut last_error = String::from("no MX hosts");
-        for (_, host) in &exchanges {
+        for ((_, host), name) in exchanges.iter().zip(&names) {
             match self.resolver.lookup_ip(host.as_str()).await {
-                Ok(ips) => hosts.extend(ips.iter().map(|ip| SocketAddr::new(ip, self.port))),
+                Ok(ips) => {
+                    let name: Arc<str> = Arc::from(name.as_str());
+                    for ip in ips.iter() {
+                        hosts.push(SocketAddr::new(ip, self.port));
+                        host_names.push(Arc::clone(&name));
+                    }
+                }
                 Err(error) => last_error = format!("{host}: {error}"),
             }
         }
@@ -148,7 +166,7 @@ impl MxResolver {
         }
         names.sort();
         names.dedup();
-        Ok(Route { site: names.join(","), hosts })
+        Ok(Route { site: names.join(","), hosts, names: host_names })
     }
 }
 

@@ -38,6 +38,10 @@ pub struct Record {
     pub tls_protocol_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cipher: Option<String>,
+    /// Whether the MX host's certificate verified (a trusted chain naming the host):
+    /// always true under `tls = "required"`; recorded, not enforced, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_peer_verified: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,6 +121,7 @@ pub fn send_receptions(
             bounce_classification: None,
             tls_protocol_version: None,
             tls_cipher: None,
+            tls_peer_verified: None,
             tenant: reception.tenant.map(str::to_string),
             campaign: reception.campaign.map(str::to_string),
             meta: meta(reception.metadata, &metadata),

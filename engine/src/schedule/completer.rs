@@ -207,6 +207,7 @@ impl Completer {
             bounce_classification: category,
             tls_protocol_version: attempt.tls.as_ref().map(|tls| tls.protocol.clone()),
             tls_cipher: attempt.tls.as_ref().map(|tls| tls.cipher.clone()),
+            tls_peer_verified: attempt.tls.as_ref().map(|tls| tls.verified),
             tenant: attempt.envelope.tenant.clone(),
             campaign: attempt.envelope.campaign.clone(),
             meta: crate::log::meta(&attempt.envelope.metadata, &attempt.metadata),

@@ -61,6 +61,8 @@ pub struct LaneSettings {
 pub struct Open<'a> {
     pub lane: &'a LaneKey,
     pub peer: SocketAddr,
+    /// The MX host name `peer` was found under: what its certificate must name.
+    pub host: Option<Arc<str>>,
     pub ehlo: &'a Arc<str>,
     pub tls: TlsMode,
 }
@@ -329,7 +331,8 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                 if lane.connects.as_mut().is_some_and(|bucket| !bucket.take(now)) {
                     break; // the lane's connection rate
                 }
-                match open(&Open { lane: key, peer, ehlo: &ehlo, tls: lane.policy.tls }) {
+                let host = lane.route.host_name(peer).cloned();
+                match open(&Open { lane: key, peer, host, ehlo: &ehlo, tls: lane.policy.tls }) {
                     Ok(id) => {
                         lane.connections += 1;
                         Metrics::count(&self.metrics.connections_opened, 1);

@@ -29,7 +29,7 @@ pub use lane::{Ending, LaneSettings, LaneState, Lanes, Open, OpenError, Ready, S
 use crate::dns::Route;
 use crate::io::connect::{Allowlist, ConnectError, ConnectOptions};
 use crate::io::ring::{ConnId, End, Ring, RingHandler, RingWaker};
-use crate::io::tls::{ClientTls, TlsInfo};
+use crate::io::tls::{ClientTls, TlsInfo, Verification};
 use crate::metrics::Metrics;
 use crate::policy::site::LanePolicy;
 use crate::smtp::{ClientConfig, ClientSession, MisuseError, Outcome, SessionError, TlsMode, Transaction};
@@ -131,6 +131,8 @@ pub struct ShardLink {
 #[derive(Clone, Debug)]
 pub struct ShardSettings {
     pub allowlist: Allowlist,
+    /// CA certificates trusted beside the WebPKI roots (`delivery.tls_extra_roots`).
+    pub tls_extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// What the lanes work under (defaults, `[[site]]` rules, idle timeout, backoff).
     pub lanes: LaneSettings,
     pub connect_timeout: Duration,
@@ -177,11 +179,14 @@ pub fn run(
         let _ = started.send((settings.index, report));
     }
     let (mut ring, _) = ring?;
-    let tls = Arc::new(
-        ClientTls::new(&crate::io::tls::Verification::Opportunistic { extra_roots: Vec::new() })
-            .map_err(std::io::Error::other)?,
-    );
-    let mut shard = Shard { settings, tls, configs: HashMap::new(), works_received: 0 };
+    let extra_roots = settings.tls_extra_roots.clone();
+    let opportunistic = ClientTls::new(&Verification::Opportunistic { extra_roots: extra_roots.clone() });
+    let verified = ClientTls::new(&Verification::Verify { extra_roots });
+    let (tls, verified_tls) = match (opportunistic, verified) {
+        (Ok(opportunistic), Ok(verified)) => (Arc::new(opportunistic), Arc::new(verified)),
+        (Err(error), _) | (_, Err(error)) => return Err(std::io::Error::other(error)),
+    };
+    let mut shard = Shard { settings, tls, verified_tls, configs: HashMap::new(), works_received: 0 };
     let mut lanes: Lanes<ConnId> = Lanes::new(shard.settings.lanes.clone(), metrics);
     let mut stopping_since: Option<Instant> = None;
     let mut published = Instant::now();
@@ -264,7 +269,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// What the driver keeps beside the lanes: how to open connections.
 struct Shard {
     settings: ShardSettings,
+    /// Any certificate (the chain is checked for the record): opportunistic and
+    /// `required_insecure`.
     tls: Arc<ClientTls>,
+    /// A trusted chain naming the MX host, or no session: `required`.
+    verified_tls: Arc<ClientTls>,
     configs: HashMap<(Arc<str>, TlsMode), Arc<ClientConfig>>,
     works_received: u64,
 }
@@ -285,7 +294,8 @@ impl Shard {
 
     /// Carries out the lanes' decisions to open connections, on the ring.
     fn open_connections(&mut self, ring: &mut Ring, lanes: &mut Lanes<ConnId>, now: Instant) {
-        let (tls, configs, settings) = (&self.tls, &mut self.configs, &self.settings);
+        let (configs, settings) = (&mut self.configs, &self.settings);
+        let (any_certificate, verified) = (&self.tls, &self.verified_tls);
         lanes.open_connections(now, |open| {
             let config = configs.entry((Arc::clone(open.ehlo), open.tls)).or_insert_with(|| {
                 let mut config = ClientConfig::new(open.ehlo.to_string());
@@ -294,7 +304,14 @@ impl Shard {
             });
             let session = ClientSession::new(Arc::clone(config), now);
             let options = ConnectOptions { source: open.lane.source, timeout: settings.connect_timeout };
-            let name = ServerName::from(open.peer.ip());
+            let tls = if open.tls.verifies() { verified } else { any_certificate };
+            // The certificate is checked against the MX host's name, as the sender
+            // looked it up (an address only when no name is known).
+            let name = open
+                .host
+                .as_deref()
+                .and_then(|host| ServerName::try_from(host.to_string()).ok())
+                .unwrap_or_else(|| ServerName::from(open.peer.ip()));
             ring.open(open.peer, &options, &settings.allowlist, session, Some((Arc::clone(tls), name))).map_err(
                 |error| match error {
                     ConnectError::Denied(_) => OpenError::Denied(error.to_string()),

@@ -28,8 +28,26 @@ pub enum TlsMode {
     Disabled,
     /// When offered; plaintext otherwise.
     Opportunistic,
-    /// Always: a server that does not offer it (or refuses it) gets no mail.
+    /// Always, with a certificate that verifies (a trusted chain naming the MX host):
+    /// a server that does not offer STARTTLS, refuses it, or presents a certificate
+    /// that does not verify gets no mail. (Checking the certificate is the
+    /// transport's part; this session only insists on STARTTLS.)
     Required,
+    /// Always, whatever the certificate (Postfix's `encrypt`, KumoMTA's
+    /// `RequiredInsecure`): for sites known to use self-signed certificates.
+    RequiredInsecure,
+}
+
+impl TlsMode {
+    /// Whether a session without TLS must fail.
+    pub fn is_required(self) -> bool {
+        matches!(self, TlsMode::Required | TlsMode::RequiredInsecure)
+    }
+
+    /// Whether the server's certificate must verify.
+    pub fn verifies(self) -> bool {
+        self == TlsMode::Required
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -592,7 +610,7 @@ impl ClientSession {
             return self.fail(SessionError::Refused(reply));
         }
         self.capabilities = Capabilities::default();
-        if self.config.tls == TlsMode::Required && !self.tls_active {
+        if self.config.tls.is_required() && !self.tls_active {
             return self.fail(SessionError::TlsRequired("does not speak ESMTP (no STARTTLS)"));
         }
         if self.config.credentials.is_some() {
@@ -606,7 +624,7 @@ impl ClientSession {
             if self.capabilities.starttls {
                 return self.command(Command::StartTls, Phase::StartTls, self.config.timeouts.command, now);
             }
-            if self.config.tls == TlsMode::Required {
+            if self.config.tls.is_required() {
                 return self.fail(SessionError::TlsRequired("does not offer STARTTLS"));
             }
         }
@@ -620,7 +638,7 @@ impl ClientSession {
             self.events.push_back(ClientEvent::StartTls);
             return;
         }
-        if self.config.tls == TlsMode::Required {
+        if self.config.tls.is_required() {
             return self.fail(SessionError::TlsRequired("refused STARTTLS"));
         }
         self.authenticate(now);
