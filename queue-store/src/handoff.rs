@@ -70,8 +70,11 @@ impl HandoffSlot {
         for arrival in arrivals {
             if let Err(error) = sender.try_send(arrival) {
                 // Full cannot happen (see the module's bounds); Disconnected only
-                // when the engine is stopping.
+                // when the engine is stopping. Either way recovery makes them due.
                 debug_assert!(error.is_disconnected(), "the handoff channel is bounded by its credit");
+                if error.is_full() {
+                    tracing::error!("handoff channel full: recipients stay in flight until a restart");
+                }
                 lost += error.into_inner().recipients.len();
             }
         }
@@ -96,7 +99,8 @@ impl Handoff {
 
     /// Makes the recipients granted and not yet received `target` (at most
     /// [`HANDOFF_RECIPIENTS_MAX`]): grants more credit, or takes back unused credit.
-    /// Credit already reserved by a write under way cannot be taken back.
+    /// Credit already reserved by a write under way cannot be taken back. One thread
+    /// calls this and `try_recv` (the scheduler): `outstanding` is read, then moved.
     pub fn set_target(&self, target: usize) {
         let target = target.min(HANDOFF_RECIPIENTS_MAX);
         let outstanding = self.slot.outstanding.load(Ordering::Acquire);

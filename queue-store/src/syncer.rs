@@ -69,6 +69,8 @@ impl Syncer {
                     let health = Health::NeedsReopen;
                     self.shared.set_health(health);
                     tracing::error!(%error, "queue-store WAL sync failed; the store must be reopened");
+                    let arrivals: usize = jobs.iter().flat_map(|job| &job.arrivals).map(|a| a.recipients.len()).sum();
+                    self.shared.handoff.unreserve(arrivals);
                     for (reply, _) in jobs.into_iter().flat_map(|job| job.answers) {
                         let _ = reply.send(Err(StoreError::Unhealthy(health)));
                     }

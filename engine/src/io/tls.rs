@@ -46,8 +46,9 @@ fn root_store(extra_roots: &[CertificateDer<'static>]) -> rustls::RootCertStore 
     roots
 }
 
-/// A verifier that checks chains with webpki but never refuses one: for
-/// opportunistic TLS. Handshake signatures are still verified.
+/// A verifier that accepts any certificate: for opportunistic TLS and
+/// `required_insecure` (the chain is checked after the handshake, for the record, by
+/// `ClientTls::describe`). Handshake signatures are still verified.
 #[derive(Debug)]
 struct AcceptAnyCertificate {
     provider: Arc<rustls::crypto::CryptoProvider>,

@@ -305,13 +305,16 @@ impl Shard {
             let session = ClientSession::new(Arc::clone(config), now);
             let options = ConnectOptions { source: open.lane.source, timeout: settings.connect_timeout };
             let tls = if open.tls.verifies() { verified } else { any_certificate };
-            // The certificate is checked against the MX host's name, as the sender
-            // looked it up (an address only when no name is known).
-            let name = open
-                .host
-                .as_deref()
-                .and_then(|host| ServerName::try_from(host.to_string()).ok())
-                .unwrap_or_else(|| ServerName::from(open.peer.ip()));
+            // The certificate is checked against the MX host's name as DNS gave it.
+            // Without one, a certificate that must verify cannot: no connection.
+            let name = match open.host.as_deref().and_then(|host| ServerName::try_from(host.to_string()).ok()) {
+                Some(name) => name,
+                None if open.tls.verifies() => {
+                    let why = format!("TLS required with verification, but {} has no MX host name", open.peer);
+                    return Err(OpenError::Failed(why));
+                }
+                None => ServerName::from(open.peer.ip()),
+            };
             ring.open(open.peer, &options, &settings.allowlist, session, Some((Arc::clone(tls), name))).map_err(
                 |error| match error {
                     ConnectError::Denied(_) => OpenError::Denied(error.to_string()),
