@@ -383,6 +383,7 @@ fn start_http(
     let listener = std::net::TcpListener::bind(listen).map_err(StartError::io(format!("http.listen {listen}")))?;
     listener.set_nonblocking(true).map_err(StartError::io("http.listen"))?;
     let address = listener.local_addr().map_err(StartError::io("http.listen"))?;
+    let guard = Arc::new(crate::http_guard::Guard::new(Arc::clone(&live), address));
     let router = crate::ingest::http::router(
         Arc::clone(store),
         Arc::clone(metrics),
@@ -395,7 +396,9 @@ fn start_http(
         },
         receptions,
     )
-    .merge(crate::admin::router(admin));
+    .merge(crate::admin::router(admin))
+    // Outermost: every request passes the door before any route reads it.
+    .layer(axum::middleware::from_fn_with_state(guard, crate::http_guard::guard));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = spawn("ringmail-http", move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

@@ -19,6 +19,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod dns;
 pub mod health;
+pub mod http_guard;
 pub mod ingest;
 pub mod io;
 pub mod live;

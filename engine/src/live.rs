@@ -38,6 +38,14 @@ pub enum ReloadError {
     /// The file loads but policy refuses it (a bounce rule's category, say).
     #[error("{path}: {message}")]
     Policy { path: PathBuf, message: String },
+    /// The file has no inject or admin tokens, but the control plane is bound to an
+    /// address other than loopback (a new `listen` waits for a restart): taking the
+    /// empty lists would open the API to anyone who can reach it.
+    #[error(
+        "{path}: http.tokens and http.admin_tokens are required while the control plane listens on {bound} \
+         (not loopback; a new http.listen needs a restart); the running tokens stay"
+    )]
+    TokensRequired { path: PathBuf, bound: std::net::SocketAddr },
 }
 
 /// What a reload did.
@@ -74,6 +82,12 @@ impl Live {
         let mut report = ReloadReport::default();
         let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
         // Live sections: take the new value.
+        // Judged against the address the control plane runs on, not the file's
+        // `listen` (which only a restart applies).
+        let bound = old.http.listen;
+        if !bound.ip().is_loopback() && (new.http.tokens.is_empty() || new.http.admin_tokens.is_empty()) {
+            return Err(ReloadError::TokensRequired { path: path.clone(), bound });
+        }
         if !same(&old.http.tokens, &new.http.tokens) || !same(&old.http.admin_tokens, &new.http.admin_tokens) {
             applied.http.tokens = new.http.tokens.clone();
             applied.http.admin_tokens = new.http.admin_tokens.clone();
@@ -154,5 +168,46 @@ impl Live {
         report.generation = self.generation();
         tracing::info!(applied = ?report.applied, restart_needed = ?report.restart_needed, "configuration reloaded");
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attack: an engine bound off loopback with tokens; the operator (or
+    /// whoever can write the file) reloads a file that moves `listen` to loopback
+    /// and drops the tokens. The listen change waits for a restart; the tokens must
+    /// not go.
+    #[test]
+    fn a_reload_cannot_drop_the_tokens_of_a_control_plane_bound_off_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringmail.toml");
+        let dns = "[dns]\nnameservers = [\"127.0.0.1:53\"]\n";
+        let guarded = format!(
+            "{dns}[http]\nlisten = \"192.0.2.1:8025\"\ntokens = [\"inject-token-0123456789\"]\n\
+             admin_tokens = [\"admin-token-0123456789\"]\n"
+        );
+        let config = Config::parse(&guarded, "ringmail.toml").unwrap();
+        let live = Live::new(Arc::new(config), Some(path.clone()));
+        std::fs::write(&path, format!("{dns}[http]\nlisten = \"127.0.0.1:8025\"\n")).unwrap();
+        let error = live.reload().unwrap_err();
+        assert!(matches!(error, ReloadError::TokensRequired { .. }), "{error}");
+        assert!(error.to_string().contains("192.0.2.1:8025"), "{error}");
+        assert_eq!(live.current().http.tokens, ["inject-token-0123456789"]);
+        assert_eq!(live.current().http.admin_tokens, ["admin-token-0123456789"]);
+        assert_eq!(live.generation(), 0, "nothing applied");
+        // New tokens off loopback are taken (rotation).
+        std::fs::write(
+            &path,
+            format!(
+                "{dns}[http]\nlisten = \"192.0.2.1:8025\"\ntokens = [\"rotated-token-0123456789\"]\n\
+                 admin_tokens = [\"admin-token-0123456789\"]\n"
+            ),
+        )
+        .unwrap();
+        let report = live.reload().unwrap();
+        assert_eq!(report.applied, ["http tokens"]);
+        assert_eq!(live.current().http.tokens, ["rotated-token-0123456789"]);
     }
 }

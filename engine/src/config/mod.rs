@@ -123,6 +123,29 @@ pub struct HttpSection {
     /// `listen` is not a loopback address.
     #[serde(default)]
     pub admin_tokens: Vec<String>,
+    /// Requests handled at once at most; beyond it 503 with `Retry-After`.
+    #[serde(default = "default_http_requests_max")]
+    pub requests_max: usize,
+    /// A request's body must arrive within this long (408 after it).
+    #[serde(default = "default_http_body_timeout")]
+    pub body_timeout_seconds: u64,
+    /// Browser origins allowed to call the API (`Origin` header); a request carrying
+    /// any other origin is refused with 403. Empty: no browser may.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Host names the control plane answers to besides its address (and, on
+    /// loopback, `localhost`): on loopback a request naming another Host is refused
+    /// (DNS rebinding); off loopback, when set, only these are answered.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+fn default_http_requests_max() -> usize {
+    64
+}
+
+fn default_http_body_timeout() -> u64 {
+    30
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -145,6 +168,10 @@ impl Default for HttpSection {
             recipients_max: default_http_recipients_max(),
             tokens: Vec::new(),
             admin_tokens: Vec::new(),
+            requests_max: default_http_requests_max(),
+            body_timeout_seconds: default_http_body_timeout(),
+            allowed_origins: Vec::new(),
+            hostnames: Vec::new(),
         }
     }
 }
@@ -510,6 +537,8 @@ impl Config {
             ("delivery.recipients_per_transaction_max", d.recipients_per_transaction_max),
             ("delivery.in_flight_max", d.in_flight_max),
             ("http.recipients_max", self.http.recipients_max),
+            ("http.requests_max", self.http.requests_max),
+            ("http.body_timeout_seconds", self.http.body_timeout_seconds as usize),
             ("smtp.command_timeout_seconds", self.smtp.command_timeout_seconds as usize),
             ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),
             ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
@@ -600,6 +629,12 @@ impl Config {
                 .map_err(|e| named(&e))?;
             if certificates.is_empty() {
                 return Err(named(&"no certificate in the file"));
+            }
+            // Each must be usable as a trust anchor (the shard's root store would
+            // skip it silently).
+            let mut store = rustls::RootCertStore::empty();
+            for certificate in &certificates {
+                store.add(certificate.clone()).map_err(|e| named(&e))?;
             }
             roots.extend(certificates);
         }
