@@ -126,7 +126,7 @@ fn engine_figures(http: SocketAddr) -> [f64; 4] {
     use std::io::{Read, Write};
     let mut text = String::new();
     if let Ok(mut stream) = std::net::TcpStream::connect(http) {
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: ringmail\r\n\r\n");
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
         let _ = stream.read_to_string(&mut text);
     }
     let value =

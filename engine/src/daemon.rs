@@ -41,6 +41,8 @@ const _: () = assert!(
 pub struct Engine {
     /// Where the HTTP control plane listens (the port is known even when 0 was asked).
     pub http: SocketAddr,
+    /// Where the SMTP listeners listen, as bound.
+    pub smtp: Vec<SocketAddr>,
     pub store: Arc<Store>,
     /// Set by the admin API's `shutdown`: `serve` stops as on SIGTERM.
     pub shutdown_requested: Arc<AtomicBool>,
@@ -175,10 +177,10 @@ impl Engine {
             stop: Arc::clone(&stop),
         };
         let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
-        let listeners = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)?;
-        if !listeners.is_empty() {
-            threads.extend(listeners);
-        }
+        let listening = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)?;
+        threads.extend(listening.threads);
+        let smtp = listening.addresses;
+        let myself = crate::schedule::Myself::new(smtp.clone());
         let shutdown_requested = Arc::new(AtomicBool::new(false));
         let rebinds = crate::operator::Rebinds::default();
         let scheduler_rebinds = rebinds.clone();
@@ -227,6 +229,7 @@ impl Engine {
                 shards,
                 arrivals,
                 handoff,
+                myself,
                 results: results_tx,
                 live: scheduler_live,
                 in_flight_max: config.delivery.in_flight_max,
@@ -244,7 +247,7 @@ impl Engine {
         });
         threads.push(thread?);
         stop_on_failure.disarm();
-        Ok(Engine { http, store, shutdown_requested, live, metrics, stop, http_stop: Some(http_stop), threads })
+        Ok(Engine { http, smtp, store, shutdown_requested, live, metrics, stop, http_stop: Some(http_stop), threads })
     }
 
     /// Stops taking work, finishes or hands back what is in flight (bounded), and

@@ -71,7 +71,7 @@ fn post(address: SocketAddr, body: &str, token: &str) -> (u16, String) {
     http(
         address,
         &format!(
-            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /api/inject/v1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     )
@@ -104,7 +104,7 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "ringmail serve did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, body) = http(address, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, body) = http(address, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!((status, body.contains("ok")), (200, true), "{body}");
 
     let request = |recipients: &str| {
@@ -134,7 +134,7 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("content"), "names the missing field: {body}");
 
-    let (status, metrics) = http(address, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, metrics) = http(address, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 200);
     assert!(metrics.contains("ringmail_injected_messages_total 1"), "{metrics}");
     assert!(metrics.contains("ringmail_queue_recipients{state="), "{metrics}");

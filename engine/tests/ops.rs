@@ -34,7 +34,7 @@ fn dashboard_and_alerts_name_only_exposed_metrics() {
     );
     let engine = ringmail::daemon::Engine::start(ringmail::config::Config::parse(&text, "ops test").unwrap()).unwrap();
     let mut stream = TcpStream::connect(engine.http).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     engine.shutdown();

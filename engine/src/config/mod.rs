@@ -611,10 +611,9 @@ impl Config {
 
     pub fn allowlist(&self) -> Result<Allowlist, String> {
         match &self.delivery.allowlist {
-            None => Ok(Allowlist::anywhere()),
-            Some(cidrs) => {
-                Allowlist::parse(cidrs.iter().map(String::as_str)).map_err(|e| format!("delivery.allowlist: {e}"))
-            }
+            None => Allowlist::delivery(None::<Vec<&str>>).map_err(|e| format!("delivery.allowlist: {e}")),
+            Some(cidrs) => Allowlist::delivery(Some(cidrs.iter().map(String::as_str)))
+                .map_err(|e| format!("delivery.allowlist: {e}")),
         }
     }
 

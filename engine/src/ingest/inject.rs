@@ -133,6 +133,12 @@ pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Buil
         },
         _ => return bad("content: a string (the RFC 5322 message) or a builder object".into()),
     };
+    if let Content::Raw(raw) = &content {
+        let hops = super::received_count(raw.as_bytes());
+        if hops >= super::HOPS_MAX {
+            return bad(format!("content: {hops} Received: headers, at most {} (a mail loop?)", super::HOPS_MAX - 1));
+        }
+    }
     let mut templates = Templates::new(templating);
     match &content {
         Content::Raw(raw) => templates.add("content", raw)?,

@@ -121,6 +121,25 @@ pub(crate) fn rfc5322_date(seconds: u64) -> String {
     )
 }
 
+/// `Received:` headers a message may carry when it reaches ringmail: one with more
+/// is in a mail loop (Postfix's `hopcount_limit`, 50).
+pub const HOPS_MAX: usize = 50;
+
+/// How many `Received:` fields the header block of `data` has.
+pub(crate) fn received_count(data: &[u8]) -> usize {
+    let mut count = 0;
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break; // the end of the headers
+        }
+        if line.len() > 9 && line[8] == b':' && line[..8].eq_ignore_ascii_case(b"received") {
+            count += 1;
+        }
+    }
+    count
+}
+
 /// Whether the header block of `data` has a field `name` (lowercase).
 pub(crate) fn has_header(data: &[u8], name: &[u8]) -> bool {
     for line in data.split(|&b| b == b'\n') {
@@ -144,6 +163,13 @@ mod tests {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322_date(1_795_888_740), "Sat, 28 Nov 2026 17:59:00 +0000");
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_block_only() {
+        assert_eq!(received_count(b"Received: a\r\n\tb\r\nreceived: c\r\nSubject: x\r\n\r\nReceived: d\r\n"), 2);
+        assert_eq!(received_count(b"Subject: x\r\n\r\n"), 0);
+        assert_eq!(received_count(b"X-Received: a\r\n\r\n"), 0);
     }
 
     #[test]

@@ -57,13 +57,13 @@ pub fn start(
     threads: usize,
     backend: crate::io::Backend,
     ingest: Ingest,
-) -> Result<Vec<std::thread::JoinHandle<()>>, ListenerError> {
+) -> Result<Listening, ListenerError> {
     let addresses: Vec<(SocketAddr, Port)> = (section.listen.iter().map(|a| (*a, Port::Plain)))
         .chain(section.listen_tls.iter().map(|a| (*a, Port::ImplicitTls)))
         .chain(section.listen_submission.iter().map(|a| (*a, Port::Submission)))
         .collect();
     if addresses.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Listening::default());
     }
     let relay = Allowlist::parse(section.relay_networks.iter().map(String::as_str))
         .map_err(|e| ListenerError::Setting(format!("smtp.relay_networks: {e}")))?;
@@ -101,6 +101,7 @@ pub fn start(
     // The first socket of each address fixes its port (port 0 included); the other
     // threads' sockets join it.
     let mut sockets: Vec<Vec<(std::net::TcpListener, Port)>> = (0..threads.max(1)).map(|_| Vec::new()).collect();
+    let mut listening = Listening::default();
     for (address, port) in addresses {
         let key = match port {
             Port::Plain => "smtp.listen",
@@ -114,6 +115,7 @@ pub fn start(
             bound = listener.local_addr().map_err(bind_failed)?;
             thread.push((listener, port));
         }
+        listening.addresses.push(bound);
     }
     let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
@@ -154,7 +156,16 @@ pub fn start(
     crate::health::await_started(&started_rx, handles.len(), LISTENER_START_TIMEOUT, "SMTP listener", backend.name())
         .map_err(ListenerError::Loop)?;
     tracing::info!(threads = handles.len(), backend = backend.name(), "SMTP listeners running");
-    Ok(handles)
+    listening.threads = handles;
+    Ok(listening)
+}
+
+/// The running SMTP listeners.
+#[derive(Debug, Default)]
+pub struct Listening {
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each configured address as bound (the port known even when 0 was asked).
+    pub addresses: Vec<SocketAddr>,
 }
 
 /// A listener thread's loop could be set up within this, or the start fails.
@@ -432,6 +443,14 @@ impl Handler {
             tracing::debug!(peer = %self.peer, reason, "SMTP message refused: shedding load");
             Metrics::count(&self.ingest.metrics.rejected_requests, 1);
             return Decision::Now(busy());
+        }
+        let hops = super::received_count(&message.data);
+        if hops >= super::HOPS_MAX {
+            // Ours would make one more than the limit: a loop (Postfix's answer).
+            tracing::warn!(peer = %self.peer, hops, "SMTP message refused: too many hops (mail loop?)");
+            Metrics::count(&self.ingest.metrics.rejected_requests, 1);
+            let text = format!("Too many hops ({hops} Received: headers): mail forwarding loop?");
+            return Decision::Now(Verdict::Reject(reply(554, (5, 4, 6), &text)));
         }
         let sender = message.from.clone();
         let recipients = message.recipients.clone();

@@ -46,31 +46,98 @@ impl std::str::FromStr for Network {
     }
 }
 
-/// Where the engine may connect. Every test, demo and benchmark uses `loopback()`.
+/// Addresses that are not the public internet: this host, private networks, shared
+/// address space, link-local, unique-local, multicast and reserved. Delivery never
+/// connects to them unless `delivery.allowlist` names them (see [`Allowlist::delivery`]).
+const INTERNAL: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
+
+/// Whether `ip` (IPv4-mapped IPv6 as IPv4) is an [`INTERNAL`] address.
+pub fn is_internal(ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    INTERNAL.iter().filter_map(|cidr| cidr.parse::<Network>().ok()).any(|network| network.contains(ip))
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Where the engine may connect (and, for `smtp.relay_networks`, who may relay).
+/// Every test, demo and benchmark uses loopback only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allowlist {
-    /// `None`: anywhere (production without an allowlist).
+    /// `None`: anywhere.
     networks: Option<Vec<Network>>,
+    /// Internal addresses only by an entry narrower than /0 (delivery).
+    internal_needs_entry: bool,
 }
 
 impl Allowlist {
     pub fn anywhere() -> Self {
-        Allowlist { networks: None }
+        Allowlist { networks: None, internal_needs_entry: false }
     }
 
     /// 127.0.0.0/8 and ::1.
     pub fn loopback() -> Self {
         let networks = ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok()).collect();
-        Allowlist { networks: Some(networks) }
+        Allowlist { networks: Some(networks), internal_needs_entry: false }
     }
 
     pub fn parse<'a>(cidrs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
         let networks = cidrs.into_iter().map(str::parse).collect::<Result<Vec<Network>, String>>()?;
-        Ok(Allowlist { networks: Some(networks) })
+        Ok(Allowlist { networks: Some(networks), internal_needs_entry: false })
+    }
+
+    /// Delivery's: `cidrs` (none: the whole internet), and an internal address
+    /// (loopback, private, link-local, unique-local, ...) only where an entry
+    /// narrower than /0 names it, so a remote domain's MX record cannot point
+    /// ringmail at this host or its network (Postfix refuses such MX hosts too).
+    pub fn delivery<'a>(cidrs: Option<impl IntoIterator<Item = &'a str>>) -> Result<Self, String> {
+        let mut list = match cidrs {
+            Some(cidrs) => Allowlist::parse(cidrs)?,
+            None => Allowlist::anywhere(),
+        };
+        list.internal_needs_entry = true;
+        Ok(list)
     }
 
     pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        if self.internal_needs_entry && is_internal(ip) {
+            return self
+                .networks
+                .as_ref()
+                .is_some_and(|networks| networks.iter().any(|network| network.prefix > 0 && network.contains(ip)));
+        }
         self.networks.as_ref().is_none_or(|networks| networks.iter().any(|n| n.contains(ip)))
+    }
+
+    /// `Ok` when delivery may connect to `ip`, else why not.
+    pub fn check(&self, ip: IpAddr) -> Result<(), ConnectError> {
+        match self.allows(ip) {
+            true => Ok(()),
+            false if self.internal_needs_entry && is_internal(ip) => Err(ConnectError::Internal(ip)),
+            false => Err(ConnectError::Denied(ip)),
+        }
     }
 }
 
@@ -80,6 +147,10 @@ impl Allowlist {
 pub enum ConnectError {
     #[error("destination {0} is not in the allowlist")]
     Denied(IpAddr),
+    /// Loopback, private, link-local, unique-local ...: only when the allowlist
+    /// names it.
+    #[error("destination {0} is an internal address (not in delivery.allowlist)")]
+    Internal(IpAddr),
     #[error("binding source address {source_address}: {error}")]
     Bind { source_address: IpAddr, error: io::Error },
     #[error("connect to {0} timed out")]
@@ -109,9 +180,7 @@ pub async fn connect_epoll(
     options: &ConnectOptions,
     allowlist: &Allowlist,
 ) -> Result<tokio::net::TcpStream, ConnectError> {
-    if !allowlist.allows(destination.ip()) {
-        return Err(ConnectError::Denied(destination.ip()));
-    }
+    allowlist.check(destination.ip())?;
     let io_error = |error| ConnectError::Io { destination, error };
     let socket = match destination {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
@@ -162,5 +231,30 @@ mod tests {
         assert!(Allowlist::parse(["nonsense"]).is_err());
         assert!(Allowlist::anywhere().allows("198.51.100.7".parse().unwrap()));
         assert!(Allowlist::parse(["0.0.0.0/0"]).unwrap().allows("203.0.113.9".parse().unwrap()));
+        // Relay networks see IPv4-mapped peers (a [::] listener) as IPv4.
+        assert!(Allowlist::parse(["127.0.0.0/8"]).unwrap().allows("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn delivery_reaches_internal_addresses_only_where_the_allowlist_names_them() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let open = Allowlist::delivery(None::<Vec<&str>>).unwrap();
+        assert!(open.allows(ip("198.51.100.7")) && open.allows(ip("2001:db8::1")));
+        for internal in
+            ["127.0.0.1", "10.1.2.3", "172.20.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0"]
+        {
+            assert!(!open.allows(ip(internal)), "{internal}");
+            assert!(matches!(open.check(ip(internal)), Err(ConnectError::Internal(_))), "{internal}");
+        }
+        for internal in ["::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1"] {
+            assert!(!open.allows(ip(internal)), "{internal}");
+        }
+        // A catch-all does not name them; a narrower entry does.
+        let catch_all = Allowlist::delivery(Some(["0.0.0.0/0", "::/0"])).unwrap();
+        assert!(!catch_all.allows(ip("127.0.0.1")) && !catch_all.allows(ip("::ffff:127.0.0.1")));
+        assert!(catch_all.allows(ip("203.0.113.9")));
+        let named = Allowlist::delivery(Some(["0.0.0.0/0", "10.0.0.0/8", "127.0.0.0/8"])).unwrap();
+        assert!(named.allows(ip("10.9.9.9")) && named.allows(ip("::ffff:127.0.0.2")));
+        assert!(!named.allows(ip("192.168.0.1")));
     }
 }

@@ -568,9 +568,7 @@ fn new_socket(
     options: &ConnectOptions,
     allowlist: &Allowlist,
 ) -> Result<socket2::Socket, ConnectError> {
-    if !allowlist.allows(destination.ip()) {
-        return Err(ConnectError::Denied(destination.ip()));
-    }
+    allowlist.check(destination.ip())?;
     let io_error = |error| ConnectError::Io { destination, error };
     let socket = socket2::Socket::new(socket2::Domain::for_address(destination), socket2::Type::STREAM, None)
         .map_err(io_error)?;

@@ -18,6 +18,8 @@ pub enum Category {
     Dns,
     Tls,
     Connection,
+    /// Mail that cannot be routed anywhere but back to this node (a loop).
+    Routing,
     Other,
 }
 
@@ -33,6 +35,7 @@ impl Category {
             Category::Dns => "Dns",
             Category::Tls => "Tls",
             Category::Connection => "Connection",
+            Category::Routing => "Routing",
             Category::Other => "Other",
         }
     }
@@ -46,6 +49,8 @@ const RULES: &[(&str, Category)] = &[
     ("5.1.10", Category::InvalidRecipient),
     ("user unknown", Category::InvalidRecipient),
     ("does not exist", Category::InvalidRecipient),
+    ("5.4.6", Category::Routing),
+    ("4.4.6", Category::Routing),
     ("5.2.2", Category::MailboxFull),
     ("4.2.2", Category::MailboxFull),
     ("mailbox full", Category::MailboxFull),
@@ -60,6 +65,7 @@ const RULES: &[(&str, Category)] = &[
     ("rate", Category::RateLimited),
     ("too many", Category::RateLimited),
     ("deferred", Category::RateLimited),
+    ("loops back to myself", Category::Routing),
     ("tls", Category::Tls),
     ("starttls", Category::Tls),
     ("dns", Category::Dns),
@@ -93,6 +99,7 @@ impl std::str::FromStr for Category {
             Category::Dns,
             Category::Tls,
             Category::Connection,
+            Category::Routing,
             Category::Other,
         ];
         all.into_iter().find(|c| c.name().eq_ignore_ascii_case(text)).ok_or_else(|| {
@@ -178,6 +185,8 @@ mod tests {
         assert_eq!(classify("TLS required by policy but the server does not offer STARTTLS"), Category::Tls);
         assert_eq!(classify("connect to 127.0.0.1:25: Connection refused"), Category::Connection);
         assert_eq!(classify("451 4.3.0 try later"), Category::Other);
+        assert_eq!(classify("554 5.4.6 Too many hops (50 Received: headers)"), Category::Routing);
+        assert_eq!(classify("mail for a.test loops back to myself"), Category::Routing);
         assert!(is_slow_down("421 4.7.0 [TSS04] Messages temporarily deferred"));
         assert!(!is_slow_down("451 4.3.0 try later"));
         assert!(!is_slow_down("450 4.2.1 The user you are trying to contact is receiving mail too quickly"));

@@ -13,4 +13,4 @@ mod scheduler;
 
 pub use completer::Completer;
 pub(crate) use completer::RECEPTIONS_PER_TICK_MAX;
-pub use scheduler::Scheduler;
+pub use scheduler::{Myself, Scheduler};

@@ -4,6 +4,7 @@
 //! the shard that owns its lane (or, while that shard is down, the next live one).
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use queue_store::{Arrival, Claimed, Handoff, MessageId, Store};
 
 use crate::config::EgressSource;
 use crate::dns::{MxResolver, Route};
+use crate::io::connect::canonical;
 use crate::metrics::Metrics;
 use crate::operator::{Rebinds, SiteHolds, SiteMap};
 use crate::shard::{Attempt, AttemptResult, LaneKey, ShardLink, Work};
@@ -39,6 +41,8 @@ pub struct Scheduler {
     /// The fast path: fresh mail handed over as it is synced (`None`: all mail is
     /// claimed from the due index).
     pub handoff: Option<Handoff>,
+    /// This node's SMTP listeners: an MX host that is one of them is a loop.
+    pub myself: Myself,
     /// Results of attempts that never reached a shard (DNS failures, full shards).
     pub results: Sender<Attempt>,
     /// The running configuration: egress sources, `[[site]]` pools, the default EHLO
@@ -166,6 +170,15 @@ impl Scheduler {
                 return;
             }
         };
+        let route = match self.myself.strip(&domain, route) {
+            Ok(route) => route,
+            Err(looped) => {
+                for recipient in &recipients {
+                    self.fail(recipient, AttemptResult::Permanent(looped.clone()));
+                }
+                return;
+            }
+        };
         self.site_map.record(&domain, &route.site);
         if let Some(until_ms) = self.site_holds.held(&route.site) {
             // The site is suspended: its domains are suspended in the queue as they
@@ -256,6 +269,53 @@ impl Scheduler {
             let _ = self.results.send(attempt);
         }
     }
+}
+
+/// This node's SMTP listeners, as bound. Mail routed to one of them would come
+/// straight back in (Postfix: "mail for X loops back to myself").
+#[derive(Debug, Default)]
+pub struct Myself(Vec<SocketAddr>);
+
+impl Myself {
+    pub fn new(listeners: Vec<SocketAddr>) -> Myself {
+        Myself(listeners)
+    }
+
+    /// Whether `peer` is one of the listeners: the same port, and the same address
+    /// (IPv4-mapped as IPv4), or any address of this host for a listener on the
+    /// unspecified address.
+    pub fn is(&self, peer: SocketAddr) -> bool {
+        let ip = canonical(peer.ip());
+        self.0.iter().any(|listener| {
+            listener.port() == peer.port()
+                && (canonical(listener.ip()) == ip || (listener.ip().is_unspecified() && is_local(ip)))
+        })
+    }
+
+    /// The route without this node's own listeners; every host one of them: the
+    /// permanent reason to give.
+    fn strip(&self, domain: &str, route: Arc<Route>) -> Result<Arc<Route>, String> {
+        let Some(mine) = route.hosts.iter().copied().find(|host| self.is(*host)) else { return Ok(route) };
+        let (hosts, names): (Vec<SocketAddr>, Vec<Arc<str>>) = route
+            .hosts
+            .iter()
+            .zip(&route.names)
+            .filter(|(host, _)| !self.is(**host))
+            .map(|(h, n)| (*h, Arc::clone(n)))
+            .unzip();
+        if hosts.is_empty() {
+            return Err(format!(
+                "mail for {domain} loops back to myself (its MX host {mine} is this node's SMTP listener)"
+            ));
+        }
+        Ok(Arc::new(Route { site: route.site.clone(), hosts, names }))
+    }
+}
+
+/// Whether `ip` belongs to this host: loopback, or an address a socket can be bound
+/// to here (no packet is sent).
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Bodies of handed-over messages, by message.

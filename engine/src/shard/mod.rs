@@ -317,7 +317,7 @@ impl Shard {
             };
             ring.open(open.peer, &options, &settings.allowlist, session, Some((Arc::clone(tls), name))).map_err(
                 |error| match error {
-                    ConnectError::Denied(_) => OpenError::Denied(error.to_string()),
+                    ConnectError::Denied(_) | ConnectError::Internal(_) => OpenError::Denied(error.to_string()),
                     other => OpenError::Failed(other.to_string()),
                 },
             )
