@@ -1,16 +1,17 @@
 //! The door of the HTTP control plane, in front of every route (inject, admin,
 //! metrics, health), before any handler and before a body is read:
 //!
-//! 1. at most `http.requests_max` requests at once (503 with `Retry-After` beyond);
-//! 2. browsers kept out: a request carrying an `Origin` not in `http.allowed_origins`
+//! 1. browsers kept out: a request carrying an `Origin` not in `http.allowed_origins`
 //!    is refused (403), and on a loopback listener a `Host` other than the listener's
 //!    address, `localhost` or `http.hostnames` is refused (403; a DNS-rebinding page
 //!    names its own host); off loopback, `http.hostnames` when set;
+//! 2. routes without a token (health, metrics, unknown paths) take no body (413);
 //! 3. the bearer token of the route's kind (`/api/`: `http.tokens`, `/admin/`:
 //!    `http.admin_tokens`; they reload), checked before the body is read (401);
 //! 4. admin POSTs must say `application/json` (415);
-//! 5. the body read whole within `http.body_timeout_seconds` (408) and
-//!    `http.body_max_bytes` (413), then handed to the route.
+//! 5. at most `http.requests_max` requests past these checks at once (503 with
+//!    `Retry-After` beyond), each body read whole within `http.body_timeout_seconds`
+//!    (408) and `http.body_max_bytes` (413), then handed to the route.
 //!
 //! Every refusal is JSON: `{"error": "..."}` naming the limit or the header.
 
@@ -106,14 +107,6 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The door (an axum middleware over the whole control plane).
 pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = Arc::clone(&guard.permits).try_acquire_owned() else {
-        let mut response = refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("too many requests at once (http.requests_max = {})", guard.requests_max),
-        );
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    };
     let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
@@ -132,7 +125,12 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
     } else if path.starts_with("/api/") {
         (&config.http.tokens, false)
     } else {
-        (&Vec::new(), false)
+        // Health, metrics and anything unknown take no token, so they take no body
+        // either: nobody without a token can make the door read or hold one.
+        if has_body(headers) {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("{path} takes no request body"));
+        }
+        return next.run(request).await;
     };
     if !token_matches(tokens, headers) {
         let what = if admin { "a valid admin bearer token is required" } else { "a valid bearer token is required" };
@@ -144,6 +142,15 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "admin requests must be Content-Type: application/json");
     }
     drop(config);
+    // Only requests that passed the cheap checks hold a slot while their body comes.
+    let Ok(_permit) = Arc::clone(&guard.permits).try_acquire_owned() else {
+        let mut response = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many requests at once (http.requests_max = {})", guard.requests_max),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
     let (parts, body) = request.into_parts();
     let bytes = match tokio::time::timeout(guard.body_timeout, axum::body::to_bytes(body, guard.body_max)).await {
         Ok(Ok(bytes)) => bytes,
@@ -157,6 +164,13 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
         }
     };
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Whether the request announces a body (a length above 0, or chunks).
+fn has_body(headers: &HeaderMap) -> bool {
+    let length =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    length.is_some_and(|length| length > 0) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -2,7 +2,8 @@
 //! sockets against a running engine:
 //! - headers announcing a 60 MB body and no token: 401 at once, the body never read;
 //! - a valid token and a body that never finishes: 408 after `body_timeout_seconds`;
-//! - more requests at once than `requests_max`: 503 for the extra one;
+//! - more requests at once than `requests_max`: 503 for the extra one, while health
+//!   still answers and a token-less route refuses a body (413) without reading it;
 //! - a browser page (`Origin`, `text/plain`) against the admin API: 403 / 415;
 //! - a DNS-rebinding page (a foreign `Host` on the loopback listener): 403.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -102,9 +103,17 @@ fn the_control_plane_refuses_before_reading_and_keeps_browsers_out() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let (status, body, _) = exchange(http, &head("GET", "/metrics", &host, "", 0), b"", wait);
+    let message = br#"{"envelope_sender":"a@sender.test","content":"Subject: x\r\n\r\nx\r\n","recipients":[{"email":"r@p.test"}]}"#;
+    let third = head("POST", "/api/inject/v1", &host, &auth, message.len());
+    let (status, body, _) = exchange(http, &third, message, wait);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("http.requests_max"), "{body}");
+    // Routes without a token take no slot, and no body: nobody can hold the door.
+    let (status, _, _) = exchange(http, &head("GET", "/healthz", &host, "", 0), b"", wait);
+    assert_eq!(status, 200, "health answers while the slots are taken");
+    let (status, body, took) = exchange(http, &head("POST", "/metrics", &host, "", 60_000_000), b"", wait);
+    assert_eq!(status, 413, "{body}");
+    assert!(took < Duration::from_secs(1), "413 took {took:?}");
     drop(holders);
     std::thread::sleep(Duration::from_millis(1200)); // their body timeouts free the slots
 
@@ -133,7 +142,6 @@ fn the_control_plane_refuses_before_reading_and_keeps_browsers_out() {
     let json = format!("{admin}Content-Type: application/json\r\n");
     let (status, body, _) = exchange(http, &head("POST", "/admin/v1/drain", &host, &json, 12), b"{\"on\":false}", wait);
     assert_eq!(status, 200, "{body}");
-    let message = br#"{"envelope_sender":"a@sender.test","content":"Subject: x\r\n\r\nx\r\n","recipients":[{"email":"r@p.test"}]}"#;
     let (status, body, _) = exchange(http, &head("POST", "/api/inject/v1", &host, &auth, message.len()), message, wait);
     assert_eq!(status, 200, "{body}");
     engine.shutdown();

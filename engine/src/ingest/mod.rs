@@ -133,7 +133,7 @@ pub(crate) fn received_count(data: &[u8]) -> usize {
         if line.is_empty() {
             break; // the end of the headers
         }
-        if line.len() > 9 && line[8] == b':' && line[..8].eq_ignore_ascii_case(b"received") {
+        if line.len() >= 9 && line[8] == b':' && line[..8].eq_ignore_ascii_case(b"received") {
             count += 1;
         }
     }

@@ -42,6 +42,13 @@ impl std::str::FromStr for Network {
             Some(prefix) => prefix.parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{text:?}: bad prefix"))?,
             None => max,
         };
+        // An IPv4-mapped network is the IPv4 network it maps (addresses are
+        // compared in IPv4 form).
+        if let (IpAddr::V6(v6), true) = (address, prefix >= 96) {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return Ok(Network { address: IpAddr::V4(v4), prefix: prefix - 96 });
+            }
+        }
         Ok(Network { address, prefix })
     }
 }
@@ -62,15 +69,38 @@ const INTERNAL: &[&str] = &[
     "224.0.0.0/3",
     "::/128",
     "::1/128",
+    "64:ff9b:1::/48",
+    "100::/64",
     "fc00::/7",
     "fe80::/10",
+    "fec0::/10",
     "ff00::/8",
 ];
 
-/// Whether `ip` (IPv4-mapped IPv6 as IPv4) is an [`INTERNAL`] address.
-pub fn is_internal(ip: IpAddr) -> bool {
+/// The [`INTERNAL`] range `ip` is in (IPv4-mapped IPv6 as IPv4; an IPv4 address
+/// carried inside NAT64 `64:ff9b::/96`, 6to4 `2002::/16` or IPv4-compatible `::/96`
+/// is judged as that IPv4 address), if any.
+fn internal_range(ip: IpAddr) -> Option<Network> {
     let ip = canonical(ip);
-    INTERNAL.iter().filter_map(|cidr| cidr.parse::<Network>().ok()).any(|network| network.contains(ip))
+    let within = |ip: IpAddr| INTERNAL.iter().filter_map(|cidr| cidr.parse::<Network>().ok()).find(|n| n.contains(ip));
+    if let Some(range) = within(ip) {
+        return Some(range);
+    }
+    let IpAddr::V6(v6) = ip else { return None };
+    let bits = u128::from(v6);
+    let embedded = if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 || (bits >> 32 == 0 && bits >> 16 != 0) {
+        Some(bits as u32) // NAT64 well-known prefix, IPv4-compatible
+    } else if bits >> 112 == 0x2002 {
+        Some((bits >> 80) as u32) // 6to4
+    } else {
+        None
+    };
+    embedded.and_then(|v4| within(IpAddr::V4(std::net::Ipv4Addr::from(v4))))
+}
+
+/// Whether `ip` is an internal address (see [`INTERNAL`] and `internal_range`).
+pub fn is_internal(ip: IpAddr) -> bool {
+    internal_range(ip).is_some()
 }
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
@@ -122,11 +152,14 @@ impl Allowlist {
 
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        if self.internal_needs_entry && is_internal(ip) {
-            return self
-                .networks
-                .as_ref()
-                .is_some_and(|networks| networks.iter().any(|network| network.prefix > 0 && network.contains(ip)));
+        if self.internal_needs_entry {
+            if let Some(range) = internal_range(ip) {
+                // Named only by an entry at least as narrow as the internal range:
+                // 10.0.0.0/8 names 10.1.2.3, 0.0.0.0/1 (half the internet) does not.
+                return self.networks.as_ref().is_some_and(|networks| {
+                    networks.iter().any(|network| network.prefix >= range.prefix && network.contains(ip))
+                });
+            }
         }
         self.networks.as_ref().is_none_or(|networks| networks.iter().any(|n| n.contains(ip)))
     }
@@ -256,5 +289,18 @@ mod tests {
         let named = Allowlist::delivery(Some(["0.0.0.0/0", "10.0.0.0/8", "127.0.0.0/8"])).unwrap();
         assert!(named.allows(ip("10.9.9.9")) && named.allows(ip("::ffff:127.0.0.2")));
         assert!(!named.allows(ip("192.168.0.1")));
+        // A split default route is not a name for internal ranges.
+        let halves = Allowlist::delivery(Some(["0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1"])).unwrap();
+        assert!(!halves.allows(ip("10.0.0.1")) && !halves.allows(ip("127.0.0.1")) && halves.allows(ip("8.8.8.8")));
+        // IPv4 carried in IPv6: NAT64, 6to4, IPv4-compatible.
+        for wrapped in
+            ["64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2002:a00:1::", "::7f00:1", "::a00:1"]
+        {
+            assert!(!open.allows(ip(wrapped)), "{wrapped}");
+        }
+        assert!(open.allows(ip("64:ff9b::808:808")), "NAT64 of a public address");
+        // Mapped entries are IPv4 entries.
+        let mapped = Allowlist::parse(["::ffff:10.0.0.0/104"]).unwrap();
+        assert!(mapped.allows(ip("10.1.1.1")) && mapped.allows(ip("::ffff:10.1.1.1")));
     }
 }

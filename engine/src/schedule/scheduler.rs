@@ -274,11 +274,20 @@ impl Scheduler {
 /// This node's SMTP listeners, as bound. Mail routed to one of them would come
 /// straight back in (Postfix: "mail for X loops back to myself").
 #[derive(Debug, Default)]
-pub struct Myself(Vec<SocketAddr>);
+pub struct Myself {
+    listeners: Vec<SocketAddr>,
+    /// This host's addresses, read once at start when a listener is on the
+    /// unspecified address (`/proc/net/fib_trie`, `/proc/net/if_inet6`).
+    local: Vec<IpAddr>,
+}
 
 impl Myself {
     pub fn new(listeners: Vec<SocketAddr>) -> Myself {
-        Myself(listeners)
+        let local = match listeners.iter().any(|listener| listener.ip().is_unspecified()) {
+            true => local_addresses(),
+            false => Vec::new(),
+        };
+        Myself { listeners, local }
     }
 
     /// Whether `peer` is one of the listeners: the same port, and the same address
@@ -286,9 +295,12 @@ impl Myself {
     /// unspecified address.
     pub fn is(&self, peer: SocketAddr) -> bool {
         let ip = canonical(peer.ip());
-        self.0.iter().any(|listener| {
+        self.listeners.iter().any(|listener| {
+            // An IPv4 wildcard takes IPv4 only; an IPv6 one both (dual stack).
+            let family = listener.is_ipv6() || ip.is_ipv4();
             listener.port() == peer.port()
-                && (canonical(listener.ip()) == ip || (listener.ip().is_unspecified() && is_local(ip)))
+                && (canonical(listener.ip()) == ip
+                    || (listener.ip().is_unspecified() && family && (ip.is_loopback() || self.local.contains(&ip))))
         })
     }
 
@@ -312,10 +324,30 @@ impl Myself {
     }
 }
 
-/// Whether `ip` belongs to this host: loopback, or an address a socket can be bound
-/// to here (no packet is sent).
-fn is_local(ip: IpAddr) -> bool {
-    ip.is_loopback() || std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+/// This host's own addresses, from the kernel's tables: IPv4 from the local routes
+/// of `/proc/net/fib_trie` (an address line followed by `/32 host LOCAL`), IPv6 from
+/// `/proc/net/if_inet6`. Empty where they cannot be read.
+fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let mut last: Option<IpAddr> = None;
+    for line in trie.lines() {
+        let line = line.trim_start_matches([' ', '|', '+', '-']).trim();
+        if line.starts_with("/32 host LOCAL") {
+            out.extend(last);
+        }
+        last = line.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4);
+    }
+    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    for line in inet6.lines() {
+        let Some(hex) = line.split_whitespace().next() else { continue };
+        if let Ok(bits) = u128::from_str_radix(hex, 16) {
+            out.push(IpAddr::V6(std::net::Ipv6Addr::from(bits)));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Bodies of handed-over messages, by message.
@@ -378,5 +410,23 @@ impl Scheduler {
             tls: None,
         };
         let _ = self.results.send(attempt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn myself_is_a_listener_by_address_and_port_or_any_local_address_on_a_wildcard() {
+        let addr = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let exact = Myself::new(vec![addr("127.0.0.62:2525")]);
+        assert!(exact.is(addr("127.0.0.62:2525")) && exact.is(addr("[::ffff:127.0.0.62]:2525")));
+        assert!(!exact.is(addr("127.0.0.63:2525")) && !exact.is(addr("127.0.0.62:25")));
+        let wildcard = Myself::new(vec![addr("0.0.0.0:2525")]);
+        assert!(wildcard.local.contains(&"127.0.0.1".parse().unwrap()), "read from /proc: {:?}", wildcard.local);
+        assert!(wildcard.is(addr("127.0.0.9:2525")) && !wildcard.is(addr("127.0.0.9:2526")));
+        assert!(!wildcard.is(addr("198.51.100.7:2525")), "not an address of this host");
+        assert!(!wildcard.is(addr("[::1]:2525")), "an IPv4 wildcard does not take IPv6");
     }
 }
