@@ -396,6 +396,10 @@ fn start_http(
             recipients_max: config.http.recipients_max,
             live,
             hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
+            bounds: crate::ingest::inject::Bounds {
+                expansion_max: config.http.expansion_max_bytes,
+                fuel: config.http.template_fuel,
+            },
         },
         receptions,
     )

@@ -126,6 +126,14 @@ pub struct HttpSection {
     /// Requests handled at once at most; beyond it 503 with `Retry-After`.
     #[serde(default = "default_http_requests_max")]
     pub requests_max: usize,
+    /// Bytes of messages one inject request may expand to, all recipients together
+    /// (413 beyond it, before rendering when the content's size shows it).
+    #[serde(default = "default_http_expansion_max")]
+    pub expansion_max_bytes: u64,
+    /// Template instructions one field's render may run for one recipient (400
+    /// beyond: a template that loops too long).
+    #[serde(default = "default_http_template_fuel")]
+    pub template_fuel: u64,
     /// A request's body must arrive within this long (408 after it).
     #[serde(default = "default_http_body_timeout")]
     pub body_timeout_seconds: u64,
@@ -138,6 +146,14 @@ pub struct HttpSection {
     /// (DNS rebinding); off loopback, when set, only these are answered.
     #[serde(default)]
     pub hostnames: Vec<String>,
+}
+
+fn default_http_expansion_max() -> u64 {
+    256 << 20
+}
+
+fn default_http_template_fuel() -> u64 {
+    100_000
 }
 
 fn default_http_requests_max() -> usize {
@@ -169,6 +185,8 @@ impl Default for HttpSection {
             tokens: Vec::new(),
             admin_tokens: Vec::new(),
             requests_max: default_http_requests_max(),
+            expansion_max_bytes: default_http_expansion_max(),
+            template_fuel: default_http_template_fuel(),
             body_timeout_seconds: default_http_body_timeout(),
             allowed_origins: Vec::new(),
             hostnames: Vec::new(),
@@ -538,6 +556,8 @@ impl Config {
             ("delivery.in_flight_max", d.in_flight_max),
             ("http.recipients_max", self.http.recipients_max),
             ("http.requests_max", self.http.requests_max),
+            ("http.expansion_max_bytes", self.http.expansion_max_bytes as usize),
+            ("http.template_fuel", self.http.template_fuel as usize),
             ("http.body_timeout_seconds", self.http.body_timeout_seconds as usize),
             ("smtp.command_timeout_seconds", self.smtp.command_timeout_seconds as usize),
             ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),

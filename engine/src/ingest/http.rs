@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use queue_store::{Store, StoreError};
 use serde::Serialize;
 
-use super::inject::{build, Built, InjectRequest};
+use super::inject::{build_within, BadRequest, Built, InjectRequest, Problem};
 use super::Shedding;
 use crate::log::{send_receptions, Reception, Record};
 use crate::metrics::Metrics;
@@ -44,6 +44,9 @@ pub struct HttpSettings {
     pub live: Arc<crate::live::Live>,
     /// The host name in generated `Message-ID`s.
     pub hostname: String,
+    /// What one request may expand to and run (`http.expansion_max_bytes`,
+    /// `http.template_fuel`).
+    pub bounds: super::inject::Bounds,
 }
 
 #[derive(Clone)]
@@ -110,9 +113,11 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
     // Templates and MIME building are CPU work: off the reactor.
     let limits = api.store.config().limits.clone();
     let hostname = api.settings.hostname.clone();
-    let built = match tokio::task::spawn_blocking(move || build(request, &limits, &hostname)).await {
+    let bounds = api.settings.bounds;
+    let built = match tokio::task::spawn_blocking(move || build_within(request, &limits, &hostname, &bounds)).await {
         Ok(Ok(built)) => built,
-        Ok(Err(bad)) => return refuse(StatusCode::BAD_REQUEST, bad.0),
+        Ok(Err(BadRequest(why, Problem::TooLarge))) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, why),
+        Ok(Err(BadRequest(why, Problem::Invalid))) => return refuse(StatusCode::BAD_REQUEST, why),
         Err(join) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("building the messages: {join}")),
     };
     let Built { messages, accepted: _, failed_recipients, errors } = built;

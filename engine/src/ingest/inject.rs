@@ -103,12 +103,43 @@ pub struct Built {
 
 /// A whole-request problem: nothing is queued.
 #[derive(Debug, PartialEq, Eq)]
-pub struct BadRequest(pub String);
+pub struct BadRequest(pub String, pub Problem);
+
+/// What a [`BadRequest`] is: 400 or 413.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    Invalid,
+    /// The request would expand past [`Bounds::expansion_max`].
+    TooLarge,
+}
+
+/// What one request may cost to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// Bytes of messages one request may expand to, all recipients together
+    /// (`http.expansion_max_bytes`): refused before rendering when the content's
+    /// size times its personalised recipients is over it, and while building when
+    /// the rendered messages add up past it.
+    pub expansion_max: u64,
+    /// Template instructions one field's render may run (`http.template_fuel`).
+    pub fuel: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { expansion_max: 256 << 20, fuel: 100_000 }
+    }
+}
 
 /// Raw content and templates are checked once for the whole request; per
 /// recipient only the substitution and the address can fail.
 pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Built, BadRequest> {
-    let bad = |why: String| Err(BadRequest(why));
+    build_within(request, limits, host, &Bounds::default())
+}
+
+/// [`build`] within `bounds`.
+pub fn build_within(request: InjectRequest, limits: &Limits, host: &str, bounds: &Bounds) -> Result<Built, BadRequest> {
+    let bad = |why: String| Err(BadRequest(why, Problem::Invalid));
     if !request.envelope_sender.is_empty() {
         if let Err(why) = queue_store::check_address(&request.envelope_sender, limits) {
             return bad(format!("envelope_sender: {why}"));
@@ -139,7 +170,7 @@ pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Buil
             return bad(format!("content: {hops} Received: headers, at most {} (a mail loop?)", super::HOPS_MAX - 1));
         }
     }
-    let mut templates = Templates::new(templating);
+    let mut templates = Templates::new(templating, bounds.fuel, limits.message_size_max_bytes);
     match &content {
         Content::Raw(raw) => templates.add("content", raw)?,
         Content::Builder(builder) => {
@@ -171,6 +202,22 @@ pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Buil
     let message_meta = metadata(&request.metadata);
     // One message per recipient when each gets its own body.
     let personal = templates.any || matches!(content, Content::Builder(_));
+    // Known before rendering: each personalised recipient's message is at least
+    // as long as the content's text.
+    let expansion = |bytes: u64| {
+        let why = format!(
+            "the request expands to at least {bytes} bytes of messages, over http.expansion_max_bytes ({})",
+            bounds.expansion_max
+        );
+        Err(BadRequest(why, Problem::TooLarge))
+    };
+    if personal {
+        let least = content_bytes(&content).saturating_mul(request.recipients.len() as u64);
+        if least > bounds.expansion_max {
+            return expansion(least);
+        }
+    }
+    let mut expanded = 0u64;
     let mut built = Built::default();
     let mut shared: Option<(NewMessage, Vec<usize>)> = None;
     let new_message = |body: Vec<u8>| NewMessage {
@@ -221,6 +268,10 @@ pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Buil
                 fail(&mut built, format!("message of {} bytes is over the limit", body.len()));
             }
             Ok(body) => {
+                expanded = expanded.saturating_add(body.len() as u64);
+                if expanded > bounds.expansion_max {
+                    return expansion(expanded);
+                }
                 let mut message = new_message(body);
                 message.recipients.push(new_recipient);
                 built.messages.push(message);
@@ -249,15 +300,51 @@ struct Templates {
     plain: BTreeMap<String, String>,
     templating: bool,
     any: bool,
+    output_max: u64,
+}
+
+/// A render's output, refusing to grow past its limit.
+struct Bounded {
+    out: Vec<u8>,
+    max: u64,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if (self.out.len() + bytes.len()) as u64 > self.max {
+            return Err(std::io::Error::other("the rendered text is over the message size limit"));
+        }
+        self.out.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The bytes of the content's text fields (what every personalised message at least
+/// carries).
+fn content_bytes(content: &Content) -> u64 {
+    match content {
+        Content::Raw(raw) => raw.len() as u64,
+        Content::Builder(builder) => [&builder.subject, &builder.text_body, &builder.html_body, &builder.amp_html_body]
+            .iter()
+            .filter_map(|text| text.as_ref().map(|text| text.len() as u64))
+            .sum(),
+    }
 }
 
 impl Templates {
-    fn new(templating: bool) -> Templates {
+    /// Each render runs at most `fuel` instructions and writes at most `output_max`
+    /// bytes (a message's size limit).
+    fn new(templating: bool, fuel: u64, output_max: u64) -> Templates {
         let mut environment = minijinja::Environment::new();
+        environment.set_fuel(Some(fuel));
         // Mail is not HTML-escaped by default; `|e` does it where wanted.
         environment.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         environment.set_keep_trailing_newline(true);
-        Templates { environment, names: Vec::new(), plain: BTreeMap::new(), templating, any: false }
+        Templates { environment, names: Vec::new(), plain: BTreeMap::new(), templating, any: false, output_max }
     }
 
     fn add(&mut self, name: &str, text: &str) -> Result<(), BadRequest> {
@@ -268,7 +355,7 @@ impl Templates {
         }
         self.environment
             .add_template_owned(name.to_string(), text.to_string())
-            .map_err(|error| BadRequest(format!("{}: template error: {error}", field_of(name))))?;
+            .map_err(|error| BadRequest(format!("{}: template error: {error}", field_of(name)), Problem::Invalid))?;
         self.names.push(name.to_string());
         self.any = true;
         Ok(())
@@ -279,7 +366,12 @@ impl Templates {
         let mut out = self.plain.clone();
         for name in &self.names {
             let template = self.environment.get_template(name).map_err(|e| e.to_string())?;
-            let text = template.render(context).map_err(|error| format!("{}: {error}", field_of(name)))?;
+            let mut output = Bounded { out: Vec::new(), max: self.output_max };
+            template
+                .render_captured_to(context, &mut output)
+                .map_err(|error| format!("{}: {error}", field_of(name)))?;
+            let text =
+                String::from_utf8(output.out).map_err(|_| format!("{}: rendered text is not UTF-8", field_of(name)))?;
             out.insert(name.clone(), text);
         }
         Ok(out)
