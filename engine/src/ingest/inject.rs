@@ -255,11 +255,16 @@ pub fn build_within(request: InjectRequest, limits: &Limits, host: &str, bounds:
         }
         let mut context = request.substitutions.clone();
         context.extend(recipient.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let rendered = templates.render(&Value::Object(context));
+        let context = Value::Object(context);
+        let rendered = templates.render(&context);
         let body = match (&content, rendered) {
             (_, Err(why)) => Err(why),
             (Content::Raw(_), Ok(mut rendered)) => {
-                Ok(raw_message(&rendered.remove("content").unwrap_or_default(), host))
+                let text = rendered.remove("content").unwrap_or_default();
+                match context.as_object().and_then(|map| breaks_header(&text, map)) {
+                    Some(key) => Err(format!("substitution {key}: a line break in the header block")),
+                    None => Ok(raw_message(&text, host)),
+                }
             }
             (Content::Builder(builder), Ok(rendered)) => compose(builder, recipient, &rendered, host),
         };
@@ -425,6 +430,17 @@ fn crlf_into(text: &str, out: &mut Vec<u8>) {
         out.push(byte);
         previous = byte;
     }
+}
+
+/// The substitution (by key) whose value, holding a line break, landed in the
+/// rendered raw message's header block: it could add header fields (a `Bcc:`).
+fn breaks_header(rendered: &str, context: &Map<String, Value>) -> Option<String> {
+    let header_end = ["\r\n\r\n", "\n\n"].iter().filter_map(|end| rendered.find(end)).min().unwrap_or(rendered.len());
+    context.iter().find_map(|(key, value)| {
+        let value = value.as_str()?;
+        let breaks = value.contains(['\r', '\n']);
+        (breaks && rendered.find(value).is_some_and(|at| at < header_end)).then(|| key.clone())
+    })
 }
 
 fn unique() -> String {
@@ -680,6 +696,27 @@ mod tests {
         assert!(body.contains("multipart/alternative"), "{body}");
         assert!(body.contains("\r\n\r\nHi Ann\r\n"), "{body}");
         assert!(body.contains("<p>Hi Ann</p>"), "{body}");
+    }
+
+    #[test]
+    fn a_substitution_that_breaks_a_raw_header_fails_that_recipient_alone() {
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": "Subject: {{ s }}\r\n\r\nDear {{ s }}\r\n{{ lines }}\r\n",
+                "recipients": [
+                    {"email": "x@d.test", "substitutions": {"s": "fine", "lines": "a\r\nb"}},
+                    {"email": "y@d.test", "substitutions": {"s": "evil\r\nBcc: z@e.test", "lines": "c"}},
+                    {"email": "w@d.test", "substitutions": {"s": "\r\nBcc: z@e.test\r\n\r\n", "lines": "c"}},
+                ],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(built.messages.len(), 1, "a line break in the body is fine");
+        assert_eq!(built.failed_recipients, vec!["y@d.test".to_string(), "w@d.test".to_string()]);
+        assert!(built.errors[0].contains("line break in the header block"), "{:?}", built.errors);
     }
 
     #[test]

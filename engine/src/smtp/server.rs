@@ -291,7 +291,9 @@ impl ServerSession {
                 self.send(positive(reply(250, (2, 1, 0), "Ok")));
             }
             Waiting::Recipient { to } => {
-                if accepted {
+                // A recipient given twice is delivered once (Postfix's duplicate
+                // filter): the same local part, the domain in any case.
+                if accepted && !self.recipients.iter().any(|known| same_address(known, &to)) {
                     self.recipients.push(to);
                 }
                 self.send(positive(reply(250, (2, 1, 5), "Ok")));
@@ -615,10 +617,32 @@ impl ServerSession {
     }
 }
 
+/// Whether two addresses name the same mailbox: the local part as given, the
+/// domain case-insensitively.
+fn same_address(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((local_a, domain_a)), Some((local_b, domain_b))) => {
+            local_a == local_b && domain_a.eq_ignore_ascii_case(domain_b)
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_recipient_given_twice_is_in_the_message_once() {
+        let (mut server, now) = session(|_| {});
+        let input = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<x@Y.TEST>\r\n\
+                     RCPT TO:<X@y.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
+        assert_eq!(codes(&mut server, input, now), vec![250, 250, 250, 250, 250, 250, 354]);
+        server.handle_input(b"body\r\n.\r\n", now);
+        let Some(ServerEvent::Message(message)) = server.poll_event() else { panic!("no message") };
+        assert_eq!(message.recipients, vec!["x@y.test", "X@y.test"], "local parts as given, domains in any case");
+    }
 
     fn session(configure: impl FnOnce(&mut ServerConfig)) -> (ServerSession, Instant) {
         let mut config = ServerConfig::new("mx.test");
