@@ -262,7 +262,7 @@ pub fn build_within(request: InjectRequest, limits: &Limits, host: &str, bounds:
             (Content::Raw(_), Ok(mut rendered)) => {
                 let text = rendered.remove("content").unwrap_or_default();
                 match context.as_object().and_then(|map| breaks_header(&text, map)) {
-                    Some(key) => Err(format!("substitution {key}: a line break in the header block")),
+                    Some(key) => Err(format!("substitution {key}: a line break in a header field")),
                     None => Ok(raw_message(&text, host)),
                 }
             }
@@ -432,14 +432,21 @@ fn crlf_into(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// The substitution (by key) whose value, holding a line break, landed in the
-/// rendered raw message's header block: it could add header fields (a `Bcc:`).
+/// The substitution (by key) whose value, holding a line break, landed inside a
+/// header field of the rendered raw message (after a field's name, not at the start
+/// of a line): it could add header fields (a `Bcc:`). A value placed at the start of
+/// a line (`{{ message }}` as the whole message, `{{ headers }}` as whole lines) is
+/// the template's own choice.
 fn breaks_header(rendered: &str, context: &Map<String, Value>) -> Option<String> {
     let header_end = ["\r\n\r\n", "\n\n"].iter().filter_map(|end| rendered.find(end)).min().unwrap_or(rendered.len());
     context.iter().find_map(|(key, value)| {
         let value = value.as_str()?;
-        let breaks = value.contains(['\r', '\n']);
-        (breaks && rendered.find(value).is_some_and(|at| at < header_end)).then(|| key.clone())
+        if !value.contains(['\r', '\n']) {
+            return None;
+        }
+        let inside =
+            rendered.match_indices(value).any(|(at, _)| at < header_end && at > 0 && !rendered[..at].ends_with('\n'));
+        inside.then(|| key.clone())
     })
 }
 
@@ -716,7 +723,20 @@ mod tests {
         .unwrap();
         assert_eq!(built.messages.len(), 1, "a line break in the body is fine");
         assert_eq!(built.failed_recipients, vec!["y@d.test".to_string(), "w@d.test".to_string()]);
-        assert!(built.errors[0].contains("line break in the header block"), "{:?}", built.errors);
+        assert!(built.errors[0].contains("line break in a header field"), "{:?}", built.errors);
+        // A value that is whole lines at the start of one (the whole message, as
+        // loadgen sends it) is the template's choice.
+        let whole = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": "{{ message }}",
+                "recipients": [{"email": "x@d.test", "substitutions": {"message": "Subject: a\r\nTo: x@d.test\r\n\r\nbody\r\n"}}],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!((whole.messages.len(), whole.failed_recipients.len()), (1, 0), "{:?}", whole.errors);
     }
 
     #[test]
