@@ -56,7 +56,7 @@ fn http_inject_to_the_sink_fleet_through_the_engine_loses_nothing() {
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("delivery.jsonl");
-    let delivery = "shards = 2\nconnections_per_lane_max = 8\nidle_timeout_ms = 500";
+    let delivery = "shards = 2\nconnections_per_lane_max = 8\nidle_timeout_ms = 500\nhandoff = true";
     let rest = "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2\n\
                 [[egress]]\naddress = \"127.0.0.2\"\nehlo_name = \"out1.ringmail.test\"\n\
                 [[egress]]\naddress = \"127.0.0.3\"\nehlo_name = \"out2.ringmail.test\"";

@@ -78,7 +78,7 @@ mx = [{{ host = "mx.tail.test", address = "127.0.0.62", port = {port} }}]
         dir.path(),
         dns.address,
         port,
-        "connections_per_lane_max = 1",
+        "connections_per_lane_max = 1\nhandoff = true",
         "[retry]\nfirst_retry_seconds = 1\nmax_retry_seconds = 2",
     )
     .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{http}\""));

@@ -378,8 +378,8 @@ pub struct DeliverySection {
     #[serde(default = "default_in_flight")]
     pub in_flight_max: usize,
     /// Fresh mail goes from its sync straight to the scheduler while the scheduler has
-    /// room (false: all mail is claimed back from the due index; for comparisons).
-    #[serde(default = "default_true")]
+    /// room (the fast path). Off by default: the demo measured it slower (docs/engine.md).
+    #[serde(default)]
     pub handoff: bool,
 }
 
@@ -415,10 +415,6 @@ fn default_connect_timeout_ms() -> u64 {
     30_000
 }
 
-fn default_true() -> bool {
-    true
-}
-
 fn default_in_flight() -> usize {
     20_000
 }
@@ -439,7 +435,7 @@ impl Default for DeliverySection {
             idle_timeout_ms: default_idle_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             in_flight_max: default_in_flight(),
-            handoff: true,
+            handoff: false,
         }
     }
 }
