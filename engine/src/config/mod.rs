@@ -378,7 +378,7 @@ pub struct DeliverySection {
     #[serde(default = "default_in_flight")]
     pub in_flight_max: usize,
     /// Fresh mail goes from its sync straight to the scheduler while the scheduler has
-    /// room (the fast path). Off by default: the demo measured it slower (docs/engine.md).
+    /// room (the fast path). Off by default: the demo ran slower with it (docs/engine.md).
     #[serde(default)]
     pub handoff: bool,
 }
