@@ -5,7 +5,8 @@
 //! For each provider, per its `dns` mode, every domain gets: `mx` — MX records to the
 //! provider's hosts (their preferences as given); `implicit_mx` — no MX, an A record
 //! (RFC 5321 §5.1 implicit MX); `null_mx` — `MX 0 .` (RFC 7505); `nxdomain`,
-//! `servfail`, or `slow` (answers after `dns_delay_ms`). Every MX host gets an A
+//! `servfail`, `slow` (answers after `dns_delay_ms`), or `drop_hosts` (MX answered,
+//! the MX hosts' address queries never). Every MX host gets an A
 //! record (its loopback address) and, when `ipv6` is set, an AAAA record for ::1.
 
 use std::collections::HashMap;
@@ -31,7 +32,12 @@ enum Behaviour {
     NxDomain,
     ServFail,
     Slow(Duration),
+    /// Never answered (the query is held, then dropped).
+    Drop,
 }
+
+/// A dropped query is held this long before the handler lets it go unanswered.
+const DROP_HOLD: Duration = Duration::from_secs(60);
 
 /// The zone generated from a scenario.
 #[derive(Clone, Debug, Default)]
@@ -68,6 +74,12 @@ impl Zone {
                 };
                 zone.names.insert(key(domain), behaviour);
                 match provider.dns {
+                    DnsMode::DropHosts => {
+                        for mx in &provider.mx {
+                            zone.add(domain, RData::MX(MX::new(mx.preference, fqdn(&mx.host)?)))?;
+                            zone.names.insert(key(&mx.host), Behaviour::Drop);
+                        }
+                    }
                     DnsMode::Mx | DnsMode::Slow => {
                         for mx in &provider.mx {
                             zone.add(domain, RData::MX(MX::new(mx.preference, fqdn(&mx.host)?)))?;
@@ -135,6 +147,10 @@ impl RequestHandler for ZoneHandler {
             Some(Behaviour::NxDomain) => return respond_error(request, ResponseCode::NXDomain, response_handle).await,
             Some(Behaviour::ServFail) => return respond_error(request, ResponseCode::ServFail, response_handle).await,
             Some(Behaviour::Slow(delay)) => tokio::time::sleep(delay).await,
+            Some(Behaviour::Drop) => {
+                tokio::time::sleep(DROP_HOLD).await;
+                return respond_error(request, ResponseCode::ServFail, response_handle).await;
+            }
             Some(Behaviour::Answer) => {}
         }
         let empty = Vec::new();

@@ -123,6 +123,9 @@ pub enum DnsMode {
     /// `MX 0 .`: the domain takes no mail (RFC 7505).
     NullMx,
     Nxdomain,
+    /// MX records answered, but the MX hosts' address queries never are (a stalled
+    /// authority).
+    DropHosts,
     Servfail,
     /// MX records, answered after `dns_delay_ms`.
     Slow,

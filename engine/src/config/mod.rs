@@ -307,6 +307,10 @@ pub struct DnsSection {
     /// Lookups in flight at most.
     #[serde(default = "default_dns_in_flight")]
     pub in_flight_max: usize,
+    /// A domain's whole route (its MX, then up to 5 hosts' addresses) at most this
+    /// long; then a transient DNS failure.
+    #[serde(default = "default_dns_route_timeout_ms")]
+    pub route_timeout_ms: u64,
     /// Answers cached (hickory honours TTLs, and caches negative answers).
     #[serde(default = "default_dns_cache")]
     pub cache_size: usize,
@@ -314,6 +318,10 @@ pub struct DnsSection {
 
 fn default_dns_timeout_ms() -> u64 {
     5000
+}
+
+fn default_dns_route_timeout_ms() -> u64 {
+    15_000
 }
 
 fn default_dns_in_flight() -> usize {
@@ -330,6 +338,7 @@ impl Default for DnsSection {
             nameservers: Vec::new(),
             timeout_ms: default_dns_timeout_ms(),
             in_flight_max: default_dns_in_flight(),
+            route_timeout_ms: default_dns_route_timeout_ms(),
             cache_size: default_dns_cache(),
         }
     }
@@ -560,6 +569,7 @@ impl Config {
             ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
             ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
             ("dns.in_flight_max", self.dns.in_flight_max),
+            ("dns.route_timeout_ms", self.dns.route_timeout_ms as usize),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1"));

@@ -59,8 +59,16 @@ impl RouteError {
 pub struct MxResolver {
     resolver: Arc<Resolver<TokioRuntimeProvider>>,
     port: u16,
+    /// Lookups in flight at most (`dns.in_flight_max`): held per lookup, never
+    /// across a route's several lookups.
     in_flight: Arc<Semaphore>,
+    /// A whole route (MX, then each host's addresses) at most this long.
+    route_deadline: Duration,
 }
+
+/// MX hosts whose addresses are looked up per route at most, best preference first
+/// (Postfix's `smtp_mx_address_limit` is 5 too).
+pub const MX_HOSTS_MAX: usize = 5;
 
 impl std::fmt::Debug for MxResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,14 +104,35 @@ impl MxResolver {
             resolver: Arc::new(resolver),
             port,
             in_flight: Arc::new(Semaphore::new(section.in_flight_max)),
+            route_deadline: Duration::from_millis(section.route_timeout_ms),
         })
     }
 
-    /// The route for `domain` (lowercase, no trailing dot).
+    /// One lookup's permit (`dns.in_flight_max`).
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RouteError> {
+        self.in_flight.acquire().await.map_err(|_| RouteError::Temporary("resolver closed".into()))
+    }
+
+    /// The route for `domain` (lowercase, no trailing dot), within `dns.route_timeout_ms`.
+    /// A domain whose hosts never answer holds one lookup slot at a time and gives up
+    /// at its deadline, so other domains' lookups go on.
     pub async fn route(&self, domain: &str) -> Result<Route, RouteError> {
-        let _permit = self.in_flight.acquire().await.map_err(|_| RouteError::Temporary("resolver closed".into()))?;
+        match tokio::time::timeout(self.route_deadline, self.lookup_route(domain)).await {
+            Ok(route) => route,
+            Err(_) => Err(RouteError::Temporary(format!(
+                "DNS: no route for {domain} within dns.route_timeout_ms ({} ms)",
+                self.route_deadline.as_millis()
+            ))),
+        }
+    }
+
+    async fn lookup_route(&self, domain: &str) -> Result<Route, RouteError> {
         let name = format!("{domain}.");
-        match self.resolver.lookup(name.as_str(), RecordType::MX).await {
+        let answer = {
+            let _permit = self.permit().await?;
+            self.resolver.lookup(name.as_str(), RecordType::MX).await
+        };
+        match answer {
             Ok(lookup) => {
                 let mut exchanges: Vec<(u16, String)> = lookup
                     .answers()
@@ -127,7 +156,11 @@ impl MxResolver {
 
     /// No MX: the domain's own address is its mail host (RFC 5321 §5.1).
     async fn implicit(&self, domain: &str) -> Result<Route, RouteError> {
-        match self.resolver.lookup_ip(format!("{domain}.").as_str()).await {
+        let answer = {
+            let _permit = self.permit().await?;
+            self.resolver.lookup_ip(format!("{domain}.").as_str()).await
+        };
+        match answer {
             Ok(ips) => {
                 let hosts: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, self.port)).collect();
                 if hosts.is_empty() {
@@ -149,8 +182,13 @@ impl MxResolver {
         let mut hosts = Vec::new();
         let mut host_names = Vec::new();
         let mut last_error = String::from("no MX hosts");
-        for ((_, host), name) in exchanges.iter().zip(&names) {
-            match self.resolver.lookup_ip(host.as_str()).await {
+        // The best MX_HOSTS_MAX hosts only (the site is still named by all of them).
+        for ((_, host), name) in exchanges.iter().zip(&names).take(MX_HOSTS_MAX) {
+            let answer = {
+                let _permit = self.permit().await?;
+                self.resolver.lookup_ip(host.as_str()).await
+            };
+            match answer {
                 Ok(ips) => {
                     let name: Arc<str> = Arc::from(name.as_str());
                     for ip in ips.iter() {
