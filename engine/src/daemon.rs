@@ -122,6 +122,12 @@ impl Engine {
             store_config.durability = Durability::Os;
         }
         store_config.limits.queue_recipients_max = config.store.queue_recipients_max;
+        // A message the SMTP listener accepts at its SIZE limit still fits once the
+        // listener has added its Received: and Message-ID: headers.
+        store_config.limits.message_size_max_bytes = store_config
+            .limits
+            .message_size_max_bytes
+            .max(config.smtp.message_size_max.saturating_add(crate::ingest::smtp::TRACE_HEADERS_MAX));
         let (store, report) = Store::open(store_config)
             .map_err(|source| StartError::Store { path: config.store.path.clone(), source })?;
         tracing::info!(messages = report.messages, recipients = report.recipients, "queue opened");

@@ -2,7 +2,8 @@
 //! listener (address and port) bounces at once, category Routing, instead of
 //! coming back in; a message that already carries 50 `Received:` headers is refused
 //! (554 5.4.6 over SMTP, 400 over HTTP). A sink on another loopback address and the
-//! same port still gets its mail.
+//! same port still gets its mail. And a message of exactly the advertised SIZE is
+//! stored, the listener's own headers added.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -103,5 +104,17 @@ fn mail_for_a_domain_whose_mx_is_this_node_bounces_once_and_loops_are_cut() {
     let (_, last) = looping.split_once("\r\n").unwrap();
     let replies = smtp(engine.smtp[0], last);
     assert!(replies.last().unwrap().starts_with("250"), "{replies:?}");
+    // SIZE is what the client may send: a message of exactly smtp.message_size_max
+    // (50 MiB by default) is stored with the listener's trace headers added.
+    let size_max = 50 * 1024 * 1024;
+    let head = "Subject: at the limit\r\n\r\n";
+    let line = format!("{}\r\n", "z".repeat(76));
+    let lines = (size_max - head.len()) / line.len();
+    let last = size_max - head.len() - lines * line.len();
+    let mut exact = format!("{head}{}", line.repeat(lines));
+    exact.push_str(&format!("{}\r\n", "z".repeat(last - 2)));
+    assert_eq!(exact.len(), size_max);
+    let replies = smtp(engine.smtp[0], &exact);
+    assert!(replies.last().unwrap().starts_with("250"), "a message at SIZE was refused: {replies:?}");
     engine.shutdown();
 }

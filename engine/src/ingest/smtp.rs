@@ -511,6 +511,11 @@ fn log_reception(ingest: &Ingest, peer: SocketAddr, id: &str, sender: &str, reci
     send_receptions(&ingest.receptions, &ingest.metrics.log_records_dropped, reception, recipients);
 }
 
+/// Bytes the listener may add to a message (its `Received:` line, with a HELO name
+/// of at most a command line, and a `Message-ID:`): the store's message limit is
+/// `smtp.message_size_max` plus this, so SIZE is what the client may send.
+pub const TRACE_HEADERS_MAX: u64 = 2048;
+
 /// The message with a `Received:` header on top, and a `Message-ID:` when it has none.
 fn with_trace_headers(message: &ReceivedMessage, peer: SocketAddr, tls: bool) -> Vec<u8> {
     let now = crate::log::now_ms();
