@@ -392,7 +392,7 @@ fn start_http(
     let listener = std::net::TcpListener::bind(listen).map_err(StartError::io(format!("http.listen {listen}")))?;
     listener.set_nonblocking(true).map_err(StartError::io("http.listen"))?;
     let address = listener.local_addr().map_err(StartError::io("http.listen"))?;
-    let guard = Arc::new(crate::http_guard::Guard::new(Arc::clone(&live), address));
+    let guard = Arc::new(crate::http_guard::Guard::new(live, address));
     let router = crate::ingest::http::router(
         Arc::clone(store),
         Arc::clone(metrics),
@@ -400,7 +400,6 @@ fn start_http(
         crate::ingest::http::HttpSettings {
             body_max: config.http.body_max_bytes,
             recipients_max: config.http.recipients_max,
-            live,
             hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
             bounds: crate::ingest::inject::Bounds {
                 expansion_max: config.http.expansion_max_bytes,

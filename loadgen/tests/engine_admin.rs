@@ -34,9 +34,7 @@ fn inject(http: SocketAddr, emails: &[String], campaign: &str) -> (u16, String) 
         "envelope_sender": "ops@sender.test", "content": "Subject: ops\r\n\r\nx\r\n",
         "recipients": recipients, "campaign": campaign,
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap();
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    common::inject_json(http, &body)
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

@@ -45,13 +45,12 @@ fn domains_whose_mx_hosts_never_answer_do_not_hold_up_a_normal_domain() {
     config.dns.route_timeout_ms = 3000;
     let engine = common::start_engine(config);
 
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let inject = |emails: &[&str]| {
         let recipients: Vec<_> = emails.iter().map(|email| serde_json::json!({ "email": email })).collect();
         let body = serde_json::json!({ "envelope_sender": "s@sender.test", "content": "Subject: x\r\n\r\nx\r\n",
             "recipients": recipients });
-        let response = agent.post(format!("http://{}/api/inject/v1", engine.http)).send_json(body).unwrap();
-        assert_eq!(response.status().as_u16(), 200);
+        let (status, answer) = common::inject_json(engine.http, &body);
+        assert_eq!(status, 200, "{answer}");
     };
     // The stalled domains first, so that their lookups hold every slot; then the
     // normal one.

@@ -19,11 +19,9 @@ fn resident_mb() -> u64 {
 }
 
 fn post(http: SocketAddr, body: &serde_json::Value) -> (u16, String, Duration) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let started = Instant::now();
-    let mut response = agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap();
-    let status = response.status().as_u16();
-    (status, response.body_mut().read_to_string().unwrap(), started.elapsed())
+    let (status, answer) = common::inject_json(http, body);
+    (status, answer, started.elapsed())
 }
 
 #[test]

@@ -19,9 +19,7 @@ fn inject(http: SocketAddr, content: &str, recipients: &[&str]) -> (u16, String)
     let recipients: Vec<_> = recipients.iter().map(|e| serde_json::json!({ "email": e })).collect();
     let body =
         serde_json::json!({ "envelope_sender": "loop@sender.test", "content": content, "recipients": recipients });
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap();
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    common::inject_json(http, &body)
 }
 
 /// An SMTP dialogue: each command's reply line (the last line of a multi-line one).

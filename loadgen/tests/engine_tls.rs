@@ -30,9 +30,8 @@ fn inject(http: SocketAddr, recipients: &[&str]) {
     let body = serde_json::json!({
         "envelope_sender": "tls@sender.test", "content": "Subject: tls\r\n\r\nx\r\n", "recipients": recipients,
     });
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let response = agent.post(format!("http://{http}/api/inject/v1")).send_json(body).unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, answer) = common::inject_json(http, &body);
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[test]

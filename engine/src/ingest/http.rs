@@ -39,9 +39,6 @@ pub struct HttpSettings {
     pub body_max: usize,
     /// Recipients per request at most.
     pub recipients_max: usize,
-    /// The running configuration: its `http.tokens` may inject (empty: no
-    /// authentication, loopback only); they reload.
-    pub live: Arc<crate::live::Live>,
     /// The host name in generated `Message-ID`s.
     pub hostname: String,
     /// What one request may expand to and run (`http.expansion_max_bytes`,

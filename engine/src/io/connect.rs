@@ -77,12 +77,18 @@ const INTERNAL: &[&str] = &[
     "ff00::/8",
 ];
 
+/// [`INTERNAL`], parsed once (every connect and every relay check asks).
+fn internal_networks() -> &'static [Network] {
+    static NETWORKS: std::sync::OnceLock<Vec<Network>> = std::sync::OnceLock::new();
+    NETWORKS.get_or_init(|| INTERNAL.iter().filter_map(|cidr| cidr.parse().ok()).collect())
+}
+
 /// The [`INTERNAL`] range `ip` is in (IPv4-mapped IPv6 as IPv4; an IPv4 address
 /// carried inside NAT64 `64:ff9b::/96`, 6to4 `2002::/16` or IPv4-compatible `::/96`
 /// is judged as that IPv4 address), if any.
 fn internal_range(ip: IpAddr) -> Option<Network> {
     let ip = canonical(ip);
-    let within = |ip: IpAddr| INTERNAL.iter().filter_map(|cidr| cidr.parse::<Network>().ok()).find(|n| n.contains(ip));
+    let within = |ip: IpAddr| internal_networks().iter().copied().find(|n| n.contains(ip));
     if let Some(range) = within(ip) {
         return Some(range);
     }

@@ -41,6 +41,14 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
+/// `POST http://{address}/api/inject/v1` with `body`: the status and the answer's
+/// body (any status).
+pub fn inject_json(address: SocketAddr, body: &serde_json::Value) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent.post(format!("http://{address}/api/inject/v1")).send_json(body).unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
 /// The delivery log in `dir`, one JSON value per record.
 pub fn log_records(dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap_or_default();
