@@ -75,6 +75,10 @@ pub enum StartError {
     /// The SMTP listener did not start (a setting, a bind, its loop).
     #[error(transparent)]
     Listener(#[from] crate::ingest::smtp::ListenerError),
+    /// The queue store needs a reopen while serving: exit non-zero so that the
+    /// supervisor restarts the daemon (ops/README.md).
+    #[error("the queue store needs a reopen (a write or sync failed); restart ringmail")]
+    StoreBroken,
 }
 
 impl StartError {
@@ -254,6 +258,12 @@ impl Engine {
         threads.push(thread?);
         stop_on_failure.disarm();
         Ok(Engine { http, smtp, store, shutdown_requested, live, metrics, stop, http_stop: Some(http_stop), threads })
+    }
+
+    /// Whether the store can record nothing more until it is reopened
+    /// (`Health::NeedsReopen`, sticky).
+    pub fn store_broken(&self) -> bool {
+        self.store.health() == queue_store::Health::NeedsReopen
     }
 
     /// Stops taking work, finishes or hands back what is in flight (bounded), and
@@ -441,7 +451,7 @@ pub fn serve(config: Config, path: std::path::PathBuf) -> Result<(), StartError>
         let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
         let requested = async {
-            while !engine.shutdown_requested.load(Ordering::Relaxed) {
+            while !engine.shutdown_requested.load(Ordering::Relaxed) && !engine.store_broken() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -464,7 +474,24 @@ pub fn serve(config: Config, path: std::path::PathBuf) -> Result<(), StartError>
             }
         }
     });
+    if engine.store_broken() {
+        // Sticky until the store is reopened: this process can record nothing more.
+        // Its supervisor restarts it; recovery makes whatever was in flight due again.
+        tracing::error!(
+            "the queue store needs a reopen (a write or sync failed): stopping, for the supervisor to restart ringmail"
+        );
+        let stopping = std::thread::spawn(move || engine.shutdown());
+        let deadline = std::time::Instant::now() + BROKEN_STORE_STOP_MAX;
+        while !stopping.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Err(StartError::StoreBroken);
+    }
     tracing::info!("stopping: in-flight deliveries get up to 10 s, the rest stays queued");
     engine.shutdown();
     Ok(())
 }
+
+/// With a broken store, the orderly stop (shards finish their transactions, up to
+/// 10 s) gets this long before the process exits anyway.
+const BROKEN_STORE_STOP_MAX: Duration = Duration::from_secs(15);

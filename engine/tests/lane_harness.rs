@@ -232,6 +232,8 @@ impl Schedule {
                 metadata: vec![Vec::new(); count],
                 attempts: vec![0; count],
                 keys,
+                // Nothing is claimed from a store here: no leases to carry.
+                leases: Vec::new(),
                 envelope: Arc::clone(&envelope),
                 body: Arc::from(&b"x\r\n"[..]),
                 lane: self.lane_keys[lane].clone(),
@@ -591,6 +593,7 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
         lanes.add(
             Work {
                 keys: vec![RecipientKey { message: MessageId::from_u64(1), index }],
+                leases: Vec::new(),
                 recipients: vec![format!("r{index}@mx.test")],
                 metadata: vec![Vec::new()],
                 attempts: vec![0],

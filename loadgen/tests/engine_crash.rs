@@ -3,47 +3,15 @@
 //! delivered (lost = 0); duplicates (deliveries repeated after the crash) are allowed
 //! by the at-least-once contract, and counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(unsafe_code)] // pre_exec, to start the engine under a seccomp filter
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use loadgen::inject::{Plan, Progress};
 use loadgen::scenario::Scenario;
 
 mod common;
-use common::{dns_for, engine_toml, free_port};
-
-struct EngineProcess(Child);
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `loadgen engine` (ringmail's daemon) on `config`, once its HTTP API answers.
-fn start_engine(config: &Path, http: SocketAddr) -> EngineProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
-    command.args(["engine", "--config", config.to_str().unwrap()]).stdout(Stdio::null()).env("RUST_LOG", "warn");
-    if common::io_uring_blocked() {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only the two prctl calls run (no allocation,
-        // no lock): the child and what it executes run under the filter.
-        unsafe { command.pre_exec(ringmail::io::uring::forbid_on_this_thread) };
-    }
-    let child = command.spawn().unwrap();
-    let engine = EngineProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(http).is_err() {
-        assert!(Instant::now() < deadline, "the engine did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    engine
-}
+use common::{dns_for, engine_toml, free_port, start_engine_process as start_engine};
 
 #[test]
 fn kill_9_mid_run_then_restart_loses_nothing() {

@@ -17,7 +17,8 @@ use crate::keys::{
 };
 use crate::shared::InFlight;
 use crate::types::{
-    AdminReport, Claimed, Envelope, MessageId, RecipientKey, RecipientRecord, RecipientState, Selector, TerminalKind,
+    AdminReport, Claimed, Envelope, Lease, MessageId, RecipientKey, RecipientRecord, RecipientState, Selector,
+    TerminalKind,
 };
 use crate::writer::Writer;
 
@@ -82,8 +83,9 @@ impl Writer {
             tables.count_move(&record.domain, Some(record.state), Some(RecipientState::InFlight));
             let mut shown = record.clone();
             shown.state = RecipientState::InFlight;
-            claimed.push(Claimed { key, envelope: Arc::clone(&envelope), recipient: shown });
-            tables.in_flight.insert(key, InFlight { envelope, record, admin_bounce: None });
+            let (lease, view) = Lease::new();
+            claimed.push(Claimed { key, envelope: Arc::clone(&envelope), recipient: shown, lease });
+            tables.in_flight.insert(key, InFlight::new(envelope, record, view));
         }
         drop(tables);
         self.shared.counters.claimed.fetch_add(claimed.len() as u64, Ordering::Relaxed);

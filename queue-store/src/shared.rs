@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::Health;
 use crate::handoff::HandoffSlot;
@@ -20,6 +20,17 @@ pub(crate) struct InFlight {
     /// Set by an administrative bounce while the attempt was under way: a deferral
     /// or release then ends the recipient as `AdminBounced` with this reason.
     pub admin_bounce: Option<String>,
+    /// The holder's lease ([`crate::Lease`]): no strong count left means the attempt
+    /// was lost.
+    pub lease: Weak<()>,
+    /// Seen lost by the last reaping pass: reaped by the next one.
+    pub lost_seen: bool,
+}
+
+impl InFlight {
+    pub fn new(envelope: Arc<Envelope>, record: RecipientRecord, lease: Weak<()>) -> InFlight {
+        InFlight { envelope, record, admin_bounce: None, lease, lost_seen: false }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +91,8 @@ pub(crate) struct Counters {
     pub enqueued_messages: AtomicU64,
     pub enqueued_recipients: AtomicU64,
     pub claimed: AtomicU64,
+    /// Claims whose lease was dropped without an outcome, made due again.
+    pub claims_lost: AtomicU64,
     /// Recipients handed to the scheduler as they were synced (never in the due index).
     pub handed_over: AtomicU64,
     /// Due-index entries written (fresh, deferred, released, resumed mail).
@@ -108,6 +121,9 @@ pub struct StoreMetrics {
     pub enqueued_messages: u64,
     pub enqueued_recipients: u64,
     pub claimed: u64,
+    /// Claims whose every lease clone was dropped without an outcome (their attempt
+    /// was lost): made due again. Non-zero means a bug or a dead thread.
+    pub claims_lost: u64,
     /// Of them, handed over on the fast path as they were synced (`handoff.rs`).
     pub handed_over: u64,
     /// Due-index entries written: a claimer that saw this unchanged since its last
@@ -190,6 +206,7 @@ impl Shared {
             enqueued_messages: read(&c.enqueued_messages),
             enqueued_recipients: read(&c.enqueued_recipients),
             claimed: read(&c.claimed),
+            claims_lost: read(&c.claims_lost),
             handed_over: read(&c.handed_over),
             due_written: read(&c.due_written),
             terminal: read(&c.terminal),

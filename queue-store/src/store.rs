@@ -89,6 +89,7 @@ impl Store {
             next_id: recovered.next_id,
             floors: vec![None; usize::from(config.shard_count)],
             last_housekeeping: Instant::now(),
+            last_reaping: Instant::now(),
         };
         let writer_thread = spawn("queue-store-writer", move || writer.run())?;
         // Joined in this order on drop: the writer's exit ends the syncer's input.

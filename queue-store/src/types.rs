@@ -163,12 +163,33 @@ pub struct RecipientRecord {
     pub metadata: Metadata,
 }
 
-/// A recipient handed to a delivery worker by `claim`.
+/// A recipient handed to a delivery worker by `claim` (or on the fast path).
 #[derive(Clone, Debug)]
 pub struct Claimed {
     pub key: RecipientKey,
     pub envelope: Arc<Envelope>,
     pub recipient: RecipientRecord,
+    /// Carry it with the recipient until its outcome is recorded ([`Lease`]).
+    pub lease: Lease,
+}
+
+/// A claim's lease. Whatever carries a claimed recipient (a scheduler task, a
+/// shard's lane or connection, the completer) carries a clone of it, until the
+/// recipient's outcome is recorded with `complete`. While one clone lives the attempt
+/// is live, and the recipient is never handed out again, however long the attempt
+/// takes. Once every clone is gone without an outcome (the attempt was lost: a thread
+/// died, a result was dropped), the writer makes the recipient due again, at least a
+/// second later (`Writer::reap_lost_claims`): no recipient stays in flight for ever.
+#[derive(Clone, Debug)]
+pub struct Lease(#[allow(dead_code)] Arc<()>);
+
+impl Lease {
+    /// A new lease, and the writer's view of it.
+    pub(crate) fn new() -> (Lease, std::sync::Weak<()>) {
+        let held = Arc::new(());
+        let view = Arc::downgrade(&held);
+        (Lease(held), view)
+    }
 }
 
 /// What a delivery attempt (or a decision about one) came to.

@@ -33,8 +33,8 @@ use crate::pending::Reply;
 use crate::shared::{InFlight, Shared, Tables};
 use crate::syncer::SyncJob;
 use crate::types::{
-    domain_of, AdminReport, Applied, Claimed, Envelope, MessageId, NewMessage, Outcome, RecipientKey, RecipientRecord,
-    RecipientState, Selector, StateChange, TerminalKind, TerminalRecord, ID_SEQUENCE_BITS,
+    domain_of, AdminReport, Applied, Claimed, Envelope, Lease, MessageId, NewMessage, Outcome, RecipientKey,
+    RecipientRecord, RecipientState, Selector, StateChange, TerminalKind, TerminalRecord, ID_SEQUENCE_BITS,
 };
 
 /// Control requests taken in one turn at most: bounds the time one turn holds
@@ -42,6 +42,10 @@ use crate::types::{
 const CONTROL_GROUP_MAX: usize = 1024;
 /// How often expired suspensions are lifted and an unhealthy store is probed.
 pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(200);
+/// How often in-flight claims are checked for a lost lease ([`Lease`]). A claim seen
+/// lost by one pass is made due again by the next: at least this long after its last
+/// holder let go.
+pub(crate) const REAPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A message written by this turn: its recipients' domains and states, and what the
 /// scheduler receives when it is handed over.
@@ -132,6 +136,7 @@ pub(crate) struct Writer {
     /// their scan there instead of wading through the tombstones of earlier claims.
     pub floors: Vec<Option<[u8; DUE_KEY_LEN]>>,
     pub last_housekeeping: Instant,
+    pub last_reaping: Instant,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -470,9 +475,9 @@ impl Writer {
             for (key, record) in handed.records {
                 let mut in_flight = record.clone();
                 in_flight.state = RecipientState::InFlight;
-                shown.push(Claimed { key, envelope: Arc::clone(&handed.envelope), recipient: in_flight });
-                let envelope = Arc::clone(&handed.envelope);
-                tables.in_flight.insert(key, InFlight { envelope, record, admin_bounce: None });
+                let (lease, view) = Lease::new();
+                shown.push(Claimed { key, envelope: Arc::clone(&handed.envelope), recipient: in_flight, lease });
+                tables.in_flight.insert(key, InFlight::new(Arc::clone(&handed.envelope), record, view));
             }
             handed_over += shown.len() as u64;
             arrivals.push(Arrival { recipients: shown, body: handed.body });
@@ -528,7 +533,7 @@ impl Writer {
     ) -> Result<Applied, TransitionError> {
         let key = change.key;
         let entry = tables.in_flight.remove(&key).ok_or(TransitionError::NotInFlight(key))?;
-        let InFlight { envelope, mut record, admin_bounce } = entry;
+        let InFlight { envelope, mut record, admin_bounce, .. } = entry;
         let from = Some(RecipientState::InFlight);
         let (kind, response) = match change.outcome {
             Outcome::Delivered { response } => (TerminalKind::Delivered, response),
@@ -627,6 +632,50 @@ impl Writer {
         }
         if !matches!(self.shared.health(), Health::Healthy | Health::NeedsReopen) {
             self.probe();
+        }
+        if self.last_reaping.elapsed() >= REAPING_INTERVAL {
+            self.last_reaping = Instant::now();
+            self.reap_lost_claims();
+        }
+    }
+
+    /// Makes due again the in-flight recipients whose lease every holder dropped
+    /// without an outcome (seen so by two passes): their attempt was lost, and they
+    /// would otherwise stay in flight until a restart. As a release: no attempt is
+    /// counted (an administrative bounce asked for meanwhile ends them instead).
+    fn reap_lost_claims(&mut self) {
+        let lost: Vec<RecipientKey> = {
+            let mut tables = self.shared.tables();
+            let mut lost = Vec::new();
+            for (key, entry) in tables.in_flight.iter_mut() {
+                if entry.lease.strong_count() > 0 {
+                    continue;
+                }
+                if entry.lost_seen {
+                    lost.push(*key);
+                }
+                entry.lost_seen = true;
+            }
+            lost
+        };
+        if lost.is_empty() {
+            return;
+        }
+        let due_ms = now_ms();
+        let changes = lost.iter().map(|key| StateChange { key: *key, outcome: Outcome::Released { due_ms } }).collect();
+        let mut batch = WriteBatch::default();
+        let applied = self.apply_changes(&mut batch, changes);
+        let ended = applied.iter().filter(|applied| matches!(applied, Ok(Applied::Terminal(_)))).count();
+        match self.write(batch, false) {
+            Ok(()) => {
+                self.shared.counters.claims_lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    count = lost.len(),
+                    admin_bounced = ended,
+                    "in-flight recipients lost their attempt without an outcome: due again"
+                );
+            }
+            Err(error) => tracing::error!(%error, count = lost.len(), "making lost claims due again failed"),
         }
     }
 

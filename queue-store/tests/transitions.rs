@@ -371,3 +371,42 @@ fn concurrent_enqueues_share_syncs() {
     assert_eq!(metrics.synced_messages, 200);
     assert!(metrics.syncs < 200, "expected grouped syncs, got {} syncs for 200 messages", metrics.syncs);
 }
+
+/// A claim whose every lease clone is dropped without an outcome (its attempt was
+/// lost) is made due again by the writer, after a reaping pass or two; a claim whose
+/// lease is held stays in flight however long its attempt takes.
+#[test]
+fn a_claim_whose_lease_is_dropped_becomes_due_again_and_a_held_one_stays_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    store.enqueue(vec![message(&["held@one.test", "lost@one.test"], b"Subject: hi\r\n\r\nbody\r\n")]).unwrap();
+    let mut claimed = store.claim(0, now_ms() + 1000, 10).unwrap();
+    assert_eq!(claimed.len(), 2);
+    let lost = claimed.pop().unwrap();
+    let held = claimed.pop().unwrap();
+    assert_eq!((held.recipient.address.as_str(), lost.recipient.address.as_str()), ("held@one.test", "lost@one.test"));
+    let lost_key = lost.key;
+    // A clone keeps the lease alive; dropping every clone loses it.
+    let clone = lost.lease.clone();
+    drop(lost);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(store.counts().in_flight, 2, "a clone of the lease still held both");
+    drop(clone);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let again = loop {
+        let again = store.claim(0, now_ms() + 1000, 10).unwrap();
+        if !again.is_empty() || std::time::Instant::now() > deadline {
+            break again;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(again.iter().map(|c| c.key).collect::<Vec<_>>(), vec![lost_key], "only the lost claim is due again");
+    assert_eq!(again[0].recipient.attempts, 0, "a lost attempt is released, not counted");
+    assert_eq!(store.metrics().claims_lost, 1);
+    // The held claim is still in flight, and its outcome is recorded as usual.
+    let applied = store.complete(vec![change(held.key, delivered())]).unwrap();
+    assert_eq!(terminal(&applied[0]).0, TerminalKind::Delivered);
+    let applied = store.complete(vec![change(again[0].key, delivered())]).unwrap();
+    assert_eq!(terminal(&applied[0]).0, TerminalKind::Delivered);
+    assert_eq!(store.counts(), StateCounts::default());
+}

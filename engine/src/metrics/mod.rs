@@ -184,6 +184,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP ringmail_store_claims_lost_total Claims whose attempt ended without an outcome (lease dropped), made due again: non-zero means a bug or a dead thread\n# TYPE ringmail_store_claims_lost_total counter\nringmail_store_claims_lost_total {}",
+            store_metrics.claims_lost
+        );
+        let _ = writeln!(
+            out,
             "# HELP ringmail_store_handed_over_total Recipients handed to the scheduler as they were synced (no due-index round trip)\n# TYPE ringmail_store_handed_over_total counter\nringmail_store_handed_over_total {}",
             store_metrics.handed_over
         );

@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use queue_store::{Applied, Health, Store, StoreError, TerminalKind};
+use queue_store::{Applied, Store, StoreError, TerminalKind};
 
 use crate::config::Config;
 use crate::log::{DeliveryLog, Record, Response};
 use crate::metrics::Metrics;
 use crate::shard::{Attempt, AttemptResult};
 
-/// A state change the store cannot take now (its channel full, a write stall) is
-/// tried again this often, this many times (about 10 s), before the recipients are
-/// left in flight for the next start.
+/// While the store's channel is full, the completer tries again this often, holding
+/// the results (no more are taken meanwhile: the shards and the scheduler keep theirs,
+/// which is the backpressure). It never gives them up while the store can take them.
 const COMPLETE_RETRY_PAUSE: Duration = Duration::from_millis(100);
-const COMPLETE_TRIES_MAX: u32 = 100;
+/// A store busy this long or longer is logged again (once per period).
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The completer: applies attempts to the queue in batches, writes the log, counts.
 pub struct Completer {
@@ -111,35 +112,52 @@ impl Completer {
             .iter()
             .map(|attempt| queue_store::StateChange { key: attempt.key, outcome: self.outcome(attempt, now) })
             .collect();
-        let mut tries = 0;
-        let applied = loop {
-            tries += 1;
-            match self.store.complete(changes.clone()) {
-                Ok(applied) => break applied,
-                Err(error @ (StoreError::ChannelFull | StoreError::Unhealthy(Health::WriteStall)))
-                    if tries < COMPLETE_TRIES_MAX =>
-                {
-                    // The writer is busy: wait for it (bounded, about 10 s).
-                    tracing::warn!(%error, "recording delivery results; retrying");
-                    std::thread::sleep(COMPLETE_RETRY_PAUSE);
-                }
-                Err(error) => {
-                    // The store cannot take it (disk full, needs a reopen, closed): the
-                    // recipients stay in flight on disk and are due again after a restart
-                    // (at-least-once). Nothing is logged for them now.
-                    tracing::error!(%error, count = changes.len(), "recording delivery results failed; they are retried after a restart");
-                    break Vec::new();
-                }
-            }
-        };
+        let applied = self.complete(&changes);
         self.metrics.in_flight.fetch_sub(batch.len() as u64, Ordering::Relaxed);
         for (attempt, applied) in batch.iter().zip(applied) {
             match applied {
                 Ok(applied) => self.record(attempt, &applied, now),
-                Err(error) => tracing::warn!(%error, key = %attempt.key, "state change refused"),
+                Err(error) => tracing::error!(%error, key = %attempt.key, "state change refused"),
             }
         }
         self.log.flush();
+        // Only now are the attempts (and their claims' leases) let go.
+        drop(batch);
+    }
+
+    /// Records `changes`, waiting as long as the store is busy. A store that can
+    /// take nothing any more (it needs a reopen, or its writer is gone) answers every
+    /// change with that error: the daemon then exits for its supervisor to restart it
+    /// (`daemon::serve`), and the recipients, still in flight on disk, are due again
+    /// after recovery.
+    fn complete(&self, changes: &[queue_store::StateChange]) -> Vec<Result<Applied, queue_store::TransitionError>> {
+        let started = std::time::Instant::now();
+        let mut logged: Option<std::time::Instant> = None;
+        loop {
+            match self.store.complete(changes.to_vec()) {
+                Ok(applied) => {
+                    if logged.is_some() {
+                        tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "delivery results recorded");
+                    }
+                    return applied;
+                }
+                Err(StoreError::ChannelFull) => {
+                    if logged.is_none_or(|at| at.elapsed() >= BUSY_LOG_EVERY) {
+                        logged = Some(std::time::Instant::now());
+                        tracing::warn!(
+                            held = changes.len(),
+                            waited_s = started.elapsed().as_secs(),
+                            "the queue store is busy: holding delivery results until it takes them"
+                        );
+                    }
+                    std::thread::sleep(COMPLETE_RETRY_PAUSE);
+                }
+                Err(error) => {
+                    tracing::error!(%error, count = changes.len(), "the queue store can record no delivery result: they are due again after a restart");
+                    return changes.iter().map(|_| Err(queue_store::TransitionError::Store(error.clone()))).collect();
+                }
+            }
+        }
     }
 
     fn outcome(&self, attempt: &Attempt, now: u64) -> queue_store::Outcome {

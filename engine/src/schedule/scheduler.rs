@@ -79,6 +79,9 @@ impl Scheduler {
             let mut next_claim = Instant::now();
             // The store's count of due-index writes at the last claim.
             let mut due_seen = u64::MAX;
+            // The store's count of lost claims (`queue_store::Lease`) taken off the
+            // in-flight count so far: nobody will record their outcomes.
+            let mut lost_counted = this.store.metrics().claims_lost;
             while !this.stop.load(Ordering::Relaxed) {
                 while tasks.try_join_next().is_some() {}
                 if this.hold {
@@ -108,7 +111,16 @@ impl Scheduler {
                 // Claims only when the due index may hold something: at once after a
                 // full claim or when ingest wrote to it, else on the poll (deferred
                 // mail falling due).
-                let due_written = this.store.metrics().due_written;
+                let store_metrics = this.store.metrics();
+                let due_written = store_metrics.due_written;
+                if store_metrics.claims_lost != lost_counted {
+                    let lost = store_metrics.claims_lost - lost_counted;
+                    lost_counted = store_metrics.claims_lost;
+                    let _ = this
+                        .metrics
+                        .in_flight
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| Some(count.saturating_sub(lost)));
+                }
                 let mut claimed_full = false;
                 if claim_room > 0 && (Instant::now() >= next_claim || due_written != due_seen) {
                     due_seen = due_written;
@@ -233,6 +245,7 @@ impl Scheduler {
         let lane = LaneKey { site: route.site.clone(), source: source.map(|s| s.address) };
         let work = Work {
             keys: recipients.iter().map(|c| c.key).collect(),
+            leases: recipients.iter().map(|c| c.lease.clone()).collect(),
             recipients: recipients.iter().map(|c| c.recipient.address.clone()).collect(),
             metadata: recipients.iter().map(|c| c.recipient.metadata.clone()).collect(),
             attempts: recipients.iter().map(|c| c.recipient.attempts).collect(),
@@ -408,6 +421,7 @@ impl Scheduler {
             source: None,
             peer: None,
             tls: None,
+            lease: Some(recipient.lease.clone()),
         };
         let _ = self.results.send(attempt);
     }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use queue_store::{Envelope, RecipientKey};
+use queue_store::{Envelope, Lease, RecipientKey};
 use rustls::pki_types::ServerName;
 
 pub use board::{LaneBoard, LaneView};
@@ -55,6 +55,9 @@ impl LaneKey {
 #[derive(Clone, Debug)]
 pub struct Work {
     pub keys: Vec<RecipientKey>,
+    /// The recipients' claim leases, carried until their attempts are recorded
+    /// (`queue_store::Lease`).
+    pub leases: Vec<Lease>,
     pub recipients: Vec<String>,
     /// Each recipient's metadata (for the log records).
     pub metadata: Vec<queue_store::Metadata>,
@@ -92,6 +95,8 @@ pub struct Attempt {
     pub source: Option<IpAddr>,
     pub peer: Option<SocketAddr>,
     pub tls: Option<TlsInfo>,
+    /// The claim's lease, held until the completer has recorded the outcome.
+    pub lease: Option<Lease>,
 }
 
 impl Attempt {
@@ -113,6 +118,7 @@ impl Attempt {
             source: work.lane.source,
             peer,
             tls: None,
+            lease: work.leases.get(index).cloned(),
         }
     }
 }

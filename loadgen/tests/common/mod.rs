@@ -1,5 +1,6 @@
 //! Helpers for the tests that run ringmail's engine against loadgen's DNS and sinks.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unsafe_code)] // pre_exec, to start the engine under a seccomp filter
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,5 +94,36 @@ pub fn start_engine(config: Config) -> ringmail::daemon::Engine {
     .join()
     .unwrap();
     assert_eq!(engine.metrics.parts.backend(), "epoll", "io_uring blocked: the engine chose epoll");
+    engine
+}
+
+/// ringmail's daemon as a child process (`loadgen engine`), killed and reaped on drop.
+pub struct EngineProcess(pub std::process::Child);
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `loadgen engine` (ringmail's daemon) on `config`, once its HTTP API at `http`
+/// answers; under [`BLOCK_IO_URING`] with io_uring forbidden.
+pub fn start_engine_process(config: &Path, http: SocketAddr) -> EngineProcess {
+    use std::process::{Command, Stdio};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    command.args(["engine", "--config", config.to_str().unwrap()]).stdout(Stdio::null()).env("RUST_LOG", "warn");
+    if io_uring_blocked() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec only the two prctl calls run (no allocation,
+        // no lock): the child and what it executes run under the filter.
+        unsafe { command.pre_exec(ringmail::io::uring::forbid_on_this_thread) };
+    }
+    let engine = EngineProcess(command.spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(http).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the engine did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     engine
 }

@@ -1,0 +1,224 @@
+//! The queue's storage failing under a running engine (issue 15, parts 11 and 13),
+//! on real file systems the test mounts (CI runs as root, as this test needs):
+//!
+//! - hung storage: the store's ext4 file system frozen (`fsfreeze`) for 11 s while
+//!   delivery results arrive. The results are held, not dropped, and recorded once it
+//!   thaws: every recipient ends terminal, none stays in flight, without a restart.
+//! - failed storage: the disk under the store fails its writes (an ext4 image on a
+//!   loop device whose backing tmpfs is then filled, so the loop device answers
+//!   writeback with I/O errors). The failed WAL sync leaves the store needing a
+//!   reopen; the daemon exits non-zero for its supervisor to restart it (before: it
+//!   kept running, recording nothing, with its recipients in flight for ever), and
+//!   the restarted daemon delivers every acknowledged recipient.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use loadgen::scenario::Scenario;
+
+mod common;
+use common::{dns_for, engine_config, engine_toml, free_port, log_records};
+
+/// Runs a command that must succeed.
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// A file system the test mounted; thawed and unmounted on drop, whatever happened.
+struct Mount {
+    point: PathBuf,
+}
+
+impl Mount {
+    /// A fresh ext4 file system in the image file `image` (sparse, `megabytes`),
+    /// mounted on a loop device at `point`.
+    fn ext4(image: &Path, megabytes: u32, point: &Path) -> Mount {
+        std::fs::create_dir_all(point).unwrap();
+        let file = std::fs::File::create(image).unwrap();
+        file.set_len(u64::from(megabytes) << 20).unwrap();
+        drop(file);
+        run("mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+        run("mount", &["-o", "loop", image.to_str().unwrap(), point.to_str().unwrap()]);
+        Mount { point: point.to_path_buf() }
+    }
+
+    fn tmpfs(megabytes: u32, point: &Path) -> Mount {
+        std::fs::create_dir_all(point).unwrap();
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs", point.to_str().unwrap()]);
+        Mount { point: point.to_path_buf() }
+    }
+
+    /// Every write to the file system blocks (uninterruptibly) until `thaw`.
+    fn freeze(&self) {
+        run("fsfreeze", &["--freeze", self.point.to_str().unwrap()]);
+    }
+
+    fn thaw(&self) {
+        run("fsfreeze", &["--unfreeze", self.point.to_str().unwrap()]);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let point = self.point.to_str().unwrap();
+        let _ = Command::new("fsfreeze").args(["--unfreeze", point]).output();
+        let _ = Command::new("umount").args(["-l", point]).output();
+    }
+}
+
+fn sink(address: &str, port: u16, latency_ms: u64) -> Scenario {
+    Scenario::parse(
+        &format!(
+            "[[provider]]\nname = \"slow\"\ndomains = [\"slow.test\"]\nconnections_per_ip_max = 64\n\
+             latency_ms = {{ fixed = {latency_ms} }}\nmx = [{{ host = \"mx.slow.test\", address = \"{address}\", port = {port} }}]\n"
+        ),
+        "fault.toml",
+    )
+    .unwrap()
+}
+
+fn inject(http: SocketAddr, count: usize, tag: &str) -> (u16, String) {
+    let recipients: Vec<_> =
+        (0..count).map(|index| serde_json::json!({ "email": format!("{tag}{index}@slow.test") })).collect();
+    let body = serde_json::json!({ "envelope_sender": "s@sender.test", "content": "Subject: x\r\n\r\nx\r\n",
+        "recipients": recipients });
+    common::inject_json(http, &body)
+}
+
+#[test]
+fn delivery_results_are_held_while_the_store_hangs_and_recorded_when_it_thaws() {
+    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    let port = free_port("127.0.0.66");
+    let scenario = sink("127.0.0.66", port, 1500);
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mount::ext4(&dir.path().join("store.img"), 256, &dir.path().join("store"));
+    let mut config = engine_config(
+        dir.path(),
+        dns.address,
+        port,
+        "connections_per_lane_max = 50\nrecipients_per_transaction_max = 1",
+        "",
+    );
+    config.store.path = store.point.join("queue");
+    let engine = common::start_engine(config);
+
+    let (status, answer) = inject(engine.http, 40, "r");
+    assert_eq!(status, 200, "{answer}");
+    // The transactions are under way (one recipient each; each sink reply takes 1.5 s): freeze the store
+    // so that their results arrive while it hangs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fleet.state().counts.mail_commands < 40 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    store.freeze();
+    let frozen = Instant::now();
+    std::thread::sleep(Duration::from_secs(11));
+    let accepted_while_frozen = fleet.state().accepted.len();
+    store.thaw();
+    assert_eq!(accepted_while_frozen, 40, "the sinks took every message while the store was frozen");
+    assert!(frozen.elapsed() >= Duration::from_secs(11));
+
+    // Recorded once it thaws, in the same process: each recipient once, terminal.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (engine.store.counts().total() > 0 || log_records(dir.path()).len() < 40) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let records = log_records(dir.path());
+    let delivered: Vec<_> = records.iter().filter(|r| r["type"] == "Delivery").collect();
+    assert_eq!(delivered.len(), 40, "{records:?}");
+    assert_eq!(engine.store.counts(), queue_store::StateCounts::default(), "nothing left in flight or queued");
+    assert_eq!(engine.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(engine.store.metrics().claims_lost, 0, "no attempt was lost");
+    engine.shutdown();
+}
+
+#[test]
+fn a_store_whose_disk_fails_stops_the_daemon_and_a_restart_delivers_everything_acknowledged() {
+    assert!(is_root(), "this test mounts file systems: it needs root, as CI has");
+    let port = free_port("127.0.0.67");
+    // Replies slow enough that the recipients are in flight when the disk fails.
+    let scenario = sink("127.0.0.67", port, 1000);
+    let dns = dns_for(&scenario);
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The store's ext4 lives in an image on a small tmpfs: filling the tmpfs makes
+    // the loop device fail the file system's writes.
+    let backing = Mount::tmpfs(96, &dir.path().join("backing"));
+    let image = backing.point.join("store.img");
+    let store = Mount::ext4(&image, 512, &dir.path().join("store"));
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let config = dir.path().join("ringmail.toml");
+    let text = engine_toml(
+        dir.path(),
+        dns.address,
+        port,
+        "connections_per_lane_max = 50\nrecipients_per_transaction_max = 1",
+        "",
+    )
+    .replace(&dir.path().join("queue").display().to_string(), &store.point.join("queue").display().to_string())
+    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{http}\""));
+    std::fs::write(&config, text).unwrap();
+    let mut engine = common::start_engine_process(&config, http);
+
+    let (status, answer) = inject(http, 20, "acked");
+    assert_eq!(status, 200, "{answer}");
+    // The disk fails: the tmpfs under the image is filled to the last byte.
+    let filler = backing.point.join("filler");
+    let _ = Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M"]).output();
+    // The next synced write (an enqueue) fails; its sender is told so.
+    let failed = Instant::now();
+    let (status, answer) = inject(http, 1, "refused");
+    assert_ne!(status, 200, "a message whose sync failed must not be acknowledged: {answer}");
+    // The daemon notices that its store needs a reopen and exits non-zero.
+    let exited = loop {
+        if let Some(status) = engine.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(failed.elapsed() < Duration::from_secs(30), "the daemon kept running on a broken store");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!exited.success(), "exit status {exited}: the supervisor restarts only on failure");
+
+    // The operator frees the disk; the supervisor restarts the daemon on the same store.
+    std::fs::remove_file(&filler).unwrap();
+    let point = store.point.to_str().unwrap().to_string();
+    run("umount", &[&point]);
+    let checked = Command::new("e2fsck").args(["-f", "-y", image.to_str().unwrap()]).status().unwrap();
+    assert!(checked.code().is_some_and(|code| code <= 1), "e2fsck: {checked}");
+    run("mount", &["-o", "loop", image.to_str().unwrap(), &point]);
+    let restarted = common::start_engine_process(&config, http);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let acked = |fleet: &loadgen::sink::Fleet| {
+        let state = fleet.state();
+        let mut seen: Vec<&str> = state
+            .accepted
+            .iter()
+            .map(|accepted| accepted.recipient.as_str())
+            .filter(|recipient| recipient.starts_with("acked"))
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen.len()
+    };
+    while acked(&fleet) < 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(acked(&fleet), 20, "every acknowledged recipient is delivered after the restart");
+    drop(restarted);
+    drop(engine);
+}
