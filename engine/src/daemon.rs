@@ -126,6 +126,7 @@ impl Engine {
             store_config.durability = Durability::Os;
         }
         store_config.limits.queue_recipients_max = config.store.queue_recipients_max;
+        store_config.stall_after = Duration::from_millis(config.store.sync_wait_max_ms);
         // A message the SMTP listener accepts at its SIZE limit still fits once the
         // listener has added its Received: and Message-ID: headers.
         store_config.limits.message_size_max_bytes = store_config

@@ -10,8 +10,13 @@
 //!   reopen; the daemon exits non-zero for its supervisor to restart it (before: it
 //!   kept running, recording nothing, with its recipients in flight for ever), and
 //!   the restarted daemon delivers every acknowledged recipient.
+//! - the doors' wait for the store is bounded (`store.sync_wait_max_ms`): with the
+//!   store frozen, a message at the end of SMTP DATA gets 451 and an HTTP inject 503
+//!   within the bound, `/healthz` says the store is stalled, and once it thaws mail
+//!   is taken again (before: both waited as long as the storage hung).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -221,4 +226,94 @@ fn a_store_whose_disk_fails_stops_the_daemon_and_a_restart_delivers_everything_a
     assert_eq!(acked(&fleet), 20, "every acknowledged recipient is delivered after the restart");
     drop(restarted);
     drop(engine);
+}
+
+/// One SMTP transaction up to the end of DATA, with replies read under a timeout:
+/// the final reply's code and when it came.
+fn smtp_message(listen: &str, to: &str) -> (String, Instant) {
+    let stream = std::net::TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut reply = || loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return "no reply".to_string();
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line;
+        }
+    };
+    assert!(reply().starts_with("220"));
+    for command in ["EHLO client.test", "MAIL FROM:<s@sender.test>", &format!("RCPT TO:<{to}>"), "DATA"] {
+        writer.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+        let answer = reply();
+        assert!(answer.starts_with('2') || answer.starts_with('3'), "{command}: {answer}");
+    }
+    writer.write_all(b"Subject: x\r\n\r\nx\r\n.\r\n").unwrap();
+    let answer = reply();
+    (answer, Instant::now())
+}
+
+#[test]
+fn smtp_and_http_wait_for_hung_storage_no_longer_than_the_bound() {
+    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    let port = free_port("127.0.0.68");
+    let scenario = sink("127.0.0.68", port, 0);
+    let dns = dns_for(&scenario);
+    let _fleet = loadgen::sink::start(&scenario).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mount::ext4(&dir.path().join("store.img"), 256, &dir.path().join("store"));
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let smtp = format!("[smtp]\nlisten = [\"{listen}\"]\nrelay_networks = [\"127.0.0.1/32\"]\n");
+    let mut config = engine_config(dir.path(), dns.address, port, "", &smtp);
+    config.store.path = store.point.join("queue");
+    config.store.sync_wait_max_ms = 2000;
+    let engine = common::start_engine(config);
+    let http = engine.http;
+    let (status, answer) = inject(http, 1, "before");
+    assert_eq!(status, 200, "{answer}");
+
+    store.freeze();
+    let frozen = Instant::now();
+    // Both doors at once: a message at the end of SMTP DATA, and an HTTP inject.
+    // Under a timeout, so that code that waits for ever fails the test instead of
+    // hanging it (the file system is thawed when the test ends either way).
+    let web = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let body = serde_json::json!({ "envelope_sender": "s@sender.test", "content": "Subject: x\r\n\r\nx\r\n",
+            "recipients": [{ "email": "web@slow.test" }] });
+        let answer = match agent.post(format!("http://{http}/api/inject/v1")).send_json(&body) {
+            Ok(mut response) => (response.status().as_u16(), response.body_mut().read_to_string().unwrap()),
+            Err(error) => (0, error.to_string()),
+        };
+        (answer, Instant::now())
+    });
+    let (smtp_reply, smtp_at) = smtp_message(&listen, "mail@slow.test");
+    let ((http_status, http_answer), http_at) = web.join().unwrap();
+    let (health_status, health) = common::http_get(http, "/healthz");
+    store.thaw();
+    eprintln!("SMTP: {smtp_reply:?} after {:?}; HTTP: {http_status} after {:?}", smtp_at - frozen, http_at - frozen);
+    let smtp_waited = smtp_at - frozen;
+    let http_waited = http_at - frozen;
+    assert!(smtp_reply.starts_with("451"), "SMTP while the store hangs: {smtp_reply}");
+    assert!(smtp_waited < Duration::from_secs(4), "SMTP waited {smtp_waited:?} (bound 2 s)");
+    assert_eq!(http_status, 503, "HTTP while the store hangs: {http_answer}");
+    assert!(http_waited < Duration::from_secs(4), "HTTP waited {http_waited:?} (bound 2 s)");
+    assert_eq!(health_status, 503, "{health}");
+    assert!(health.contains("Stalled"), "{health}");
+
+    // Thawed: the store answers again, and mail is taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::http_get(http, "/healthz").0 != 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, answer) = inject(http, 1, "after");
+    assert_eq!(status, 200, "{answer}");
+    assert!(engine.store.metrics().storage_stalls >= 1);
+    engine.shutdown();
 }

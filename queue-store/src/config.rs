@@ -64,6 +64,10 @@ pub struct StoreConfig {
     pub group_bytes_max: usize,
     /// RocksDB write buffer per column family. Default 64 MiB.
     pub write_buffer_bytes: usize,
+    /// One write or sync under way longer than this makes the store `Stalled`
+    /// (hung storage): admission refuses, and waiters using `Pending::or_stalled` are
+    /// answered `Unhealthy(Stalled)`. Default 30 s.
+    pub stall_after: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -78,6 +82,7 @@ impl StoreConfig {
             group_messages_max: 1024,
             group_bytes_max: 64 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
+            stall_after: std::time::Duration::from_secs(30),
         }
     }
 
@@ -86,6 +91,8 @@ impl StoreConfig {
             "shard_count must be at least 1"
         } else if self.ingest_channel_capacity == 0 || self.control_channel_capacity == 0 {
             "channel capacities must be at least 1"
+        } else if self.stall_after.is_zero() {
+            "stall_after must be above 0"
         } else if self.group_messages_max == 0 || self.group_bytes_max == 0 {
             "group bounds must be at least 1"
         } else if self.limits.recipients_per_message_max == 0 || self.limits.batch_messages_max == 0 {

@@ -19,6 +19,11 @@ pub enum Health {
     /// failed, which is never retried): the store must be closed and reopened, and
     /// recovery rebuilds everything from disk. Sticky.
     NeedsReopen,
+    /// One write or sync has been under way longer than `StoreConfig::stall_after`
+    /// (hung storage): new mail is refused, and the doors stop waiting for the
+    /// answers of what they submitted ([`crate::Pending::or_stalled`]). Cleared when
+    /// the operation returns.
+    Stalled,
 }
 
 impl Health {
@@ -29,6 +34,7 @@ impl Health {
             Health::DiskFull => 2,
             Health::IoError => 3,
             Health::NeedsReopen => 4,
+            Health::Stalled => 5,
         }
     }
 
@@ -38,6 +44,7 @@ impl Health {
             1 => Health::WriteStall,
             2 => Health::DiskFull,
             3 => Health::IoError,
+            5 => Health::Stalled,
             _ => Health::NeedsReopen,
         }
     }

@@ -54,7 +54,7 @@ pub use error::{Health, Invalid, StoreError, TransitionError};
 pub use format::{FormatReport, FORMAT_VERSION};
 pub use handoff::{Arrival, Handoff, HANDOFF_RECIPIENTS_MAX};
 pub use keys::shard_of;
-pub use pending::Pending;
+pub use pending::{Pending, StallSignal};
 pub use recovery::{OpenReport, QuarantinedRecord};
 pub use shared::StoreMetrics;
 pub use store::{Store, LIST_LIMIT_MAX};

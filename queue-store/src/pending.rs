@@ -32,6 +32,33 @@ impl<T> Pending<T> {
     }
 }
 
+impl<T> Pending<T> {
+    /// The answer, or `Unhealthy(Stalled)` as soon as the store counts as stalled
+    /// ([`crate::Store::stall_signal`]): a bound on the wait for hung storage. The
+    /// request itself is not withdrawn: it may still be carried out (whole, never in
+    /// part) once the storage returns.
+    pub async fn or_stalled(self, signal: StallSignal) -> Result<T, StoreError> {
+        let shared = signal.0;
+        let mut notified = std::pin::pin!(shared.stall.notified());
+        notified.as_mut().enable();
+        let mut answer = self;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = Pin::new(&mut answer).poll(cx) {
+                return Poll::Ready(answer);
+            }
+            if shared.stalled.load(std::sync::atomic::Ordering::Acquire) || notified.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(StoreError::Unhealthy(crate::error::Health::Stalled)));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// What [`Pending::or_stalled`] watches; from [`crate::Store::stall_signal`].
+#[derive(Clone, Debug)]
+pub struct StallSignal(pub(crate) std::sync::Arc<crate::shared::Shared>);
+
 impl<T> Future for Pending<T> {
     type Output = Result<T, StoreError>;
 

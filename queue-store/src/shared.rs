@@ -5,7 +5,7 @@
 //! state and to read counts. Admission (`recipients_queued`, `health`) is lock-free.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::error::Health;
@@ -107,6 +107,8 @@ pub(crate) struct Counters {
     /// level-0 files); ingest answered "busy" meanwhile.
     pub write_stalls: AtomicU64,
     pub corrupt_records: AtomicU64,
+    /// Times the stall watch found a write or sync running past `stall_after`.
+    pub storage_stalls: AtomicU64,
 }
 
 /// A snapshot of the store's counters.
@@ -137,6 +139,8 @@ pub struct StoreMetrics {
     pub write_errors: u64,
     pub write_stalls: u64,
     pub corrupt_records: u64,
+    /// Times a write or sync ran past `StoreConfig::stall_after` (hung storage).
+    pub storage_stalls: u64,
     /// Recipients in the queue now (not terminal), including reservations of
     /// enqueues under way.
     pub recipients_queued: u64,
@@ -151,7 +155,21 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// The fast path's credit and channel (`handoff.rs`).
     pub handoff: Arc<HandoffSlot>,
+    /// When the writer's and the syncer's operation under way began (ms since the
+    /// epoch; 0: none), for the stall watch.
+    pub busy_since_ms: [AtomicU64; 2],
+    /// Set by the stall watch while an operation has run longer than `stall_after`.
+    pub stalled: AtomicBool,
+    /// Woken when `stalled` is set: waiters stop waiting (`Pending::or_stalled`).
+    pub stall: tokio::sync::Notify,
     tables: Mutex<Tables>,
+}
+
+/// Which `busy_since_ms` slot a thread marks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Worker {
+    Writer = 0,
+    Syncer = 1,
 }
 
 impl Shared {
@@ -161,7 +179,30 @@ impl Shared {
             recipients_queued: AtomicU64::new(recipients_queued),
             counters: Counters::default(),
             handoff: Arc::default(),
+            busy_since_ms: [AtomicU64::new(0), AtomicU64::new(0)],
+            stalled: AtomicBool::new(false),
+            stall: tokio::sync::Notify::new(),
             tables: Mutex::new(tables),
+        }
+    }
+
+    /// Runs `operation` marked as `worker`'s operation under way (the stall watch
+    /// sees how long it takes).
+    pub fn busy<T>(&self, worker: Worker, operation: impl FnOnce() -> T) -> T {
+        let slot = &self.busy_since_ms[worker as usize];
+        slot.store(crate::writer::now_ms().max(1), Ordering::Release);
+        let result = operation();
+        slot.store(0, Ordering::Release);
+        result
+    }
+
+    /// The health admission and the doors go by: `Stalled` while the stall watch
+    /// says so (unless the store needs a reopen, which says more).
+    pub fn effective_health(&self) -> Health {
+        match self.health() {
+            Health::NeedsReopen => Health::NeedsReopen,
+            _ if self.stalled.load(Ordering::Acquire) => Health::Stalled,
+            health => health,
         }
     }
 
@@ -217,7 +258,36 @@ impl Shared {
             write_errors: read(&c.write_errors),
             write_stalls: read(&c.write_stalls),
             corrupt_records: read(&c.corrupt_records),
+            storage_stalls: read(&c.storage_stalls),
             recipients_queued: read(&self.recipients_queued),
+        }
+    }
+}
+
+/// How often the stall watch looks.
+const STALL_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The stall watch (its own thread): sets `stalled` while the writer's or the
+/// syncer's operation under way has run past `after`, and wakes the waiters. Ends
+/// when the store is gone.
+pub(crate) fn watch_stalls(shared: std::sync::Weak<Shared>, after: std::time::Duration) {
+    let after_ms = after.as_millis() as u64;
+    loop {
+        std::thread::sleep(STALL_WATCH_EVERY);
+        let Some(shared) = shared.upgrade() else { return };
+        let now = crate::writer::now_ms();
+        let oldest = shared.busy_since_ms.iter().map(|slot| slot.load(Ordering::Acquire)).filter(|at| *at != 0).min();
+        let stalled = oldest.is_some_and(|since| now.saturating_sub(since) >= after_ms);
+        let was = shared.stalled.swap(stalled, Ordering::AcqRel);
+        if stalled && !was {
+            shared.counters.storage_stalls.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                after_ms,
+                "queue-store stalled: a write or sync has not returned (hung storage); refusing new mail meanwhile"
+            );
+            shared.stall.notify_waiters();
+        } else if was && !stalled {
+            tracing::warn!("queue-store writes return again");
         }
     }
 }

@@ -92,6 +92,10 @@ impl Store {
             last_reaping: Instant::now(),
         };
         let writer_thread = spawn("queue-store-writer", move || writer.run())?;
+        // Not joined: it ends within its period once the writer and syncer are gone.
+        let watched = Arc::downgrade(&shared);
+        let stall_after = config.stall_after;
+        spawn("queue-store-watch", move || crate::shared::watch_stalls(watched, stall_after))?;
         // Joined in this order on drop: the writer's exit ends the syncer's input.
         let threads = Mutex::new(vec![writer_thread, syncer_thread]);
         let store = Store { db, shared, config, ingest, control, threads };
@@ -114,7 +118,7 @@ impl Store {
     /// The `Pending` answers with the new ids once the batch is synced.
     pub fn submit_enqueue(&self, messages: Vec<NewMessage>) -> Result<Pending<Vec<MessageId>>, StoreError> {
         self.validate_batch(&messages)?;
-        let health = self.shared.health();
+        let health = self.shared.effective_health();
         if health != Health::Healthy {
             self.shared.counters.rejected_unhealthy.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unhealthy(health));
@@ -281,9 +285,14 @@ impl Store {
         Ok(())
     }
 
-    /// Whether writes are accepted now. O(1): an atomic load.
+    /// Whether writes are accepted now. O(1): atomic loads.
     pub fn health(&self) -> Health {
-        self.shared.health()
+        self.shared.effective_health()
+    }
+
+    /// For [`Pending::or_stalled`]: ends a wait when the store stalls.
+    pub fn stall_signal(&self) -> crate::pending::StallSignal {
+        crate::pending::StallSignal(Arc::clone(&self.shared))
     }
 
     pub fn metrics(&self) -> StoreMetrics {

@@ -21,7 +21,7 @@ use rocksdb::DB;
 use crate::error::{Health, StoreError};
 use crate::handoff::Arrival;
 use crate::pending::Reply;
-use crate::shared::Shared;
+use crate::shared::{Shared, Worker};
 use crate::types::MessageId;
 
 /// Written groups waiting for the syncer at most: about one sync's worth of groups
@@ -49,7 +49,7 @@ impl Syncer {
             jobs.extend(self.jobs.try_iter());
             let messages: u64 = jobs.iter().map(|job| job.messages).sum();
             let started = Instant::now();
-            let result = self.db.flush_wal(true);
+            let result = self.shared.busy(Worker::Syncer, || self.db.flush_wal(true));
             match result {
                 Ok(()) => {
                     self.shared.record_sync(messages, started.elapsed().as_nanos() as u64);

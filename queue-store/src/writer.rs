@@ -30,7 +30,7 @@ use crate::error::{Health, StoreError, TransitionError};
 use crate::handoff::Arrival;
 use crate::keys::{domain_key, due_key, envelope_key, recipient_key, shard_of, DUE_KEY_LEN};
 use crate::pending::Reply;
-use crate::shared::{InFlight, Shared, Tables};
+use crate::shared::{InFlight, Shared, Tables, Worker};
 use crate::syncer::SyncJob;
 use crate::types::{
     domain_of, AdminReport, Applied, Claimed, Envelope, Lease, MessageId, NewMessage, Outcome, RecipientKey,
@@ -161,13 +161,15 @@ impl Writer {
                 Wait::Tick => {}
                 Wait::Request => {
                     self.gather(&mut group);
-                    if self.handle_group(group) {
+                    let shared = Arc::clone(&self.shared);
+                    if shared.busy(Worker::Writer, || self.handle_group(group)) {
                         break;
                     }
                 }
             }
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
-                self.housekeeping();
+                let shared = Arc::clone(&self.shared);
+                shared.busy(Worker::Writer, || self.housekeeping());
             }
         }
         // A clean stop leaves nothing in RocksDB's WAL buffer.

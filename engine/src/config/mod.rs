@@ -68,10 +68,20 @@ pub struct StoreSection {
     /// beyond it (SMTP 421/451, HTTP 503).
     #[serde(default = "default_queue_recipients_max")]
     pub queue_recipients_max: u64,
+    /// How long the doors wait for the store to confirm a message at most (hung
+    /// storage): a write or sync running longer makes the store `Stalled`, the
+    /// messages waiting are answered SMTP 451 / HTTP 503, and new mail is refused
+    /// until it returns.
+    #[serde(default = "default_sync_wait_max_ms")]
+    pub sync_wait_max_ms: u64,
 }
 
 fn default_queue_recipients_max() -> u64 {
     10_000_000
+}
+
+fn default_sync_wait_max_ms() -> u64 {
+    30_000
 }
 
 /// Load shedding shared by the SMTP listener and the HTTP inject API.
@@ -98,6 +108,7 @@ impl Default for StoreSection {
             path: default_store_path(),
             durability: default_durability(),
             queue_recipients_max: default_queue_recipients_max(),
+            sync_wait_max_ms: default_sync_wait_max_ms(),
         }
     }
 }
@@ -568,6 +579,7 @@ impl Config {
             ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),
             ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
             ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
+            ("store.sync_wait_max_ms", self.store.sync_wait_max_ms as usize),
             ("dns.in_flight_max", self.dns.in_flight_max),
             ("dns.route_timeout_ms", self.dns.route_timeout_ms as usize),
         ] {

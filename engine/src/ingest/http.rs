@@ -137,8 +137,9 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
         })
         .collect();
     let count = messages.len();
+    // Bounded (`store.sync_wait_max_ms`): hung storage gets a 503, not a hung client.
     let result = match api.store.submit_enqueue(messages) {
-        Ok(pending) => pending.await,
+        Ok(pending) => pending.or_stalled(api.store.stall_signal()).await,
         Err(error) => Err(error),
     };
     match result {

@@ -465,10 +465,13 @@ impl Handler {
         };
         let started = Instant::now();
         let submitted = self.ingest.store.submit_enqueue(vec![new]);
+        let stalled = self.ingest.store.stall_signal();
         let (ingest, peer) = (self.ingest.clone(), self.peer);
         Decision::Later(Box::pin(async move {
+            // Bounded (`store.sync_wait_max_ms`): hung storage gets a 451, not a
+            // client held until its own timeout.
             let result = match submitted {
-                Ok(pending) => pending.await,
+                Ok(pending) => pending.or_stalled(stalled).await,
                 Err(error) => Err(error),
             };
             Metrics::count(&ingest.metrics.smtp_data_replies, 1);

@@ -184,6 +184,11 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP ringmail_store_stalls_total Times a queue write or sync ran past store.sync_wait_max_ms (hung storage)\n# TYPE ringmail_store_stalls_total counter\nringmail_store_stalls_total {}",
+            store_metrics.storage_stalls
+        );
+        let _ = writeln!(
+            out,
             "# HELP ringmail_store_claims_lost_total Claims whose attempt ended without an outcome (lease dropped), made due again: non-zero means a bug or a dead thread\n# TYPE ringmail_store_claims_lost_total counter\nringmail_store_claims_lost_total {}",
             store_metrics.claims_lost
         );
