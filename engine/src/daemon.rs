@@ -316,8 +316,8 @@ fn start_shards(
             let reason = match ran {
                 Ok(Ok(())) => return running.stopped(),
                 Ok(Err(error)) => format!("the delivery loop failed: {error}"),
-                // What its lanes held unwound with it: those recipients stay in
-                // flight until a restart makes them due again (at-least-once).
+                // What its lanes held unwound with it, leases included: the store
+                // makes those recipients due again (at-least-once).
                 Err(_) => "the shard panicked; what its lanes held is retried after a restart".to_string(),
             };
             running.failed(&reason);

@@ -70,10 +70,11 @@ impl HandoffSlot {
         for arrival in arrivals {
             if let Err(error) = sender.try_send(arrival) {
                 // Full cannot happen (see the module's bounds); Disconnected only
-                // when the engine is stopping. Either way recovery makes them due.
+                // when the engine is stopping. Either way their leases drop with them and
+                // the writer makes them due again (or recovery does).
                 debug_assert!(error.is_disconnected(), "the handoff channel is bounded by its credit");
                 if error.is_full() {
-                    tracing::error!("handoff channel full: recipients stay in flight until a restart");
+                    tracing::error!("handoff channel full: the recipients are due again once their leases are reaped");
                 }
                 lost += error.into_inner().recipients.len();
             }

@@ -155,8 +155,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// The fast path's credit and channel (`handoff.rs`).
     pub handoff: Arc<HandoffSlot>,
-    /// When the writer's and the syncer's operation under way began (ms since the
-    /// epoch; 0: none), for the stall watch.
+    /// When the writer's and the syncer's disk operation under way began
+    /// ([`monotonic_ms`]; 0: none), for the stall watch.
     pub busy_since_ms: [AtomicU64; 2],
     /// Set by the stall watch while an operation has run longer than `stall_after`.
     pub stalled: AtomicBool,
@@ -186,14 +186,20 @@ impl Shared {
         }
     }
 
-    /// Runs `operation` marked as `worker`'s operation under way (the stall watch
-    /// sees how long it takes).
+    /// Runs `operation`, one RocksDB write or sync, marked as `worker`'s disk
+    /// operation under way: the stall watch sees how long it takes. Each write is
+    /// marked on its own, so a long admin action made of many writes is no stall.
     pub fn busy<T>(&self, worker: Worker, operation: impl FnOnce() -> T) -> T {
+        struct Clear<'a>(&'a AtomicU64);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
         let slot = &self.busy_since_ms[worker as usize];
-        slot.store(crate::writer::now_ms().max(1), Ordering::Release);
-        let result = operation();
-        slot.store(0, Ordering::Release);
-        result
+        slot.store(monotonic_ms(), Ordering::Release);
+        let _clear = Clear(slot); // also when `operation` panics
+        operation()
     }
 
     /// The health admission and the doors go by: `Stalled` while the stall watch
@@ -264,6 +270,26 @@ impl Shared {
     }
 }
 
+/// Milliseconds on a monotonic clock (a wall-clock step is no stall), from 1.
+pub(crate) fn monotonic_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Marks the store as needing a reopen when the thread holding it ends by a panic
+/// (the writer or the syncer): nothing would record state changes or answer
+/// enqueues any more, and the daemon exits for its supervisor to restart it.
+pub(crate) struct DeathWatch(pub Arc<Shared>, pub &'static str);
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(thread = self.1, "a queue-store thread panicked: the store needs a reopen");
+            self.0.set_health(Health::NeedsReopen);
+        }
+    }
+}
+
 /// How often the stall watch looks.
 const STALL_WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -275,7 +301,7 @@ pub(crate) fn watch_stalls(shared: std::sync::Weak<Shared>, after: std::time::Du
     loop {
         std::thread::sleep(STALL_WATCH_EVERY);
         let Some(shared) = shared.upgrade() else { return };
-        let now = crate::writer::now_ms();
+        let now = monotonic_ms();
         let oldest = shared.busy_since_ms.iter().map(|slot| slot.load(Ordering::Acquire)).filter(|at| *at != 0).min();
         let stalled = oldest.is_some_and(|since| now.saturating_sub(since) >= after_ms);
         let was = shared.stalled.swap(stalled, Ordering::AcqRel);

@@ -78,7 +78,11 @@ impl Store {
         let (control, control_receiver) = crossbeam_channel::bounded(config.control_channel_capacity);
         let (sync_sender, sync_jobs) = crossbeam_channel::bounded(SYNC_QUEUE_GROUPS_MAX);
         let syncer = Syncer { db: Arc::clone(&db), shared: Arc::clone(&shared), jobs: sync_jobs };
-        let syncer_thread = spawn("queue-store-sync", move || syncer.run())?;
+        let watch = crate::shared::DeathWatch(Arc::clone(&shared), "queue-store-sync");
+        let syncer_thread = spawn("queue-store-sync", move || {
+            let _watch = watch;
+            syncer.run()
+        })?;
         let writer = Writer {
             db: Arc::clone(&db),
             shared: Arc::clone(&shared),
@@ -91,7 +95,11 @@ impl Store {
             last_housekeeping: Instant::now(),
             last_reaping: Instant::now(),
         };
-        let writer_thread = spawn("queue-store-writer", move || writer.run())?;
+        let watch = crate::shared::DeathWatch(Arc::clone(&shared), "queue-store-writer");
+        let writer_thread = spawn("queue-store-writer", move || {
+            let _watch = watch;
+            writer.run()
+        })?;
         // Not joined: it ends within its period once the writer and syncer are gone.
         let watched = Arc::downgrade(&shared);
         let stall_after = config.stall_after;

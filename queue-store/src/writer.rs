@@ -161,15 +161,13 @@ impl Writer {
                 Wait::Tick => {}
                 Wait::Request => {
                     self.gather(&mut group);
-                    let shared = Arc::clone(&self.shared);
-                    if shared.busy(Worker::Writer, || self.handle_group(group)) {
+                    if self.handle_group(group) {
                         break;
                     }
                 }
             }
             if self.last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
-                let shared = Arc::clone(&self.shared);
-                shared.busy(Worker::Writer, || self.housekeeping());
+                self.housekeeping();
             }
         }
         // A clean stop leaves nothing in RocksDB's WAL buffer.
@@ -294,17 +292,17 @@ impl Writer {
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let mut options = WriteOptions::default();
         options.set_sync(sync && self.config.durability == Durability::Sync);
-        self.db.write_opt(batch, &options).map_err(|error| self.broken(&error))
+        self.shared.busy(Worker::Writer, || self.db.write_opt(batch, &options)).map_err(|error| self.broken(&error))
     }
 
     /// Writes RocksDB's WAL buffer to the OS without syncing.
     fn push_wal(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(false).map_err(|error| self.broken(&error))
+        self.shared.busy(Worker::Writer, || self.db.flush_wal(false)).map_err(|error| self.broken(&error))
     }
 
     fn sync_wal(&self) -> Result<(), StoreError> {
         // A failed fsync is never retried (the kernel may have dropped the pages).
-        self.db.flush_wal(true).map_err(|error| self.broken(&error))
+        self.shared.busy(Worker::Writer, || self.db.flush_wal(true)).map_err(|error| self.broken(&error))
     }
 
     /// A failure after the tables moved on (or of a WAL sync): logged, counted, and
@@ -352,7 +350,7 @@ impl Writer {
         let mut options = WriteOptions::default();
         // Refuse rather than wait when RocksDB stalls writes: the caller answers 451.
         options.set_no_slowdown(true);
-        match self.db.write_opt(batch, &options) {
+        match self.shared.busy(Worker::Writer, || self.db.write_opt(batch, &options)) {
             Ok(()) => {
                 let messages = added.len() as u64;
                 let arrivals = self.enqueued(added);
@@ -688,7 +686,7 @@ impl Writer {
         let mut options = WriteOptions::default();
         options.set_sync(self.config.durability == Durability::Sync);
         options.set_no_slowdown(true);
-        if self.db.write_opt(batch, &options).is_ok() {
+        if self.shared.busy(Worker::Writer, || self.db.write_opt(batch, &options)).is_ok() {
             tracing::info!("queue-store writes succeed again");
             self.shared.set_health(Health::Healthy);
         }

@@ -113,7 +113,10 @@ impl Completer {
             .map(|attempt| queue_store::StateChange { key: attempt.key, outcome: self.outcome(attempt, now) })
             .collect();
         let applied = self.complete(&changes);
-        self.metrics.in_flight.fetch_sub(batch.len() as u64, Ordering::Relaxed);
+        // Saturating: the scheduler also takes lost claims off (`claims_lost`).
+        let done = batch.len() as u64;
+        let _ =
+            self.metrics.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(done)));
         for (attempt, applied) in batch.iter().zip(applied) {
             match applied {
                 Ok(applied) => self.record(attempt, &applied, now),
@@ -126,11 +129,11 @@ impl Completer {
     }
 
     /// Records `changes`, waiting as long as the store is busy. A store that can
-    /// take nothing any more (it needs a reopen, or its writer is gone) answers every
-    /// change with that error: the daemon then exits for its supervisor to restart it
-    /// (`daemon::serve`), and the recipients, still in flight on disk, are due again
-    /// after recovery.
-    fn complete(&self, changes: &[queue_store::StateChange]) -> Vec<Result<Applied, queue_store::TransitionError>> {
+    /// take nothing any more (it needs a reopen, which a dead writer or syncer thread
+    /// also causes) answers every change with that error: the daemon then exits for
+    /// its supervisor to restart it (`daemon::serve`), and the recipients, still in
+    /// flight on disk, are due again after recovery.
+    fn complete(&mut self, changes: &[queue_store::StateChange]) -> Vec<Result<Applied, queue_store::TransitionError>> {
         let started = std::time::Instant::now();
         let mut logged: Option<std::time::Instant> = None;
         loop {
@@ -150,6 +153,8 @@ impl Completer {
                             "the queue store is busy: holding delivery results until it takes them"
                         );
                     }
+                    // Reception records keep flowing meanwhile (their channel is bounded).
+                    self.write_receptions();
                     std::thread::sleep(COMPLETE_RETRY_PAUSE);
                 }
                 Err(error) => {

@@ -107,6 +107,8 @@ impl Attempt {
 
     /// Recipient `index` of `work`.
     fn one(work: &Work, index: usize, result: AttemptResult, peer: Option<SocketAddr>) -> Attempt {
+        // A recipient without its lease would look lost to the store while live.
+        debug_assert!(work.leases.is_empty() || work.leases.len() == work.keys.len(), "a lease per recipient");
         Attempt {
             key: work.keys[index],
             recipient: work.recipients[index].clone(),
@@ -354,11 +356,11 @@ fn flush_blocking(mut pending: Vec<Attempt>, results: &Sender<Attempt>, inbox: &
         pending.extend(Attempt::all(&work, &AttemptResult::Released, None));
     }
     for attempt in pending {
-        // Waits for room however long the completer needs (it retries a busy store
-        // for ~10 s): it runs until every sender is gone, and a result given up here
-        // would leave its recipient in flight until a restart.
+        // Waits for room however long the completer needs (it holds results while
+        // the store is busy): it runs until every sender is gone. A result given up
+        // here drops its lease, and the store makes the recipient due again.
         if results.send(attempt).is_err() {
-            tracing::error!("the completer is gone: recipients stay in flight until a restart");
+            tracing::error!("the completer is gone: the store makes these recipients due again");
             return;
         }
     }
