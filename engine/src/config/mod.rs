@@ -235,7 +235,8 @@ pub struct SmtpSection {
     /// PEM certificate chain and key for STARTTLS.
     pub tls_certificate: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// Connections at once, in all and per client address.
+    /// Connections at once, in all and per client (an IPv4 address, or an IPv6 /64:
+    /// one host's usual allocation).
     #[serde(default = "default_smtp_connections")]
     pub connections_max: usize,
     #[serde(default = "default_smtp_connections_per_ip")]
@@ -248,11 +249,28 @@ pub struct SmtpSection {
     /// Failed AUTH attempts before the connection is closed.
     #[serde(default = "default_auth_failures")]
     pub auth_failures_max: u32,
-    /// Waiting for a command, and for more DATA (RFC 5321 §4.5.3.2: 5 and 3 minutes).
+    /// A whole command line, and the whole message content (plus its allowance at
+    /// `min_data_rate`), each counted from when the server is ready for it: a client
+    /// dribbling bytes does not move the deadline (RFC 5321 §4.5.3.2: 5 and 3 minutes).
     #[serde(default = "default_command_timeout")]
     pub command_timeout_seconds: u64,
     #[serde(default = "default_data_timeout")]
     pub data_timeout_seconds: u64,
+    /// A whole transaction, from MAIL to the reply after the message (plus the
+    /// content's allowance at `min_data_rate`).
+    #[serde(default = "default_transaction_timeout")]
+    pub transaction_timeout_seconds: u64,
+    /// Bytes a second a client must keep up on average while sending a message:
+    /// each byte extends the DATA deadline by 1/rate s (Postfix's smtpd_min_data_rate).
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+    /// Stress mode (Postfix's): while at least `stress_connections_percent` of
+    /// `connections_max` are open, the command and DATA timeouts are at most this,
+    /// for every connection, the open ones included.
+    #[serde(default = "default_stress_timeout")]
+    pub stress_timeout_seconds: u64,
+    #[serde(default = "default_stress_percent")]
+    pub stress_connections_percent: u64,
 }
 
 impl Default for SmtpSection {
@@ -274,6 +292,10 @@ impl Default for SmtpSection {
             auth_failures_max: default_auth_failures(),
             command_timeout_seconds: default_command_timeout(),
             data_timeout_seconds: default_data_timeout(),
+            transaction_timeout_seconds: default_transaction_timeout(),
+            min_data_rate: default_min_data_rate(),
+            stress_timeout_seconds: default_stress_timeout(),
+            stress_connections_percent: default_stress_percent(),
         }
     }
 }
@@ -288,6 +310,22 @@ fn default_command_timeout() -> u64 {
 
 fn default_data_timeout() -> u64 {
     180
+}
+
+fn default_transaction_timeout() -> u64 {
+    600
+}
+
+fn default_min_data_rate() -> u64 {
+    500
+}
+
+fn default_stress_timeout() -> u64 {
+    10
+}
+
+fn default_stress_percent() -> u64 {
+    80
 }
 
 fn default_smtp_connections() -> usize {
@@ -577,6 +615,10 @@ impl Config {
             ("http.body_timeout_seconds", self.http.body_timeout_seconds as usize),
             ("smtp.command_timeout_seconds", self.smtp.command_timeout_seconds as usize),
             ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),
+            ("smtp.transaction_timeout_seconds", self.smtp.transaction_timeout_seconds as usize),
+            ("smtp.min_data_rate", self.smtp.min_data_rate as usize),
+            ("smtp.stress_timeout_seconds", self.smtp.stress_timeout_seconds as usize),
+            ("smtp.stress_connections_percent", self.smtp.stress_connections_percent as usize),
             ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
             ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
             ("store.sync_wait_max_ms", self.store.sync_wait_max_ms as usize),
@@ -586,6 +628,9 @@ impl Config {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1"));
             }
+        }
+        if self.smtp.stress_connections_percent > 100 {
+            return Err("smtp.stress_connections_percent: at most 100".into());
         }
         if self.http.recipients_max > 10_000 {
             return Err("http.recipients_max: at most 10000".into());

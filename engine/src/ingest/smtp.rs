@@ -97,6 +97,9 @@ pub fn start(
     config.recipients_max = section.recipients_max;
     config.timeout_command = Duration::from_secs(section.command_timeout_seconds);
     config.timeout_data = Duration::from_secs(section.data_timeout_seconds);
+    config.timeout_transaction = Duration::from_secs(section.transaction_timeout_seconds);
+    config.min_data_rate = section.min_data_rate;
+    config.stress_timeout = Duration::from_secs(section.stress_timeout_seconds);
     let config = Arc::new(config);
     // The first socket of each address fixes its port (port 0 included); the other
     // threads' sockets join it.
@@ -119,6 +122,9 @@ pub fn start(
     }
     let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
+    // Stress from this many open connections on (at least one).
+    let stress_from =
+        ((section.connections_max as u64 * section.stress_connections_percent).div_ceil(100)).max(1) as usize;
     let mut handles = Vec::new();
     let (started_tx, started_rx) = crossbeam_channel::bounded(sockets.len());
     for (index, listeners) in sockets.into_iter().enumerate() {
@@ -136,7 +142,7 @@ pub fn start(
                 (listener, context)
             })
             .unzip();
-        let mut listener = Listener { contexts, ingest: ingest.clone(), open: Arc::clone(&open), limits };
+        let mut listener = Listener { contexts, ingest: ingest.clone(), open: Arc::clone(&open), limits, stress_from };
         let handle = std::thread::Builder::new()
             .name(format!("ringmail-smtp-{index}"))
             .spawn(move || {
@@ -256,7 +262,20 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Connections open now, in all and per client address.
+/// Whom a per-client connection limit counts: an IPv4 address (an IPv4-mapped IPv6
+/// one as IPv4), or an IPv6 /64, which one host usually has whole: per address, a
+/// client with a /64 would have 2^64 allowances.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match crate::io::connect::canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// Connections open now, in all and per client (`client_key`).
 #[derive(Default)]
 struct Open {
     total: usize,
@@ -275,7 +294,7 @@ fn admit(
     (total_max, per_ip_max): (usize, usize),
 ) -> Option<Reply> {
     let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let from_ip = open.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+    let from_ip = open.per_ip.get(&client_key(peer.ip())).copied().unwrap_or(0);
     if open.total >= total_max || from_ip >= per_ip_max {
         Some(reply(421, (4, 7, 0), "Too many connections, try again later"))
     } else if let Some(reason) = ingest.shedding.reason() {
@@ -283,7 +302,7 @@ fn admit(
         Some(reply(421, (4, 3, 2), "System not accepting mail right now, try again later"))
     } else {
         open.total += 1;
-        *open.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        *open.per_ip.entry(client_key(peer.ip())).or_insert(0) += 1;
         None
     }
 }
@@ -295,6 +314,8 @@ struct Listener {
     ingest: Ingest,
     open: Arc<Mutex<Open>>,
     limits: (usize, usize),
+    /// Open connections (all threads) from which the sessions run in stress mode.
+    stress_from: usize,
 }
 
 impl ServeHandler for Listener {
@@ -346,12 +367,17 @@ impl ServeHandler for Listener {
         }
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         open.total = open.total.saturating_sub(1);
-        if let Some(count) = open.per_ip.get_mut(&conn.peer.ip()) {
+        let key = client_key(conn.peer.ip());
+        if let Some(count) = open.per_ip.get_mut(&key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                open.per_ip.remove(&conn.peer.ip());
+                open.per_ip.remove(&key);
             }
         }
+    }
+
+    fn under_stress(&self) -> bool {
+        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).total >= self.stress_from
     }
 }
 

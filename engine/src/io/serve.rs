@@ -103,6 +103,11 @@ pub trait ServeHandler {
     fn decide(&mut self, conn: &mut Self::Conn, event: ServerEvent, tls: bool) -> Decision;
     /// The connection is gone.
     fn closed(&mut self, conn: Self::Conn);
+    /// Whether the sessions run in stress mode now (short of connections): asked
+    /// once a turn; a change applies to every open session at once.
+    fn under_stress(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +254,8 @@ struct Server<C> {
     completions: Vec<(u64, i32)>,
     wakeups: Arc<Wakeups>,
     wake: WakeRead,
+    /// Stress mode as last applied to the sessions.
+    stress: bool,
 }
 
 impl<C> Server<C> {
@@ -265,6 +272,7 @@ impl<C> Server<C> {
             completions: Vec::with_capacity(super::core::RING_ENTRIES as usize * 2),
             wakeups: Arc::new(Wakeups { ready: Mutex::new(Vec::new()), pipe }),
             wake,
+            stress: false,
         })
     }
 
@@ -296,8 +304,25 @@ impl<C> Server<C> {
         }
         completions.clear();
         self.completions = completions;
+        self.apply_stress(handler.under_stress());
         self.fire_timers(handler);
         Ok(())
+    }
+
+    /// Stress mode on or off for every open session; their timers move with it.
+    fn apply_stress(&mut self, stress: bool) {
+        if stress == self.stress {
+            return;
+        }
+        self.stress = stress;
+        let mut open = Vec::new();
+        for (index, _, slot) in self.slots.iter_mut() {
+            slot.session.set_stress(stress);
+            open.push(index);
+        }
+        for index in open {
+            self.arm(index);
+        }
     }
 
     fn complete<H: ServeHandler<Conn = C>>(&mut self, user_data: u64, result: i32, handler: &mut H) {
@@ -348,10 +373,12 @@ impl<C> Server<C> {
         };
         let now = Instant::now();
         let context = accepted.context;
+        let mut session = accepted.session;
+        session.set_stress(self.stress);
         let slot = Slot {
             state: State::Open,
             socket,
-            session: accepted.session,
+            session,
             context: Some(context),
             starttls: accepted.starttls,
             handshake_deadline: implicit.as_ref().map(|_| now + HANDSHAKE_TIMEOUT),

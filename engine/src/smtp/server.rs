@@ -44,8 +44,19 @@ pub struct ServerConfig {
     pub errors_max: u32,
     /// Waiting for a command (RFC 5321 §4.5.3.2.7: 5 minutes).
     pub timeout_command: Duration,
-    /// Waiting for more DATA (RFC 5321 §4.5.3.2.6 client side: 3 minutes a block).
+    /// The message content, in all, plus its allowance at `min_data_rate` (RFC 5321
+    /// §4.5.3.2.6 gives a client 3 minutes a block).
     pub timeout_data: Duration,
+    /// A whole transaction, from MAIL to the reply after the message, plus the
+    /// content's allowance at `min_data_rate`.
+    pub timeout_transaction: Duration,
+    /// Bytes a second a client sending the message content must keep up on average:
+    /// each byte received extends the DATA and transaction deadlines by
+    /// 1/`min_data_rate` s (Postfix's `smtpd_min_data_rate`), up to `size_max` bytes.
+    pub min_data_rate: u64,
+    /// While the listener is short of connections ([`ServerSession::set_stress`]):
+    /// the command and DATA timeouts are at most this (Postfix's stress mode).
+    pub stress_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -61,6 +72,9 @@ impl ServerConfig {
             errors_max: 10,
             timeout_command: Duration::from_secs(300),
             timeout_data: Duration::from_secs(180),
+            timeout_transaction: Duration::from_secs(600),
+            min_data_rate: 500,
+            stress_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -153,7 +167,15 @@ pub struct ServerSession {
     discard_input: bool,
     out: Vec<u8>,
     events: VecDeque<ServerEvent>,
-    deadline: Instant,
+    /// When the wait for the current command (or the message content) began: its
+    /// deadline counts from here in all, however the client dribbles its bytes.
+    phase_started: Instant,
+    /// Bytes received since `phase_started` (the message content's allowance).
+    phase_bytes: u64,
+    /// When the current transaction's MAIL was accepted.
+    transaction_started: Option<Instant>,
+    /// Stress mode: shorter timeouts while the listener is short of connections.
+    stress: bool,
     hello: Option<String>,
     mail: Option<(String, MailParameters)>,
     recipients: Vec<String>,
@@ -169,7 +191,10 @@ impl ServerSession {
     /// `tls` is true for implicit TLS (port 465) once its handshake is done.
     pub fn new(config: std::sync::Arc<ServerConfig>, tls: bool, now: Instant) -> Self {
         let mut session = ServerSession {
-            deadline: now + config.timeout_command,
+            phase_started: now,
+            phase_bytes: 0,
+            transaction_started: None,
+            stress: false,
             config,
             mode: Mode::Command,
             waiting: None,
@@ -226,8 +251,43 @@ impl ServerSession {
         self.events.pop_front()
     }
 
+    /// When the session times out, unless input completes the command (or the
+    /// message) first. `None` while closed or waiting for a verdict.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.is_closed() && self.waiting.is_none()).then_some(self.deadline)
+        (!self.is_closed() && self.waiting.is_none()).then(|| self.deadline())
+    }
+
+    /// Stress mode on or off (the listener is, or is no longer, short of
+    /// connections): the deadline under way moves at once.
+    pub fn set_stress(&mut self, on: bool) {
+        self.stress = on;
+    }
+
+    fn deadline(&self) -> Instant {
+        let stressed = |normal: Duration| if self.stress { normal.min(self.config.stress_timeout) } else { normal };
+        let in_data = matches!(self.mode, Mode::Data(_));
+        // The content's allowance, for at most a message's worth of bytes.
+        let allowance = match in_data {
+            true => {
+                let bytes = self.phase_bytes.min(self.config.size_max.saturating_add(64 * 1024));
+                Duration::from_secs_f64(bytes as f64 / self.config.min_data_rate.max(1) as f64)
+            }
+            false => Duration::ZERO,
+        };
+        let phase = match in_data {
+            true => self.phase_started + stressed(self.config.timeout_data) + allowance,
+            false => self.phase_started + stressed(self.config.timeout_command),
+        };
+        match self.transaction_started {
+            Some(started) => phase.min(started + self.config.timeout_transaction + allowance),
+            None => phase,
+        }
+    }
+
+    /// The wait for the next command (or the message content) begins.
+    fn begin_phase(&mut self, now: Instant) {
+        self.phase_started = now;
+        self.phase_bytes = 0;
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -247,7 +307,9 @@ impl ServerSession {
             return;
         }
         self.input.extend_from_slice(bytes);
-        self.deadline = now + self.current_timeout();
+        // Input does not move the deadline: a command (or the message) must be
+        // complete in time, however its bytes are spread out.
+        self.phase_bytes = self.phase_bytes.saturating_add(bytes.len() as u64);
         self.process(now);
     }
 
@@ -259,6 +321,7 @@ impl ServerSession {
             self.hello = None;
             self.authenticated = None;
             self.reset_transaction();
+            self.begin_phase(now);
             self.process(now);
         }
     }
@@ -287,6 +350,7 @@ impl ServerSession {
             Waiting::Mail { from, parameters } => {
                 if accepted {
                     self.mail = Some((from, parameters));
+                    self.transaction_started = Some(now);
                 }
                 self.send(positive(reply(250, (2, 1, 0), "Ok")));
             }
@@ -329,15 +393,8 @@ impl ServerSession {
         if closing {
             return self.close();
         }
-        self.deadline = now + self.current_timeout();
+        self.begin_phase(now);
         self.process(now);
-    }
-
-    fn current_timeout(&self) -> Duration {
-        match self.mode {
-            Mode::Data(_) => self.config.timeout_data,
-            _ => self.config.timeout_command,
-        }
     }
 
     fn send(&mut self, reply: Reply) {
@@ -353,6 +410,7 @@ impl ServerSession {
     }
 
     fn reset_transaction(&mut self) {
+        self.transaction_started = None;
         self.mail = None;
         self.recipients.clear();
         self.data = Vec::new();
@@ -386,7 +444,8 @@ impl ServerSession {
                     match rest.iter().position(|&b| b == b'\n') {
                         Some(at) if at < limit => {
                             let line = rest[..=at].to_vec();
-                            self.line(&line, now);
+                            self.line(&line);
+                            self.begin_phase(now);
                             at + 1
                         }
                         None if rest.len() <= limit => break, // wait for the rest of the line
@@ -407,13 +466,13 @@ impl ServerSession {
         }
     }
 
-    fn line(&mut self, line: &[u8], now: Instant) {
+    fn line(&mut self, line: &[u8]) {
         match std::mem::replace(&mut self.mode, Mode::Command) {
             Mode::AuthPlain => self.auth_plain_response(line),
             Mode::AuthLoginUser => self.auth_login_user(line),
             Mode::AuthLoginPassword { user } => self.auth_login_password(&user, line),
             _ => match parse_command(line) {
-                Ok(command) => self.command(command, now),
+                Ok(command) => self.command(command),
                 Err(error) => self.bad_command(error.reply()),
             },
         }
@@ -428,13 +487,13 @@ impl ServerSession {
         }
     }
 
-    fn command(&mut self, command: Command, now: Instant) {
+    fn command(&mut self, command: Command) {
         match command {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
             Command::Mail { from, parameters } => self.mail(from, parameters),
             Command::Rcpt { to } => self.rcpt(to),
-            Command::Data => self.data(now),
+            Command::Data => self.data(),
             Command::Rset => {
                 self.reset_transaction();
                 self.send(reply(250, (2, 0, 0), "Ok"));
@@ -495,7 +554,7 @@ impl ServerSession {
         self.waiting = Some(Waiting::Recipient { to });
     }
 
-    fn data(&mut self, now: Instant) {
+    fn data(&mut self) {
         if self.mail.is_none() {
             return self.bad_command(reply(503, (5, 5, 1), "Need MAIL command"));
         }
@@ -504,7 +563,6 @@ impl ServerSession {
         }
         self.events.push_back(ServerEvent::Data);
         self.waiting = Some(Waiting::Data);
-        self.deadline = now + self.config.timeout_command;
     }
 
     fn data_done(&mut self, problem: Option<DataProblem>) {
@@ -735,6 +793,80 @@ mod tests {
         server.poll_transmit(&mut out);
         assert!(String::from_utf8_lossy(&out).contains("421 4.4.2"), "{}", String::from_utf8_lossy(&out));
         assert!(server.is_closed());
+    }
+
+    /// Slowloris: bytes that trickle in do not move the deadline. A command line
+    /// must be whole within the command timeout of the server being ready for it.
+    #[test]
+    fn a_client_dribbling_a_command_is_closed_at_the_command_deadline() {
+        let (mut server, now) = session(|c| c.timeout_command = Duration::from_secs(300));
+        for second in 1..300 {
+            server.handle_input(b"E", now + Duration::from_secs(second));
+        }
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(300)), "no byte moved it");
+        server.handle_timeout(now + Duration::from_secs(300));
+        assert!(server.is_closed());
+        // A whole command starts the next one's clock.
+        let (mut server, now) = session(|c| c.timeout_command = Duration::from_secs(300));
+        codes(&mut server, "EHLO c.test\r\n", now + Duration::from_secs(200));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(500)));
+    }
+
+    /// The message content must come at `min_data_rate` on average: a byte a second
+    /// is closed about when the DATA timeout says; a fast sender of a big message is
+    /// given the time its bytes earn.
+    #[test]
+    fn message_content_must_keep_up_the_minimum_data_rate() {
+        let configure = |c: &mut ServerConfig| {
+            c.timeout_data = Duration::from_secs(180);
+            c.min_data_rate = 500;
+            c.timeout_transaction = Duration::from_secs(600);
+        };
+        let (mut server, now) = session(configure);
+        codes(&mut server, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n", now);
+        for second in 1..=180 {
+            server.handle_input(b"x", now + Duration::from_secs(second));
+        }
+        // 180 bytes earned 0.36 s.
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_millis(180_360)));
+        let (mut server, now) = session(configure);
+        codes(&mut server, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n", now);
+        let block = vec![b'x'; 1000];
+        for second in 1..=400 {
+            server.handle_input(&block, now + Duration::from_secs(second));
+        }
+        // 400,000 bytes earned 800 s; the transaction's 600 s plus the same 800 s.
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(980)));
+    }
+
+    /// Stress mode (the listener short of connections) shortens the deadline under
+    /// way at once, and lifting it gives it back.
+    #[test]
+    fn stress_mode_shortens_the_deadlines_of_open_sessions() {
+        let (mut server, now) = session(|c| {
+            c.timeout_command = Duration::from_secs(300);
+            c.stress_timeout = Duration::from_secs(2);
+        });
+        server.set_stress(true);
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(2)));
+        server.set_stress(false);
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(300)));
+    }
+
+    /// A transaction has a total deadline too: slow RCPTs, each in time, end it.
+    #[test]
+    fn a_transaction_has_a_total_deadline() {
+        let (mut server, now) = session(|c| {
+            c.timeout_command = Duration::from_secs(300);
+            c.timeout_transaction = Duration::from_secs(600);
+        });
+        codes(&mut server, "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n", now);
+        codes(&mut server, "RCPT TO:<x1@y.test>\r\n", now + Duration::from_secs(299));
+        codes(&mut server, "RCPT TO:<x2@y.test>\r\n", now + Duration::from_secs(598));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(600)), "the transaction's, not 898 s");
+        // RSET ends the transaction and its deadline.
+        codes(&mut server, "RSET\r\n", now + Duration::from_secs(599));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(899)));
     }
 
     #[test]
