@@ -1,5 +1,6 @@
 //! Ingest: how mail comes in (HTTP inject API, SMTP listener).
 
+pub mod auth;
 pub mod http;
 pub mod inject;
 pub mod refusal;

@@ -19,6 +19,7 @@ use queue_store::{NewMessage, NewRecipient, Store, StoreError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::auth::{AuthBusy, AuthPool};
 use super::{has_header, rfc5322_date};
 use crate::config::SmtpSection;
 use crate::io::connect::Allowlist;
@@ -120,6 +121,12 @@ pub fn start(
         }
         listening.addresses.push(bound);
     }
+    let auth = match users.is_empty() {
+        true => None,
+        false => {
+            Some(Arc::new(AuthPool::start().map_err(|e| ListenerError::Setting(format!("SMTP AUTH workers: {e}")))?))
+        }
+    };
     let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
     // Stress from this many open connections on (at least one).
@@ -137,6 +144,7 @@ pub fn start(
                     tls: tls.clone(),
                     relay: relay.clone(),
                     users: Arc::clone(&users),
+                    auth: auth.clone(),
                     port,
                 };
                 (listener, context)
@@ -210,57 +218,12 @@ struct Context {
     tls: Option<Arc<rustls::ServerConfig>>,
     relay: Allowlist,
     users: Arc<Users>,
+    /// The password checks' worker pool (with users only).
+    auth: Option<Arc<AuthPool>>,
     port: Port,
 }
 
-/// Who may authenticate: names and their argon2 password hashes (PHC strings).
-#[derive(Debug, Default)]
-pub struct Users {
-    hashes: HashMap<String, String>,
-}
-
-impl Users {
-    /// `name:hash` per line; `#` comments and blank lines skipped. Errors name the line.
-    pub fn load(path: &std::path::Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("smtp.users_file {}: {e}", path.display()))?;
-        let mut hashes = HashMap::new();
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let bad = |why: &str| format!("{}:{}: {why}", path.display(), number + 1);
-            let (name, hash) = line.split_once(':').ok_or_else(|| bad("expected name:argon2-hash"))?;
-            argon2::PasswordHash::new(hash).map_err(|e| bad(&format!("not a password hash: {e}")))?;
-            hashes.insert(name.to_string(), hash.to_string());
-        }
-        Ok(Users { hashes })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-
-    /// Whether `password` is `name`'s. argon2 costs tens of milliseconds of CPU (and
-    /// ~19 MiB): the listener calls this on a thread of its own (at most
-    /// `AUTH_CHECKS_MAX` at once), never on its io_uring thread.
-    pub fn check(&self, name: &str, password: &str) -> bool {
-        use argon2::PasswordVerifier;
-        let Some(hash) = self.hashes.get(name) else { return false };
-        let Ok(hash) = argon2::PasswordHash::new(hash) else { return false };
-        argon2::Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
-    }
-}
-
-/// A PHC-format argon2id hash of `password`, for the users file.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt = SaltString::encode_b64(&fastrand::u128(..).to_le_bytes()).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
+pub use super::auth::{hash_password, Users};
 
 /// Whom a per-client connection limit counts: an IPv4 address (an IPv4-mapped IPv6
 /// one as IPv4), or an IPv6 /64, which one host usually has whole: per address, a
@@ -332,6 +295,7 @@ impl ServeHandler for Listener {
             authenticated: Rc::new(Cell::new(false)),
             submission: context.port == Port::Submission,
             users: Arc::clone(&context.users),
+            auth: context.auth.clone(),
             refused: refusal.is_some(),
         };
         if let Some(refusal) = refusal {
@@ -392,14 +356,12 @@ struct Handler {
     /// A submission port: AUTH before MAIL, whoever the client is.
     submission: bool,
     users: Arc<Users>,
+    auth: Option<Arc<AuthPool>>,
     /// Greeted with a refusal (too many connections, shedding load): never counted open.
     refused: bool,
 }
 
 /// Password checks running at once, at most (argon2: ~19 MiB and tens of ms each).
-const AUTH_CHECKS_MAX: usize = 8;
-static AUTH_CHECKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 fn busy() -> Verdict {
     Verdict::Reject(super::refusal::Refusal::Busy(String::new()).smtp_reply())
 }
@@ -431,27 +393,20 @@ impl Handler {
         Decision::Now(verdict)
     }
 
-    /// argon2 costs tens of milliseconds of CPU: checked on a thread of its own, never
-    /// on the listener's. One at a time per connection (the session waits for it), and
-    /// at most [`AUTH_CHECKS_MAX`] in the process; beyond that the client is asked to
-    /// try again later (454).
+    /// argon2 costs tens of milliseconds of CPU: checked on the AUTH worker pool,
+    /// fairly between clients (`ingest::auth`), never on the listener's thread. One at
+    /// a time per connection (the session waits for it); a client with too many
+    /// checks waiting, or a full pool, is asked to try again later (454).
     fn authenticate(&mut self, identity: String, password: String) -> Decision {
         let later = || Decision::Now(Verdict::Reject(reply(454, (4, 7, 0), "Temporary authentication failure")));
-        if AUTH_CHECKS.fetch_add(1, Ordering::AcqRel) >= AUTH_CHECKS_MAX {
-            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
-            return later();
-        }
-        let users = Arc::clone(&self.users);
-        let (answer, checked) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new().name("ringmail-auth".into()).spawn(move || {
-            let _ = answer.send(users.check(&identity, &password));
-            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
-        });
-        if let Err(error) = spawned {
-            AUTH_CHECKS.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(%error, "SMTP AUTH: cannot start the check");
-            return later();
-        }
+        let Some(pool) = &self.auth else { return later() };
+        let checked = match pool.submit(client_key(self.peer.ip()), Arc::clone(&self.users), identity, password) {
+            Ok(checked) => checked,
+            Err(AuthBusy) => {
+                tracing::debug!(peer = %self.peer, "SMTP AUTH: too many checks waiting; 454");
+                return later();
+            }
+        };
         let authenticated = Rc::clone(&self.authenticated);
         Decision::Later(Box::pin(async move {
             if checked.await.unwrap_or(false) {
