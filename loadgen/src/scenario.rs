@@ -68,6 +68,9 @@ pub struct Provider {
     /// Refuse MAIL until the client has done STARTTLS (530 5.7.0).
     #[serde(default)]
     pub tls_required: bool,
+    /// Advertise 8BITMIME (RFC 6152). Default true.
+    #[serde(default = "default_true")]
+    pub eightbitmime: bool,
     /// Concurrent connections per client IP; beyond it, 421 at the greeting.
     #[serde(default = "default_connections")]
     pub connections_per_ip_max: usize,
@@ -129,6 +132,10 @@ pub enum DnsMode {
     Servfail,
     /// MX records, answered after `dns_delay_ms`.
     Slow,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_dns_delay() -> u64 {

@@ -166,6 +166,7 @@ async fn accept_loop(
     let listener = tokio_uring::net::TcpListener::from_std(listener);
     let mut config = ServerConfig::new(provider.mx[0].host.clone());
     config.starttls = provider.starttls;
+    config.eight_bit_mime = provider.eightbitmime;
     let config = Arc::new(config);
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };

@@ -214,6 +214,8 @@ pub struct SmtpSection {
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
     /// Addresses where TLS starts at connect (port 465 style); needs the certificate.
+    /// Submission over TLS (RFC 8314): every client must AUTH before MAIL, relay
+    /// networks included.
     #[serde(default)]
     pub listen_tls: Vec<SocketAddr>,
     /// Submission addresses (port 587 style): STARTTLS offered, and every client must

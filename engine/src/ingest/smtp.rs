@@ -44,7 +44,8 @@ pub struct Ingest {
 enum Port {
     /// Port 25 style: STARTTLS offered when there is a certificate.
     Plain,
-    /// Port 465 style: TLS from the first byte.
+    /// Port 465 style: TLS from the first byte, and (as submission, RFC 8314) AUTH
+    /// required before MAIL.
     ImplicitTls,
     /// Port 587 style: STARTTLS, and AUTH required before MAIL.
     Submission,
@@ -293,7 +294,9 @@ impl ServeHandler for Listener {
             peer,
             relay: context.relay.allows(peer.ip()),
             authenticated: Rc::new(Cell::new(false)),
-            submission: context.port == Port::Submission,
+            // Port 465 is submission too (RFC 8314 §3.3): AUTH first, relay network
+            // or not.
+            submission: matches!(context.port, Port::Submission | Port::ImplicitTls),
             users: Arc::clone(&context.users),
             auth: context.auth.clone(),
             refused: refusal.is_some(),

@@ -508,6 +508,15 @@ impl ClientSession {
         if transaction.needs_smtputf8() && !self.capabilities.smtputf8 {
             return Some("the message needs SMTPUTF8 and the server does not offer it".into());
         }
+        // RFC 6152: 8-bit content only to a server that says 8BITMIME. Converting it
+        // here would break a DKIM signature made at ingest: refused instead.
+        if !self.capabilities.eight_bit_mime && data::is_8bit(&transaction.message) {
+            return Some(
+                "554 5.6.3 the message has 8-bit content and the server does not offer 8BITMIME \
+                 (RFC 6152); ringmail does not convert at delivery"
+                    .into(),
+            );
+        }
         match self.capabilities.size {
             Some(limit) if limit > 0 && data::stuffed_len(&transaction.message) as u64 > limit => {
                 let size = data::stuffed_len(&transaction.message);

@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub starttls: bool,
     /// Offer AUTH PLAIN and LOGIN.
     pub auth: bool,
+    /// Offer 8BITMIME (RFC 6152). Default true; off only to play a server without it
+    /// (loadgen's sinks).
+    pub eight_bit_mime: bool,
     /// Refuse AUTH before TLS (538).
     pub auth_requires_tls: bool,
     /// Failed AUTH attempts before the connection is closed.
@@ -67,6 +70,7 @@ impl ServerConfig {
             recipients_max: 1000,
             starttls: false,
             auth: false,
+            eight_bit_mime: true,
             auth_requires_tls: true,
             auth_failures_max: 3,
             errors_max: 10,
@@ -518,7 +522,10 @@ impl ServerSession {
             return self.send(Reply::new(250, None, hostname));
         }
         let mut lines = vec![hostname, "PIPELINING".into(), format!("SIZE {}", self.config.size_max)];
-        lines.extend(["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"].map(String::from));
+        if self.config.eight_bit_mime {
+            lines.push("8BITMIME".into());
+        }
+        lines.extend(["SMTPUTF8", "ENHANCEDSTATUSCODES"].map(String::from));
         if self.config.starttls && !self.tls {
             lines.push("STARTTLS".into());
         }
