@@ -13,7 +13,9 @@
 //! - the doors' wait for the store is bounded (`store.sync_wait_max_ms`): with the
 //!   store frozen, a message at the end of SMTP DATA gets 451 and an HTTP inject 503
 //!   within the bound, `/healthz` says the store is stalled, and once it thaws mail
-//!   is taken again (before: both waited as long as the storage hung).
+//!   is taken again (before: both waited as long as the storage hung). An inject
+//!   with an `Idempotency-Key` answered 503 so is safe to retry: 409 while its write
+//!   is still pending, the first answer once it is done, and one message queued.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -140,7 +142,8 @@ fn delivery_results_are_held_while_the_store_hangs_and_recorded_when_it_thaws() 
 
     // Recorded once it thaws, in the same process: each recipient once, terminal.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (engine.store.counts().total() > 0 || log_records(dir.path()).len() < 40) && Instant::now() < deadline {
+    let delivered = || log_records(dir.path()).iter().filter(|r| r["type"] == "Delivery").count();
+    while (engine.store.counts().total() > 0 || delivered() < 40) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     let records = log_records(dir.path());
@@ -315,5 +318,47 @@ fn smtp_and_http_wait_for_hung_storage_no_longer_than_the_bound() {
     let (status, answer) = inject(http, 1, "after");
     assert_eq!(status, 200, "{answer}");
     assert!(engine.store.metrics().storage_stalls >= 1);
+    engine.shutdown();
+}
+
+#[test]
+fn an_inject_answered_503_for_hung_storage_is_retried_safely_with_its_idempotency_key() {
+    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mount::ext4(&dir.path().join("store.img"), 256, &dir.path().join("store"));
+    let mut config = engine_config(dir.path(), "127.0.0.1:53".parse().unwrap(), 25, "hold = true", "");
+    config.store.path = store.point.join("queue");
+    config.store.sync_wait_max_ms = 1000;
+    let engine = common::start_engine(config);
+    let http = engine.http;
+    let post = move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let body = serde_json::json!({ "envelope_sender": "s@sender.test", "content": "Subject: x\r\n\r\nx\r\n",
+            "recipients": [{ "email": "once@slow.test" }] });
+        match agent.post(format!("http://{http}/api/inject/v1")).header("Idempotency-Key", "job-7").send_json(&body) {
+            Ok(mut response) => (response.status().as_u16(), response.body_mut().read_to_string().unwrap()),
+            Err(error) => (0, error.to_string()),
+        }
+    };
+    store.freeze();
+    let (first, _) = post();
+    let (during, _) = post();
+    store.thaw();
+    assert_eq!(first, 503, "hung storage: 503 within the bound");
+    assert_eq!(during, 409, "its write still pending: the retry must wait");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, answer) = loop {
+        let (status, answer) = post();
+        if status != 409 && status != 503 || Instant::now() > deadline {
+            break (status, answer);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(engine.store.counts().total(), 1, "one message for the three requests");
     engine.shutdown();
 }

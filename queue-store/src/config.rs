@@ -68,6 +68,8 @@ pub struct StoreConfig {
     /// (hung storage): admission refuses, and waiters using `Pending::or_stalled` are
     /// answered `Unhealthy(Stalled)`. Default 30 s.
     pub stall_after: std::time::Duration,
+    /// How long an enqueue's idempotency key is kept (then swept). Default 24 h.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -83,6 +85,7 @@ impl StoreConfig {
             group_bytes_max: 64 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
             stall_after: std::time::Duration::from_secs(30),
+            idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 

@@ -22,6 +22,8 @@ const COLUMN_FAMILIES: [&str; 6] = [CF_ENVELOPES, CF_BODIES, CF_DUE, CF_DOMAINS,
 
 pub(crate) const META_NEXT_ID: &[u8] = b"next_id";
 pub(crate) const META_SUSPEND_PREFIX: &[u8] = b"suspend/";
+/// Idempotency keys of enqueues (`types::Idempotency`): `idempotency/<key>`.
+pub(crate) const META_IDEMPOTENCY_PREFIX: &[u8] = b"idempotency/";
 
 /// A column family handle by name.
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {

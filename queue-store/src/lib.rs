@@ -59,9 +59,9 @@ pub use recovery::{OpenReport, QuarantinedRecord};
 pub use shared::StoreMetrics;
 pub use store::{Store, LIST_LIMIT_MAX};
 pub use types::{
-    domain_of, AdminReport, Applied, Claimed, Envelope, Lease, MessageId, MessageView, Metadata, NewMessage,
-    NewRecipient, Outcome, RecipientKey, RecipientRecord, RecipientState, Selector, StateChange, StateCounts,
-    TerminalKind, TerminalRecord,
+    domain_of, AdminReport, Applied, Claimed, Envelope, Idempotency, IdempotentRecord, Lease, MessageId, MessageView,
+    Metadata, NewMessage, NewRecipient, Outcome, RecipientKey, RecipientRecord, RecipientState, Selector, StateChange,
+    StateCounts, TerminalKind, TerminalRecord, IDEMPOTENCY_KEY_MAX,
 };
 pub use validate::address as check_address;
 

@@ -59,6 +59,18 @@ impl<T> Pending<T> {
 #[derive(Clone, Debug)]
 pub struct StallSignal(pub(crate) std::sync::Arc<crate::shared::Shared>);
 
+impl StallSignal {
+    /// Ready once the store counts as stalled (at once if it does now).
+    pub async fn stalled(&self) {
+        let mut notified = std::pin::pin!(self.0.stall.notified());
+        notified.as_mut().enable();
+        if self.0.stalled.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
 impl<T> Future for Pending<T> {
     type Output = Result<T, StoreError>;
 

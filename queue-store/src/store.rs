@@ -94,6 +94,7 @@ impl Store {
             floors: vec![None; usize::from(config.shard_count)],
             last_housekeeping: Instant::now(),
             last_reaping: Instant::now(),
+            last_sweep: Instant::now(),
         };
         let watch = crate::shared::DeathWatch(Arc::clone(&shared), "queue-store-writer");
         let writer_thread = spawn("queue-store-writer", move || {
@@ -108,6 +109,13 @@ impl Store {
         let threads = Mutex::new(vec![writer_thread, syncer_thread]);
         let store = Store { db, shared, config, ingest, control, threads };
         Ok((store, recovered.report))
+    }
+
+    /// The record of an idempotency key, if a request stored it (and it is not
+    /// swept yet). A read: no writer round trip.
+    pub fn idempotent(&self, key: &str) -> Result<Option<crate::types::IdempotentRecord>, StoreError> {
+        let raw = self.db.get_cf(cf(&self.db, crate::db::CF_META), crate::writer::idempotency_key(key))?;
+        Ok(raw.and_then(|raw| crate::types::IdempotentRecord::decode(&raw)))
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -125,6 +133,26 @@ impl Store {
     /// batch is invalid, the queue is full, the writer is busy or the disk is unwell.
     /// The `Pending` answers with the new ids once the batch is synced.
     pub fn submit_enqueue(&self, messages: Vec<NewMessage>) -> Result<Pending<Vec<MessageId>>, StoreError> {
+        self.submit_enqueue_once(messages, None)
+    }
+
+    /// [`Store::submit_enqueue`] with an idempotency key written in the same batch
+    /// as the messages (both stored, or neither).
+    pub fn submit_enqueue_once(
+        &self,
+        messages: Vec<NewMessage>,
+        idempotency: Option<crate::types::Idempotency>,
+    ) -> Result<Pending<Vec<MessageId>>, StoreError> {
+        if let Some(once) = &idempotency {
+            if once.key.is_empty() || once.key.len() > crate::types::IDEMPOTENCY_KEY_MAX {
+                let reason = Invalid::FieldTooLong {
+                    field: "idempotency key",
+                    len: once.key.len(),
+                    max: crate::types::IDEMPOTENCY_KEY_MAX,
+                };
+                return Err(StoreError::Invalid { index: 0, reason });
+            }
+        }
         self.validate_batch(&messages)?;
         let health = self.shared.effective_health();
         if health != Health::Healthy {
@@ -134,7 +162,7 @@ impl Store {
         let recipients: u64 = messages.iter().map(|message| message.recipients.len() as u64).sum();
         self.reserve(recipients)?;
         let (reply, answer) = pending();
-        let request = EnqueueRequest { messages, recipients, reply };
+        let request = EnqueueRequest { messages, recipients, reply, idempotency };
         match self.ingest.try_send(request) {
             Ok(()) => Ok(answer),
             Err(refused) => {

@@ -163,6 +163,47 @@ pub struct RecipientRecord {
     pub metadata: Metadata,
 }
 
+/// A client's key for an enqueue, stored in the same write as its messages: a
+/// retried request finds it ([`crate::Store::idempotent`]) and gets the first answer
+/// instead of queueing again. Kept `StoreConfig::idempotency_ttl`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Idempotency {
+    /// At most [`IDEMPOTENCY_KEY_MAX`] bytes.
+    pub key: String,
+    /// What the request said (a hash of it): the same key with another request is
+    /// the client's mistake.
+    pub fingerprint: u64,
+    /// The answer the first request got, returned to its retries as it was.
+    pub answer: Vec<u8>,
+}
+
+/// Bytes of an idempotency key at most.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// A stored idempotency key: what [`Idempotency`] recorded, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotentRecord {
+    pub fingerprint: u64,
+    pub created_ms: u64,
+    pub answer: Vec<u8>,
+}
+
+impl IdempotentRecord {
+    pub(crate) fn encode(fingerprint: u64, created_ms: u64, answer: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + answer.len());
+        out.extend_from_slice(&fingerprint.to_be_bytes());
+        out.extend_from_slice(&created_ms.to_be_bytes());
+        out.extend_from_slice(answer);
+        out
+    }
+
+    pub(crate) fn decode(raw: &[u8]) -> Option<IdempotentRecord> {
+        let fingerprint = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+        let created_ms = u64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
+        Some(IdempotentRecord { fingerprint, created_ms, answer: raw[16..].to_vec() })
+    }
+}
+
 /// A recipient handed to a delivery worker by `claim` (or on the fast path).
 #[derive(Clone, Debug)]
 pub struct Claimed {

@@ -25,7 +25,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::codec::{encode_envelope, encode_recipient};
 use crate::config::{Durability, StoreConfig};
-use crate::db::{cf, CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_NEXT_ID};
+use crate::db::{cf, CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_IDEMPOTENCY_PREFIX, META_NEXT_ID};
 use crate::error::{Health, StoreError, TransitionError};
 use crate::handoff::Arrival;
 use crate::keys::{domain_key, due_key, envelope_key, recipient_key, shard_of, DUE_KEY_LEN};
@@ -42,6 +42,17 @@ use crate::types::{
 const CONTROL_GROUP_MAX: usize = 1024;
 /// How often expired suspensions are lifted and an unhealthy store is probed.
 pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(200);
+/// How often expired idempotency keys are swept, and how many one pass deletes.
+pub(crate) const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+const IDEMPOTENCY_SWEEP_MAX: usize = 100_000;
+
+/// The META key of an idempotency key.
+pub(crate) fn idempotency_key(key: &str) -> Vec<u8> {
+    let mut out = META_IDEMPOTENCY_PREFIX.to_vec();
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
 /// How often in-flight claims are checked for a lost lease ([`Lease`]). A claim seen
 /// lost by one pass is made due again by the next: at least this long after its last
 /// holder let go.
@@ -66,6 +77,8 @@ pub(crate) struct EnqueueRequest {
     /// Recipients reserved against the queue limit for this request.
     pub recipients: u64,
     pub reply: Reply<Vec<MessageId>>,
+    /// Written with the messages, in the same batch.
+    pub idempotency: Option<crate::types::Idempotency>,
 }
 
 /// The answer to a `Complete`: one result per change, in order.
@@ -137,6 +150,7 @@ pub(crate) struct Writer {
     pub floors: Vec<Option<[u8; DUE_KEY_LEN]>>,
     pub last_housekeeping: Instant,
     pub last_reaping: Instant,
+    pub last_sweep: Instant,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -336,6 +350,10 @@ impl Writer {
             let shared = Arc::clone(&self.shared);
             let tables = shared.tables();
             for request in requests {
+                if let Some(once) = &request.idempotency {
+                    let record = crate::types::IdempotentRecord::encode(once.fingerprint, now, &once.answer);
+                    batch.put_cf(cf(&self.db, CF_META), idempotency_key(&once.key), record);
+                }
                 let ids: Vec<MessageId> = request
                     .messages
                     .into_iter()
@@ -633,9 +651,39 @@ impl Writer {
         if !matches!(self.shared.health(), Health::Healthy | Health::NeedsReopen) {
             self.probe();
         }
+        if self.last_sweep.elapsed() >= IDEMPOTENCY_SWEEP_INTERVAL {
+            self.last_sweep = Instant::now();
+            self.sweep_idempotency_keys();
+        }
         if self.last_reaping.elapsed() >= REAPING_INTERVAL {
             self.last_reaping = Instant::now();
             self.reap_lost_claims();
+        }
+    }
+
+    /// Deletes idempotency keys older than `idempotency_ttl` (at most
+    /// `IDEMPOTENCY_SWEEP_MAX` a pass).
+    fn sweep_idempotency_keys(&mut self) {
+        let cutoff = now_ms().saturating_sub(self.config.idempotency_ttl.as_millis() as u64);
+        let meta = cf(&self.db, CF_META);
+        let mut batch = WriteBatch::default();
+        let mode = rocksdb::IteratorMode::From(META_IDEMPOTENCY_PREFIX, rocksdb::Direction::Forward);
+        let mut deleted = 0;
+        for item in self.db.iterator_cf(meta, mode) {
+            let Ok((key, value)) = item else { break };
+            if !key.starts_with(META_IDEMPOTENCY_PREFIX) || deleted >= IDEMPOTENCY_SWEEP_MAX {
+                break;
+            }
+            let old = crate::types::IdempotentRecord::decode(&value).is_none_or(|record| record.created_ms < cutoff);
+            if old {
+                batch.delete_cf(meta, key);
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            if let Err(error) = self.write(batch, false) {
+                tracing::warn!(%error, "sweeping idempotency keys");
+            }
         }
     }
 

@@ -148,6 +148,10 @@ pub struct HttpSection {
     /// A request's body must arrive within this long (408 after it).
     #[serde(default = "default_http_body_timeout")]
     pub body_timeout_seconds: u64,
+    /// How long an inject request's `Idempotency-Key` is remembered (its retries
+    /// get the first answer); then swept.
+    #[serde(default = "default_idempotency_ttl_hours")]
+    pub idempotency_ttl_hours: u64,
     /// Browser origins allowed to call the API (`Origin` header); a request carrying
     /// any other origin is refused with 403. Empty: no browser may.
     #[serde(default)]
@@ -199,6 +203,7 @@ impl Default for HttpSection {
             expansion_max_bytes: default_http_expansion_max(),
             template_fuel: default_http_template_fuel(),
             body_timeout_seconds: default_http_body_timeout(),
+            idempotency_ttl_hours: default_idempotency_ttl_hours(),
             allowed_origins: Vec::new(),
             hostnames: Vec::new(),
         }
@@ -308,6 +313,10 @@ fn default_auth_failures() -> u32 {
 
 fn default_command_timeout() -> u64 {
     300
+}
+
+fn default_idempotency_ttl_hours() -> u64 {
+    24
 }
 
 fn default_data_timeout() -> u64 {
@@ -615,6 +624,7 @@ impl Config {
             ("http.expansion_max_bytes", self.http.expansion_max_bytes as usize),
             ("http.template_fuel", self.http.template_fuel as usize),
             ("http.body_timeout_seconds", self.http.body_timeout_seconds as usize),
+            ("http.idempotency_ttl_hours", self.http.idempotency_ttl_hours as usize),
             ("smtp.command_timeout_seconds", self.smtp.command_timeout_seconds as usize),
             ("smtp.data_timeout_seconds", self.smtp.data_timeout_seconds as usize),
             ("smtp.transaction_timeout_seconds", self.smtp.transaction_timeout_seconds as usize),

@@ -7,12 +7,20 @@
 //! configured); 400 with a JSON `error` naming the field at fault (nothing queued);
 //! 413 when the body is too large; 503 with `Retry-After` while ingest is shedding
 //! load (store unhealthy or full, memory over its limit).
+//!
+//! An `Idempotency-Key` header (1 to 255 visible ASCII characters) makes a retry
+//! safe: the key is stored with the messages, in the same write, with the answer;
+//! a request with a key already stored gets that first answer again (200, header
+//! `Idempotent-Replayed: true`) and queues nothing; the same key with a different
+//! request gets 422; while a request with the key is under way (its write included,
+//! even after a 503 for hung storage), another gets 409. Keys are kept
+//! `http.idempotency_ttl_hours` (24).
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -54,6 +62,57 @@ struct Api {
     settings: Arc<HttpSettings>,
     /// `Reception` records for the delivery log (written by the completer).
     receptions: crossbeam_channel::Sender<Record>,
+    /// Idempotency keys of requests under way (until their write is answered).
+    keys_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// A request's hold on its idempotency key; let go when dropped.
+struct KeyHold {
+    keys: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    key: String,
+}
+
+impl KeyHold {
+    fn take(keys: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>, key: &str) -> Option<KeyHold> {
+        let mut held = keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.insert(key.to_string()).then(|| KeyHold { keys: Arc::clone(keys), key: key.to_string() })
+    }
+}
+
+impl Drop for KeyHold {
+    fn drop(&mut self) {
+        self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
+
+/// The `Idempotency-Key` header, checked: `Ok(None)` without one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| "Idempotency-Key: visible ASCII only".to_string())?;
+    if key.is_empty() || key.len() > queue_store::IDEMPOTENCY_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "Idempotency-Key: 1 to {} visible ASCII characters, no spaces",
+            queue_store::IDEMPOTENCY_KEY_MAX
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// What a request says, as a 64-bit FNV-1a hash of its parsed form (so the same
+/// JSON in other whitespace or key order is the same request).
+fn fingerprint(request: &InjectRequest) -> u64 {
+    struct Fnv(u64);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, text: &str) -> std::fmt::Result {
+            for byte in text.bytes() {
+                self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+            }
+            Ok(())
+        }
+    }
+    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let _ = std::fmt::Write::write_fmt(&mut hash, format_args!("{request:?}"));
+    hash.0
 }
 
 /// The router, ready to serve.
@@ -70,7 +129,14 @@ pub fn router(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(health))
         .layer(DefaultBodyLimit::max(body_max))
-        .with_state(Api { store, metrics, shedding, settings: Arc::new(settings), receptions })
+        .with_state(Api {
+            store,
+            metrics,
+            shedding,
+            settings: Arc::new(settings),
+            receptions,
+            keys_in_flight: Arc::default(),
+        })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -83,7 +149,11 @@ fn busy(reason: String) -> Response {
     response
 }
 
-async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, JsonRejection>) -> Response {
+async fn inject(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    request: Result<Json<InjectRequest>, JsonRejection>,
+) -> Response {
     let refuse = |status: StatusCode, why: String| {
         Metrics::count(&api.metrics.rejected_requests, 1);
         error(status, why)
@@ -96,6 +166,36 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
                 _ => StatusCode::BAD_REQUEST,
             };
             return refuse(status, rejection.body_text());
+        }
+    };
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
+    // Held first, then looked up: a request that finished meanwhile is found.
+    let hold = match &key {
+        None => None,
+        Some(key) => {
+            let Some(hold) = KeyHold::take(&api.keys_in_flight, key) else {
+                let why = "a request with this Idempotency-Key is under way; retry once it is answered";
+                return refuse(StatusCode::CONFLICT, why.into());
+            };
+            let fingerprint = fingerprint(&request);
+            match api.store.idempotent(key) {
+                Ok(Some(record)) if record.fingerprint == fingerprint => {
+                    let mut response = (StatusCode::OK, record.answer).into_response();
+                    let json = header::HeaderValue::from_static("application/json");
+                    response.headers_mut().insert(header::CONTENT_TYPE, json);
+                    response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
+                    return response;
+                }
+                Ok(Some(_)) => {
+                    let why = "this Idempotency-Key was used with a different request";
+                    return refuse(StatusCode::UNPROCESSABLE_ENTITY, why.into());
+                }
+                Ok(None) => Some((hold, fingerprint)),
+                Err(error) => return refusal(&error),
+            }
         }
     };
     if request.recipients.len() > api.settings.recipients_max {
@@ -137,9 +237,33 @@ async fn inject(State(api): State<Api>, request: Result<Json<InjectRequest>, Jso
         })
         .collect();
     let count = messages.len();
+    let once = match (&key, &hold) {
+        (Some(key), Some((_, fingerprint))) => {
+            let first = serde_json::to_vec(&answer(recipients)).unwrap_or_default();
+            Some(queue_store::Idempotency { key: key.clone(), fingerprint: *fingerprint, answer: first })
+        }
+        _ => None,
+    };
     // Bounded (`store.sync_wait_max_ms`): hung storage gets a 503, not a hung client.
-    let result = match api.store.submit_enqueue(messages) {
-        Ok(pending) => pending.or_stalled(api.store.stall_signal()).await,
+    let result = match api.store.submit_enqueue_once(messages, once) {
+        Ok(mut pending) => {
+            let stall = api.store.stall_signal();
+            tokio::select! {
+                answer = &mut pending => answer,
+                () = stall.stalled() => {
+                    // The write may still happen: the key stays held until it is
+                    // answered, so a retry meanwhile gets 409, and after it the
+                    // first answer.
+                    if let Some((hold, _)) = hold {
+                        tokio::spawn(async move {
+                            let _ = pending.await;
+                            drop(hold);
+                        });
+                    }
+                    Err(StoreError::Unhealthy(queue_store::Health::Stalled))
+                }
+            }
+        }
         Err(error) => Err(error),
     };
     match result {
