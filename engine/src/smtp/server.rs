@@ -179,7 +179,10 @@ pub struct ServerSession {
     /// When the current transaction's MAIL was accepted.
     transaction_started: Option<Instant>,
     /// Stress mode: shorter timeouts while the listener is short of connections.
+    /// The current command's (or message's) deadline keeps it once it applied.
     stress: bool,
+    /// What the next command gets (stress may have ended meanwhile).
+    stress_next: bool,
     hello: Option<String>,
     mail: Option<(String, MailParameters)>,
     recipients: Vec<String>,
@@ -199,6 +202,7 @@ impl ServerSession {
             phase_bytes: 0,
             transaction_started: None,
             stress: false,
+            stress_next: false,
             config,
             mode: Mode::Command,
             waiting: None,
@@ -262,9 +266,12 @@ impl ServerSession {
     }
 
     /// Stress mode on or off (the listener is, or is no longer, short of
-    /// connections): the deadline under way moves at once.
+    /// connections). On: the deadline under way shortens at once. Off: from the next
+    /// command on; a client caught dribbling keeps its shortened deadline, or the
+    /// first such client to be closed would lift the stress for the others.
     pub fn set_stress(&mut self, on: bool) {
-        self.stress = on;
+        self.stress_next = on;
+        self.stress |= on;
     }
 
     fn deadline(&self) -> Instant {
@@ -292,6 +299,7 @@ impl ServerSession {
     fn begin_phase(&mut self, now: Instant) {
         self.phase_started = now;
         self.phase_bytes = 0;
+        self.stress = self.stress_next;
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -856,8 +864,11 @@ mod tests {
         });
         server.set_stress(true);
         assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(2)));
+        // Lifted: the command under way keeps its short deadline; the next is normal.
         server.set_stress(false);
-        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(300)));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(2)));
+        codes(&mut server, "NOOP\r\n", now + Duration::from_secs(1));
+        assert_eq!(server.poll_timeout(), Some(now + Duration::from_secs(301)));
     }
 
     /// A transaction has a total deadline too: slow RCPTs, each in time, end it.
