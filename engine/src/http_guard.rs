@@ -141,6 +141,14 @@ pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next
     if admin && request.method() == axum::http::Method::POST && !is_json(headers) {
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "admin requests must be Content-Type: application/json");
     }
+    // A body announced too large is refused before a byte of it is asked for (no
+    // `100 Continue`: a client that waits for one never uploads it).
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > guard.body_max as u64) {
+        let why = format!("the body is larger than http.body_max_bytes ({})", guard.body_max);
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, why);
+    }
     drop(config);
     // Only requests that passed the cheap checks hold a slot while their body comes.
     let Ok(_permit) = Arc::clone(&guard.permits).try_acquire_owned() else {
