@@ -245,6 +245,7 @@ impl Engine {
                 results: results_tx,
                 live: scheduler_live,
                 in_flight_max: config.delivery.in_flight_max,
+                in_flight_bytes_max: config.delivery.in_flight_bytes_max,
                 hold: config.delivery.hold,
                 rebinds: scheduler_rebinds,
                 site_holds: scheduler_site_holds,

@@ -232,8 +232,9 @@ impl Schedule {
                 metadata: vec![Vec::new(); count],
                 attempts: vec![0; count],
                 keys,
-                // Nothing is claimed from a store here: no leases to carry.
+                // Nothing is claimed from a store here: no leases or holds to carry.
                 leases: Vec::new(),
+                hold: None,
                 envelope: Arc::clone(&envelope),
                 body: Arc::from(&b"x\r\n"[..]),
                 lane: self.lane_keys[lane].clone(),
@@ -594,6 +595,7 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
             Work {
                 keys: vec![RecipientKey { message: MessageId::from_u64(1), index }],
                 leases: Vec::new(),
+                hold: None,
                 recipients: vec![format!("r{index}@mx.test")],
                 metadata: vec![Vec::new()],
                 attempts: vec![0],

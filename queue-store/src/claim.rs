@@ -29,17 +29,40 @@ const ADMIN_CHUNK: usize = 10_000;
 pub const CLAIM_LIMIT_MAX: usize = 10_000;
 
 impl Writer {
-    pub(crate) fn claim(&mut self, shard: u16, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    pub(crate) fn claim(
+        &mut self,
+        shard: u16,
+        now_ms: u64,
+        limit: usize,
+        bytes_max: Option<u64>,
+    ) -> Result<Vec<Claimed>, StoreError> {
         if shard >= self.config.shard_count {
             return Err(StoreError::Config(format!("shard {shard} of {}", self.config.shard_count)));
         }
-        let due = self.due_keys(shard, now_ms, limit.min(CLAIM_LIMIT_MAX))?;
+        let mut due = self.due_keys(shard, now_ms, limit.min(CLAIM_LIMIT_MAX))?;
+        let envelopes = self.read_envelopes(due.iter().map(|(_, key)| key.message))?;
+        if let Some(bytes_max) = bytes_max {
+            // The bodies the claimer will read: each message's once.
+            let mut seen = std::collections::HashSet::new();
+            let mut bytes = 0u64;
+            let mut keep = due.len();
+            for (index, (_, key)) in due.iter().enumerate() {
+                if seen.insert(key.message) {
+                    let length = envelopes.get(&key.message).map_or(0, |envelope| envelope.body_len);
+                    if index > 0 && bytes.saturating_add(length) > bytes_max {
+                        keep = index;
+                        break;
+                    }
+                    bytes = bytes.saturating_add(length);
+                }
+            }
+            due.truncate(keep);
+        }
         let Some(last) = due.last().map(|(raw, _)| *raw) else {
             return Ok(Vec::new());
         };
         let keys: Vec<RecipientKey> = due.iter().map(|(_, key)| *key).collect();
         let records = self.read_recipients(&keys)?;
-        let envelopes = self.read_envelopes(keys.iter().map(|key| key.message))?;
         // Decide and write first; the tables and the floor change only once the
         // write succeeded, so a failed claim leaves memory as it was.
         let mut batch = WriteBatch::default();

@@ -180,7 +180,20 @@ impl Store {
     /// Takes up to `limit` recipients of `shard` due at or before `now_ms`, in due
     /// order, and marks them in flight. Not synced: after a crash they are due again.
     pub fn submit_claim(&self, shard: u16, now_ms: u64, limit: usize) -> Result<Pending<Vec<Claimed>>, StoreError> {
-        self.submit_control(|reply| ControlRequest::Claim { shard, now_ms, limit, reply })
+        self.submit_control(|reply| ControlRequest::Claim { shard, now_ms, limit, bytes_max: None, reply })
+    }
+
+    /// [`Store::submit_claim`], stopping before the first recipient of a message
+    /// whose body would take the claimed messages' bodies past `bytes_max` (the
+    /// first message is always taken): what the claimer will hold in memory.
+    pub fn submit_claim_within(
+        &self,
+        shard: u16,
+        now_ms: u64,
+        limit: usize,
+        bytes_max: u64,
+    ) -> Result<Pending<Vec<Claimed>>, StoreError> {
+        self.submit_control(|reply| ControlRequest::Claim { shard, now_ms, limit, bytes_max: Some(bytes_max), reply })
     }
 
     pub fn claim(&self, shard: u16, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, StoreError> {

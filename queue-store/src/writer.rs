@@ -93,6 +93,7 @@ pub(crate) enum ControlRequest {
         shard: u16,
         now_ms: u64,
         limit: usize,
+        bytes_max: Option<u64>,
         reply: Reply<Vec<Claimed>>,
     },
     Suspend {
@@ -231,8 +232,8 @@ impl Writer {
                     let results = self.apply_changes(&mut step.batch, changes);
                     step.completions.push((reply, results));
                 }
-                ControlRequest::Claim { shard, now_ms, limit, reply } => {
-                    let answer = self.flush(&mut step).and_then(|()| self.claim(shard, now_ms, limit));
+                ControlRequest::Claim { shard, now_ms, limit, bytes_max, reply } => {
+                    let answer = self.flush(&mut step).and_then(|()| self.claim(shard, now_ms, limit, bytes_max));
                     if let Err(Ok(claimed)) = reply.send(answer) {
                         // The claimer gave up waiting: nobody holds these; queue them again.
                         self.unclaim(&mut step.batch, claimed);

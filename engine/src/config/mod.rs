@@ -446,6 +446,10 @@ pub struct DeliverySection {
     /// Recipients claimed from the queue and not yet finished, at most.
     #[serde(default = "default_in_flight")]
     pub in_flight_max: usize,
+    /// Bytes of message bodies the engine holds for delivery at most (each body
+    /// once, from its claim until its last transaction is done): claims stop at it.
+    #[serde(default = "default_in_flight_bytes")]
+    pub in_flight_bytes_max: u64,
     /// Fresh mail goes from its sync straight to the scheduler while the scheduler has
     /// room (the fast path). Off by default: the demo ran slower with it (docs/engine.md).
     #[serde(default)]
@@ -488,6 +492,10 @@ fn default_in_flight() -> usize {
     20_000
 }
 
+fn default_in_flight_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+
 impl Default for DeliverySection {
     fn default() -> Self {
         DeliverySection {
@@ -504,6 +512,7 @@ impl Default for DeliverySection {
             idle_timeout_ms: default_idle_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             in_flight_max: default_in_flight(),
+            in_flight_bytes_max: default_in_flight_bytes(),
             handoff: false,
         }
     }
@@ -619,6 +628,7 @@ impl Config {
             ("delivery.messages_per_connection_max", d.messages_per_connection_max),
             ("delivery.recipients_per_transaction_max", d.recipients_per_transaction_max),
             ("delivery.in_flight_max", d.in_flight_max),
+            ("delivery.in_flight_bytes_max", d.in_flight_bytes_max as usize),
             ("http.recipients_max", self.http.recipients_max),
             ("http.requests_max", self.http.requests_max),
             ("http.expansion_max_bytes", self.http.expansion_max_bytes as usize),

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub connect_failures: AtomicU64,
     pub ready_queue_depth: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Bytes of message bodies held for delivery (`shard::BodyHold`).
+    pub in_flight_bytes: AtomicU64,
     pub dns_lookups: AtomicU64,
     pub dns_lookup_micros: AtomicU64,
     pub log_records_dropped: AtomicU64,
@@ -117,6 +119,11 @@ impl Metrics {
             ("ringmail_connections_open", "Outbound connections open", load(&self.connections_open) as f64),
             ("ringmail_ready_queue_depth", "Recipients waiting in lanes", load(&self.ready_queue_depth) as f64),
             ("ringmail_in_flight", "Recipients claimed and not finished", load(&self.in_flight) as f64),
+            (
+                "ringmail_in_flight_bytes",
+                "Bytes of message bodies held for delivery (delivery.in_flight_bytes_max)",
+                load(&self.in_flight_bytes) as f64,
+            ),
             (
                 "ringmail_oldest_message_age_seconds",
                 "Age of the oldest message in the queue (0 when empty)",

@@ -17,7 +17,7 @@ use crate::dns::{MxResolver, Route};
 use crate::io::connect::canonical;
 use crate::metrics::Metrics;
 use crate::operator::{Rebinds, SiteHolds, SiteMap};
-use crate::shard::{Attempt, AttemptResult, LaneKey, ShardLink, Work};
+use crate::shard::{Attempt, AttemptResult, BodyHold, LaneKey, ShardLink, Work};
 
 /// Claims per round at most.
 const CLAIM_BATCH: usize = 2000;
@@ -49,6 +49,8 @@ pub struct Scheduler {
     /// name and recipients per transaction are read from it (they reload).
     pub live: Arc<crate::live::Live>,
     pub in_flight_max: usize,
+    /// Bytes of bodies held for delivery at most (`delivery.in_flight_bytes_max`).
+    pub in_flight_bytes_max: u64,
     /// Queue everything, deliver nothing (`delivery.hold`).
     pub hold: bool,
     /// Domains moved to another egress pool by the operator (`ringmail ctl rebind`).
@@ -91,13 +93,19 @@ impl Scheduler {
                 let mut work = Intake::default();
                 if let Some(handoff) = &this.handoff {
                     while let Some(arrival) = handoff.try_recv() {
-                        work.add_arrival(arrival);
+                        work.add_arrival(arrival, &this.metrics);
                     }
                 }
+                let bytes_held = this.metrics.in_flight_bytes.load(Ordering::Relaxed);
+                let bytes_room = this.in_flight_bytes_max.saturating_sub(bytes_held);
                 let arrived = work.recipients;
                 Metrics::count(&this.metrics.in_flight, arrived as u64);
                 let in_flight = this.metrics.in_flight.load(Ordering::Relaxed) as usize;
-                let room = this.in_flight_max.saturating_sub(in_flight);
+                // No room for more bodies: no room at all.
+                let room = match bytes_room {
+                    0 => 0,
+                    _ => this.in_flight_max.saturating_sub(in_flight),
+                };
                 // Fresh mail is handed over while there is room for it; what the
                 // handoff may still bring counts against the room for claims.
                 let granted = match &this.handoff {
@@ -124,7 +132,8 @@ impl Scheduler {
                 let mut claimed_full = false;
                 if claim_room > 0 && (Instant::now() >= next_claim || due_written != due_seen) {
                     due_seen = due_written;
-                    let claimed = match this.store.submit_claim(0, crate::log::now_ms(), claim_room) {
+                    let claimed = match this.store.submit_claim_within(0, crate::log::now_ms(), claim_room, bytes_room)
+                    {
                         Ok(pending) => pending.await.unwrap_or_default(),
                         Err(error) => {
                             tracing::warn!(%error, "claiming from the queue");
@@ -134,7 +143,7 @@ impl Scheduler {
                     claimed_full = claimed.len() == claim_room;
                     next_claim = Instant::now() + NOTHING_DUE_POLL;
                     Metrics::count(&this.metrics.in_flight, claimed.len() as u64);
-                    work.add_claimed(claimed);
+                    work.add_claimed(claimed, &this.metrics);
                 }
                 if work.recipients == 0 {
                     // New mail (handed over or written to the due index) wakes the
@@ -151,7 +160,11 @@ impl Scheduler {
                 }
                 for (domain, (recipients, bodies)) in work.by_domain {
                     let this = Arc::clone(&this);
-                    tasks.spawn(async move { this.route_and_hand(domain, recipients, bodies).await });
+                    let holds: Holds = recipients
+                        .iter()
+                        .filter_map(|r| Some((r.key.message, Arc::clone(work.holds.get(&r.key.message)?))))
+                        .collect();
+                    tasks.spawn(async move { this.route_and_hand(domain, recipients, bodies, holds).await });
                 }
             }
             // Lookups under way finish (bounded by the DNS timeout), so that what they
@@ -164,7 +177,7 @@ impl Scheduler {
 
     /// Resolves one domain and hands its recipients to the shards (one transaction
     /// per message and lane), or fails them as the route lookup says.
-    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>, bodies: Bodies) {
+    async fn route_and_hand(&self, domain: String, recipients: Vec<Claimed>, bodies: Bodies, holds: Holds) {
         let started = Instant::now();
         let route = self.resolver.route(&domain).await.map(Arc::new);
         Metrics::count(&self.metrics.dns_lookups, 1);
@@ -226,13 +239,14 @@ impl Scheduler {
                 },
             };
             let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
+            let hold = holds.get(&message);
             for chunk in recipients.chunks(per_transaction) {
-                self.hand_over(chunk, &route, &body);
+                self.hand_over(chunk, &route, &body, hold);
             }
         }
     }
 
-    fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>) {
+    fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>, hold: Option<&Arc<BodyHold>>) {
         let config = self.live.current();
         let rebound = self.rebinds.pool_of(&recipients[0].recipient.domain);
         let pool = match &rebound {
@@ -254,6 +268,7 @@ impl Scheduler {
             route: Arc::clone(route),
             ehlo_name,
             lane,
+            hold: hold.cloned(),
         };
         let owner = work.lane.shard(self.shards.len());
         let mut work = work;
@@ -366,15 +381,23 @@ fn local_addresses() -> Vec<IpAddr> {
 /// Bodies of handed-over messages, by message.
 type Bodies = HashMap<MessageId, Arc<[u8]>>;
 
+/// Each message's body count in `in_flight_bytes`, by message.
+type Holds = HashMap<MessageId, Arc<BodyHold>>;
+
 /// One turn's recipients, handed over and claimed, by domain.
 #[derive(Default)]
 struct Intake {
     by_domain: HashMap<String, (Vec<Claimed>, Bodies)>,
+    holds: Holds,
     recipients: usize,
 }
 
 impl Intake {
-    fn add_arrival(&mut self, arrival: Arrival) {
+    fn add_arrival(&mut self, arrival: Arrival, metrics: &Arc<Metrics>) {
+        if let Some(first) = arrival.recipients.first() {
+            let bytes = arrival.body.len() as u64;
+            self.holds.entry(first.key.message).or_insert_with(|| BodyHold::new(bytes, metrics));
+        }
         for recipient in arrival.recipients {
             let (recipients, bodies) = self.by_domain.entry(recipient.recipient.domain.clone()).or_default();
             bodies.entry(recipient.key.message).or_insert_with(|| Arc::clone(&arrival.body));
@@ -383,9 +406,11 @@ impl Intake {
         }
     }
 
-    fn add_claimed(&mut self, claimed: Vec<Claimed>) {
+    fn add_claimed(&mut self, claimed: Vec<Claimed>, metrics: &Arc<Metrics>) {
         self.recipients += claimed.len();
         for recipient in claimed {
+            let bytes = recipient.envelope.body_len;
+            self.holds.entry(recipient.key.message).or_insert_with(|| BodyHold::new(bytes, metrics));
             self.by_domain.entry(recipient.recipient.domain.clone()).or_default().0.push(recipient);
         }
     }

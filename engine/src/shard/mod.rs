@@ -69,6 +69,35 @@ pub struct Work {
     pub route: Arc<Route>,
     /// The EHLO name for the egress source.
     pub ehlo_name: Arc<str>,
+    /// The body's share of `delivery.in_flight_bytes_max`, let go with the last
+    /// `Work` (or intake) carrying it.
+    pub hold: Option<Arc<BodyHold>>,
+}
+
+/// A message body counted in `Metrics::in_flight_bytes` while the engine holds it
+/// for delivery: added when claimed, taken off when the last holder drops it.
+#[derive(Debug)]
+pub struct BodyHold {
+    bytes: u64,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl BodyHold {
+    pub fn new(bytes: u64, metrics: &Arc<crate::metrics::Metrics>) -> Arc<BodyHold> {
+        metrics.in_flight_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(BodyHold { bytes, metrics: Arc::clone(metrics) })
+    }
+}
+
+impl Drop for BodyHold {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        let _ = self.metrics.in_flight_bytes.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |held| Some(held.saturating_sub(bytes)),
+        );
+    }
 }
 
 /// How one recipient's attempt ended.
