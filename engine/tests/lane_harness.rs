@@ -24,7 +24,7 @@ use queue_store::{Envelope, MessageId, RecipientKey};
 use ringmail::dns::Route;
 use ringmail::metrics::Metrics;
 use ringmail::policy::site::{LanePolicy, SiteRule};
-use ringmail::shard::lane::{HOST_DOWN, SLOW_DOWN_PAUSE};
+use ringmail::shard::lane::{HOST_DOWN, LANE_IDLE_EVICT, SLOW_DOWN_PAUSE};
 use ringmail::shard::{AttemptResult, Ending, LaneKey, LaneSettings, Lanes, Open, OpenError, Ready, Work};
 use ringmail::smtp::{Outcome, Reply, TlsMode};
 
@@ -632,4 +632,62 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
         Ok(20 + retried.len() as u64)
     });
     assert!(retried.iter().all(|peer| *peer == secondary), "the primary is down again: {retried:?}");
+}
+
+/// Lanes are forgotten after `LANE_IDLE_EVICT` with nothing to do, and never while
+/// they have work, a connection or a backoff (issue 15, part 12).
+#[test]
+fn idle_lanes_are_evicted_and_busy_ones_are_kept() {
+    let start = Instant::now();
+    let settings = lane_settings(Vec::new(), Duration::from_secs(5));
+    let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
+    let envelope = Arc::new(Envelope {
+        id: MessageId::from_u64(1),
+        sender: "s@x.test".into(),
+        tenant: None,
+        campaign: None,
+        metadata: Vec::new(),
+        created_ms: 0,
+        recipient_count: 1,
+        body_len: 1,
+        body_crc32: 0,
+    });
+    let work = |site: &str| {
+        let key = LaneKey { site: site.into(), source: None };
+        let route = Arc::new(Route {
+            site: site.into(),
+            hosts: vec!["127.0.9.1:25".parse().unwrap()],
+            names: vec![Arc::from(site)],
+        });
+        Work {
+            keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
+            leases: Vec::new(),
+            hold: None,
+            recipients: vec![format!("r@{site}")],
+            metadata: vec![Vec::new()],
+            attempts: vec![0],
+            envelope: Arc::clone(&envelope),
+            body: Arc::from(&b"x"[..]),
+            lane: key,
+            route,
+            ehlo_name: Arc::from("out.test"),
+        }
+    };
+    for site in ["idle.test", "busy.test"] {
+        lanes.add(work(site), start);
+    }
+    // The idle site's work goes back (released); the busy one's stays queued.
+    let idle = LaneKey { site: "idle.test".into(), source: None };
+    let busy = LaneKey { site: "busy.test".into(), source: None };
+    lanes.release_queued();
+    lanes.add(work("busy.test"), start);
+    assert_eq!(lanes.evict_idle(start + LANE_IDLE_EVICT - STEP), 0, "not idle long enough");
+    assert_eq!(lanes.evict_idle(start + LANE_IDLE_EVICT), 1);
+    assert!(lanes.lane_state(&idle).is_none(), "the idle lane is gone");
+    assert_eq!(lanes.lane_state(&busy).unwrap().queued, 1, "the lane with work stays");
+    assert_eq!(lanes.evict_idle(start + LANE_IDLE_EVICT * 10), 0, "work keeps it");
+    assert_eq!(lanes.lane_count(), 1);
+    // Work for a forgotten site makes its lane again.
+    lanes.add(work("idle.test"), start + LANE_IDLE_EVICT * 10);
+    assert_eq!(lanes.lane_state(&idle).unwrap().queued, 1);
 }

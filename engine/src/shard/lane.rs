@@ -44,6 +44,11 @@ pub const SLOW_DOWN_PAUSE: Duration = Duration::from_secs(1);
 pub const FAILURES_PER_HOST_MAX: usize = 3;
 /// AIMD: a delivered transaction grows the lane's connection limit by this much.
 pub const LIMIT_GROWTH_PER_TRANSACTION: f64 = 0.1;
+/// A lane with no work, no connection and no backoff for this long is forgotten
+/// ([`Lanes::evict_idle`]): a shard that met a million sites does not keep a
+/// million lanes (nor publish them every second). Its AIMD limit starts over if the
+/// site comes back.
+pub const LANE_IDLE_EVICT: Duration = Duration::from_secs(600);
 
 /// What the lanes work under; the shard refreshes it on a configuration reload.
 #[derive(Clone, Debug)]
@@ -143,6 +148,8 @@ struct Lane<C> {
     /// Delivered transactions, and the count at the last publication.
     transactions: u64,
     published_transactions: u64,
+    /// When the lane was last seen with work, a connection or a backoff.
+    last_busy: Instant,
 }
 
 impl<C> Lane<C> {
@@ -195,6 +202,28 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
         Lanes { lanes: HashMap::new(), conns: HashMap::new(), settings, out: Vec::new(), metrics }
     }
 
+    /// Forgets the lanes idle for [`LANE_IDLE_EVICT`] (no work queued, no connection,
+    /// no backoff running); returns how many. Called about once a second.
+    pub fn evict_idle(&mut self, now: Instant) -> usize {
+        let before = self.lanes.len();
+        self.lanes.retain(|_, lane| {
+            let busy = !lane.queue.is_empty()
+                || lane.connections > 0
+                || !lane.idle.is_empty()
+                || lane.backoff_until.is_some_and(|until| until > now);
+            if busy {
+                lane.last_busy = now;
+            }
+            busy || now.saturating_duration_since(lane.last_busy) < LANE_IDLE_EVICT
+        });
+        before - self.lanes.len()
+    }
+
+    /// Lanes known now.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
     /// One lane's state, read-only (for the admin view and the simulated-clock tests).
     pub fn lane_state(&self, key: &LaneKey) -> Option<LaneState> {
         let lane = self.lanes.get(key)?;
@@ -226,9 +255,11 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                 policy,
                 transactions: 0,
                 published_transactions: 0,
+                last_busy: now,
             }
         });
         lane.route = Arc::clone(&work.route);
+        lane.last_busy = now;
         lane.queue.push_back(work);
         Metrics::count(&self.metrics.ready_queue_depth, 1);
     }

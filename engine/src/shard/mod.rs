@@ -236,6 +236,7 @@ pub fn run(
             shard.refresh(&shard.settings.live.current(), &mut lanes, now);
         }
         if now.duration_since(published) >= board::PUBLISH_EVERY {
+            lanes.evict_idle(now);
             shard.settings.board.publish(shard.settings.index, lanes.views(now.duration_since(published), now));
             published = now;
         }
