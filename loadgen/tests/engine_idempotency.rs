@@ -43,16 +43,27 @@ fn a_retry_with_the_same_key_gets_the_first_answer_and_queues_nothing_twice() {
         let (status, answer, _) = post(engine.http, Some(bad), &other);
         assert_eq!(status, 400, "{bad:?}: {answer}");
     }
+    // Keys are scoped by the bearer token: another client's "order-1234" is its own.
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .post(format!("http://{}/api/inject/v1", engine.http))
+        .header("Idempotency-Key", "order-1234")
+        .header("Authorization", "Bearer someone-else")
+        .send_json(&other)
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().get("idempotent-replayed").is_none(), "not the first client's answer");
+    assert_eq!(engine.store.counts().total(), 3);
     // Without a key, every request is queued.
     let (status, _, _) = post(engine.http, None, &other);
     assert_eq!(status, 200);
-    assert_eq!(engine.store.counts().total(), 3);
+    assert_eq!(engine.store.counts().total(), 4);
     engine.shutdown();
 
     // The key is durable: after a restart the retry still gets the first answer.
     let engine = common::start_engine(config());
     let (status, again, replayed) = post(engine.http, Some("order-1234"), &body);
     assert_eq!((status, again.as_str(), replayed), (200, first.as_str(), true));
-    assert_eq!(engine.store.counts().total(), 3, "nothing queued twice after the restart");
+    assert_eq!(engine.store.counts().total(), 4, "nothing queued twice after the restart");
     engine.shutdown();
 }

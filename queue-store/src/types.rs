@@ -178,7 +178,7 @@ pub struct Idempotency {
 }
 
 /// Bytes of an idempotency key at most.
-pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+pub const IDEMPOTENCY_KEY_MAX: usize = 320;
 
 /// A stored idempotency key: what [`Idempotency`] recorded, and when.
 #[derive(Clone, Debug, PartialEq, Eq)]

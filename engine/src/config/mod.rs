@@ -263,8 +263,8 @@ pub struct SmtpSection {
     pub command_timeout_seconds: u64,
     #[serde(default = "default_data_timeout")]
     pub data_timeout_seconds: u64,
-    /// A whole transaction, from MAIL to the reply after the message (plus the
-    /// content's allowance at `min_data_rate`).
+    /// A whole transaction, from MAIL to the reply after the message, in all: a
+    /// SIZE-limit message must come at least at size / this rate.
     #[serde(default = "default_transaction_timeout")]
     pub transaction_timeout_seconds: u64,
     /// Bytes a second a client must keep up on average while sending a message:
@@ -324,7 +324,7 @@ fn default_data_timeout() -> u64 {
 }
 
 fn default_transaction_timeout() -> u64 {
-    600
+    1800
 }
 
 fn default_min_data_rate() -> u64 {

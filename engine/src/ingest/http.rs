@@ -89,13 +89,23 @@ impl Drop for KeyHold {
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let key = value.to_str().map_err(|_| "Idempotency-Key: visible ASCII only".to_string())?;
-    if key.is_empty() || key.len() > queue_store::IDEMPOTENCY_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "Idempotency-Key: 1 to {} visible ASCII characters, no spaces",
-            queue_store::IDEMPOTENCY_KEY_MAX
-        ));
+    if key.is_empty() || key.len() > HEADER_KEY_MAX || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("Idempotency-Key: 1 to {} visible ASCII characters, no spaces", HEADER_KEY_MAX));
     }
     Ok(Some(key.to_string()))
+}
+
+/// Bytes of an `Idempotency-Key` header at most (the stored key adds its scope).
+const HEADER_KEY_MAX: usize = 255;
+
+/// The scope of a client's idempotency keys: a 64-bit hash of its `Authorization`
+/// header, the same for every request of one token (tokens are the operator's, so
+/// no client can pick one that collides with another's).
+fn token_scope(headers: &HeaderMap) -> u64 {
+    let presented = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes()).unwrap_or_default();
+    presented
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// What a request says, as a 64-bit FNV-1a hash of its parsed form (so the same
@@ -168,8 +178,10 @@ async fn inject(
             return refuse(status, rejection.body_text());
         }
     };
+    // Scoped by the bearer token: one client cannot take, probe or replay
+    // another's keys.
     let key = match idempotency_key(&headers) {
-        Ok(key) => key,
+        Ok(key) => key.map(|key| format!("{:016x}/{key}", token_scope(&headers))),
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
     };
     // Held first, then looked up: a request that finished meanwhile is found.
