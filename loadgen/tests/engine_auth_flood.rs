@@ -27,18 +27,9 @@ fn swaks_auth(server: &str, source: &str, password: &str) -> String {
 #[test]
 fn one_clients_flood_of_auth_attempts_does_not_fail_another_clients_login() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["mx.ringmail.test".to_string()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-    let hash = ringmail::ingest::smtp::hash_password("s3cret").unwrap();
-    std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
     let listen_tls = format!("127.0.0.1:{}", free_port("127.0.0.1"));
-    let rest = format!(
-        "[smtp]\nlisten_tls = [\"{listen_tls}\"]\nusers_file = \"{users}\"\ntls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
-        users = dir.path().join("users").display(),
-        cert = dir.path().join("cert.pem").display(),
-        key = dir.path().join("key.pem").display(),
-    );
+    let rest =
+        format!("[smtp]\nlisten_tls = [\"{listen_tls}\"]\n{secrets}", secrets = common::tls_and_users(dir.path()),);
     let config = engine_config(dir.path(), "127.0.0.1:53".parse().unwrap(), 25, "hold = true", &rest);
     let engine = common::start_engine(config);
 

@@ -138,8 +138,7 @@ fn greet_from(source: &str, server: SocketAddr) -> (String, TcpStream) {
 
 #[test]
 fn an_ipv6_slash_64_is_one_client_for_the_connection_limit() {
-    let is_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
-    assert!(is_root, "this test creates a network namespace: it needs root, as CI has");
+    assert!(common::is_root(), "this test creates a network namespace: it needs root, as CI has");
     let name = format!("rm64-{}", std::process::id());
     let namespace = Namespace::new(
         &name,

@@ -20,18 +20,10 @@ use common::{dns_for, engine_config, free_port, log_records};
 #[test]
 fn port_465_wants_auth_before_mail_even_from_a_relay_network() {
     let dir = tempfile::tempdir().unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["mx.ringmail.test".to_string()]).unwrap();
-    std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-    let hash = ringmail::ingest::smtp::hash_password("s3cret").unwrap();
-    std::fs::write(dir.path().join("users"), format!("alice:{hash}\n")).unwrap();
     let listen_tls = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let rest = format!(
-        "[smtp]\nlisten_tls = [\"{listen_tls}\"]\nrelay_networks = [\"127.0.0.0/8\"]\nusers_file = \"{users}\"\n\
-         tls_certificate = \"{cert}\"\ntls_key = \"{key}\"\n",
-        users = dir.path().join("users").display(),
-        cert = dir.path().join("cert.pem").display(),
-        key = dir.path().join("key.pem").display(),
+        "[smtp]\nlisten_tls = [\"{listen_tls}\"]\nrelay_networks = [\"127.0.0.0/8\"]\n{secrets}",
+        secrets = common::tls_and_users(dir.path()),
     );
     let engine =
         common::start_engine(engine_config(dir.path(), "127.0.0.1:53".parse().unwrap(), 25, "hold = true", &rest));

@@ -40,10 +40,6 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-fn is_root() -> bool {
-    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
-}
-
 /// A file system the test mounted; thawed and unmounted on drop, whatever happened.
 struct Mount {
     point: PathBuf,
@@ -107,7 +103,7 @@ fn inject(http: SocketAddr, count: usize, tag: &str) -> (u16, String) {
 
 #[test]
 fn delivery_results_are_held_while_the_store_hangs_and_recorded_when_it_thaws() {
-    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    assert!(common::is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
     let port = free_port("127.0.0.66");
     let scenario = sink("127.0.0.66", port, 1500);
     let dns = dns_for(&scenario);
@@ -157,7 +153,7 @@ fn delivery_results_are_held_while_the_store_hangs_and_recorded_when_it_thaws() 
 
 #[test]
 fn a_store_whose_disk_fails_stops_the_daemon_and_a_restart_delivers_everything_acknowledged() {
-    assert!(is_root(), "this test mounts file systems: it needs root, as CI has");
+    assert!(common::is_root(), "this test mounts file systems: it needs root, as CI has");
     let port = free_port("127.0.0.67");
     // Replies slow enough that the recipients are in flight when the disk fails.
     let scenario = sink("127.0.0.67", port, 1000);
@@ -260,7 +256,7 @@ fn smtp_message(listen: &str, to: &str) -> (String, Instant) {
 
 #[test]
 fn smtp_and_http_wait_for_hung_storage_no_longer_than_the_bound() {
-    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    assert!(common::is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
     let port = free_port("127.0.0.68");
     let scenario = sink("127.0.0.68", port, 0);
     let dns = dns_for(&scenario);
@@ -323,7 +319,7 @@ fn smtp_and_http_wait_for_hung_storage_no_longer_than_the_bound() {
 
 #[test]
 fn an_inject_answered_503_for_hung_storage_is_retried_safely_with_its_idempotency_key() {
-    assert!(is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
+    assert!(common::is_root(), "this test mounts and freezes a file system: it needs root, as CI has");
     let dir = tempfile::tempdir().unwrap();
     let store = Mount::ext4(&dir.path().join("store.img"), 256, &dir.path().join("store"));
     let mut config = engine_config(dir.path(), "127.0.0.1:53".parse().unwrap(), 25, "hold = true", "");

@@ -38,18 +38,17 @@ impl<T> Pending<T> {
     /// request itself is not withdrawn: it may still be carried out (whole, never in
     /// part) once the storage returns.
     pub async fn or_stalled(self, signal: StallSignal) -> Result<T, StoreError> {
-        let shared = signal.0;
-        let mut notified = std::pin::pin!(shared.stall.notified());
-        notified.as_mut().enable();
+        let mut stalled = std::pin::pin!(signal.stalled());
         let mut answer = self;
+        // The answer first: one that is ready wins over a stall.
         std::future::poll_fn(|cx| {
             if let Poll::Ready(answer) = Pin::new(&mut answer).poll(cx) {
                 return Poll::Ready(answer);
             }
-            if shared.stalled.load(std::sync::atomic::Ordering::Acquire) || notified.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(StoreError::Unhealthy(crate::error::Health::Stalled)));
+            match stalled.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(StoreError::Unhealthy(crate::error::Health::Stalled))),
+                Poll::Pending => Poll::Pending,
             }
-            Poll::Pending
         })
         .await
     }

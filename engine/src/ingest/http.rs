@@ -102,25 +102,39 @@ const HEADER_KEY_MAX: usize = 255;
 /// header, the same for every request of one token (tokens are the operator's, so
 /// no client can pick one that collides with another's).
 fn token_scope(headers: &HeaderMap) -> u64 {
-    let presented = headers.get(header::AUTHORIZATION).map(|value| value.as_bytes()).unwrap_or_default();
-    presented
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
+    let mut hash = Fnv::default();
+    hash.feed(headers.get(header::AUTHORIZATION).map(|value| value.as_bytes()).unwrap_or_default());
+    hash.0
+}
+
+/// 64-bit FNV-1a, fed bytes or formatted text.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn feed(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.feed(text.as_bytes());
+        Ok(())
+    }
 }
 
 /// What a request says, as a 64-bit FNV-1a hash of its parsed form (so the same
 /// JSON in other whitespace or key order is the same request).
 fn fingerprint(request: &InjectRequest) -> u64 {
-    struct Fnv(u64);
-    impl std::fmt::Write for Fnv {
-        fn write_str(&mut self, text: &str) -> std::fmt::Result {
-            for byte in text.bytes() {
-                self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
-            }
-            Ok(())
-        }
-    }
-    let mut hash = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut hash = Fnv::default();
     let _ = std::fmt::Write::write_fmt(&mut hash, format_args!("{request:?}"));
     hash.0
 }

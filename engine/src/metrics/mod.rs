@@ -64,6 +64,12 @@ impl Metrics {
         add(counter, value);
     }
 
+    /// Takes `value` off a gauge, stopping at 0: gauges taken off by more than one
+    /// party (in-flight recipients: the completer and the lost claims) never wrap.
+    pub fn uncount(counter: &AtomicU64, value: u64) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| Some(held.saturating_sub(value)));
+    }
+
     pub fn count_site(&self, site: &str, outcome: SiteOutcome) {
         let mut sites = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = if sites.len() < SITES_MAX || sites.contains_key(site) { site } else { "other" };

@@ -2,7 +2,7 @@
 //! delivery log records and metrics, and writes the ingest doors' reception records.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,9 +114,7 @@ impl Completer {
             .collect();
         let applied = self.complete(&changes);
         // Saturating: the scheduler also takes lost claims off (`claims_lost`).
-        let done = batch.len() as u64;
-        let _ =
-            self.metrics.in_flight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(done)));
+        Metrics::uncount(&self.metrics.in_flight, batch.len() as u64);
         for (attempt, applied) in batch.iter().zip(applied) {
             match applied {
                 Ok(applied) => self.record(attempt, &applied, now),

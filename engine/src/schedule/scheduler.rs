@@ -122,12 +122,8 @@ impl Scheduler {
                 let store_metrics = this.store.metrics();
                 let due_written = store_metrics.due_written;
                 if store_metrics.claims_lost != lost_counted {
-                    let lost = store_metrics.claims_lost - lost_counted;
+                    Metrics::uncount(&this.metrics.in_flight, store_metrics.claims_lost - lost_counted);
                     lost_counted = store_metrics.claims_lost;
-                    let _ = this
-                        .metrics
-                        .in_flight
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| Some(count.saturating_sub(lost)));
                 }
                 let mut claimed_full = false;
                 if claim_room > 0 && (Instant::now() >= next_claim || due_written != due_seen) {

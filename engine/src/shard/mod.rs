@@ -91,12 +91,7 @@ impl BodyHold {
 
 impl Drop for BodyHold {
     fn drop(&mut self) {
-        let bytes = self.bytes;
-        let _ = self.metrics.in_flight_bytes.fetch_update(
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-            |held| Some(held.saturating_sub(bytes)),
-        );
+        crate::metrics::Metrics::uncount(&self.metrics.in_flight_bytes, self.bytes);
     }
 }
 

@@ -127,3 +127,24 @@ pub fn start_engine_process(config: &Path, http: SocketAddr) -> EngineProcess {
     }
     engine
 }
+
+/// Whether the tests run as root (mounts, network namespaces: CI does).
+pub fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// A self-signed certificate for `mx.ringmail.test` and a users file with alice
+/// (password `s3cret`), written to `dir`: the `[smtp]` keys naming them.
+pub fn tls_and_users(dir: &Path) -> String {
+    let certified = rcgen::generate_simple_self_signed(vec!["mx.ringmail.test".to_string()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let hash = ringmail::ingest::smtp::hash_password("s3cret").unwrap();
+    std::fs::write(dir.join("users"), format!("alice:{hash}\n")).unwrap();
+    format!(
+        "users_file = \"{}\"\ntls_certificate = \"{}\"\ntls_key = \"{}\"\n",
+        dir.join("users").display(),
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
