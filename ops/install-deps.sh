@@ -10,9 +10,12 @@
 #   swaks         a real SMTP client in interop tests (with its TLS modules)
 #   dnsmasq-base  a local DNS server for tests (not the dnsmasq service)
 #   curl          a real HTTP client for the inject API tests
+#   e2fsprogs     mkfs.ext4 / e2fsck: the store-fault tests mount an ext4 image
+#                 they freeze (fsfreeze, util-linux) or make fail
+#   iproute2      ip netns: tests that need IPv6 /64 addresses make a namespace
 set -euo pipefail
 
-packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base curl)
+packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base curl e2fsprogs iproute2 util-linux)
 
 missing=()
 for package in "${packages[@]}"; do
