@@ -691,3 +691,83 @@ fn idle_lanes_are_evicted_and_busy_ones_are_kept() {
     lanes.add(work("idle.test"), start + LANE_IDLE_EVICT * 10);
     assert_eq!(lanes.lane_state(&idle).unwrap().queued, 1);
 }
+
+/// Lanes are published for the admin API incrementally: busy lanes each time, a
+/// quiet lane once, evicted lanes as removals; the board shows the sum (issue 15,
+/// part 12).
+#[test]
+fn lanes_are_published_incrementally() {
+    let start = Instant::now();
+    let second = Duration::from_secs(1);
+    let settings = lane_settings(Vec::new(), Duration::from_secs(5));
+    let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
+    let board = ringmail::shard::LaneBoard::default();
+    let envelope = Arc::new(Envelope {
+        id: MessageId::from_u64(1),
+        sender: "s@x.test".into(),
+        tenant: None,
+        campaign: None,
+        metadata: Vec::new(),
+        created_ms: 0,
+        recipient_count: 1,
+        body_len: 1,
+        body_crc32: 0,
+    });
+    let work = |site: &str| {
+        let route = Arc::new(Route {
+            site: site.into(),
+            hosts: vec!["127.0.9.1:25".parse().unwrap()],
+            names: vec![Arc::from(site)],
+        });
+        Work {
+            keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
+            leases: Vec::new(),
+            hold: None,
+            recipients: vec![format!("r@{site}")],
+            metadata: vec![Vec::new()],
+            attempts: vec![0],
+            envelope: Arc::clone(&envelope),
+            body: Arc::from(&b"x"[..]),
+            lane: LaneKey { site: site.into(), source: None },
+            route,
+            ehlo_name: Arc::from("out.test"),
+        }
+    };
+    let sites = |changes: &ringmail::shard::LaneChanges| {
+        let mut sites: Vec<String> = changes.updated.iter().map(|view| view.site.clone()).collect();
+        sites.sort();
+        sites
+    };
+    for site in ["a.test", "b.test", "c.test"] {
+        lanes.add(work(site), start);
+    }
+    let changes = lanes.changes(second, start);
+    assert_eq!(sites(&changes), ["a.test", "b.test", "c.test"], "busy lanes are published");
+    board.publish(0, changes);
+    // All go quiet: published once more, as quiet, then not again.
+    lanes.release_queued();
+    let changes = lanes.changes(second, start + second);
+    assert_eq!(sites(&changes), ["a.test", "b.test", "c.test"], "the change to quiet is published");
+    assert!(changes.updated.iter().all(|view| view.ready == 0));
+    board.publish(0, changes);
+    let changes = lanes.changes(second, start + second * 2);
+    assert!(changes.updated.is_empty() && changes.removed.is_empty(), "quiet lanes are not copied again");
+    board.publish(0, changes);
+    assert_eq!(board.lanes().len(), 3, "the board still shows them");
+    // Work for one lane: only that one.
+    lanes.add(work("b.test"), start + second * 3);
+    let changes = lanes.changes(second, start + second * 3);
+    assert_eq!(sites(&changes), ["b.test"]);
+    board.publish(0, changes);
+    assert_eq!(board.lanes()[0].site, "b.test", "the busiest first");
+    assert_eq!(board.lanes()[0].ready, 1);
+    // The quiet ones are evicted: removals, and the board forgets them.
+    assert_eq!(lanes.evict_idle(start + LANE_IDLE_EVICT), 2);
+    let changes = lanes.changes(second, start + LANE_IDLE_EVICT);
+    let mut removed: Vec<String> = changes.removed.iter().map(|key| key.site.clone()).collect();
+    removed.sort();
+    assert_eq!(removed, ["a.test", "c.test"]);
+    board.publish(0, changes);
+    let shown: Vec<String> = board.lanes().into_iter().map(|view| view.site).collect();
+    assert_eq!(shown, ["b.test"]);
+}

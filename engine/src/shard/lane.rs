@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Attempt, AttemptResult, LaneKey, LaneView, Work};
+use super::{Attempt, AttemptResult, LaneChanges, LaneKey, LaneView, Work};
 use crate::io::tls::TlsInfo;
 use crate::metrics::Metrics;
 use crate::policy::site::{LanePolicy, SiteRule, TokenBucket};
@@ -148,6 +148,10 @@ struct Lane<C> {
     /// Delivered transactions, and the count at the last publication.
     transactions: u64,
     published_transactions: u64,
+    /// The last publication showed the lane quiet (no connection, work, backoff or
+    /// host down, nothing delivered since the one before), and nothing has changed
+    /// since: it is not published again until something does.
+    published_quiet: bool,
     /// When the lane was last seen with work, a connection or a backoff.
     last_busy: Instant,
 }
@@ -192,6 +196,8 @@ struct Conn {
 pub struct Lanes<C> {
     lanes: HashMap<LaneKey, Lane<C>>,
     conns: HashMap<C, Conn>,
+    /// Lanes evicted since the last publication (the board forgets them).
+    evicted: Vec<LaneKey>,
     settings: LaneSettings,
     out: Vec<Attempt>,
     metrics: Arc<Metrics>,
@@ -199,14 +205,15 @@ pub struct Lanes<C> {
 
 impl<C: Copy + Eq + Hash> Lanes<C> {
     pub fn new(settings: LaneSettings, metrics: Arc<Metrics>) -> Lanes<C> {
-        Lanes { lanes: HashMap::new(), conns: HashMap::new(), settings, out: Vec::new(), metrics }
+        Lanes { lanes: HashMap::new(), conns: HashMap::new(), evicted: Vec::new(), settings, out: Vec::new(), metrics }
     }
 
     /// Forgets the lanes idle for [`LANE_IDLE_EVICT`] (no work queued, no connection,
     /// no backoff running); returns how many. Called about once a second.
     pub fn evict_idle(&mut self, now: Instant) -> usize {
         let before = self.lanes.len();
-        self.lanes.retain(|_, lane| {
+        let evicted = &mut self.evicted;
+        self.lanes.retain(|key, lane| {
             let busy = !lane.queue.is_empty()
                 || lane.connections > 0
                 || !lane.idle.is_empty()
@@ -214,7 +221,11 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
             if busy {
                 lane.last_busy = now;
             }
-            busy || now.saturating_duration_since(lane.last_busy) < LANE_IDLE_EVICT
+            let keep = busy || now.saturating_duration_since(lane.last_busy) < LANE_IDLE_EVICT;
+            if !keep {
+                evicted.push(key.clone());
+            }
+            keep
         });
         before - self.lanes.len()
     }
@@ -255,6 +266,7 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
                 policy,
                 transactions: 0,
                 published_transactions: 0,
+                published_quiet: false,
                 last_busy: now,
             }
         });
@@ -284,32 +296,41 @@ impl<C: Copy + Eq + Hash> Lanes<C> {
             }
             lane.limit = lane.limit.min(policy.connections_max as f64).max(1.0);
             lane.policy = policy;
+            lane.published_quiet = false; // its limits may show differently
         }
     }
 
-    /// Every lane as the admin API shows it; `elapsed` since the last publication.
-    pub fn views(&mut self, elapsed: Duration, now: Instant) -> Vec<LaneView> {
-        self.lanes
-            .iter_mut()
-            .map(|(key, lane)| {
-                let delta = lane.transactions - lane.published_transactions;
-                lane.published_transactions = lane.transactions;
-                LaneView {
-                    site: key.site.clone(),
-                    source: key.source,
-                    connections: lane.connections,
-                    limit: (lane.limit * 10.0).round() / 10.0,
-                    limit_max: lane.policy.connections_max,
-                    ready: lane.queue.len(),
-                    rate: delta as f64 / elapsed.as_secs_f64().max(0.001),
-                    backoff_remaining_s: lane
-                        .backoff_until
-                        .map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64()),
-                    hosts_down: lane.down.values().filter(|until| **until > now).count(),
-                    last_error: lane.last_error.clone(),
-                }
-            })
-            .collect()
+    /// What changed for the admin API since the last publication (`elapsed` ago):
+    /// the lanes that are busy or changed, and the lanes evicted. A quiet lane is
+    /// published once, then not again until something happens to it, so a shard that
+    /// knows many idle sites copies only the ones in use each second.
+    pub fn changes(&mut self, elapsed: Duration, now: Instant) -> LaneChanges {
+        let mut updated = Vec::new();
+        for (key, lane) in self.lanes.iter_mut() {
+            let delta = lane.transactions - lane.published_transactions;
+            let backoff = lane.backoff_until.map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64());
+            let hosts_down = lane.down.values().filter(|until| **until > now).count();
+            let quiet =
+                delta == 0 && lane.connections == 0 && lane.queue.is_empty() && backoff == 0.0 && hosts_down == 0;
+            if quiet && lane.published_quiet {
+                continue;
+            }
+            lane.published_quiet = quiet;
+            lane.published_transactions = lane.transactions;
+            updated.push(LaneView {
+                site: key.site.clone(),
+                source: key.source,
+                connections: lane.connections,
+                limit: (lane.limit * 10.0).round() / 10.0,
+                limit_max: lane.policy.connections_max,
+                ready: lane.queue.len(),
+                rate: delta as f64 / elapsed.as_secs_f64().max(0.001),
+                backoff_remaining_s: backoff,
+                hosts_down,
+                last_error: lane.last_error.clone(),
+            });
+        }
+        LaneChanges { updated, removed: std::mem::take(&mut self.evicted) }
     }
 
     /// Everything queued goes back untried.

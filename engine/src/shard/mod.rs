@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use queue_store::{Envelope, Lease, RecipientKey};
 use rustls::pki_types::ServerName;
 
-pub use board::{LaneBoard, LaneView};
+pub use board::{LaneBoard, LaneChanges, LaneView};
 pub use lane::{Ending, LaneSettings, LaneState, Lanes, Open, OpenError, Ready, SendError};
 
 use crate::dns::Route;
@@ -232,7 +232,7 @@ pub fn run(
         }
         if now.duration_since(published) >= board::PUBLISH_EVERY {
             lanes.evict_idle(now);
-            shard.settings.board.publish(shard.settings.index, lanes.views(now.duration_since(published), now));
+            shard.settings.board.publish(shard.settings.index, lanes.changes(now.duration_since(published), now));
             published = now;
         }
         for work in inbox.try_iter().take(INBOX_PER_TURN_MAX) {
