@@ -15,6 +15,15 @@
 //! request gets 422; while a request with the key is under way (its write included,
 //! even after a 503 for hung storage), another gets 409. Keys are kept
 //! `http.idempotency_ttl_hours` (24).
+//!
+//! A request that expands to more than [`INJECT_CHUNK_BYTES`] of messages (a large
+//! personalised one) is rendered and stored a chunk at a time, each chunk synced
+//! before the next is rendered, so its memory stays about one chunk. It runs on a
+//! task of its own: a client that goes away does not cut it short. With a key, each
+//! chunk's write also records how far the request got: a retry after a crash in the
+//! middle stores only the rest, and answers for the whole request. If the store
+//! refuses a chunk after others were stored, the answer is 200 with the recipients
+//! not stored in `failed_recipients` ("not queued (why); send it again").
 
 use std::sync::Arc;
 
@@ -27,7 +36,7 @@ use axum::{Json, Router};
 use queue_store::{Store, StoreError};
 use serde::Serialize;
 
-use super::inject::{build_within, BadRequest, Built, InjectRequest, Problem};
+use super::inject::{BadRequest, Built, Expansion, InjectRequest, Problem};
 use super::Shedding;
 use crate::log::{send_receptions, Reception, Record};
 use crate::metrics::Metrics;
@@ -199,6 +208,7 @@ async fn inject(
         Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
     };
     // Held first, then looked up: a request that finished meanwhile is found.
+    let mut resume = Progress::default();
     let hold = match &key {
         None => None,
         Some(key) => {
@@ -209,11 +219,19 @@ async fn inject(
             let fingerprint = fingerprint(&request);
             match api.store.idempotent(key) {
                 Ok(Some(record)) if record.fingerprint == fingerprint => {
-                    let mut response = (StatusCode::OK, record.answer).into_response();
-                    let json = header::HeaderValue::from_static("application/json");
-                    response.headers_mut().insert(header::CONTENT_TYPE, json);
-                    response.headers_mut().insert("idempotent-replayed", header::HeaderValue::from_static("true"));
-                    return response;
+                    match serde_json::from_slice::<Partial>(&record.answer) {
+                        // Cut after some of its chunks were stored: go on from there.
+                        Ok(partial) => resume = partial.ringmail_partial,
+                        Err(_) => {
+                            let mut response = (StatusCode::OK, record.answer).into_response();
+                            let json = header::HeaderValue::from_static("application/json");
+                            response.headers_mut().insert(header::CONTENT_TYPE, json);
+                            let replayed = header::HeaderValue::from_static("true");
+                            response.headers_mut().insert("idempotent-replayed", replayed);
+                            return response;
+                        }
+                    }
+                    Some((hold, fingerprint))
                 }
                 Ok(Some(_)) => {
                     let why = "this Idempotency-Key was used with a different request";
@@ -237,88 +255,203 @@ async fn inject(
     let limits = api.store.config().limits.clone();
     let hostname = api.settings.hostname.clone();
     let bounds = api.settings.bounds;
-    let built = match tokio::task::spawn_blocking(move || build_within(request, &limits, &hostname, &bounds)).await {
-        Ok(Ok(built)) => built,
-        Ok(Err(BadRequest(why, Problem::TooLarge))) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, why),
-        Ok(Err(BadRequest(why, Problem::Invalid))) => return refuse(StatusCode::BAD_REQUEST, why),
-        Err(join) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("building the messages: {join}")),
-    };
-    let Built { messages, accepted: _, failed_recipients, errors } = built;
-    let answer = |success_count: usize| InjectResponse {
-        success_count,
-        fail_count: failed_recipients.len(),
-        failed_recipients: failed_recipients.clone(),
-        errors: errors.clone(),
-    };
-    if messages.is_empty() {
-        Metrics::count(&api.metrics.rejected_requests, 1);
-        return (StatusCode::BAD_REQUEST, Json(answer(0))).into_response();
+    let mut expansion =
+        match tokio::task::spawn_blocking(move || Expansion::prepare(request, &limits, &hostname, &bounds)).await {
+            Ok(Ok(expansion)) => expansion,
+            Ok(Err(BadRequest(why, Problem::TooLarge))) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, why),
+            Ok(Err(BadRequest(why, Problem::Invalid))) => return refuse(StatusCode::BAD_REQUEST, why),
+            Err(join) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the request: {join}")),
+        };
+    expansion.skip_to(resume.next);
+    let key = key.zip(hold);
+    // On a task of its own: a client that goes away does not stop a request half
+    // stored (a retry with its key meanwhile gets 409, then the answer).
+    match tokio::spawn(store_in_chunks(api, expansion, key, resume)).await {
+        Ok(response) => response,
+        Err(join) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the messages: {join}")),
     }
-    let recipients: usize = messages.iter().map(|m| m.recipients.len()).sum();
-    let receptions: Vec<_> = messages
-        .iter()
-        .map(|m| {
-            let recipients: Vec<_> = m.recipients.iter().map(|r| (r.address.clone(), r.metadata.clone())).collect();
-            (m.sender.clone(), m.tenant.clone(), m.campaign.clone(), m.metadata.clone(), recipients)
-        })
-        .collect();
-    let count = messages.len();
-    let once = match (&key, &hold) {
-        (Some(key), Some((_, fingerprint))) => {
-            let first = serde_json::to_vec(&answer(recipients)).unwrap_or_default();
-            Some(queue_store::Idempotency { key: key.clone(), fingerprint: *fingerprint, answer: first })
+}
+
+/// Bytes of rendered messages one chunk of a request holds at most: a request that
+/// expands further is rendered and stored a chunk at a time, each synced before the
+/// next is rendered, so its memory stays about one chunk whatever it expands to.
+pub const INJECT_CHUNK_BYTES: u64 = 32 << 20;
+
+/// How far a request got: the next recipient to render, and the answer so far.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
+struct Progress {
+    next: usize,
+    success_count: usize,
+    failed_recipients: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// The record of a keyed request stored in part (its answer is written when the last
+/// chunk is): the marker [`inject`] resumes from.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Partial {
+    ringmail_partial: Progress,
+}
+
+impl Progress {
+    fn answer(&self) -> InjectResponse {
+        InjectResponse {
+            success_count: self.success_count,
+            fail_count: self.failed_recipients.len(),
+            failed_recipients: self.failed_recipients.clone(),
+            errors: self.errors.clone(),
         }
-        _ => None,
-    };
-    // Bounded (`store.sync_wait_max_ms`): hung storage gets a 503, not a hung client.
-    let result = match api.store.submit_enqueue_once(messages, once) {
-        Ok(mut pending) => {
-            let stall = api.store.stall_signal();
-            tokio::select! {
-                answer = &mut pending => answer,
-                () = stall.stalled() => {
-                    // The write may still happen: the key stays held until it is
-                    // answered, so a retry meanwhile gets 409, and after it the
-                    // first answer.
-                    if let Some((hold, _)) = hold {
-                        tokio::spawn(async move {
-                            let _ = pending.await;
-                            drop(hold);
-                        });
+    }
+}
+
+type HeldKey = (String, (KeyHold, u64));
+
+/// Renders and stores `expansion` a chunk ([`INJECT_CHUNK_BYTES`]) at a time; the
+/// answer counts every chunk. A chunk the store refuses ends the request: nothing
+/// stored yet → the refusal as it is (503, 507…); some stored → 200 with the rest in
+/// `failed_recipients` (a retry with the same `Idempotency-Key` stores only those).
+async fn store_in_chunks(
+    api: Api,
+    mut expansion: Expansion,
+    mut key: Option<HeldKey>,
+    mut progress: Progress,
+) -> Response {
+    let resumed = progress.next > 0;
+    loop {
+        let (returned, chunk) = match tokio::task::spawn_blocking(move || {
+            let chunk = expansion.next_chunk(INJECT_CHUNK_BYTES);
+            (expansion, chunk)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(join) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("building the messages: {join}")),
+        };
+        expansion = returned;
+        let stored_before = resumed || progress.success_count > 0;
+        let built = match chunk {
+            Ok(built) => built,
+            Err(BadRequest(why, problem)) if !stored_before => {
+                Metrics::count(&api.metrics.rejected_requests, 1);
+                let status =
+                    if problem == Problem::TooLarge { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                return error(status, why);
+            }
+            Err(BadRequest(why, _)) => {
+                let rest: Vec<String> = expansion.remaining().map(str::to_string).collect();
+                return partly(&api, progress, rest, &why);
+            }
+        };
+        let Built { messages, accepted: _, failed_recipients, errors } = built;
+        progress.failed_recipients.extend(failed_recipients);
+        progress.errors.extend(errors);
+        let last = expansion.done();
+        if messages.is_empty() {
+            if last {
+                break;
+            }
+            continue;
+        }
+        let recipients: usize = messages.iter().map(|m| m.recipients.len()).sum();
+        let receptions: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                let recipients: Vec<_> = m.recipients.iter().map(|r| (r.address.clone(), r.metadata.clone())).collect();
+                (m.sender.clone(), m.tenant.clone(), m.campaign.clone(), m.metadata.clone(), recipients)
+            })
+            .collect();
+        let count = messages.len();
+        let after = Progress {
+            next: expansion.next_index(),
+            success_count: progress.success_count + recipients,
+            failed_recipients: progress.failed_recipients.clone(),
+            errors: progress.errors.clone(),
+        };
+        let once = key.as_ref().map(|(key, (_, fingerprint))| {
+            // The last chunk writes the answer; the others where to go on from.
+            let answer = if last {
+                serde_json::to_vec(&after.answer())
+            } else {
+                serde_json::to_vec(&Partial { ringmail_partial: after.clone() })
+            };
+            queue_store::Idempotency { key: key.clone(), fingerprint: *fingerprint, answer: answer.unwrap_or_default() }
+        });
+        // Bounded (`store.sync_wait_max_ms`): hung storage gets a 503, not a hung client.
+        let result = match api.store.submit_enqueue_once(messages, once) {
+            Ok(mut pending) => {
+                let stall = api.store.stall_signal();
+                tokio::select! {
+                    answer = &mut pending => answer,
+                    () = stall.stalled() => {
+                        // The write may still happen: the key stays held until it is
+                        // answered, so a retry meanwhile gets 409, and after it the
+                        // answer (or where to go on from).
+                        if let Some((_, (hold, _))) = key.take() {
+                            tokio::spawn(async move {
+                                let _ = pending.await;
+                                drop(hold);
+                            });
+                        }
+                        Err(StoreError::Unhealthy(queue_store::Health::Stalled))
                     }
-                    Err(StoreError::Unhealthy(queue_store::Health::Stalled))
                 }
             }
-        }
-        Err(error) => Err(error),
-    };
-    match result {
-        Ok(ids) => {
-            api.shedding.note_arrival();
-            Metrics::count(&api.metrics.injected_messages, count as u64);
-            Metrics::count(&api.metrics.injected_recipients, recipients as u64);
-            for (id, (sender, tenant, campaign, metadata, recipients)) in ids.iter().zip(receptions) {
-                let id = id.to_string();
-                let response =
-                    crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
-                let reception = Reception {
-                    id: &id,
-                    sender: &sender,
-                    peer: None,
-                    response,
-                    tenant: tenant.as_deref(),
-                    campaign: campaign.as_deref(),
-                    metadata: &metadata,
-                };
-                send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(ids) => {
+                api.shedding.note_arrival();
+                Metrics::count(&api.metrics.injected_messages, count as u64);
+                Metrics::count(&api.metrics.injected_recipients, recipients as u64);
+                for (id, (sender, tenant, campaign, metadata, recipients)) in ids.iter().zip(receptions) {
+                    let id = id.to_string();
+                    let response =
+                        crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
+                    let reception = Reception {
+                        id: &id,
+                        sender: &sender,
+                        peer: None,
+                        response,
+                        tenant: tenant.as_deref(),
+                        campaign: campaign.as_deref(),
+                        metadata: &metadata,
+                    };
+                    send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
+                }
+                progress = after;
             }
-            (StatusCode::OK, Json(answer(recipients))).into_response()
+            Err(store_error) if !stored_before => {
+                Metrics::count(&api.metrics.rejected_requests, 1);
+                return refusal(&store_error);
+            }
+            Err(store_error) => {
+                let mut rest: Vec<String> =
+                    receptions.into_iter().flat_map(|r| r.4).map(|(address, _)| address).collect();
+                rest.extend(expansion.remaining().map(str::to_string));
+                return partly(&api, progress, rest, &store_error.to_string());
+            }
         }
-        Err(store_error) => {
-            Metrics::count(&api.metrics.rejected_requests, 1);
-            refusal(&store_error)
+        if last {
+            break;
         }
     }
+    if progress.success_count == 0 {
+        Metrics::count(&api.metrics.rejected_requests, 1);
+        return (StatusCode::BAD_REQUEST, Json(progress.answer())).into_response();
+    }
+    (StatusCode::OK, Json(progress.answer())).into_response()
+}
+
+/// Some chunks were stored and the next could not be: 200 with the recipients not
+/// stored in `failed_recipients`, each saying why.
+fn partly(api: &Api, mut progress: Progress, rest: Vec<String>, why: &str) -> Response {
+    Metrics::count(&api.metrics.rejected_requests, 1);
+    for address in rest {
+        progress.errors.push(format!("{address}: not queued ({why}); send it again"));
+        progress.failed_recipients.push(address);
+    }
+    (StatusCode::OK, Json(progress.answer())).into_response()
 }
 
 /// Why the store refused, as the client should hear it (`ingest::refusal`).

@@ -137,159 +137,261 @@ pub fn build(request: InjectRequest, limits: &Limits, host: &str) -> Result<Buil
     build_within(request, limits, host, &Bounds::default())
 }
 
-/// [`build`] within `bounds`.
+/// [`build`] within `bounds`: every recipient at once.
 pub fn build_within(request: InjectRequest, limits: &Limits, host: &str, bounds: &Bounds) -> Result<Built, BadRequest> {
-    let bad = |why: String| Err(BadRequest(why, Problem::Invalid));
-    if !request.envelope_sender.is_empty() {
-        if let Err(why) = queue_store::check_address(&request.envelope_sender, limits) {
-            return bad(format!("envelope_sender: {why}"));
+    Expansion::prepare(request, limits, host, bounds)?.next_chunk(u64::MAX)
+}
+
+/// A request checked and its templates compiled, to be rendered a chunk at a time
+/// ([`Expansion::next_chunk`]): a large personalised request goes to the store in
+/// pieces, so its messages are never all in memory at once.
+pub struct Expansion {
+    request: InjectRequest,
+    content: Content,
+    templates: Templates,
+    /// One message per recipient (templates, or the builder).
+    personal: bool,
+    message_meta: Metadata,
+    host: String,
+    limits: Limits,
+    bounds: Bounds,
+    /// The next recipient (index in the request) to render.
+    next: usize,
+    /// Bytes of messages rendered so far, all chunks together.
+    expanded: u64,
+}
+
+impl std::fmt::Debug for Expansion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expansion").field("next", &self.next).field("expanded", &self.expanded).finish()
+    }
+}
+
+impl Expansion {
+    /// Checks the whole request (sender, content, templates, the least it expands
+    /// to) and compiles its templates; renders nothing yet.
+    pub fn prepare(
+        mut request: InjectRequest,
+        limits: &Limits,
+        host: &str,
+        bounds: &Bounds,
+    ) -> Result<Expansion, BadRequest> {
+        let bad = |why: String| Err(BadRequest(why, Problem::Invalid));
+        if !request.envelope_sender.is_empty() {
+            if let Err(why) = queue_store::check_address(&request.envelope_sender, limits) {
+                return bad(format!("envelope_sender: {why}"));
+            }
         }
-    }
-    if request.recipients.is_empty() {
-        return bad("recipients: at least one is needed".into());
-    }
-    let templating = match request.template_dialect.as_deref() {
-        None | Some("Jinja") => true,
-        Some("Static") => false,
-        Some(other) => return bad(format!("template_dialect: \"{other}\" is not supported (Jinja or Static)")),
-    };
-    let content = match request.content {
-        Value::String(raw) => Content::Raw(raw),
-        Value::Object(object) => match serde_json::from_value::<Builder>(Value::Object(object)) {
-            Ok(builder) if !builder.attachments.is_empty() => {
-                return bad("content.attachments: not supported by ringmail (send a raw MIME message)".into())
-            }
-            Ok(builder) => Content::Builder(Box::new(builder)),
-            Err(error) => return bad(format!("content: {error}")),
-        },
-        _ => return bad("content: a string (the RFC 5322 message) or a builder object".into()),
-    };
-    if let Content::Raw(raw) = &content {
-        let hops = super::received_count(raw.as_bytes());
-        if hops >= super::HOPS_MAX {
-            return bad(format!("content: {hops} Received: headers, at most {} (a mail loop?)", super::HOPS_MAX - 1));
+        if request.recipients.is_empty() {
+            return bad("recipients: at least one is needed".into());
         }
-    }
-    let mut templates = Templates::new(templating, bounds.fuel, limits.message_size_max_bytes);
-    match &content {
-        Content::Raw(raw) => templates.add("content", raw)?,
-        Content::Builder(builder) => {
-            for (name, text) in [
-                ("subject", &builder.subject),
-                ("text_body", &builder.text_body),
-                ("html_body", &builder.html_body),
-                ("amp_html_body", &builder.amp_html_body),
-            ] {
-                if let Some(text) = text {
-                    templates.add(name, text)?;
+        let templating = match request.template_dialect.as_deref() {
+            None | Some("Jinja") => true,
+            Some("Static") => false,
+            Some(other) => return bad(format!("template_dialect: \"{other}\" is not supported (Jinja or Static)")),
+        };
+        let content = match std::mem::take(&mut request.content) {
+            Value::String(raw) => Content::Raw(raw),
+            Value::Object(object) => match serde_json::from_value::<Builder>(Value::Object(object)) {
+                Ok(builder) if !builder.attachments.is_empty() => {
+                    return bad("content.attachments: not supported by ringmail (send a raw MIME message)".into())
                 }
+                Ok(builder) => Content::Builder(Box::new(builder)),
+                Err(error) => return bad(format!("content: {error}")),
+            },
+            _ => return bad("content: a string (the RFC 5322 message) or a builder object".into()),
+        };
+        if let Content::Raw(raw) = &content {
+            let hops = super::received_count(raw.as_bytes());
+            if hops >= super::HOPS_MAX {
+                return bad(format!(
+                    "content: {hops} Received: headers, at most {} (a mail loop?)",
+                    super::HOPS_MAX - 1
+                ));
             }
-            for (name, value) in &builder.headers {
-                if !is_field_name(name) {
-                    return bad(format!("content.headers: \"{name}\" is not a header field name"));
+        }
+        let mut templates = Templates::new(templating, bounds.fuel, limits.message_size_max_bytes);
+        match &content {
+            Content::Raw(raw) => templates.add("content", raw)?,
+            Content::Builder(builder) => {
+                for (name, text) in [
+                    ("subject", &builder.subject),
+                    ("text_body", &builder.text_body),
+                    ("html_body", &builder.html_body),
+                    ("amp_html_body", &builder.amp_html_body),
+                ] {
+                    if let Some(text) = text {
+                        templates.add(name, text)?;
+                    }
                 }
-                templates.add(&format!("header:{name}"), value)?;
-            }
-            for (field, mailbox) in [("from", &builder.from), ("reply_to", &builder.reply_to)] {
-                if let Some(mailbox) = mailbox {
-                    if let Err(why) = queue_store::check_address(&mailbox.email, limits) {
-                        return bad(format!("content.{field}.email: {why}"));
+                for (name, value) in &builder.headers {
+                    if !is_field_name(name) {
+                        return bad(format!("content.headers: \"{name}\" is not a header field name"));
+                    }
+                    templates.add(&format!("header:{name}"), value)?;
+                }
+                for (field, mailbox) in [("from", &builder.from), ("reply_to", &builder.reply_to)] {
+                    if let Some(mailbox) = mailbox {
+                        if let Err(why) = queue_store::check_address(&mailbox.email, limits) {
+                            return bad(format!("content.{field}.email: {why}"));
+                        }
                     }
                 }
             }
         }
+        let message_meta = metadata(&request.metadata);
+        // One message per recipient when each gets its own body.
+        let personal = templates.any || matches!(content, Content::Builder(_));
+        // Known before rendering: each personalised recipient's message is at least
+        // as long as the content's text.
+        let expansion = |bytes: u64| {
+            let why = format!(
+                "the request expands to at least {bytes} bytes of messages, over http.expansion_max_bytes ({})",
+                bounds.expansion_max
+            );
+            Err(BadRequest(why, Problem::TooLarge))
+        };
+        if personal {
+            let least = content_bytes(&content).saturating_mul(request.recipients.len() as u64);
+            if least > bounds.expansion_max {
+                return expansion(least);
+            }
+        }
+        Ok(Expansion {
+            request,
+            content,
+            templates,
+            personal,
+            message_meta,
+            host: host.to_string(),
+            limits: limits.clone(),
+            bounds: *bounds,
+            next: 0,
+            expanded: 0,
+        })
     }
-    let message_meta = metadata(&request.metadata);
-    // One message per recipient when each gets its own body.
-    let personal = templates.any || matches!(content, Content::Builder(_));
-    // Known before rendering: each personalised recipient's message is at least
-    // as long as the content's text.
-    let expansion = |bytes: u64| {
-        let why = format!(
-            "the request expands to at least {bytes} bytes of messages, over http.expansion_max_bytes ({})",
-            bounds.expansion_max
+
+    /// Whether every recipient has been rendered.
+    pub fn done(&self) -> bool {
+        self.next >= self.request.recipients.len()
+    }
+
+    /// The next recipient to render (its index in the request).
+    pub fn next_index(&self) -> usize {
+        self.next
+    }
+
+    /// Continues from recipient `index` (a request resumed after a chunk was stored).
+    pub fn skip_to(&mut self, index: usize) {
+        self.next = index.min(self.request.recipients.len());
+    }
+
+    /// The addresses of the recipients not rendered yet.
+    pub fn remaining(&self) -> impl Iterator<Item = &str> {
+        self.request.recipients[self.next..].iter().map(|r| r.email.as_str())
+    }
+
+    /// Renders recipients from where the last chunk ended until the messages reach
+    /// `bytes_max` (at least one recipient), or the request ends.
+    pub fn next_chunk(&mut self, bytes_max: u64) -> Result<Built, BadRequest> {
+        let (request, content, templates, personal, host, limits, bounds) = (
+            &self.request,
+            &self.content,
+            &self.templates,
+            self.personal,
+            self.host.as_str(),
+            &self.limits,
+            &self.bounds,
         );
-        Err(BadRequest(why, Problem::TooLarge))
-    };
-    if personal {
-        let least = content_bytes(&content).saturating_mul(request.recipients.len() as u64);
-        if least > bounds.expansion_max {
-            return expansion(least);
-        }
-    }
-    let mut expanded = 0u64;
-    let mut built = Built::default();
-    let mut shared: Option<(NewMessage, Vec<usize>)> = None;
-    let new_message = |body: Vec<u8>| NewMessage {
-        sender: request.envelope_sender.clone(),
-        recipients: Vec::new(),
-        body,
-        tenant: request.tenant.clone(),
-        campaign: request.campaign.clone(),
-        metadata: message_meta.clone(),
-    };
-    for (index, recipient) in request.recipients.iter().enumerate() {
-        let fail = |built: &mut Built, why: String| {
-            built.failed_recipients.push(recipient.email.clone());
-            built.errors.push(format!("{}: {why}", recipient.email));
+        let message_meta = &self.message_meta;
+        let expansion = |bytes: u64| {
+            let why = format!(
+                "the request expands to at least {bytes} bytes of messages, over http.expansion_max_bytes ({})",
+                bounds.expansion_max
+            );
+            Err(BadRequest(why, Problem::TooLarge))
         };
-        if let Err(why) = queue_store::check_address(&recipient.email, limits) {
-            fail(&mut built, why.to_string());
-            continue;
-        }
-        let new_recipient = NewRecipient { address: recipient.email.clone(), metadata: metadata(&recipient.metadata) };
-        if !personal {
-            let (message, indexes) = shared.get_or_insert_with(|| {
-                let Content::Raw(raw) = &content else { unreachable!("personal is false only for raw content") };
-                (new_message(raw_message(raw, host)), Vec::new())
-            });
-            message.recipients.push(new_recipient);
-            indexes.push(index);
-            if message.recipients.len() >= limits.recipients_per_message_max as usize {
-                if let Some((message, indexes)) = shared.take() {
-                    built.messages.push(message);
-                    built.accepted.push(indexes);
-                }
-            }
-            continue;
-        }
-        let mut context = request.substitutions.clone();
-        context.extend(recipient.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let context = Value::Object(context);
-        let rendered = templates.render(&context);
-        let body = match (&content, rendered) {
-            (_, Err(why)) => Err(why),
-            (Content::Raw(_), Ok(mut rendered)) => {
-                let text = rendered.remove("content").unwrap_or_default();
-                match context.as_object().and_then(|map| breaks_header(&text, map)) {
-                    Some(key) => Err(format!("substitution {key}: a line break in a header field")),
-                    None => Ok(raw_message(&text, host)),
-                }
-            }
-            (Content::Builder(builder), Ok(rendered)) => compose(builder, recipient, &rendered, host),
+        let mut built = Built::default();
+        let mut chunk_bytes = 0u64;
+        let mut shared: Option<(NewMessage, Vec<usize>)> = None;
+        let new_message = |body: Vec<u8>| NewMessage {
+            sender: request.envelope_sender.clone(),
+            recipients: Vec::new(),
+            body,
+            tenant: request.tenant.clone(),
+            campaign: request.campaign.clone(),
+            metadata: message_meta.clone(),
         };
-        match body {
-            Ok(body) if body.len() as u64 > limits.message_size_max_bytes => {
-                fail(&mut built, format!("message of {} bytes is over the limit", body.len()));
+        while self.next < request.recipients.len() && chunk_bytes < bytes_max {
+            let index = self.next;
+            let recipient = &request.recipients[index];
+            self.next += 1;
+            let fail = |built: &mut Built, why: String| {
+                built.failed_recipients.push(recipient.email.clone());
+                built.errors.push(format!("{}: {why}", recipient.email));
+            };
+            if let Err(why) = queue_store::check_address(&recipient.email, limits) {
+                fail(&mut built, why.to_string());
+                continue;
             }
-            Ok(body) => {
-                expanded = expanded.saturating_add(body.len() as u64);
-                if expanded > bounds.expansion_max {
-                    return expansion(expanded);
-                }
-                let mut message = new_message(body);
+            let new_recipient =
+                NewRecipient { address: recipient.email.clone(), metadata: metadata(&recipient.metadata) };
+            if !personal {
+                let (message, indexes) = shared.get_or_insert_with(|| {
+                    let Content::Raw(raw) = &content else { unreachable!("personal is false only for raw content") };
+                    let message = new_message(raw_message(raw, host));
+                    chunk_bytes = chunk_bytes.saturating_add(message.body.len() as u64);
+                    (message, Vec::new())
+                });
                 message.recipients.push(new_recipient);
-                built.messages.push(message);
-                built.accepted.push(vec![index]);
+                indexes.push(index);
+                if message.recipients.len() >= limits.recipients_per_message_max as usize {
+                    if let Some((message, indexes)) = shared.take() {
+                        built.messages.push(message);
+                        built.accepted.push(indexes);
+                    }
+                }
+                continue;
             }
-            Err(why) => fail(&mut built, why),
+            let mut context = request.substitutions.clone();
+            context.extend(recipient.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let context = Value::Object(context);
+            let rendered = templates.render(&context);
+            let body = match (&content, rendered) {
+                (_, Err(why)) => Err(why),
+                (Content::Raw(_), Ok(mut rendered)) => {
+                    let text = rendered.remove("content").unwrap_or_default();
+                    match context.as_object().and_then(|map| breaks_header(&text, map)) {
+                        Some(key) => Err(format!("substitution {key}: a line break in a header field")),
+                        None => Ok(raw_message(&text, host)),
+                    }
+                }
+                (Content::Builder(builder), Ok(rendered)) => compose(builder, recipient, &rendered, host),
+            };
+            match body {
+                Ok(body) if body.len() as u64 > limits.message_size_max_bytes => {
+                    fail(&mut built, format!("message of {} bytes is over the limit", body.len()));
+                }
+                Ok(body) => {
+                    self.expanded = self.expanded.saturating_add(body.len() as u64);
+                    if self.expanded > bounds.expansion_max {
+                        return expansion(self.expanded);
+                    }
+                    chunk_bytes = chunk_bytes.saturating_add(body.len() as u64);
+                    let mut message = new_message(body);
+                    message.recipients.push(new_recipient);
+                    built.messages.push(message);
+                    built.accepted.push(vec![index]);
+                }
+                Err(why) => fail(&mut built, why),
+            }
         }
+        if let Some((message, indexes)) = shared {
+            built.messages.push(message);
+            built.accepted.push(indexes);
+        }
+        Ok(built)
     }
-    if let Some((message, indexes)) = shared {
-        built.messages.push(message);
-        built.accepted.push(indexes);
-    }
-    Ok(built)
 }
 
 enum Content {
