@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +127,8 @@ impl Zone {
 #[derive(Clone, Debug)]
 struct ZoneHandler {
     zone: Arc<Zone>,
+    /// Set: every query for a name of the zone answers SERVFAIL (an outage burst).
+    outage: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -144,6 +147,9 @@ impl RequestHandler for ZoneHandler {
         match behaviour {
             // Not ours: a name outside the zone is refused, as an authority would.
             None => return respond_error(request, ResponseCode::Refused, response_handle).await,
+            Some(_) if self.outage.load(Ordering::Relaxed) => {
+                return respond_error(request, ResponseCode::ServFail, response_handle).await
+            }
             Some(Behaviour::NxDomain) => return respond_error(request, ResponseCode::NXDomain, response_handle).await,
             Some(Behaviour::ServFail) => return respond_error(request, ResponseCode::ServFail, response_handle).await,
             Some(Behaviour::Slow(delay)) => tokio::time::sleep(delay).await,
@@ -194,6 +200,15 @@ fn error_info(request: &Request) -> ResponseInfo {
 #[derive(Debug)]
 pub struct DnsServer {
     pub address: SocketAddr,
+    outage: Arc<AtomicBool>,
+}
+
+impl DnsServer {
+    /// While `on`, every query for the zone's names answers SERVFAIL (`loadgen
+    /// chaos` makes bursts of it).
+    pub fn set_servfail(&self, on: bool) {
+        self.outage.store(on, Ordering::Relaxed);
+    }
 }
 
 /// UDP and TCP on one address and port. With port 0, the port the UDP bind got may
@@ -224,7 +239,8 @@ pub fn start(zone: Zone, address: SocketAddr) -> std::io::Result<DnsServer> {
     let (udp, tcp, address) = bind_both(address)?;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
-    let handler = ZoneHandler { zone: Arc::new(zone) };
+    let outage = Arc::new(AtomicBool::new(false));
+    let handler = ZoneHandler { zone: Arc::new(zone), outage: Arc::clone(&outage) };
     std::thread::Builder::new().name("loadgen-dns".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
@@ -241,5 +257,5 @@ pub fn start(zone: Zone, address: SocketAddr) -> std::io::Result<DnsServer> {
             let _ = server.block_until_done().await;
         });
     })?;
-    Ok(DnsServer { address })
+    Ok(DnsServer { address, outage })
 }

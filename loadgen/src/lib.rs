@@ -5,11 +5,12 @@
 //! on loopback addresses that behave like mailbox providers and record every
 //! accepted recipient, the authoritative DNS for the scenario's domains ([`dns`]),
 //! SMTP injection on ringmail's io_uring loop with a Zipf domain skew, a rate and
-//! live counts ([`inject`]), the loss/duplicate oracle ([`oracle`]), a whole load
-//! test with its `RESULT` line ([`run`]) and plot ([`plot`]), and a private Postfix
-//! as an MTA under test ([`postfix`]). Not built: injection over HTTP (ringmail's
-//! ingest API does not exist yet).
+//! live counts ([`inject`]) or over ringmail's HTTP API ([`inject_http`]), the
+//! loss/duplicate oracle ([`oracle`]), a whole load test with its `RESULT` line
+//! ([`run`]) and plot ([`plot`]), the demo ([`demo`]), the chaos soak ([`chaos`]), and
+//! a private Postfix as an MTA under test ([`postfix`]).
 
+pub mod chaos;
 pub mod demo;
 pub mod dns;
 pub mod inject;

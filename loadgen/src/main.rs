@@ -80,6 +80,34 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The chaos soak: ringmail's daemon as a child, killed with SIGKILL at random in
+    /// the first 35 %, its disk filled and freed (as root), sinks that reset, stall,
+    /// drop and tempfail, DNS that SERVFAILs in bursts; then the drain and the
+    /// accounting (lost, duplicates, stuck in flight, RSS slope) and a BENCH line.
+    Chaos {
+        /// How long the faults last (e.g. 2m, 10m, 90s).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        /// Messages a second injected over HTTP.
+        #[arg(long, default_value_t = 300.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Work directory (default: a new temporary directory, kept).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Do not fill the store's disk (needed when not root: the disk is a tmpfs
+        /// this command mounts).
+        #[arg(long)]
+        no_disk: bool,
+        /// Seconds the daemon may take to drain its queue after the injection.
+        #[arg(long, default_value_t = 180)]
+        drain_seconds: u64,
+        /// Fail above this resident-memory slope (its floor's) over the second half
+        /// (MiB/min).
+        #[arg(long, default_value_t = 1.0)]
+        rss_slope_max: f64,
+    },
     /// Run ringmail's engine in this process until SIGTERM (for tests that kill it).
     #[command(hide = true)]
     Engine {
@@ -131,6 +159,20 @@ struct Injection {
     /// instead of SMTP.
     #[arg(long)]
     http: bool,
+}
+
+/// "90", "90s", "2m", "1h" as a duration.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) =
+        text.trim().split_at(text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len()));
+    let number: u64 = number.parse().map_err(|_| format!("{text:?}: a number of seconds, or with s, m or h"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => return Err(format!("{text:?}: the unit is s, m or h")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Bounds on what one run may ask for.
@@ -279,7 +321,36 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             anyhow::ensure!((1..=10_000_000).contains(&messages), "--messages: between 1 and 10000000");
             loadgen::demo::run(messages, dir)
         }
+        Command::Chaos { duration, rate, seed, dir, no_disk, drain_seconds, rss_slope_max } => {
+            let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)?;
+            if !no_disk && !root {
+                anyhow::bail!("--no-disk is needed when not root (the disk is a tmpfs this command mounts)");
+            }
+            let dir = match dir {
+                Some(dir) => dir,
+                None => tempfile::Builder::new().prefix("ringmail-chaos-").tempdir()?.keep(),
+            };
+            let config = loadgen::chaos::ChaosConfig {
+                duration,
+                rate,
+                seed,
+                engine: std::env::current_exe()?,
+                dir,
+                fill_disk: !no_disk,
+                drain: Duration::from_secs(drain_seconds),
+                rss_slope_max,
+                report_every: Duration::from_secs(5),
+            };
+            let result = loadgen::chaos::run(&config)?;
+            println!("\nloadgen chaos:\n{}", loadgen::chaos::report(&result));
+            println!("{}", result.bench_line());
+            Ok(result.passed(&config))
+        }
         Command::Engine { config: path } => {
+            // The daemon's log on stderr, as `ringmail serve` writes it.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
             let config = ringmail::config::Config::load(&path)?;
             ringmail::daemon::serve(config, path).map_err(anyhow::Error::msg)?;
             Ok(true)

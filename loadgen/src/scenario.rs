@@ -15,6 +15,8 @@
 //! rcpt_permfail_percent = 1.0
 //! data_tempfail_percent = 1.0
 //! tempfail_reply = "421 4.7.0 [TSS04] Messages temporarily deferred"
+//! reset_percent = 0.5       # close without a reply at MAIL or RCPT
+//! stall_percent = 0.5       # hold a reply stall_ms (default 10 s) first
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -103,6 +105,15 @@ pub struct Provider {
     /// oracle's loss detection can be shown to work.
     #[serde(default)]
     pub discard_after_250_percent: f64,
+    /// Close the connection without a reply instead of answering MAIL or RCPT (a
+    /// reset in the middle of a transaction).
+    #[serde(default)]
+    pub reset_percent: f64,
+    /// Hold a reply to MAIL, RCPT or the message this long first (a stalled server).
+    #[serde(default)]
+    pub stall_percent: f64,
+    #[serde(default = "default_stall")]
+    pub stall_ms: u64,
     /// How the provider's domains answer in DNS.
     #[serde(default)]
     pub dns: DnsMode,
@@ -140,6 +151,10 @@ fn default_true() -> bool {
 
 fn default_dns_delay() -> u64 {
     2000
+}
+
+fn default_stall() -> u64 {
+    10_000
 }
 
 fn default_connections() -> usize {
@@ -216,6 +231,8 @@ impl Scenario {
                 ("data_permfail_percent", provider.data_permfail_percent),
                 ("drop_after_data_percent", provider.drop_after_data_percent),
                 ("discard_after_250_percent", provider.discard_after_250_percent),
+                ("reset_percent", provider.reset_percent),
+                ("stall_percent", provider.stall_percent),
             ];
             for (field, value) in percents {
                 if !(0.0..=100.0).contains(&value) {

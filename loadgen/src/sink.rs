@@ -48,6 +48,10 @@ pub struct SinkCounts {
     pub data_permfail: u64,
     pub dropped_after_data: u64,
     pub discarded_after_250: u64,
+    /// Connections closed without a reply at MAIL or RCPT (`reset_percent`).
+    pub resets: u64,
+    /// Replies held `stall_ms` first (`stall_percent`).
+    pub stalls: u64,
     pub refused_connections: u64,
     pub tls_refusals: u64,
     /// MAIL FROM commands received (a client that stopped before it sent none).
@@ -344,6 +348,17 @@ impl ServerHandler for Behaviour {
         // go-ahead for DATA is immediate, as on a real server.
         if !matches!(event, ServerEvent::Data) {
             self.delay().await;
+        }
+        let stage = matches!(event, ServerEvent::Mail { .. } | ServerEvent::Recipient { .. } | ServerEvent::Message(_));
+        if stage && self.chance(self.provider.stall_percent) {
+            self.state().counts.stalls += 1;
+            tokio::time::sleep(Duration::from_millis(self.provider.stall_ms)).await;
+        }
+        if matches!(event, ServerEvent::Mail { .. } | ServerEvent::Recipient { .. })
+            && self.chance(self.provider.reset_percent)
+        {
+            self.state().counts.resets += 1;
+            return Verdict::Close;
         }
         match event {
             ServerEvent::Mail { from } => self.mail(from, tls),

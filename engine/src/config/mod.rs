@@ -74,6 +74,15 @@ pub struct StoreSection {
     /// until it returns.
     #[serde(default = "default_sync_wait_max_ms")]
     pub sync_wait_max_ms: u64,
+    /// RocksDB's write buffer (memtable) per column family, MiB: the queue's writes
+    /// collect there before a flush to disk, so resident memory grows by up to about
+    /// this much per busy family before it levels off.
+    #[serde(default = "default_write_buffer_mb")]
+    pub write_buffer_mb: u64,
+}
+
+fn default_write_buffer_mb() -> u64 {
+    64
 }
 
 fn default_queue_recipients_max() -> u64 {
@@ -109,6 +118,7 @@ impl Default for StoreSection {
             durability: default_durability(),
             queue_recipients_max: default_queue_recipients_max(),
             sync_wait_max_ms: default_sync_wait_max_ms(),
+            write_buffer_mb: default_write_buffer_mb(),
         }
     }
 }
@@ -644,12 +654,16 @@ impl Config {
             ("smtp.auth_failures_max", self.smtp.auth_failures_max as usize),
             ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
             ("store.sync_wait_max_ms", self.store.sync_wait_max_ms as usize),
+            ("store.write_buffer_mb", self.store.write_buffer_mb as usize),
             ("dns.in_flight_max", self.dns.in_flight_max),
             ("dns.route_timeout_ms", self.dns.route_timeout_ms as usize),
         ] {
             if value == 0 {
                 return Err(format!("{key}: must be at least 1"));
             }
+        }
+        if self.store.write_buffer_mb > 1024 {
+            return Err("store.write_buffer_mb: at most 1024".into());
         }
         if self.smtp.stress_connections_percent > 100 {
             return Err("smtp.stress_connections_percent: at most 100".into());
