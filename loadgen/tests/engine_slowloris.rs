@@ -10,7 +10,6 @@
 //!   connection from the same /64 gets 421 while another /64 still gets 220. Before,
 //!   each address of a /64 had its own allowance. Needs root, as CI has.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![allow(unsafe_code)] // setns, to open the clients' sockets inside the namespace
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -85,46 +84,6 @@ fn dribbling_clients_are_closed_in_stress_mode_and_a_third_client_gets_in() {
     engine.shutdown();
 }
 
-/// A network namespace of the test's own, deleted on drop.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(name: &str, addresses: &[&str]) -> Namespace {
-        let _ = Command::new("ip").args(["netns", "del", name]).output();
-        let run = |args: &[&str]| {
-            let status = Command::new("ip").args(args).status().unwrap();
-            assert!(status.success(), "ip {args:?}");
-        };
-        run(&["netns", "add", name]);
-        let namespace = Namespace(name.to_string());
-        run(&["-n", name, "link", "set", "lo", "up"]);
-        for address in addresses {
-            run(&["-n", name, "addr", "add", address, "dev", "lo", "nodad"]);
-        }
-        namespace
-    }
-
-    /// Runs `work` on a thread inside the namespace: its sockets live there.
-    fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace file descriptor.
-            let entered = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
-            work()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// A connection from `source` to `server`: its greeting line, and the stream (kept
 /// open by the caller).
 fn greet_from(source: &str, server: SocketAddr) -> (String, TcpStream) {
@@ -140,7 +99,7 @@ fn greet_from(source: &str, server: SocketAddr) -> (String, TcpStream) {
 fn an_ipv6_slash_64_is_one_client_for_the_connection_limit() {
     assert!(common::is_root(), "this test creates a network namespace: it needs root, as CI has");
     let name = format!("rm64-{}", std::process::id());
-    let namespace = Namespace::new(
+    let namespace = common::Namespace::new(
         &name,
         &["2001:db8::1/64", "2001:db8::2/64", "2001:db8::3/64", "2001:db8::4/64", "2001:db8:1::2/64"],
     );

@@ -1,6 +1,6 @@
 //! Helpers for the tests that run ringmail's engine against loadgen's DNS and sinks.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-#![allow(unsafe_code)] // pre_exec, to start the engine under a seccomp filter
+#![allow(unsafe_code)] // pre_exec (the engine under a seccomp filter), setns (namespaces)
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -147,4 +147,46 @@ pub fn tls_and_users(dir: &Path) -> String {
         dir.join("cert.pem").display(),
         dir.join("key.pem").display()
     )
+}
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Namespace(pub String);
+
+impl Namespace {
+    pub fn new(name: &str, addresses: &[&str]) -> Namespace {
+        let _ = std::process::Command::new("ip").args(["netns", "del", name]).output();
+        let run = |args: &[&str]| {
+            let status = std::process::Command::new("ip").args(args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        };
+        run(&["netns", "add", name]);
+        let namespace = Namespace(name.to_string());
+        run(&["-n", name, "link", "set", "lo", "up"]);
+        for address in addresses {
+            // Without duplicate address detection (IPv6), so each is usable at once.
+            let nodad: &[&str] = if address.contains(':') { &["nodad"] } else { &[] };
+            run(&[&["-n", name, "addr", "add", address, "dev", "lo"], nodad].concat());
+        }
+        namespace
+    }
+
+    /// Runs `work` on a thread inside the namespace: its sockets live there.
+    pub fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace file descriptor.
+            let entered = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            work()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
 }
