@@ -414,6 +414,7 @@ fn start_http(
         crate::ingest::http::HttpSettings {
             body_max: config.http.body_max_bytes,
             recipients_max: config.http.recipients_max,
+            requests_max: config.http.requests_max,
             hostname: config.smtp.hostname.clone().unwrap_or_else(|| config.delivery.ehlo_name.clone()),
             bounds: crate::ingest::inject::Bounds {
                 expansion_max: config.http.expansion_max_bytes,

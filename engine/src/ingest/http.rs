@@ -56,6 +56,8 @@ pub struct HttpSettings {
     pub body_max: usize,
     /// Recipients per request at most.
     pub recipients_max: usize,
+    /// Inject requests at work at once at most (`http.requests_max`).
+    pub requests_max: usize,
     /// The host name in generated `Message-ID`s.
     pub hostname: String,
     /// What one request may expand to and run (`http.expansion_max_bytes`,
@@ -73,6 +75,8 @@ struct Api {
     receptions: crossbeam_channel::Sender<Record>,
     /// Idempotency keys of requests under way (until their write is answered).
     keys_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Inject requests at work at most (`http.requests_max`), their tasks included.
+    tasks: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request's hold on its idempotency key; let go when dropped.
@@ -166,6 +170,7 @@ pub fn router(
             store,
             metrics,
             shedding,
+            tasks: Arc::new(tokio::sync::Semaphore::new(settings.requests_max)),
             settings: Arc::new(settings),
             receptions,
             keys_in_flight: Arc::default(),
@@ -262,11 +267,24 @@ async fn inject(
             Ok(Err(BadRequest(why, Problem::Invalid))) => return refuse(StatusCode::BAD_REQUEST, why),
             Err(join) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the request: {join}")),
         };
-    expansion.skip_to(resume.next);
+    expansion.skip_to(resume.next, resume.expanded);
     let key = key.zip(hold);
     // On a task of its own: a client that goes away does not stop a request half
-    // stored (a retry with its key meanwhile gets 409, then the answer).
-    match tokio::spawn(store_in_chunks(api, expansion, key, resume)).await {
+    // stored (a retry with its key meanwhile gets 409, then the answer). The tasks
+    // are bounded as the requests are (`http.requests_max`): the door's permit ends
+    // with the connection, this one with the task.
+    let Ok(permit) = Arc::clone(&api.tasks).try_acquire_owned() else {
+        Metrics::count(&api.metrics.rejected_requests, 1);
+        return busy(format!("too many inject requests at work (http.requests_max = {})", api.settings.requests_max));
+    };
+    let task = store_in_chunks(api, expansion, key, resume);
+    match tokio::spawn(async move {
+        let response = task.await;
+        drop(permit);
+        response
+    })
+    .await
+    {
         Ok(response) => response,
         Err(join) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("storing the messages: {join}")),
     }
@@ -281,6 +299,9 @@ pub const INJECT_CHUNK_BYTES: u64 = 32 << 20;
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 struct Progress {
     next: usize,
+    /// Bytes of messages rendered so far (the request's `http.expansion_max_bytes`).
+    #[serde(default)]
+    expanded: u64,
     success_count: usize,
     failed_recipients: Vec<String>,
     errors: Vec<String>,
@@ -308,9 +329,11 @@ impl Progress {
 type HeldKey = (String, (KeyHold, u64));
 
 /// Renders and stores `expansion` a chunk ([`INJECT_CHUNK_BYTES`]) at a time; the
-/// answer counts every chunk. A chunk the store refuses ends the request: nothing
-/// stored yet → the refusal as it is (503, 507…); some stored → 200 with the rest in
-/// `failed_recipients` (a retry with the same `Idempotency-Key` stores only those).
+/// answer counts every chunk. A chunk the store refuses (or does not confirm in
+/// time) ends the request: nothing stored yet, or a key to retry with → the refusal
+/// as it is (503…; the retry with the key stores exactly the rest); some stored and
+/// no key → 200 with the rest in `failed_recipients`, each saying whether it was
+/// not queued or may have been (a chunk whose write was not confirmed).
 async fn store_in_chunks(
     api: Api,
     mut expansion: Expansion,
@@ -318,6 +341,7 @@ async fn store_in_chunks(
     mut progress: Progress,
 ) -> Response {
     let resumed = progress.next > 0;
+    let keyed = key.is_some();
     loop {
         let (returned, chunk) = match tokio::task::spawn_blocking(move || {
             let chunk = expansion.next_chunk(INJECT_CHUNK_BYTES);
@@ -348,10 +372,19 @@ async fn store_in_chunks(
         progress.errors.extend(errors);
         let last = expansion.done();
         if messages.is_empty() {
-            if last {
-                break;
+            if !last {
+                continue;
             }
-            continue;
+            // Earlier chunks stored and this last one all failed: the answer is
+            // still recorded for the key, alone.
+            if let (true, Some((key, (_, fingerprint)))) = (stored_before, &key) {
+                let answer = serde_json::to_vec(&progress.answer()).unwrap_or_default();
+                let once = queue_store::Idempotency { key: key.clone(), fingerprint: *fingerprint, answer };
+                if let Ok(pending) = api.store.submit_enqueue_once(Vec::new(), Some(once)) {
+                    let _ = pending.await;
+                }
+            }
+            break;
         }
         let recipients: usize = messages.iter().map(|m| m.recipients.len()).sum();
         let receptions: Vec<_> = messages
@@ -364,6 +397,7 @@ async fn store_in_chunks(
         let count = messages.len();
         let after = Progress {
             next: expansion.next_index(),
+            expanded: expansion.expanded(),
             success_count: progress.success_count + recipients,
             failed_recipients: progress.failed_recipients.clone(),
             errors: progress.errors.clone(),
@@ -378,12 +412,14 @@ async fn store_in_chunks(
             queue_store::Idempotency { key: key.clone(), fingerprint: *fingerprint, answer: answer.unwrap_or_default() }
         });
         // Bounded (`store.sync_wait_max_ms`): hung storage gets a 503, not a hung client.
+        let mut unconfirmed = false;
         let result = match api.store.submit_enqueue_once(messages, once) {
             Ok(mut pending) => {
                 let stall = api.store.stall_signal();
                 tokio::select! {
                     answer = &mut pending => answer,
                     () = stall.stalled() => {
+                        unconfirmed = true;
                         // The write may still happen: the key stays held until it is
                         // answered, so a retry meanwhile gets 409, and after it the
                         // answer (or where to go on from).
@@ -421,15 +457,27 @@ async fn store_in_chunks(
                 }
                 progress = after;
             }
-            Err(store_error) if !stored_before => {
+            Err(store_error) if !stored_before || keyed => {
                 Metrics::count(&api.metrics.rejected_requests, 1);
                 return refusal(&store_error);
             }
             Err(store_error) => {
-                let mut rest: Vec<String> =
-                    receptions.into_iter().flat_map(|r| r.4).map(|(address, _)| address).collect();
+                let chunk: Vec<String> = receptions.into_iter().flat_map(|r| r.4).map(|(address, _)| address).collect();
+                let why = store_error.to_string();
+                let mut progress = progress;
+                let mut rest = Vec::new();
+                if unconfirmed {
+                    for address in chunk {
+                        progress.errors.push(format!(
+                            "{address}: outcome unknown ({why}): it may be queued; sending it again may deliver it twice"
+                        ));
+                        progress.failed_recipients.push(address);
+                    }
+                } else {
+                    rest = chunk;
+                }
                 rest.extend(expansion.remaining().map(str::to_string));
-                return partly(&api, progress, rest, &store_error.to_string());
+                return partly(&api, progress, rest, &why);
             }
         }
         if last {

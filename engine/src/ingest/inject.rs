@@ -281,9 +281,17 @@ impl Expansion {
         self.next
     }
 
-    /// Continues from recipient `index` (a request resumed after a chunk was stored).
-    pub fn skip_to(&mut self, index: usize) {
+    /// Bytes of messages rendered so far (all chunks, and those of the attempts it
+    /// resumes: `http.expansion_max_bytes` bounds the request, not each attempt).
+    pub fn expanded(&self) -> u64 {
+        self.expanded
+    }
+
+    /// Continues from recipient `index`, `expanded` bytes already rendered (a request
+    /// resumed after some of its chunks were stored).
+    pub fn skip_to(&mut self, index: usize, expanded: u64) {
         self.next = index.min(self.request.recipients.len());
+        self.expanded = expanded;
     }
 
     /// The addresses of the recipients not rendered yet.
@@ -292,7 +300,11 @@ impl Expansion {
     }
 
     /// Renders recipients from where the last chunk ended until the messages reach
-    /// `bytes_max` (at least one recipient), or the request ends.
+    /// `bytes_max` (at least one recipient), or the request ends. The message shared
+    /// by the recipients of raw content without templates counts once and not
+    /// against the chunk: it is one message however many recipients it has. On an
+    /// error (the request grew past `http.expansion_max_bytes`) nothing of the chunk
+    /// is kept: its recipients are still [`Expansion::remaining`].
     pub fn next_chunk(&mut self, bytes_max: u64) -> Result<Built, BadRequest> {
         let (request, content, templates, personal, host, limits, bounds) = (
             &self.request,
@@ -313,6 +325,7 @@ impl Expansion {
         };
         let mut built = Built::default();
         let mut chunk_bytes = 0u64;
+        let chunk_start = self.next;
         let mut shared: Option<(NewMessage, Vec<usize>)> = None;
         let new_message = |body: Vec<u8>| NewMessage {
             sender: request.envelope_sender.clone(),
@@ -339,9 +352,7 @@ impl Expansion {
             if !personal {
                 let (message, indexes) = shared.get_or_insert_with(|| {
                     let Content::Raw(raw) = &content else { unreachable!("personal is false only for raw content") };
-                    let message = new_message(raw_message(raw, host));
-                    chunk_bytes = chunk_bytes.saturating_add(message.body.len() as u64);
-                    (message, Vec::new())
+                    (new_message(raw_message(raw, host)), Vec::new())
                 });
                 message.recipients.push(new_recipient);
                 indexes.push(index);
@@ -375,7 +386,9 @@ impl Expansion {
                 Ok(body) => {
                     self.expanded = self.expanded.saturating_add(body.len() as u64);
                     if self.expanded > bounds.expansion_max {
-                        return expansion(self.expanded);
+                        let over = self.expanded;
+                        self.next = chunk_start;
+                        return expansion(over);
                     }
                     chunk_bytes = chunk_bytes.saturating_add(body.len() as u64);
                     let mut message = new_message(body);
@@ -729,6 +742,66 @@ mod tests {
 
     fn request(json: serde_json::Value) -> InjectRequest {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn chunks_split_personal_messages_and_keep_a_shared_one_whole() {
+        let limits = Limits::default();
+        let recipients: Vec<_> = (0..10).map(|i| serde_json::json!({"email": format!("u{i}@x.test")})).collect();
+        // Personalised, about 1 KB each: 3 KB chunks of three or four messages.
+        let body = format!("Subject: {{{{ email }}}}\r\n\r\n{}", "b".repeat(1000));
+        let mut personal = Expansion::prepare(
+            request(serde_json::json!({"envelope_sender": "s@x.test", "content": body, "recipients": recipients})),
+            &limits,
+            "h.test",
+            &Bounds::default(),
+        )
+        .unwrap();
+        let mut sizes = Vec::new();
+        while !personal.done() {
+            sizes.push(personal.next_chunk(3000).unwrap().messages.len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 10);
+        assert!(sizes.len() >= 3 && sizes.iter().all(|n| (1..=4).contains(n)), "{sizes:?}");
+        // A large raw message without templates, for many recipients: one message
+        // in one chunk, not one per chunk (its size does not count against it).
+        let big = format!("Subject: x\r\n\r\n{}", "c".repeat(64 * 1024));
+        let mut shared = Expansion::prepare(
+            request(serde_json::json!({"envelope_sender": "s@x.test", "content": big, "template_dialect": "Static",
+                "recipients": recipients})),
+            &limits,
+            "h.test",
+            &Bounds::default(),
+        )
+        .unwrap();
+        let built = shared.next_chunk(1024).unwrap();
+        assert!(shared.done());
+        assert_eq!(built.messages.len(), 1);
+        assert_eq!(built.messages[0].recipients.len(), 10);
+    }
+
+    #[test]
+    fn a_chunk_over_the_expansion_bound_leaves_its_recipients_remaining() {
+        let limits = Limits::default();
+        let recipients: Vec<_> = (0..6)
+            .map(|i| serde_json::json!({"email": format!("u{i}@x.test"), "substitutions": {"pad": "p".repeat(if i < 2 { 1 } else { 5000 })}}))
+            .collect();
+        let bounds = Bounds { expansion_max: 8000, ..Bounds::default() };
+        let mut expansion = Expansion::prepare(
+            request(serde_json::json!({"envelope_sender": "s@x.test", "content": "Subject: x\r\n\r\n{{ pad }}",
+                "recipients": recipients})),
+            &limits,
+            "h.test",
+            &bounds,
+        )
+        .unwrap();
+        // Two small messages fit; the next chunk grows past 8,000 bytes.
+        assert_eq!(expansion.next_chunk(10).unwrap().messages.len(), 1);
+        assert_eq!(expansion.next_chunk(10).unwrap().messages.len(), 1);
+        let error = expansion.next_chunk(20_000).unwrap_err();
+        assert_eq!(error.1, Problem::TooLarge);
+        let remaining: Vec<&str> = expansion.remaining().collect();
+        assert_eq!(remaining, ["u2@x.test", "u3@x.test", "u4@x.test", "u5@x.test"], "none of the failed chunk is lost");
     }
 
     fn text(message: &NewMessage) -> String {
