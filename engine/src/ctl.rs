@@ -8,11 +8,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
+use serde::Serialize;
+
 use crate::admin::api::{
-    BounceRequest, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, RebindRequest, RetryRequest,
-    SuspendRequest,
+    BounceRequest, Bounced, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, MessageView,
+    RebindRequest, RecipientView, Report, RetryRequest, Summary, SuspendRequest, Suspension,
 };
-use crate::admin::client::AdminClient;
+use crate::admin::client::{AdminClient, AdminError};
 
 #[derive(Args, Debug)]
 pub struct Ctl {
@@ -190,17 +192,27 @@ pub fn run(ctl: Ctl) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one command: the daemon's JSON answer and the table made of it.
+/// Runs one command: the daemon's answer as JSON and the table made of it.
 pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
     let client = AdminClient::new(&ctl.url, ctl.token.clone());
-    let (answer, table): (Value, fn(&Value) -> String) = match ctl.command {
-        CtlCommand::Queue(QueueCommand::Summary { top, by }) => {
-            (client.get(&format!("summary?top={top}&by={by}"))?, summary_table)
-        }
+    /// The answer as JSON (`--json`), and its table.
+    fn shown<T: Serialize>(
+        answer: Result<T, AdminError>,
+        table: impl Fn(&T) -> String,
+    ) -> Result<(Value, String), String> {
+        let answer = answer.map_err(|e| e.to_string())?;
+        let text = table(&answer);
+        Ok((serde_json::to_value(&answer).map_err(|e| e.to_string())?, text))
+    }
+    match ctl.command {
+        CtlCommand::Queue(QueueCommand::Summary { top, by }) => shown(client.summary(top, &by), summary_table),
         CtlCommand::Queue(QueueCommand::List { domain, limit }) => {
-            (client.get(&format!("domains/{domain}/recipients?limit={limit}"))?, list_table)
+            shown(client.domain_recipients(&domain, limit), |v| {
+                let rows = recipient_rows(&v.recipients, true);
+                table(&["MESSAGE", "RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows)
+            })
         }
-        CtlCommand::Message(MessageCommand::Show { id }) => (client.get(&format!("messages/{id}"))?, message_table),
+        CtlCommand::Message(MessageCommand::Show { id }) => shown(client.message(&id), message_table),
         CtlCommand::Suspend { target, duration } => {
             let seconds = duration.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs());
             let request = SuspendRequest {
@@ -209,86 +221,69 @@ pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
                 tenant: target.tenant,
                 duration_seconds: seconds,
             };
-            (client.post("suspend", Some(&request))?, |v| match v["site"].as_str() {
-                Some(site) => format!("site {site} suspended: its domains are held as they come up"),
-                None => report_line(v),
+            shown(client.suspend(&request), |v| match (&v.site, &v.report) {
+                (Some(site), _) => format!("site {site} suspended: its domains are held as they come up"),
+                (None, report) => report_line(v.domain.as_deref(), report.as_ref()),
             })
         }
         CtlCommand::Resume { target } => {
             let request = DomainRequest { domain: target.domain, site: target.site, tenant: target.tenant };
-            (client.post("resume", Some(&request))?, report_line)
+            shown(client.resume(&request), |v| report_line(v.domain.as_deref(), Some(&v.report)))
         }
-        CtlCommand::Suspensions => (client.get("suspensions")?, suspensions_table),
+        CtlCommand::Suspensions => shown(client.suspensions(), |v| suspensions_table(&v.suspensions)),
         CtlCommand::Bounce { domain, message, tenant, campaign, reason, dry_run } => {
             let request = BounceRequest { domain, message, tenant, campaign, reason, dry_run };
-            (client.post("bounce", Some(&request))?, bounce_line)
+            shown(client.bounce(&request), bounce_line)
         }
-        CtlCommand::RetryNow { domain } => (client.post("retry-now", Some(&RetryRequest { domain }))?, |v| {
-            format!("{} deferred recipients due now", number(&v["due_now"]))
-        }),
+        CtlCommand::RetryNow { domain } => {
+            shown(client.retry_now(&RetryRequest { domain }), |v| format!("{} deferred recipients due now", v.due_now))
+        }
         CtlCommand::Rebind { domain, pool, reset: _ } => {
-            let answer = client.post("rebind", Some(&RebindRequest { domain, pool }))?;
-            (answer, |v| match v["pool"].as_str() {
-                Some(pool) => format!(
-                    "{} goes through pool {pool}; {} deferred recipients due now",
-                    number(&v["domain"]),
-                    number(&v["due_now"])
-                ),
-                None => format!("{} follows the configuration again", number(&v["domain"])),
+            shown(client.rebind(&RebindRequest { domain, pool }), |v| match &v.pool {
+                Some(pool) => {
+                    format!("{} goes through pool {pool}; {} deferred recipients due now", v.domain, v.due_now)
+                }
+                None => format!("{} follows the configuration again", v.domain),
             })
         }
-        CtlCommand::Rebinds => (client.get("rebinds")?, |v| {
-            let rows = rows(&v["rebinds"], |r| vec![number(&r["domain"]), number(&r["pool"])]);
+        CtlCommand::Rebinds => shown(client.rebinds(), |v| {
+            let rows: Vec<Vec<String>> = v.rebinds.iter().map(|r| vec![r.domain.clone(), r.pool.clone()]).collect();
             if rows.is_empty() {
                 return "no rebinds".into();
             }
             table(&["DOMAIN", "POOL"], &rows)
         }),
-        CtlCommand::Lanes => (client.get("lanes")?, lanes_table),
+        CtlCommand::Lanes => shown(client.lanes(), |v| lanes_table(&v.lanes)),
         CtlCommand::Backup { to } => {
             let to = if to.is_absolute() { to } else { std::env::current_dir().map_err(|e| e.to_string())?.join(to) };
-            (client.post("checkpoint", Some(&CheckpointRequest { path: to }))?, |v| {
-                format!("backup written to {}", v["path"].as_str().unwrap_or("?"))
+            shown(client.checkpoint(&CheckpointRequest { path: to }), |v| {
+                format!("backup written to {}", v.path.display())
             })
         }
-        CtlCommand::Drain { off } => (client.post("drain", Some(&DrainRequest { on: !off }))?, |v| {
-            if v["draining"].as_bool() == Some(true) {
+        CtlCommand::Drain { off } => shown(client.drain(&DrainRequest { on: !off }), |v| {
+            if v.draining {
                 "draining: new mail refused (SMTP 421, HTTP 503); queued mail is still delivered".into()
             } else {
                 "taking mail in again".into()
             }
         }),
-        CtlCommand::Reload => (client.post::<()>("reload", None)?, |v| {
-            let list = |key: &str| {
-                let items: Vec<String> = v[key].as_array().map(|a| a.iter().map(number).collect()).unwrap_or_default();
-                if items.is_empty() {
-                    "nothing".to_string()
-                } else {
-                    items.join(", ")
-                }
-            };
-            format!("reloaded: applied {}; needs a restart: {}", list("applied"), list("restart_needed"))
+        CtlCommand::Reload => shown(client.reload(), |v| {
+            let list = |items: &[String]| if items.is_empty() { "nothing".to_string() } else { items.join(", ") };
+            format!("reloaded: applied {}; needs a restart: {}", list(&v.applied), list(&v.restart_needed))
         }),
-        CtlCommand::LogLevel { filter } => (client.post("log-level", Some(&LogLevelRequest { filter }))?, |v| {
-            format!("log filter: {}", number(&v["filter"]))
-        }),
-        CtlCommand::Shutdown => (client.post::<()>("shutdown", None)?, |_| "the daemon is stopping".into()),
-    };
-    let text = table(&answer);
-    Ok((answer, text))
-}
-
-fn number(value: &Value) -> String {
-    match value {
-        Value::Number(n) => n.to_string(),
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        CtlCommand::LogLevel { filter } => {
+            shown(client.log_level(&LogLevelRequest { filter }), |v| format!("log filter: {}", v.filter))
+        }
+        CtlCommand::Shutdown => shown(client.shutdown(), |_| "the daemon is stopping".into()),
     }
 }
 
-fn seconds(value: &Value) -> String {
-    match value.as_f64() {
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_string()
+}
+
+fn seconds(value: Option<f64>) -> String {
+    match value {
         None => "-".into(),
         Some(s) if s < 120.0 => format!("{s:.0}s"),
         Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
@@ -321,129 +316,126 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-fn summary_table(v: &Value) -> String {
-    let t = &v["totals"];
+fn summary_table(v: &Summary) -> String {
+    let t = &v.totals;
     let mut out = format!(
         "queued {}  in flight {}  deferred {}  suspended {}  total {}  messages {}\n",
-        number(&t["queued"]),
-        number(&t["in_flight"]),
-        number(&t["deferred"]),
-        number(&t["suspended"]),
-        number(&t["total"]),
-        number(&v["messages"])
+        t.queued, t.in_flight, t.deferred, t.suspended, t.total, v.messages
     );
-    if let Some(oldest) = v["oldest"].as_object() {
-        out.push_str(&format!("oldest message {} ({} old)\n", number(&oldest["id"]), seconds(&oldest["age_s"])));
+    if let Some(oldest) = &v.oldest {
+        out.push_str(&format!("oldest message {} ({} old)\n", oldest.id, seconds(Some(oldest.age_s))));
     }
-    if v["draining"].as_bool() == Some(true) {
+    if v.draining {
         out.push_str("intake DRAINING: new mail is refused\n");
     }
-    out.push_str(&format!("store {}\n\n", number(&v["store_health"])));
-    let rows = rows(&v["groups"], |g| {
-        let mut row: Vec<String> =
-            ["name", "queued", "in_flight", "deferred", "suspended", "total"].iter().map(|k| number(&g[*k])).collect();
-        row.push(seconds(&g["oldest_age_s"]));
-        row
-    });
-    let by = v["by"].as_str().unwrap_or("domain").to_uppercase();
+    out.push_str(&format!("store {}\n\n", v.store_health));
+    let rows: Vec<Vec<String>> = v
+        .groups
+        .iter()
+        .map(|g| {
+            let mut row = vec![or_dash(g.name.as_deref())];
+            row.extend([g.queued, g.in_flight, g.deferred, g.suspended, g.total].map(|n| n.to_string()));
+            row.push(seconds(g.oldest_age_s));
+            row
+        })
+        .collect();
+    let by = v.by.to_uppercase();
     out.push_str(&table(&[&by, "QUEUED", "IN FLIGHT", "DEFERRED", "SUSPENDED", "TOTAL", "OLDEST"], &rows));
     out
 }
 
-fn recipient_rows(recipients: &Value, with_message: bool) -> Vec<Vec<String>> {
-    rows(recipients, |r| {
-        let mut row = Vec::new();
-        if with_message {
-            row.push(number(&r["message"]));
-        }
-        row.extend([
-            number(&r["recipient"]),
-            number(&r["state"]),
-            number(&r["attempts"]),
-            seconds(&r["next_attempt_in_s"]),
-            r["last_response"].as_str().unwrap_or("-").chars().take(60).collect(),
-        ]);
-        row
-    })
+fn recipient_rows(recipients: &[RecipientView], with_message: bool) -> Vec<Vec<String>> {
+    recipients
+        .iter()
+        .map(|r| {
+            let mut row = Vec::new();
+            if with_message {
+                row.push(or_dash(r.message.as_deref()));
+            }
+            row.extend([
+                r.recipient.clone(),
+                r.state.clone(),
+                r.attempts.to_string(),
+                seconds(Some(r.next_attempt_in_s)),
+                r.last_response.as_deref().unwrap_or("-").chars().take(60).collect(),
+            ]);
+            row
+        })
+        .collect()
 }
 
-/// One table row per element of the JSON array `list` (none when it is not one).
-fn rows(list: &Value, row: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
-    list.as_array().map(|items| items.iter().map(row).collect()).unwrap_or_default()
-}
-
-fn list_table(v: &Value) -> String {
-    let rows = recipient_rows(&v["recipients"], true);
-    table(&["MESSAGE", "RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows)
-}
-
-fn message_table(v: &Value) -> String {
+fn message_table(v: &MessageView) -> String {
     let mut out = format!(
         "message {}\nsender {}\ntenant {}  campaign {}\nage {}  size {} bytes\n\n",
-        number(&v["id"]),
-        number(&v["sender"]),
-        number(&v["tenant"]),
-        number(&v["campaign"]),
-        seconds(&v["age_s"]),
-        number(&v["size"])
+        v.id,
+        v.sender,
+        or_dash(v.tenant.as_deref()),
+        or_dash(v.campaign.as_deref()),
+        seconds(Some(v.age_s)),
+        v.size
     );
-    let rows = recipient_rows(&v["recipients"], false);
+    let rows = recipient_rows(&v.recipients, false);
     out.push_str(&table(&["RECIPIENT", "STATE", "ATTEMPTS", "NEXT", "LAST RESPONSE"], &rows));
     out
 }
 
-fn lanes_table(v: &Value) -> String {
-    let rows = rows(&v["lanes"], |l| {
-        vec![
-            number(&l["site"]),
-            if l["source"].is_null() { "-".into() } else { number(&l["source"]) },
-            format!("{}/{}", number(&l["connections"]), number(&l["limit"])),
-            number(&l["ready"]),
-            format!("{:.1}", l["rate"].as_f64().unwrap_or(0.0)),
-            seconds(&l["backoff_remaining_s"]),
-            number(&l["hosts_down"]),
-            l["last_error"].as_str().unwrap_or("").chars().take(50).collect(),
-        ]
-    });
+fn lanes_table(lanes: &[crate::shard::LaneView]) -> String {
+    let rows: Vec<Vec<String>> = lanes
+        .iter()
+        .map(|l| {
+            vec![
+                l.site.clone(),
+                l.source.map_or_else(|| "-".into(), |s| s.to_string()),
+                format!("{}/{}", l.connections, l.limit),
+                l.ready.to_string(),
+                format!("{:.1}", l.rate),
+                seconds(Some(l.backoff_remaining_s)),
+                l.hosts_down.to_string(),
+                l.last_error.chars().take(50).collect(),
+            ]
+        })
+        .collect();
     if rows.is_empty() {
         return "no lanes (nothing delivered since the start)".into();
     }
     table(&["SITE", "SOURCE", "CONNS/LIMIT", "READY", "TX/S", "BACKOFF", "DOWN", "LAST ERROR"], &rows)
 }
 
-fn suspensions_table(v: &Value) -> String {
-    let rows = rows(&v["suspensions"], |s| {
-        let until = if s["remaining_s"].is_null() { "until resumed".into() } else { seconds(&s["remaining_s"]) };
-        match (s["site"].as_str(), s["tenant"].as_str()) {
-            (Some(site), _) => vec![format!("site {site}"), until],
-            (_, Some(tenant)) => vec![format!("tenant {tenant}"), until],
-            _ => vec![number(&s["domain"]), until],
-        }
-    });
+fn suspensions_table(suspensions: &[Suspension]) -> String {
+    let rows: Vec<Vec<String>> = suspensions
+        .iter()
+        .map(|s| {
+            let until = if s.remaining_s.is_none() { "until resumed".into() } else { seconds(s.remaining_s) };
+            match (&s.site, &s.tenant) {
+                (Some(site), _) => vec![format!("site {site}"), until],
+                (_, Some(tenant)) => vec![format!("tenant {tenant}"), until],
+                _ => vec![or_dash(s.domain.as_deref()), until],
+            }
+        })
+        .collect();
     if rows.is_empty() {
         return "no suspensions".into();
     }
     table(&["SUSPENDED", "REMAINING"], &rows)
 }
 
-fn report_line(v: &Value) -> String {
-    let report = &v["report"];
-    let mut line = format!("{}: {} recipients changed", number(&v["domain"]), number(&report["changed"]));
-    if let Some(error) = report["error"].as_str() {
+fn report_line(name: Option<&str>, report: Option<&Report>) -> String {
+    let changed = report.map_or_else(|| "-".to_string(), |r| r.changed.to_string());
+    let mut line = format!("{}: {changed} recipients changed", or_dash(name));
+    if let Some(error) = report.and_then(|r| r.error.as_deref()) {
         line.push_str(&format!(" (stopped part-way: {error})"));
     }
     line
 }
 
-fn bounce_line(v: &Value) -> String {
-    if v["dry_run"].as_bool() == Some(true) {
-        return format!("dry run: {} recipients would be bounced", number(&v["would_bounce"]));
+fn bounce_line(v: &Bounced) -> String {
+    if v.dry_run {
+        return format!("dry run: {} recipients would be bounced", v.would_bounce.unwrap_or(0));
     }
-    let report = &v["report"];
     format!(
         "bounced {} recipients now; {} in flight will be bounced when their attempt comes back",
-        number(&v["bounced"]),
-        number(&report["in_flight"])
+        v.bounced.unwrap_or(0),
+        v.report.as_ref().map_or(0, |r| r.in_flight)
     )
 }
 

@@ -41,8 +41,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{
-    BounceRequest, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, RebindRequest, RetryRequest,
-    SuspendRequest,
+    BounceRequest, Bounced, Checkpoint, CheckpointRequest, Counts, DomainRecipients, DomainRequest, DrainRequest,
+    Draining, Lanes, LogLevel, LogLevelRequest, MessageView, OldestMessage, Rebind, RebindRequest, Rebinds, Rebound,
+    RecipientView, Reloaded, Report, Resumed, RetriedNow, RetryRequest, Stopping, Summary, SuspendRequest, Suspended,
+    Suspension, Suspensions,
 };
 use crate::ingest::Shedding;
 use crate::log::{Record, Response as LogResponse};
@@ -137,7 +139,7 @@ impl From<tokio::task::JoinError> for Refusal {
 
 type Answer = Result<Response, Refusal>;
 
-fn answer(value: serde_json::Value) -> Answer {
+fn answer<T: serde::Serialize>(value: T) -> Answer {
     Ok(Json(value).into_response())
 }
 
@@ -166,9 +168,16 @@ fn seconds_since(ms: u64) -> f64 {
     crate::log::now_ms().saturating_sub(ms) as f64 / 1000.0
 }
 
-fn counts_json(name: &str, counts: &queue_store::StateCounts) -> serde_json::Value {
-    json!({"name": name, "queued": counts.queued, "in_flight": counts.in_flight, "deferred": counts.deferred,
-           "suspended": counts.suspended, "total": counts.total()})
+fn counts_of(name: Option<&str>, counts: &queue_store::StateCounts) -> Counts {
+    Counts {
+        name: name.map(str::to_string),
+        queued: counts.queued,
+        in_flight: counts.in_flight,
+        deferred: counts.deferred,
+        suspended: counts.suspended,
+        total: counts.total(),
+        oldest_age_s: None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,8 +228,10 @@ fn default_top() -> usize {
 async fn summary(State(admin): Api, Query(query): Query<Top>) -> Answer {
     let by = query.by.clone().unwrap_or_else(|| "domain".into());
     let top = query.top.min(10_000);
-    let groups: Vec<serde_json::Value> = match by.as_str() {
-        "domain" => admin.store.domain_counts().iter().take(top).map(|(domain, c)| counts_json(domain, c)).collect(),
+    let groups: Vec<Counts> = match by.as_str() {
+        "domain" => {
+            admin.store.domain_counts().iter().take(top).map(|(domain, c)| counts_of(Some(domain), c)).collect()
+        }
         "site" => {
             let mut sites: std::collections::HashMap<String, queue_store::StateCounts> = Default::default();
             for (domain, c) in admin.store.domain_counts() {
@@ -234,7 +245,7 @@ async fn summary(State(admin): Api, Query(query): Query<Top>) -> Answer {
             }
             let mut sites: Vec<_> = sites.into_iter().collect();
             sites.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then_with(|| a.0.cmp(&b.0)));
-            sites.iter().take(top).map(|(site, c)| counts_json(site, c)).collect()
+            sites.iter().take(top).map(|(site, c)| counts_of(Some(site), c)).collect()
         }
         "tenant" | "campaign" => {
             let store = Arc::clone(&admin.store);
@@ -243,42 +254,38 @@ async fn summary(State(admin): Api, Query(query): Query<Top>) -> Answer {
             groups
                 .iter()
                 .take(top)
-                .map(|(name, c, oldest)| {
-                    let mut value = counts_json(name, c);
-                    value["oldest_age_s"] = json!(seconds_since(*oldest));
-                    value
+                .map(|(name, c, oldest)| Counts {
+                    oldest_age_s: Some(seconds_since(*oldest)),
+                    ..counts_of(Some(name), c)
                 })
                 .collect()
         }
         other => return Err(Refusal::bad(format!("by: {other:?} is not domain, site, tenant or campaign"))),
     };
-    let counts = admin.store.counts();
-    let mut totals = counts_json("", &counts);
-    if let Some(totals) = totals.as_object_mut() {
-        totals.remove("name");
-    }
-    let oldest = admin.store.oldest_message().map(|(id, ms)| json!({"id": id.to_string(), "age_s": seconds_since(ms)}));
-    answer(json!({
-        "totals": totals,
-        "messages": admin.store.message_count(),
-        "oldest": oldest,
-        "by": by,
-        "groups": groups,
-        "suspensions": suspension_list(&admin),
-        "draining": admin.shedding.is_draining(),
-        "store_health": format!("{:?}", admin.store.health()),
-    }))
+    let oldest =
+        admin.store.oldest_message().map(|(id, ms)| OldestMessage { id: id.to_string(), age_s: seconds_since(ms) });
+    answer(Summary {
+        totals: counts_of(None, &admin.store.counts()),
+        messages: admin.store.message_count(),
+        oldest,
+        by,
+        groups,
+        suspensions: suspension_list(&admin),
+        draining: admin.shedding.is_draining(),
+        store_health: format!("{:?}", admin.store.health()),
+    })
 }
 
-fn recipient_json(record: &RecipientRecord) -> serde_json::Value {
+fn recipient_view(record: &RecipientRecord) -> RecipientView {
     let now = crate::log::now_ms();
-    json!({
-        "recipient": record.address,
-        "state": format!("{:?}", record.state),
-        "attempts": record.attempts,
-        "next_attempt_in_s": record.due_ms.saturating_sub(now) as f64 / 1000.0,
-        "last_response": record.last_response,
-    })
+    RecipientView {
+        recipient: record.address.clone(),
+        state: format!("{:?}", record.state),
+        attempts: record.attempts,
+        next_attempt_in_s: record.due_ms.saturating_sub(now) as f64 / 1000.0,
+        last_response: record.last_response.clone(),
+        message: None,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,13 +302,9 @@ async fn domain_recipients(State(admin): Api, Path(domain): Path<String>, Query(
     let listed = admin.store.list_domain(&domain, None, query.limit)?;
     let recipients: Vec<_> = listed
         .iter()
-        .map(|(key, record)| {
-            let mut value = recipient_json(record);
-            value["message"] = json!(key.message.to_string());
-            value
-        })
+        .map(|(key, record)| RecipientView { message: Some(key.message.to_string()), ..recipient_view(record) })
         .collect();
-    answer(json!({"domain": domain, "recipients": recipients}))
+    answer(DomainRecipients { domain, recipients })
 }
 
 fn message_id(text: &str, field: &str) -> Result<MessageId, Refusal> {
@@ -314,25 +317,25 @@ async fn message(State(admin): Api, Path(id): Path<String>) -> Answer {
         return Err(Refusal::new(StatusCode::NOT_FOUND, format!("no message {id} in the queue")));
     };
     let envelope = &view.envelope;
-    answer(json!({
-        "id": id.to_string(),
-        "sender": envelope.sender,
-        "tenant": envelope.tenant,
-        "campaign": envelope.campaign,
-        "metadata": crate::log::meta(&envelope.metadata, &Vec::new()),
-        "age_s": seconds_since(envelope.created_ms),
-        "size": envelope.body_len,
-        "recipients": view.recipients.iter().map(|(_, r)| recipient_json(r)).collect::<Vec<_>>(),
-    }))
+    answer(MessageView {
+        id: id.to_string(),
+        sender: envelope.sender.clone(),
+        tenant: envelope.tenant.clone(),
+        campaign: envelope.campaign.clone(),
+        metadata: serde_json::to_value(crate::log::meta(&envelope.metadata, &Vec::new())).unwrap_or_default(),
+        age_s: seconds_since(envelope.created_ms),
+        size: envelope.body_len,
+        recipients: view.recipients.iter().map(|(_, r)| recipient_view(r)).collect(),
+    })
 }
 
-fn report_json(report: &AdminReport) -> serde_json::Value {
-    json!({
-        "ended": report.terminal.len(),
-        "in_flight": report.in_flight,
-        "changed": report.changed,
-        "error": report.error.as_ref().map(ToString::to_string),
-    })
+fn report_of(report: &AdminReport) -> Report {
+    Report {
+        ended: report.terminal.len(),
+        in_flight: report.in_flight,
+        changed: report.changed,
+        error: report.error.as_ref().map(ToString::to_string),
+    }
 }
 
 async fn suspend(State(admin): Api, Body(request): Body<SuspendRequest>) -> Answer {
@@ -343,13 +346,13 @@ async fn suspend(State(admin): Api, Body(request): Body<SuspendRequest>) -> Answ
         (None, Some(site), None) => {
             admin.site_holds.hold(site, until);
             tracing::info!(%site, "site suspended by the admin API");
-            return answer(json!({"site": site, "until_ms": until}));
+            return answer(Suspended { domain: None, site: Some(site.clone()), until_ms: until, report: None });
         }
         (None, None, Some(tenant)) => blocking(move || store.suspend_tenant(&tenant, until)).await?,
         _ => return Err(Refusal::bad("give exactly one of domain, site or tenant")),
     };
     let name = request.domain.or(request.tenant);
-    answer(json!({"domain": name, "until_ms": until, "report": report_json(&report)}))
+    answer(Suspended { domain: name, site: None, until_ms: until, report: Some(report_of(&report)) })
 }
 
 async fn resume(State(admin): Api, Body(request): Body<DomainRequest>) -> Answer {
@@ -362,7 +365,7 @@ async fn resume(State(admin): Api, Body(request): Body<DomainRequest>) -> Answer
             .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("site {site:?} is not suspended")))?,
         (None, None, Some(tenant)) => {
             let report = blocking(move || store.resume_tenant(&tenant)).await?;
-            return answer(json!({"domain": request.tenant, "report": report_json(&report)}));
+            return answer(Resumed { domain: request.tenant, report: report_of(&report) });
         }
         _ => return Err(Refusal::bad("give exactly one of domain, site or tenant")),
     };
@@ -377,29 +380,36 @@ async fn resume(State(admin): Api, Body(request): Body<DomainRequest>) -> Answer
     })
     .await?;
     let name = request.domain.or(request.site);
-    answer(json!({"domain": name, "report": report_json(&report)}))
+    answer(Resumed { domain: name, report: report_of(&report) })
 }
 
-fn suspension_list(admin: &Admin) -> Vec<serde_json::Value> {
+fn suspension_list(admin: &Admin) -> Vec<Suspension> {
     let remaining = |until: Option<u64>| until.map(|ms| ms.saturating_sub(crate::log::now_ms()) as f64 / 1000.0);
-    let sites = admin.site_holds.all().into_iter().map(|(site, until, domains)| {
-        json!({"site": site, "until_ms": until, "remaining_s": remaining(until), "domains": domains})
+    let none = |until: Option<u64>| Suspension {
+        site: None,
+        tenant: None,
+        domain: None,
+        until_ms: until,
+        remaining_s: remaining(until),
+        domains: None,
+    };
+    let sites = admin.site_holds.all().into_iter().map(|(site, until, domains)| Suspension {
+        site: Some(site),
+        domains: Some(domains),
+        ..none(until)
     });
     let tenants = admin
         .store
         .tenant_suspensions()
         .into_iter()
-        .map(|(tenant, until)| json!({"tenant": tenant, "until_ms": until, "remaining_s": remaining(until)}));
-    let domains = admin
-        .store
-        .suspensions()
-        .into_iter()
-        .map(|(domain, until)| json!({"domain": domain, "until_ms": until, "remaining_s": remaining(until)}));
+        .map(|(tenant, until)| Suspension { tenant: Some(tenant), ..none(until) });
+    let domains =
+        admin.store.suspensions().into_iter().map(|(domain, until)| Suspension { domain: Some(domain), ..none(until) });
     sites.chain(tenants).chain(domains).collect()
 }
 
 async fn suspensions(State(admin): Api) -> Answer {
-    answer(json!({"suspensions": suspension_list(&admin)}))
+    answer(Suspensions { suspensions: suspension_list(&admin) })
 }
 
 async fn bounce(State(admin): Api, Body(request): Body<BounceRequest>) -> Answer {
@@ -440,11 +450,7 @@ async fn bounce(State(admin): Api, Body(request): Body<BounceRequest>) -> Answer
             }
         };
     if request.dry_run {
-        let mut value = json!({"dry_run": true, "would_bounce": recipients});
-        if let Some(messages) = messages {
-            value["messages"] = json!(messages);
-        }
-        return answer(value);
+        return answer(Bounced { dry_run: true, would_bounce: Some(recipients), messages, ..Bounced::default() });
     }
     let store = Arc::clone(&admin.store);
     let reason = format!("administrative bounce: {}", request.reason);
@@ -465,7 +471,7 @@ async fn bounce(State(admin): Api, Body(request): Body<BounceRequest>) -> Answer
     for terminal in &report.terminal {
         log_admin_bounce(&admin, terminal);
     }
-    answer(json!({"bounced": report.terminal.len(), "report": report_json(&report)}))
+    answer(Bounced { bounced: Some(report.terminal.len()), report: Some(report_of(&report)), ..Bounced::default() })
 }
 
 /// The messages of a tenant or a campaign (a scan of the queue), and how many
@@ -537,7 +543,7 @@ async fn retry_now(State(admin): Api, Body(request): Body<RetryRequest>) -> Answ
         None => store.domain_counts().into_iter().filter(|(_, c)| c.deferred > 0).map(|(d, _)| d).collect(),
     };
     let changed = blocking(move || retry_domains(&store, domains)).await?;
-    answer(json!({"domain": request.domain, "due_now": changed}))
+    answer(RetriedNow { domain: request.domain, due_now: changed })
 }
 
 async fn rebind(State(admin): Api, Body(request): Body<RebindRequest>) -> Answer {
@@ -552,17 +558,16 @@ async fn rebind(State(admin): Api, Body(request): Body<RebindRequest>) -> Answer
     tracing::info!(%domain, pool = ?request.pool, "domain rebound by the admin API");
     let store = Arc::clone(&admin.store);
     let due = blocking(move || retry_domains(&store, vec![domain])).await?;
-    answer(json!({"domain": request.domain, "pool": request.pool, "due_now": due}))
+    answer(Rebound { domain: request.domain, pool: request.pool, due_now: due })
 }
 
 async fn rebinds(State(admin): Api) -> Answer {
-    let all: Vec<_> =
-        admin.rebinds.all().into_iter().map(|(domain, pool)| json!({"domain": domain, "pool": pool})).collect();
-    answer(json!({"rebinds": all}))
+    let rebinds = admin.rebinds.all().into_iter().map(|(domain, pool)| Rebind { domain, pool }).collect();
+    answer(Rebinds { rebinds })
 }
 
 async fn lanes(State(admin): Api) -> Answer {
-    answer(json!({"lanes": admin.lanes.lanes()}))
+    answer(Lanes { lanes: admin.lanes.lanes() })
 }
 
 async fn checkpoint(State(admin): Api, Body(request): Body<CheckpointRequest>) -> Answer {
@@ -577,20 +582,24 @@ async fn checkpoint(State(admin): Api, Body(request): Body<CheckpointRequest>) -
     // Any failure to write the copy is the daemon's (500), not a busy store.
     let written = tokio::task::spawn_blocking(move || store.checkpoint(&path)).await?;
     written.map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    answer(json!({"path": request.path}))
+    answer(Checkpoint { path: request.path })
 }
 
 async fn drain(State(admin): Api, Body(request): Body<DrainRequest>) -> Answer {
     admin.shedding.set_draining(request.on);
     tracing::info!(draining = request.on, "intake drain changed by the admin API");
-    answer(json!({"draining": request.on}))
+    answer(Draining { draining: request.on })
 }
 
 async fn reload(State(admin): Api) -> Answer {
     let live = Arc::clone(&admin.live);
     let report = tokio::task::spawn_blocking(move || live.reload()).await?;
     let report = report.map_err(|why| Refusal::bad(format!("nothing changed: {why}")))?;
-    answer(json!(report))
+    answer(Reloaded {
+        applied: report.applied.iter().map(|s| s.to_string()).collect(),
+        restart_needed: report.restart_needed.iter().map(|s| s.to_string()).collect(),
+        generation: report.generation,
+    })
 }
 
 type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -612,11 +621,11 @@ async fn log_level(Body(request): Body<LogLevelRequest>) -> Answer {
     };
     hook(&request.filter).map_err(|why| Refusal::bad(format!("filter: {why}")))?;
     tracing::info!(filter = %request.filter, "log filter changed by the admin API");
-    answer(json!({"filter": request.filter}))
+    answer(LogLevel { filter: request.filter })
 }
 
 async fn shutdown(State(admin): Api) -> Answer {
     admin.shutdown.store(true, Ordering::Relaxed);
     tracing::info!("shutdown requested by the admin API");
-    Ok((StatusCode::ACCEPTED, Json(json!({"stopping": true}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(Stopping { stopping: true })).into_response())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::LaneKey;
 
 /// One lane as the admin API shows it (`ringmail ctl lanes`).
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LaneView {
     pub site: String,
     pub source: Option<IpAddr>,
