@@ -128,6 +128,7 @@ impl Engine {
         store_config.limits.queue_recipients_max = config.store.queue_recipients_max;
         store_config.stall_after = Duration::from_millis(config.store.sync_wait_max_ms);
         store_config.write_buffer_bytes = (config.store.write_buffer_mb as usize) << 20;
+        store_config.block_cache_bytes = (config.store.block_cache_mb as usize) << 20;
         store_config.idempotency_ttl = Duration::from_secs(config.http.idempotency_ttl_hours.saturating_mul(3600));
         // A message the SMTP listener accepts at its SIZE limit still fits once the
         // listener has added its Received: and Message-ID: headers.

@@ -178,9 +178,10 @@ fn engine_toml(dir: &Path, store: &Path, http: SocketAddr, dns: SocketAddr, port
     format!(
         r#"[store]
 path = "{store}"
-# Small memtables: they level off within seconds, so a one-minute window of
+# Small memtables and block cache: they level off within seconds, so a window of
 # resident memory shows growth that is not theirs.
 write_buffer_mb = 4
+block_cache_mb = 8
 [http]
 listen = "{http}"
 [dns]

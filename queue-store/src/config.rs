@@ -44,6 +44,22 @@ impl Default for Limits {
     }
 }
 
+/// RocksDB's block cache of a store, made once (see [`StoreConfig::block_cache_bytes`]).
+#[derive(Clone, Default)]
+pub(crate) struct BlockCache(std::sync::Arc<std::sync::OnceLock<rocksdb::Cache>>);
+
+impl std::fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlockCache")
+    }
+}
+
+impl BlockCache {
+    pub(crate) fn get(&self, bytes: usize) -> rocksdb::Cache {
+        self.0.get_or_init(|| rocksdb::Cache::new_lru_cache(bytes)).clone()
+    }
+}
+
 /// How to open a store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -64,6 +80,13 @@ pub struct StoreConfig {
     pub group_bytes_max: usize,
     /// RocksDB write buffer per column family. Default 64 MiB.
     pub write_buffer_bytes: usize,
+    /// RocksDB's block cache, one for every column family, holding data blocks and
+    /// the index and filter blocks too (so the memory they take is bounded by it,
+    /// not by the number of table files). Default 64 MiB.
+    pub block_cache_bytes: usize,
+    /// The cache itself, made at the first open with this configuration; clones of
+    /// the configuration share it.
+    pub(crate) block_cache: BlockCache,
     /// One write or sync under way longer than this makes the store `Stalled`
     /// (hung storage): admission refuses, and waiters using `Pending::or_stalled` are
     /// answered `Unhealthy(Stalled)`. Default 30 s.
@@ -84,6 +107,8 @@ impl StoreConfig {
             group_messages_max: 1024,
             group_bytes_max: 64 * 1024 * 1024,
             write_buffer_bytes: 64 * 1024 * 1024,
+            block_cache_bytes: 64 * 1024 * 1024,
+            block_cache: BlockCache::default(),
             stall_after: std::time::Duration::from_secs(30),
             idempotency_ttl: std::time::Duration::from_secs(24 * 3600),
         }

@@ -1,6 +1,6 @@
 //! Opening RocksDB: column families and their options.
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
+use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
 use crate::config::StoreConfig;
 use crate::error::StoreError;
@@ -72,6 +72,14 @@ pub(crate) fn cf_options(name: &str, config: &StoreConfig) -> Options {
     // `no_slowdown` turns that stop into a refusal at once. Four lets three wait for a
     // flush before writes stop, at the cost of memory only while flushes lag.
     options.set_max_write_buffer_number(WRITE_BUFFERS_PER_FAMILY_MAX);
+    // One block cache for every family, index and filter blocks in it: without it
+    // RocksDB gives each family a cache of its own and keeps each table file's index
+    // outside any, so resident memory grows with the families and the files.
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&config.block_cache.get(config.block_cache_bytes));
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    options.set_block_based_table_factory(&table);
     options
 }
 

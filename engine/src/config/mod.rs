@@ -79,6 +79,14 @@ pub struct StoreSection {
     /// this much per busy family before it levels off.
     #[serde(default = "default_write_buffer_mb")]
     pub write_buffer_mb: u64,
+    /// RocksDB's block cache, MiB: one for the whole queue (message bodies read for
+    /// delivery, and the table files' index and filter blocks).
+    #[serde(default = "default_block_cache_mb")]
+    pub block_cache_mb: u64,
+}
+
+fn default_block_cache_mb() -> u64 {
+    64
 }
 
 fn default_write_buffer_mb() -> u64 {
@@ -119,6 +127,7 @@ impl Default for StoreSection {
             queue_recipients_max: default_queue_recipients_max(),
             sync_wait_max_ms: default_sync_wait_max_ms(),
             write_buffer_mb: default_write_buffer_mb(),
+            block_cache_mb: default_block_cache_mb(),
         }
     }
 }
@@ -655,6 +664,7 @@ impl Config {
             ("store.queue_recipients_max", self.store.queue_recipients_max as usize),
             ("store.sync_wait_max_ms", self.store.sync_wait_max_ms as usize),
             ("store.write_buffer_mb", self.store.write_buffer_mb as usize),
+            ("store.block_cache_mb", self.store.block_cache_mb as usize),
             ("dns.in_flight_max", self.dns.in_flight_max),
             ("dns.route_timeout_ms", self.dns.route_timeout_ms as usize),
         ] {
@@ -664,6 +674,9 @@ impl Config {
         }
         if self.store.write_buffer_mb > 1024 {
             return Err("store.write_buffer_mb: at most 1024".into());
+        }
+        if self.store.block_cache_mb > 65536 {
+            return Err("store.block_cache_mb: at most 65536".into());
         }
         if self.smtp.stress_connections_percent > 100 {
             return Err("smtp.stress_connections_percent: at most 100".into());
