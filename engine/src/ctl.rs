@@ -1,20 +1,21 @@
-//! `ringmail ctl`: the operator's command line over the admin API ([`crate::admin`]),
+//! `ringmail ctl`: the operator's command line over the admin API (`ringmail::admin`,
+//! through its typed client),
 //! in the manner of `postqueue`/`postsuper`, `kcli` and `pmta`. Tables for people,
 //! `--json` for scripts. The daemon is found at `--url` (or `RINGMAIL_URL`, default
 //! `http://127.0.0.1:8025`) with the token in `--token` (or `RINGMAIL_ADMIN_TOKEN`).
 
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use serde::Serialize;
 
-use crate::admin::api::{
+use ringmail::admin::api::{
     BounceRequest, Bounced, CheckpointRequest, DomainRequest, DrainRequest, LogLevelRequest, MessageView,
     RebindRequest, RecipientView, Report, RetryRequest, Summary, SuspendRequest, Suspension,
 };
-use crate::admin::client::{AdminClient, AdminError};
+use ringmail::admin::client::{AdminClient, AdminError};
 
 #[derive(Args, Debug)]
 pub struct Ctl {
@@ -167,7 +168,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-#[derive(Parser, Debug)]
+#[cfg(test)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "ringmail ctl")]
 struct Line {
     #[command(flatten)]
@@ -175,13 +177,15 @@ struct Line {
 }
 
 /// `ringmail ctl`'s arguments (without the program name), parsed.
-pub fn parse(args: &[&str]) -> Result<Ctl, String> {
+#[cfg(test)]
+fn parse(args: &[&str]) -> Result<Ctl, String> {
+    use clap::Parser;
     Line::try_parse_from(std::iter::once("ctl").chain(args.iter().copied())).map(|l| l.ctl).map_err(|e| e.to_string())
 }
 
 /// Runs one command, printing its table (or its JSON with `--json`); the error is
 /// the message to print.
-pub fn run(ctl: Ctl) -> Result<(), String> {
+pub(crate) fn run(ctl: Ctl) -> Result<(), String> {
     let json = ctl.json;
     let (answer, table) = execute(ctl)?;
     if json {
@@ -193,7 +197,7 @@ pub fn run(ctl: Ctl) -> Result<(), String> {
 }
 
 /// Runs one command: the daemon's answer as JSON and the table made of it.
-pub fn execute(ctl: Ctl) -> Result<(Value, String), String> {
+fn execute(ctl: Ctl) -> Result<(Value, String), String> {
     let client = AdminClient::new(&ctl.url, ctl.token.clone());
     /// The answer as JSON (`--json`), and its table.
     fn shown<T: Serialize>(
@@ -379,7 +383,7 @@ fn message_table(v: &MessageView) -> String {
     out
 }
 
-fn lanes_table(lanes: &[crate::shard::LaneView]) -> String {
+fn lanes_table(lanes: &[ringmail::shard::LaneView]) -> String {
     let rows: Vec<Vec<String>> = lanes
         .iter()
         .map(|l| {
@@ -451,6 +455,52 @@ mod tests {
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse_duration("2w").unwrap_err().contains("unknown unit"));
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+    }
+
+    #[test]
+    fn commands_parse_and_refuse_what_makes_no_sense() {
+        let ctl = parse(&["--url", "http://127.0.0.1:1", "queue", "summary", "--by", "site"]).unwrap();
+        assert!(matches!(ctl.command, CtlCommand::Queue(QueueCommand::Summary { top: 20, ref by }) if by == "site"));
+        let error = parse(&["bounce", "--reason", "x"]).unwrap_err();
+        assert!(error.contains("--domain"), "a selector is required: {error}");
+        let error = parse(&["suspend", "--domain", "a.test", "--site", "mx.a.test"]).unwrap_err();
+        assert!(error.contains("cannot be used with"), "{error}");
+        assert!(parse(&["queue", "summary", "--by", "planet"]).is_err());
+    }
+
+    #[test]
+    fn tables_are_made_from_the_typed_answers() {
+        use ringmail::admin::api::{Counts, OldestMessage};
+        let counts =
+            |name: &str, total: u64| Counts { name: Some(name.into()), queued: total, total, ..Counts::default() };
+        let summary = Summary {
+            totals: Counts { queued: 7, total: 7, ..Counts::default() },
+            messages: 5,
+            oldest: Some(OldestMessage { id: "m1".into(), age_s: 90.0 }),
+            by: "domain".into(),
+            groups: vec![counts("big.test", 5), counts("small.test", 2)],
+            suspensions: Vec::new(),
+            draining: true,
+            store_health: "Healthy".into(),
+        };
+        let text = summary_table(&summary);
+        assert!(text.starts_with("queued 7  in flight 0  deferred 0  suspended 0  total 7  messages 5\n"), "{text}");
+        assert!(text.contains("oldest message m1 (90s old)") && text.contains("intake DRAINING"), "{text}");
+        assert!(text.contains("DOMAIN") && text.contains("big.test") && text.contains("small.test"), "{text}");
+        let held = Suspension {
+            site: None,
+            tenant: Some("t1".into()),
+            domain: None,
+            until_ms: None,
+            remaining_s: None,
+            domains: None,
+        };
+        assert!(suspensions_table(&[held]).contains("tenant t1  until resumed"));
+        assert_eq!(suspensions_table(&[]), "no suspensions");
+        let dry = Bounced { dry_run: true, would_bounce: Some(30), ..Bounced::default() };
+        assert_eq!(bounce_line(&dry), "dry run: 30 recipients would be bounced");
+        let report = Report { changed: 20, ..Report::default() };
+        assert_eq!(report_line(Some("ok.test"), Some(&report)), "ok.test: 20 recipients changed");
     }
 
     #[test]

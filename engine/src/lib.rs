@@ -6,16 +6,15 @@
 //! TLS connections (see `../shared/DESIGN.md`).
 //!
 //! Parts: [`config`], ingest (the HTTP inject API and the SMTP listener,
-//! [`ingest`]), the [`admin`] API behind `ringmail ctl` ([`ctl`]), the [`schedule`]r
-//! and completer, delivery [`shard`]s on the io_uring loop ([`io`]), routes
-//! ([`dns`]), retry and bounce classification ([`policy`]), the delivery [`log`],
+//! [`ingest`]), the [`admin`] API and its typed client (`ringmail ctl`, the command
+//! line over it, is in the binary), the [`schedule`]r and completer, delivery
+//! [`shard`]s on the io_uring loop ([`io`]), routes ([`dns`]), retry and bounce classification ([`policy`]), the delivery [`log`],
 //! [`metrics`], the sans-IO protocol ([`smtp`]), and the wiring ([`daemon`]).
 
 pub use queue_store;
 
 pub mod admin;
 pub mod config;
-pub mod ctl;
 pub mod daemon;
 pub mod dns;
 pub mod health;

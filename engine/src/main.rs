@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ringmail::config::Config;
 
+mod ctl;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -31,7 +33,7 @@ enum Command {
         config: PathBuf,
     },
     /// Operate a running daemon over its admin API (queue, suspend, bounce, backup ...).
-    Ctl(ringmail::ctl::Ctl),
+    Ctl(ctl::Ctl),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +60,7 @@ fn main() -> ExitCode {
                 ringmail::ingest::smtp::hash_password(password).map(|hash| println!("{hash}"))
             })
         }
-        Command::Ctl(ctl) => ringmail::ctl::run(ctl),
+        Command::Ctl(ctl) => ctl::run(ctl),
         Command::CheckConfig { config } => Config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|loaded| ringmail::policy::check(&loaded).map_err(|e| format!("{}: {e}", config.display())))

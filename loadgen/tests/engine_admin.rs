@@ -1,9 +1,11 @@
-//! `ringmail ctl` against a running engine with a queue to act on: the summary
-//! counts what was injected, suspend holds a domain and resume releases it, an
-//! administrative bounce ends a deferring domain with AdminBounce records, drain
-//! stops intake, a backup taken while injecting holds every message acknowledged
-//! before it (restored with `ops/restore.sh`), and a wrong token or an unreachable
-//! daemon gets a clear error.
+//! The admin API, through the typed client `ringmail ctl` uses, against a running
+//! engine with a queue to act on: the summary counts what was injected, suspend
+//! holds a domain and resume releases it, an administrative bounce ends a deferring
+//! domain with AdminBounce records, drain stops intake, a backup taken while
+//! injecting holds every message acknowledged before it (restored with
+//! `ops/restore.sh`), and a wrong token or an unreachable daemon gets a clear error.
+//! The command line itself (its parsing, tables and exit status) is tested against
+//! the binary in `engine/tests/daemon.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
@@ -13,19 +15,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use loadgen::scenario::Scenario;
+use ringmail::admin::api::{
+    BounceRequest, CheckpointRequest, DomainRequest, DrainRequest, RebindRequest, RetryRequest, SuspendRequest,
+};
+use ringmail::admin::client::AdminClient;
 
 mod common;
 use common::{dns_for, engine_config, free_port, log_records};
 
 const TOKEN: &str = "admin-token-0123456789";
 
-/// `ringmail ctl <args>` in this process: its JSON answer and its table.
-fn ctl(http: SocketAddr, token: &str, args: &[&str]) -> Result<(serde_json::Value, String), String> {
-    let url = format!("http://{http}");
-    let mut all = vec!["--url", &url, "--token", token];
-    all.extend_from_slice(args);
-    let command = ringmail::ctl::parse(&all)?;
-    ringmail::ctl::execute(command)
+fn admin(http: SocketAddr, token: &str) -> AdminClient {
+    AdminClient::new(&format!("http://{http}"), Some(token.to_string()))
+}
+
+fn domain(name: &str) -> DomainRequest {
+    DomainRequest { domain: Some(name.into()), ..DomainRequest::default() }
 }
 
 fn inject(http: SocketAddr, emails: &[String], campaign: &str) -> (u16, String) {
@@ -60,81 +65,75 @@ fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
     config.http.admin_tokens = vec![TOKEN.to_string()];
     let engine = common::start_engine(config);
     let http = engine.http;
+    let ctl = admin(http, TOKEN);
 
     // Clear errors first: a wrong token, and no daemon at all.
-    let error = ctl(http, "wrong-token-wrong-token", &["queue", "summary"]).unwrap_err();
+    let error = admin(http, "wrong-token-wrong-token").summary(20, "domain").unwrap_err().to_string();
     assert!(error.contains("401") && error.contains("token"), "{error}");
     let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    let error = ctl(nowhere, TOKEN, &["queue", "summary"]).unwrap_err();
+    let error = admin(nowhere, TOKEN).summary(20, "domain").unwrap_err().to_string();
     assert!(error.contains("cannot reach the daemon"), "{error}");
 
     // Suspend before the mail arrives: none of it leaves until resumed.
-    let (answer, _) = ctl(http, TOKEN, &["suspend", "--domain", "ok.test"]).unwrap();
-    assert_eq!(answer["domain"], "ok.test");
+    let suspend = |name: &str| SuspendRequest { domain: Some(name.into()), ..SuspendRequest::default() };
+    let answer = ctl.suspend(&suspend("ok.test")).unwrap();
+    assert_eq!(answer.domain.as_deref(), Some("ok.test"));
     let ok: Vec<String> = (0..20).map(|i| format!("u{i}@ok.test")).collect();
     let deferring: Vec<String> = (0..30).map(|i| format!("d{i}@defer.test")).collect();
     assert_eq!(inject(http, &ok, "spring").0, 200);
     assert_eq!(inject(http, &deferring, "spring").0, 200);
 
-    let (summary, table) = ctl(http, TOKEN, &["queue", "summary"]).unwrap();
-    assert_eq!(summary["totals"]["total"], 50, "{summary}");
-    let domain = |name: &str| summary["groups"].as_array().unwrap().iter().find(|d| d["name"] == name).cloned();
-    assert_eq!(domain("ok.test").unwrap()["suspended"], 20, "{summary}");
-    assert_eq!(domain("defer.test").unwrap()["total"], 30, "{summary}");
-    assert!(table.contains("DOMAIN") && table.contains("defer.test"), "{table}");
-    let (by_campaign, table) = ctl(http, TOKEN, &["queue", "summary", "--by", "campaign"]).unwrap();
-    assert_eq!(
-        (by_campaign["groups"][0]["name"].as_str(), by_campaign["groups"][0]["total"].as_u64()),
-        (Some("spring"), Some(50))
-    );
-    assert!(table.contains("CAMPAIGN") && table.contains("spring"), "{table}");
-    let error = ctl(http, TOKEN, &["bounce", "--reason", "x"]).unwrap_err();
-    assert!(error.contains("--domain") || error.contains("selector"), "{error}");
-    let (suspensions, table) = ctl(http, TOKEN, &["suspensions"]).unwrap();
-    assert_eq!(suspensions["suspensions"][0]["domain"], "ok.test");
-    assert!(table.contains("until resumed"), "{table}");
+    let summary = ctl.summary(20, "domain").unwrap();
+    assert_eq!(summary.totals.total, 50, "{summary:?}");
+    let group = |name: &str| summary.groups.iter().find(|d| d.name.as_deref() == Some(name)).cloned();
+    assert_eq!(group("ok.test").unwrap().suspended, 20, "{summary:?}");
+    assert_eq!(group("defer.test").unwrap().total, 30, "{summary:?}");
+    let by_campaign = ctl.summary(20, "campaign").unwrap();
+    assert_eq!((by_campaign.groups[0].name.as_deref(), by_campaign.groups[0].total), (Some("spring"), 50));
+    assert!(by_campaign.groups[0].oldest_age_s.is_some(), "{by_campaign:?}");
+    let error = ctl.bounce(&BounceRequest { reason: "x".into(), ..BounceRequest::default() }).unwrap_err().to_string();
+    assert!(error.contains("400") && error.contains("exactly one"), "{error}");
+    let suspensions = ctl.suspensions().unwrap().suspensions;
+    assert_eq!(suspensions[0].domain.as_deref(), Some("ok.test"));
+    assert_eq!(suspensions[0].remaining_s, None, "until resumed");
 
     wait_for("the deferring domain to be tried", || fleet.state().counts.rcpt_tempfail >= 30);
     assert!(fleet.state().accepted.iter().all(|a| !a.recipient.ends_with("@ok.test")), "suspended: nothing left");
-    let (listed, table) = ctl(http, TOKEN, &["queue", "list", "--domain", "defer.test"]).unwrap();
-    let recipients = listed["recipients"].as_array().unwrap();
-    assert_eq!(recipients.len(), 30);
-    assert!(table.contains("d0@defer.test"), "{table}");
-    let id = recipients[0]["message"].as_str().unwrap().to_string();
-    let (message, table) = ctl(http, TOKEN, &["message", "show", &id]).unwrap();
-    assert_eq!(message["campaign"], "spring");
-    assert_eq!(message["recipients"].as_array().unwrap().len(), 30);
-    assert!(table.contains("sender ops@sender.test"), "{table}");
-    wait_for("a deferral on record", || {
-        let (message, _) = ctl(http, TOKEN, &["message", "show", &id]).unwrap();
-        message["recipients"].as_array().unwrap().iter().any(|r| r["attempts"].as_u64() >= Some(1))
-    });
+    let listed = ctl.domain_recipients("defer.test", 100).unwrap();
+    assert_eq!(listed.recipients.len(), 30);
+    assert!(listed.recipients.iter().any(|r| r.recipient == "d0@defer.test"));
+    let id = listed.recipients[0].message.clone().unwrap();
+    let message = ctl.message(&id).unwrap();
+    assert_eq!(message.campaign.as_deref(), Some("spring"));
+    assert_eq!(message.recipients.len(), 30);
+    assert_eq!(message.sender, "ops@sender.test");
+    wait_for("a deferral on record", || ctl.message(&id).unwrap().recipients.iter().any(|r| r.attempts >= 1));
 
-    let (resumed, _) = ctl(http, TOKEN, &["resume", "--domain", "ok.test"]).unwrap();
-    assert_eq!(resumed["report"]["changed"], 20, "{resumed}");
+    let resumed = ctl.resume(&domain("ok.test")).unwrap();
+    assert_eq!(resumed.report.changed, 20, "{resumed:?}");
     wait_for("the resumed domain's delivery", || {
         fleet.state().accepted.iter().filter(|a| a.recipient.ends_with("@ok.test")).count() == 20
     });
 
-    let (dry, line) =
-        ctl(http, TOKEN, &["bounce", "--domain", "defer.test", "--reason", "bad list", "--dry-run"]).unwrap();
-    assert_eq!(dry["would_bounce"], 30, "{dry}");
-    assert!(line.contains("30 recipients would be bounced"), "{line}");
+    let bounce = BounceRequest { reason: "bad list".into(), ..BounceRequest::default() };
+    let dry =
+        ctl.bounce(&BounceRequest { domain: Some("defer.test".into()), dry_run: true, ..bounce.clone() }).unwrap();
+    assert_eq!((dry.dry_run, dry.would_bounce), (true, Some(30)), "{dry:?}");
     // Bounced by campaign (a scan, then message by message): what is left of it is
     // the deferring domain.
-    ctl(http, TOKEN, &["bounce", "--campaign", "spring", "--reason", "bad list"]).unwrap();
+    ctl.bounce(&BounceRequest { campaign: Some("spring".into()), ..bounce }).unwrap();
     wait_for("the bounced domain to empty", || engine.store.counts().total() == 0);
 
     // Drain: intake refused, then taken again.
-    ctl(http, TOKEN, &["drain"]).unwrap();
+    assert!(ctl.drain(&DrainRequest { on: true }).unwrap().draining);
     let (status, answer) = inject(http, &["late@ok.test".to_string()], "spring");
     assert_eq!(status, 503, "{answer}");
     assert!(answer.contains("draining"), "{answer}");
-    ctl(http, TOKEN, &["drain", "--off"]).unwrap();
+    assert!(!ctl.drain(&DrainRequest { on: false }).unwrap().draining);
     assert_eq!(inject(http, &["late@ok.test".to_string()], "spring").0, 200);
 
     // A backup while mail keeps coming (to a suspended domain, so it stays queued).
-    ctl(http, TOKEN, &["suspend", "--domain", "keep.test"]).unwrap();
+    ctl.suspend(&suspend("keep.test")).unwrap();
     let acknowledged = Mutex::new(Vec::<(String, Instant)>::new());
     let stop = AtomicBool::new(false);
     let backup = dir.path().join("backup-1");
@@ -152,8 +151,8 @@ fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let asked = Instant::now();
-        let (answer, _) = ctl(http, TOKEN, &["backup", "--to", backup.to_str().unwrap()]).unwrap();
-        assert_eq!(answer["path"], backup.to_str().unwrap());
+        let answer = ctl.checkpoint(&CheckpointRequest { path: backup.clone() }).unwrap();
+        assert_eq!(answer.path, backup);
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
         asked
@@ -162,7 +161,7 @@ fn ctl_summarises_suspends_bounces_drains_and_backs_up_a_live_queue() {
         acknowledged.lock().unwrap().iter().filter(|(_, at)| *at < taken_at).map(|(r, _)| r.clone()).collect();
     assert!(!before.is_empty(), "mail was acknowledged before the backup");
 
-    ctl(http, TOKEN, &["shutdown"]).unwrap();
+    assert!(ctl.shutdown().unwrap().stopping);
     assert!(engine.shutdown_requested.load(Ordering::Relaxed));
     engine.shutdown();
 
@@ -215,6 +214,7 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     config.http.admin_tokens = vec![TOKEN.to_string()];
     let engine = common::start_engine(config);
     let http = engine.http;
+    let ctl = admin(http, TOKEN);
     let clients = |domain: &str| -> Vec<String> {
         fleet.state().accepted.iter().filter(|a| a.recipient.ends_with(domain)).map(|a| a.client.to_string()).collect()
     };
@@ -224,12 +224,12 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     wait_for("delivery from the default pool", || clients("@moved.test").len() == 5);
     assert!(clients("@moved.test").iter().all(|ip| ip == "127.0.0.41"));
 
-    let error = ctl(http, TOKEN, &["rebind", "--domain", "moved.test", "--pool", "nosuch"]).unwrap_err();
+    let rebind = |pool: &str| RebindRequest { domain: "moved.test".into(), pool: Some(pool.into()) };
+    let error = ctl.rebind(&rebind("nosuch")).unwrap_err().to_string();
     assert!(error.contains("400") && error.contains("nosuch") && error.contains("second"), "{error}");
-    let (_, line) = ctl(http, TOKEN, &["rebind", "--domain", "moved.test", "--pool", "second"]).unwrap();
-    assert!(line.contains("goes through pool second"), "{line}");
-    let (rebinds, _) = ctl(http, TOKEN, &["rebinds"]).unwrap();
-    assert_eq!(rebinds["rebinds"][0]["pool"], "second");
+    let answer = ctl.rebind(&rebind("second")).unwrap();
+    assert_eq!(answer.pool.as_deref(), Some("second"));
+    assert_eq!(ctl.rebinds().unwrap().rebinds[0].pool, "second");
     let second: Vec<String> = (0..5).map(|i| format!("b{i}@moved.test")).collect();
     assert_eq!(inject(http, &second, "pools").0, 200);
     wait_for("delivery from the second pool", || clients("@moved.test").len() == 10);
@@ -237,20 +237,21 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     assert_eq!(seen.iter().filter(|ip| *ip == "127.0.0.42").count(), 5, "{seen:?}");
 
     // A suspended site: its domains are held as the scheduler meets them.
-    let (_, line) = ctl(http, TOKEN, &["suspend", "--site", "mx.moved.test"]).unwrap();
-    assert!(line.contains("site mx.moved.test suspended"), "{line}");
+    let site = SuspendRequest { site: Some("mx.moved.test".into()), ..SuspendRequest::default() };
+    assert_eq!(ctl.suspend(&site).unwrap().site.as_deref(), Some("mx.moved.test"));
     let third: Vec<String> = (0..3).map(|i| format!("c{i}@moved.test")).collect();
     assert_eq!(inject(http, &third, "pools").0, 200);
     wait_for("the site's domain to be held", || engine.store.counts().suspended == 3);
     assert_eq!(clients("@moved.test").len(), 10, "nothing delivered to a suspended site");
-    let (suspensions, _) = ctl(http, TOKEN, &["suspensions"]).unwrap();
-    assert_eq!(suspensions["suspensions"][0]["domains"], serde_json::json!(["moved.test"]), "{suspensions}");
-    let (resumed, _) = ctl(http, TOKEN, &["resume", "--site", "mx.moved.test"]).unwrap();
-    assert_eq!(resumed["report"]["changed"], 3, "{resumed}");
+    let suspensions = ctl.suspensions().unwrap().suspensions;
+    assert_eq!(suspensions[0].domains, Some(vec!["moved.test".to_string()]), "{suspensions:?}");
+    let resumed =
+        ctl.resume(&DomainRequest { site: Some("mx.moved.test".into()), ..DomainRequest::default() }).unwrap();
+    assert_eq!(resumed.report.changed, 3, "{resumed:?}");
     wait_for("delivery once the site is resumed", || clients("@moved.test").len() == 13);
 
     // A suspended tenant: its messages are held whatever their domain.
-    ctl(http, TOKEN, &["suspend", "--tenant", "t1"]).unwrap();
+    ctl.suspend(&SuspendRequest { tenant: Some("t1".into()), ..SuspendRequest::default() }).unwrap();
     let with_tenant = |email: &str, tenant: Option<&str>| {
         let body = serde_json::json!({
             "envelope_sender": "ops@sender.test", "content": "Subject: t\r\n\r\nx\r\n",
@@ -266,11 +267,10 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(clients("@moved.test").len(), 14, "the suspended tenant's mail stays");
     assert_eq!(engine.store.counts().suspended, 2);
-    let (suspensions, table) = ctl(http, TOKEN, &["suspensions"]).unwrap();
-    assert!(suspensions["suspensions"].as_array().unwrap().iter().any(|s| s["tenant"] == "t1"), "{suspensions}");
-    assert!(table.contains("tenant t1"), "{table}");
-    let (resumed, _) = ctl(http, TOKEN, &["resume", "--tenant", "t1"]).unwrap();
-    assert_eq!(resumed["report"]["changed"], 2, "{resumed}");
+    let suspensions = ctl.suspensions().unwrap().suspensions;
+    assert!(suspensions.iter().any(|s| s.tenant.as_deref() == Some("t1")), "{suspensions:?}");
+    let resumed = ctl.resume(&DomainRequest { tenant: Some("t1".into()), ..DomainRequest::default() }).unwrap();
+    assert_eq!(resumed.report.changed, 2, "{resumed:?}");
     wait_for("the tenant's delivery once resumed", || clients("@moved.test").len() == 16);
 
     // Deferred for an hour; retry-now makes them due at once.
@@ -281,13 +281,11 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     wait_for("the deferrals on record", || engine.store.counts().deferred == 5);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fleet.state().counts.rcpt_tempfail, 5, "nothing retried before its hour");
-    let (by_site, table) = ctl(http, TOKEN, &["queue", "summary", "--by", "site"]).unwrap();
-    assert_eq!(by_site["groups"][0]["name"], "mx.later.test", "{by_site}");
-    assert_eq!(by_site["groups"][0]["deferred"], 5, "{by_site}");
-    assert!(table.contains("SITE") && table.contains("mx.later.test"), "{table}");
-    let (answer, line) = ctl(http, TOKEN, &["retry-now", "--domain", "later.test"]).unwrap();
-    assert_eq!(answer["due_now"], 5, "{answer}");
-    assert!(line.contains("5 deferred recipients due now"), "{line}");
+    let by_site = ctl.summary(20, "site").unwrap();
+    assert_eq!(by_site.groups[0].name.as_deref(), Some("mx.later.test"), "{by_site:?}");
+    assert_eq!(by_site.groups[0].deferred, 5, "{by_site:?}");
+    let answer = ctl.retry_now(&RetryRequest { domain: Some("later.test".into()) }).unwrap();
+    assert_eq!(answer.due_now, 5, "{answer:?}");
     wait_for("the retries", || fleet.state().counts.rcpt_tempfail >= 10);
     let metrics = || common::http_get(http, "/metrics").1;
     wait_for("per-site counts", || {
@@ -295,17 +293,15 @@ fn ctl_retries_now_rebinds_to_another_pool_and_shows_lanes() {
     });
     assert!(metrics().contains(r#"ringmail_site_recipients_total{site="mx.moved.test",outcome="delivered"} 16"#));
 
+    let second: std::net::IpAddr = "127.0.0.42".parse().unwrap();
     wait_for("the lanes to be published", || {
-        let (lanes, _) = ctl(http, TOKEN, &["lanes"]).unwrap();
-        let lanes = lanes["lanes"].as_array().unwrap().clone();
-        lanes.iter().any(|l| l["source"] == "127.0.0.42")
-            && lanes
-                .iter()
-                .any(|l| l["site"] == "mx.later.test" && l["last_error"].as_str().is_some_and(|e| !e.is_empty()))
+        let lanes = ctl.lanes().unwrap().lanes;
+        lanes.iter().any(|l| l.source == Some(second))
+            && lanes.iter().any(|l| l.site == "mx.later.test" && !l.last_error.is_empty())
     });
-    let (lanes, table) = ctl(http, TOKEN, &["lanes"]).unwrap();
-    let deferring = lanes["lanes"].as_array().unwrap().iter().find(|l| l["site"] == "mx.later.test").cloned().unwrap();
-    assert!(deferring["last_error"].as_str().unwrap().starts_with("4"), "{deferring}");
-    assert!(table.contains("SITE") && table.contains("mx.moved.test"), "{table}");
+    let lanes = ctl.lanes().unwrap().lanes;
+    let deferring = lanes.iter().find(|l| l.site == "mx.later.test").unwrap();
+    assert!(deferring.last_error.starts_with('4'), "{deferring:?}");
+    assert!(lanes.iter().any(|l| l.site == "mx.moved.test"), "{lanes:?}");
     engine.shutdown();
 }
