@@ -118,8 +118,10 @@ const STORM_SHARE: f64 = 0.35;
 const RSS_WINDOWS: usize = 12;
 
 /// The tmpfs under the store, in MiB: room for the queue of a run at a few hundred
-/// messages a second, small enough to fill in a moment.
-const DISK_MB: u64 = 512;
+/// messages a second and its write-ahead log (a 30-minute run filled 512 MiB with
+/// log files pinned by quiet families before the log's cap scaled with the write
+/// buffers), small enough to fill in a moment.
+const DISK_MB: u64 = 1024;
 /// A full disk stays full this long before the filler is removed.
 const DISK_FULL_HOLD: Duration = Duration::from_secs(5);
 /// A SERVFAIL burst lasts between these.

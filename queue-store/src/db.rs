@@ -42,8 +42,10 @@ fn db_options(config: &StoreConfig) -> Options {
     options.increase_parallelism(2);
     options.set_max_background_jobs(2);
     // With several column families, a quiet one can pin old WAL files; bound the WAL
-    // so RocksDB flushes it and keeps disk use and recovery time in check.
-    options.set_max_total_wal_size(512 * 1024 * 1024);
+    // so RocksDB flushes it and keeps disk use and recovery time in check: eight
+    // write buffers' worth, at most 512 MiB (the default buffers reach that cap; a
+    // store with small buffers gets a WAL to match).
+    options.set_max_total_wal_size((config.write_buffer_bytes as u64).saturating_mul(8).min(WAL_TOTAL_MAX));
     options.set_bytes_per_sync(1024 * 1024);
     // WAL records stay in RocksDB's buffer until FlushWAL: the syncer thread then
     // writes and syncs them together, so the writer thread never copies WAL bytes
@@ -82,6 +84,10 @@ pub(crate) fn cf_options(name: &str, config: &StoreConfig) -> Options {
     options.set_block_based_table_factory(&table);
     options
 }
+
+/// The write-ahead log's files together at most, before RocksDB flushes the
+/// families that pin the oldest.
+const WAL_TOTAL_MAX: u64 = 512 * 1024 * 1024;
 
 /// Memtables per column family at most (one filling, the rest waiting for flushes).
 const WRITE_BUFFERS_PER_FAMILY_MAX: i32 = 4;
