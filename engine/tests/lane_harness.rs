@@ -634,13 +634,9 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
     assert!(retried.iter().all(|peer| *peer == secondary), "the primary is down again: {retried:?}");
 }
 
-/// Lanes are forgotten after `LANE_IDLE_EVICT` with nothing to do, and never while
-/// they have work, a connection or a backoff (issue 15, part 12).
-#[test]
-fn idle_lanes_are_evicted_and_busy_ones_are_kept() {
-    let start = Instant::now();
-    let settings = lane_settings(Vec::new(), Duration::from_secs(5));
-    let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
+/// One recipient of a one-byte message for `site`, on a lane of its own with one
+/// host (the eviction and publication tests).
+fn one_recipient_work(site: &str) -> Work {
     let envelope = Arc::new(Envelope {
         id: MessageId::from_u64(1),
         sender: "s@x.test".into(),
@@ -652,27 +648,34 @@ fn idle_lanes_are_evicted_and_busy_ones_are_kept() {
         body_len: 1,
         body_crc32: 0,
     });
-    let work = |site: &str| {
-        let key = LaneKey { site: site.into(), source: None };
-        let route = Arc::new(Route {
-            site: site.into(),
-            hosts: vec!["127.0.9.1:25".parse().unwrap()],
-            names: vec![Arc::from(site)],
-        });
-        Work {
-            keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
-            leases: Vec::new(),
-            hold: None,
-            recipients: vec![format!("r@{site}")],
-            metadata: vec![Vec::new()],
-            attempts: vec![0],
-            envelope: Arc::clone(&envelope),
-            body: Arc::from(&b"x"[..]),
-            lane: key,
-            route,
-            ehlo_name: Arc::from("out.test"),
-        }
-    };
+    let route = Arc::new(Route {
+        site: site.into(),
+        hosts: vec!["127.0.9.1:25".parse().unwrap()],
+        names: vec![Arc::from(site)],
+    });
+    Work {
+        keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
+        leases: Vec::new(),
+        hold: None,
+        recipients: vec![format!("r@{site}")],
+        metadata: vec![Vec::new()],
+        attempts: vec![0],
+        envelope,
+        body: Arc::from(&b"x"[..]),
+        lane: LaneKey { site: site.into(), source: None },
+        route,
+        ehlo_name: Arc::from("out.test"),
+    }
+}
+
+/// Lanes are forgotten after `LANE_IDLE_EVICT` with nothing to do, and never while
+/// they have work, a connection or a backoff (issue 15, part 12).
+#[test]
+fn idle_lanes_are_evicted_and_busy_ones_are_kept() {
+    let start = Instant::now();
+    let settings = lane_settings(Vec::new(), Duration::from_secs(5));
+    let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
+    let work = one_recipient_work;
     for site in ["idle.test", "busy.test"] {
         lanes.add(work(site), start);
     }
@@ -702,37 +705,7 @@ fn lanes_are_published_incrementally() {
     let settings = lane_settings(Vec::new(), Duration::from_secs(5));
     let mut lanes: Lanes<u64> = Lanes::new(settings, Arc::new(Metrics::default()));
     let board = ringmail::shard::LaneBoard::default();
-    let envelope = Arc::new(Envelope {
-        id: MessageId::from_u64(1),
-        sender: "s@x.test".into(),
-        tenant: None,
-        campaign: None,
-        metadata: Vec::new(),
-        created_ms: 0,
-        recipient_count: 1,
-        body_len: 1,
-        body_crc32: 0,
-    });
-    let work = |site: &str| {
-        let route = Arc::new(Route {
-            site: site.into(),
-            hosts: vec!["127.0.9.1:25".parse().unwrap()],
-            names: vec![Arc::from(site)],
-        });
-        Work {
-            keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
-            leases: Vec::new(),
-            hold: None,
-            recipients: vec![format!("r@{site}")],
-            metadata: vec![Vec::new()],
-            attempts: vec![0],
-            envelope: Arc::clone(&envelope),
-            body: Arc::from(&b"x"[..]),
-            lane: LaneKey { site: site.into(), source: None },
-            route,
-            ehlo_name: Arc::from("out.test"),
-        }
-    };
+    let work = one_recipient_work;
     let sites = |changes: &ringmail::shard::LaneChanges| {
         let mut sites: Vec<String> = changes.updated.iter().map(|view| view.site.clone()).collect();
         sites.sort();

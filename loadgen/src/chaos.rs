@@ -324,14 +324,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Resident memory of `pid` in MiB, from /proc.
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// The lowest sample of each of `windows` equal runs of `samples`, at the run's
 /// middle time.
 fn floors(samples: &[(f64, f64)], windows: usize) -> Vec<(f64, f64)> {
@@ -362,21 +354,6 @@ fn slope(samples: &[(f64, f64)]) -> f64 {
     } else {
         covariance / variance
     }
-}
-
-/// One engine metric (the sum over its labels matching `label`, "" for any).
-fn metric(http: SocketAddr, name: &str, label: &str) -> Option<f64> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
-    let text = agent.get(format!("http://{http}/metrics")).call().ok()?.body_mut().read_to_string().ok()?;
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((key, value)) = line.rsplit_once(' ') else { continue };
-        let bare = key.split('{').next().unwrap_or(key);
-        if bare == name && key.contains(label) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-        }
-    }
-    found
 }
 
 /// A random duration between `range.0` and `range.1`.
@@ -502,7 +479,7 @@ pub fn run(config: &ChaosConfig) -> anyhow::Result<ChaosResult> {
             _ => {}
         }
         if now >= next_sample {
-            if let Some(mb) = daemon.pid().and_then(|pid| Some((pid, rss_mb(pid)?))) {
+            if let Some(mb) = daemon.pid().and_then(|pid| Some((pid, crate::probe::resident_mb(pid)?))) {
                 samples.push((started.elapsed().as_secs_f64(), mb.0, mb.1));
             }
             next_sample += Duration::from_secs(1);
@@ -553,7 +530,7 @@ pub fn run(config: &ChaosConfig) -> anyhow::Result<ChaosResult> {
             daemon.wait_up();
         }
         let verdict = crate::oracle::check(&injected, &fleet.state());
-        let queued = metric(http, "ringmail_queue_recipients", "");
+        let queued = crate::probe::metric(http, "ringmail_queue_recipients", "");
         if verdict.lost == 0 && queued == Some(0.0) {
             result.drained = true;
             break;
@@ -570,8 +547,9 @@ pub fn run(config: &ChaosConfig) -> anyhow::Result<ChaosResult> {
     daemon.start()?;
     anyhow::ensure!(daemon.wait_up(), "the daemon did not come up after the drain (see {})", daemon.output.display());
     std::thread::sleep(AFTER_RESTART_WATCH);
-    result.stuck_in_flight = metric(http, "ringmail_queue_recipients", "in_flight").unwrap_or(f64::NAN) as u64;
-    result.queue_left = metric(http, "ringmail_queue_recipients", "").unwrap_or(f64::NAN) as u64;
+    result.stuck_in_flight =
+        crate::probe::metric(http, "ringmail_queue_recipients", "in_flight").unwrap_or(f64::NAN) as u64;
+    result.queue_left = crate::probe::metric(http, "ringmail_queue_recipients", "").unwrap_or(f64::NAN) as u64;
     result.verdict = crate::oracle::check(&injected, &fleet.state());
     result.sink = fleet.state().counts.clone();
     if result.verdict.duplicates > duplicates_before {

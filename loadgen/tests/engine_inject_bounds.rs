@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{dns_for, engine_config, free_port};
 
+/// This process's resident memory, whole MiB.
 fn resident_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 =
-        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb / 1024
+    loadgen::probe::resident_mb(std::process::id()).unwrap() as u64
 }
 
 fn post(http: SocketAddr, body: &serde_json::Value) -> (u16, String, Duration) {

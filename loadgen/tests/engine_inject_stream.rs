@@ -21,23 +21,14 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{free_port, start_engine_process};
 
+/// Resident memory of `pid`, whole MiB.
 fn resident_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    kb / 1024
+    loadgen::probe::resident_mb(pid).unwrap_or(0.0) as u64
 }
 
 /// The sum of a metric over its labels.
 fn metric(http: SocketAddr, name: &str) -> u64 {
-    let (_, text) = common::http_get(http, "/metrics");
-    text.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    loadgen::probe::metric(http, name, "").unwrap_or(0.0) as u64
 }
 
 /// `count` recipients of `domain`, each with its own message of about `bytes`.

@@ -17,19 +17,11 @@ mod common;
 use common::{dns_for, engine_toml, free_port};
 
 fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    loadgen::probe::resident_mb(pid).unwrap_or(0.0)
 }
 
 fn metric(http: SocketAddr, name: &str) -> f64 {
-    let (_, text) = common::http_get(http, "/metrics");
-    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(f64::NAN)
+    loadgen::probe::metric(http, name, "").unwrap_or(f64::NAN)
 }
 
 #[test]
