@@ -62,16 +62,16 @@ pub enum StartError {
     /// The queue could not be opened (a newer format, storage errors, a bad path).
     #[error("store {path}: {source}")]
     Store { path: std::path::PathBuf, source: queue_store::StoreError },
-    /// A setting the configuration check let through but the part refused (its
-    /// message names the key).
-    #[error("{0}")]
-    Config(String),
+    /// A setting the part refused (bypassing `Config::load`'s check, or one only
+    /// policy judges).
+    #[error(transparent)]
+    Config(#[from] crate::config::SettingError),
     /// A thread, socket or runtime could not be set up.
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// A shard loop could not start on the chosen socket backend.
-    #[error("{0}")]
-    Part(String),
+    #[error(transparent)]
+    Part(#[from] crate::health::PartStartError),
     /// The SMTP listener did not start (a setting, a bind, its loop).
     #[error(transparent)]
     Listener(#[from] crate::ingest::smtp::ListenerError),
@@ -330,8 +330,7 @@ fn start_shards(
         threads.push(thread?);
     }
     let wakers =
-        crate::health::await_started(&started_rx, count, SHARD_START_TIMEOUT, "delivery shard", backend.name())
-            .map_err(StartError::Part)?;
+        crate::health::await_started(&started_rx, count, SHARD_START_TIMEOUT, "delivery shard", backend.name())?;
     let links: Vec<ShardLink> =
         inboxes.into_iter().zip(wakers).map(|((inbox, state), waker)| ShardLink { inbox, waker, state }).collect();
     tracing::info!(shards = count, backend = backend.name(), "delivery shards running");
@@ -372,7 +371,7 @@ fn shard_settings(
     board: Arc<crate::shard::LaneBoard>,
     live: Arc<crate::live::Live>,
     backend: crate::io::Backend,
-) -> Result<ShardSettings, String> {
+) -> Result<ShardSettings, crate::config::SettingError> {
     Ok(ShardSettings {
         allowlist: config.allowlist()?,
         tls_extra_roots: config.tls_extra_roots()?,

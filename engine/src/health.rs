@@ -139,12 +139,12 @@ impl Parts {
 /// order, or what went wrong, naming `what` (`delivery shard`, `SMTP listener`) and
 /// the socket backend.
 pub fn await_started<T>(
-    reports: &crossbeam_channel::Receiver<(usize, Result<T, String>)>,
+    reports: &crossbeam_channel::Receiver<(usize, std::io::Result<T>)>,
     count: usize,
     limit: Duration,
-    what: &str,
-    backend: &str,
-) -> Result<Vec<T>, String> {
+    what: &'static str,
+    backend: &'static str,
+) -> Result<Vec<T>, PartStartError> {
     let mut handles: Vec<Option<T>> = (0..count).map(|_| None).collect();
     for _ in 0..count {
         match reports.recv_timeout(limit) {
@@ -153,11 +153,26 @@ pub fn await_started<T>(
                     *slot = Some(handle);
                 }
             }
-            Ok((index, Err(error))) => return Err(format!("{what} {index}: its {backend} loop cannot start: {error}")),
-            Err(_) => return Err(format!("{what}s did not start within {} s", limit.as_secs())),
+            Ok((index, Err(source))) => return Err(PartStartError::Loop { what, index, backend, source }),
+            Err(_) => return Err(PartStartError::Timeout { what, limit }),
         }
     }
-    handles.into_iter().collect::<Option<Vec<T>>>().ok_or_else(|| format!("a {what} reported its start twice"))
+    handles.into_iter().collect::<Option<Vec<T>>>().ok_or(PartStartError::Twice { what })
+}
+
+/// Why the threads of a part (the delivery shards, the SMTP listeners) did not all
+/// start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PartStartError {
+    /// One of them could not set up its socket loop (io_uring refused, say).
+    #[error("{what} {index}: its {backend} loop cannot start: {source}")]
+    Loop { what: &'static str, index: usize, backend: &'static str, source: std::io::Error },
+    #[error("{what}s did not start within {} s", .limit.as_secs())]
+    Timeout { what: &'static str, limit: Duration },
+    /// One reported twice and so another never did (a bug).
+    #[error("a {what} reported its start twice")]
+    Twice { what: &'static str },
 }
 
 #[cfg(test)]
@@ -197,10 +212,11 @@ mod tests {
         let limit = std::time::Duration::from_secs(1);
         assert_eq!(super::await_started(&rx, 3, limit, "shard", "epoll").unwrap(), [0, 10, 20]);
         tx.send((0, Ok(0))).unwrap();
-        tx.send((1, Err("EPERM".to_string()))).unwrap();
+        tx.send((1, Err(std::io::Error::from_raw_os_error(1)))).unwrap();
         let error = super::await_started(&rx, 2, limit, "shard", "epoll").unwrap_err();
-        assert_eq!(error, "shard 1: its epoll loop cannot start: EPERM");
+        assert!(matches!(error, super::PartStartError::Loop { index: 1, .. }), "{error:?}");
+        assert_eq!(error.to_string(), "shard 1: its epoll loop cannot start: Operation not permitted (os error 1)");
         let error = super::await_started(&rx, 1, std::time::Duration::from_millis(10), "shard", "epoll");
-        assert_eq!(error.unwrap_err(), "shards did not start within 0 s");
+        assert_eq!(error.unwrap_err().to_string(), "shards did not start within 0 s");
     }
 }

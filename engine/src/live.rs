@@ -36,8 +36,8 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// The file loads but policy refuses it (a bounce rule's category, say).
-    #[error("{path}: {message}")]
-    Policy { path: PathBuf, message: String },
+    #[error("{}: {source}", .path.display())]
+    Policy { path: PathBuf, source: crate::config::SettingError },
     /// The file has no inject or admin tokens, but the control plane is bound to an
     /// address other than loopback (a new `listen` waits for a restart): taking the
     /// empty lists would open the API to anyone who can reach it.
@@ -75,7 +75,7 @@ impl Live {
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let Some(path) = &self.path else { return Err(ReloadError::NoFile) };
         let new = Config::load(path)?;
-        crate::policy::check(&new).map_err(|message| ReloadError::Policy { path: path.clone(), message })?;
+        crate::policy::check(&new).map_err(|source| ReloadError::Policy { path: path.clone(), source })?;
         let mut guard = self.config.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = Arc::clone(&guard);
         let mut applied = (*old).clone();

@@ -57,7 +57,9 @@ fn main() -> ExitCode {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password).map_err(|e| e.to_string()).and_then(|_| {
                 let password = password.trim_end_matches(['\r', '\n']);
-                ringmail::ingest::smtp::hash_password(password).map(|hash| println!("{hash}"))
+                ringmail::ingest::smtp::hash_password(password)
+                    .map(|hash| println!("{hash}"))
+                    .map_err(|e| e.to_string())
             })
         }
         Command::Ctl(ctl) => ctl::run(ctl),

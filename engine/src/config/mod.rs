@@ -606,11 +606,38 @@ pub struct LogSection {
 /// A configuration that cannot be used, naming the file, line and key.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{line}: {message}")]
+#[non_exhaustive]
 pub struct ConfigError {
     pub file: String,
     /// ":<line>" when known.
     pub line: String,
+    /// The key at fault, when the check that refused it knows (a syntax or type
+    /// error is placed by its line instead).
+    pub key: Option<String>,
     pub message: String,
+}
+
+/// One setting that cannot be used: its key (`delivery.allowlist`, `site
+/// "gmail.com"`, `bounce_rule`) and what is wrong with it. What the configuration
+/// check, policy and the parts that compile a setting answer; [`ConfigError`]
+/// adds the file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+#[non_exhaustive]
+pub struct SettingError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl SettingError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> SettingError {
+        SettingError { key: key.into(), problem: problem.into() }
+    }
+
+    /// The same problem with its key placed under `section` (`tls` → `delivery.tls`).
+    pub fn under(self, section: &str) -> SettingError {
+        SettingError { key: format!("{section}.{}", self.key), problem: self.problem }
+    }
 }
 
 impl Config {
@@ -619,6 +646,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
             file: file.clone(),
             line: String::new(),
+            key: None,
             message: error.to_string(),
         })?;
         Config::parse(&text, &file)
@@ -627,19 +655,32 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|error| {
             let line = error.span().map(|span| format!(":{}", text[..span.start].matches('\n').count() + 1));
-            ConfigError { file: file.into(), line: line.unwrap_or_default(), message: error.message().to_string() }
+            ConfigError {
+                file: file.into(),
+                line: line.unwrap_or_default(),
+                key: None,
+                message: error.message().to_string(),
+            }
         })?;
-        config.check().map_err(|message| ConfigError { file: file.into(), line: String::new(), message })?;
+        config.check().map_err(|error| ConfigError {
+            file: file.into(),
+            line: String::new(),
+            message: error.to_string(),
+            key: Some(error.key),
+        })?;
         Ok(config)
     }
 
     /// Checks what the types cannot: value ranges and cross-key rules.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), SettingError> {
         self.allowlist()?;
         self.tls_policy()?;
         self.tls_extra_roots()?;
         if !matches!(self.store.durability.as_str(), "sync" | "os") {
-            return Err(format!("store.durability: {:?} is neither \"sync\" nor \"os\"", self.store.durability));
+            return Err(SettingError::new(
+                "store.durability",
+                format!("{:?} is neither \"sync\" nor \"os\"", self.store.durability),
+            ));
         }
         let d = &self.delivery;
         for (key, value) in [
@@ -669,92 +710,97 @@ impl Config {
             ("dns.route_timeout_ms", self.dns.route_timeout_ms as usize),
         ] {
             if value == 0 {
-                return Err(format!("{key}: must be at least 1"));
+                return Err(SettingError::new(key, "must be at least 1"));
             }
         }
         if self.store.write_buffer_mb > 1024 {
-            return Err("store.write_buffer_mb: at most 1024".into());
+            return Err(SettingError::new("store.write_buffer_mb", "at most 1024"));
         }
         if self.store.block_cache_mb > 65536 {
-            return Err("store.block_cache_mb: at most 65536".into());
+            return Err(SettingError::new("store.block_cache_mb", "at most 65536"));
         }
         if self.smtp.stress_connections_percent > 100 {
-            return Err("smtp.stress_connections_percent: at most 100".into());
+            return Err(SettingError::new("smtp.stress_connections_percent", "at most 100"));
         }
         if self.http.recipients_max > 10_000 {
-            return Err("http.recipients_max: at most 10000".into());
+            return Err(SettingError::new("http.recipients_max", "at most 10000"));
         }
         if !self.http.listen.ip().is_loopback() && self.http.tokens.is_empty() {
-            return Err(format!(
-                "http.tokens: required when http.listen ({}) is not a loopback address",
-                self.http.listen
+            return Err(SettingError::new(
+                "http.tokens",
+                format!("required when http.listen ({}) is not a loopback address", self.http.listen),
             ));
         }
         if !self.http.listen.ip().is_loopback() && self.http.admin_tokens.is_empty() {
-            return Err(format!(
-                "http.admin_tokens: required when http.listen ({}) is not a loopback address",
-                self.http.listen
+            return Err(SettingError::new(
+                "http.admin_tokens",
+                format!("required when http.listen ({}) is not a loopback address", self.http.listen),
             ));
         }
         for (key, tokens) in [("http.tokens", &self.http.tokens), ("http.admin_tokens", &self.http.admin_tokens)] {
             if tokens.iter().any(|token| token.len() < 16) {
-                return Err(format!("{key}: each token must be at least 16 characters"));
+                return Err(SettingError::new(key, "each token must be at least 16 characters"));
             }
         }
         if self.smtp.threads > 256 {
-            return Err("smtp.threads: at most 256".into());
+            return Err(SettingError::new("smtp.threads", "at most 256"));
         }
         if !self.smtp.listen_submission.is_empty() && self.smtp.users_file.is_none() {
-            return Err("smtp.listen_submission: needs users_file (submission requires AUTH)".into());
+            return Err(SettingError::new("smtp.listen_submission", "needs users_file (submission requires AUTH)"));
         }
         if !self.smtp.listen_submission.is_empty() && self.smtp.tls_certificate.is_none() {
-            return Err("smtp.listen_submission: needs tls_certificate and tls_key (AUTH only over TLS)".into());
+            return Err(SettingError::new(
+                "smtp.listen_submission",
+                "needs tls_certificate and tls_key (AUTH only over TLS)",
+            ));
         }
         if d.shards > 256 {
-            return Err("delivery.shards: at most 256".into());
+            return Err(SettingError::new("delivery.shards", "at most 256"));
         }
         if self.retry.first_retry_seconds == 0 || self.retry.max_retry_seconds < self.retry.first_retry_seconds {
-            return Err("retry: first_retry_seconds must be at least 1 and at most max_retry_seconds".into());
+            return Err(SettingError::new(
+                "retry",
+                "first_retry_seconds must be at least 1 and at most max_retry_seconds",
+            ));
         }
         if self.dns.nameservers.is_empty() {
-            return Err("dns.nameservers: required (ringmail does not use the system resolver)".into());
+            return Err(SettingError::new("dns.nameservers", "required (ringmail does not use the system resolver)"));
         }
         for rule in &self.sites {
             rule.check()?;
         }
         Allowlist::parse(self.smtp.relay_networks.iter().map(String::as_str))
-            .map_err(|e| format!("smtp.relay_networks: {e}"))?;
+            .map_err(|e| SettingError::new("smtp.relay_networks", e.to_string()))?;
         if self.smtp.tls_certificate.is_some() != self.smtp.tls_key.is_some() {
-            return Err("smtp: tls_certificate and tls_key go together".into());
+            return Err(SettingError::new("smtp", "tls_certificate and tls_key go together"));
         }
         if !self.smtp.listen_tls.is_empty() && self.smtp.tls_certificate.is_none() {
-            return Err("smtp.listen_tls: needs tls_certificate and tls_key".into());
+            return Err(SettingError::new("smtp.listen_tls", "needs tls_certificate and tls_key"));
         }
         for pool in self.sites.iter().filter_map(|rule| rule.pool.as_deref()) {
             if !self.egress.iter().any(|source| source.pool == pool) {
-                return Err(format!("site.pool: no [[egress]] source is in pool {pool:?}"));
+                return Err(SettingError::new("site.pool", format!("no [[egress]] source is in pool {pool:?}")));
             }
         }
         if self.egress.iter().any(|source| source.weight == 0) {
-            return Err("egress.weight: must be at least 1".into());
+            return Err(SettingError::new("egress.weight", "must be at least 1"));
         }
         Ok(())
     }
 
-    pub fn allowlist(&self) -> Result<Allowlist, String> {
-        match &self.delivery.allowlist {
-            None => Allowlist::delivery(None::<Vec<&str>>).map_err(|e| format!("delivery.allowlist: {e}")),
-            Some(cidrs) => Allowlist::delivery(Some(cidrs.iter().map(String::as_str)))
-                .map_err(|e| format!("delivery.allowlist: {e}")),
-        }
+    pub fn allowlist(&self) -> Result<Allowlist, SettingError> {
+        let cidrs = self.delivery.allowlist.as_ref().map(|cidrs| cidrs.iter().map(String::as_str));
+        Allowlist::delivery(cidrs).map_err(|e| SettingError::new("delivery.allowlist", e.to_string()))
     }
 
     /// The CA certificates of `delivery.tls_extra_roots`, each file read whole; an
     /// unreadable file or one without a certificate is an error naming it.
-    pub fn tls_extra_roots(&self) -> Result<Vec<CertificateDer<'static>>, String> {
+    pub fn tls_extra_roots(&self) -> Result<Vec<CertificateDer<'static>>, SettingError> {
         let mut roots = Vec::new();
         for path in &self.delivery.tls_extra_roots {
-            let named = |e: &dyn std::fmt::Display| format!("delivery.tls_extra_roots {}: {e}", path.display());
+            let named = |e: &dyn std::fmt::Display| {
+                SettingError::new("delivery.tls_extra_roots", format!("{}: {e}", path.display()))
+            };
             let certificates = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| named(&e))?;
@@ -772,8 +818,8 @@ impl Config {
         Ok(roots)
     }
 
-    pub fn tls_policy(&self) -> Result<TlsMode, String> {
-        parse_tls(&self.delivery.tls).map_err(|e| format!("delivery.{e}"))
+    pub fn tls_policy(&self) -> Result<TlsMode, SettingError> {
+        parse_tls(&self.delivery.tls).map_err(|e| e.under("delivery"))
     }
 
     pub fn shard_count(&self) -> usize {
@@ -809,6 +855,13 @@ mod tests {
         assert!(error.contains("delivery.tls") && error.contains("maybe"), "{error}");
         let error = Config::parse("[delivery]\nallowlist = [\"nonsense\"]\n", "r.toml").unwrap_err().to_string();
         assert!(error.contains("delivery.allowlist"), "{error}");
+        // The key travels typed, beside the message.
+        let error = Config::parse(&format!("{dns}[delivery]\ntls = \"maybe\"\n"), "r.toml").unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("delivery.tls"), "{error}");
+        let error = Config::parse(&format!("{dns}[[site]]\nmatch = \"x.test\"\nmessage_rate = -1.0\n"), "r.toml");
+        assert_eq!(error.unwrap_err().key.as_deref(), Some("site \"x.test\""));
+        let error = Config::parse("[delivery]\nconections = 3\n", "r.toml").unwrap_err();
+        assert_eq!((error.key, error.line.as_str()), (None, ":2"));
         let error = Config::parse("[http]\nlisten = 8025\n", "r.toml").unwrap_err().to_string();
         assert!(error.starts_with("r.toml:2:"), "{error}");
         let error = Config::parse("[delivery]\nsmtp_port = 25\n", "r.toml").unwrap_err().to_string();

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::SettingError;
 use crate::smtp::TlsMode;
 
 /// A `[[site]]` rule of the configuration.
@@ -39,32 +40,37 @@ impl SiteRule {
     }
 
     /// What is wrong with the rule, if anything.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SettingError> {
         if self.pattern.trim().is_empty() {
-            return Err("site.match: empty".into());
+            return Err(SettingError::new("site.match", "empty"));
         }
+        let site = format!("site {:?}", self.pattern);
         if let Some(tls) = &self.tls {
-            parse_tls(tls).map_err(|e| format!("site {:?}: {e}", self.pattern))?;
+            parse_tls(tls).map_err(|e| SettingError::new(&site, e.to_string()))?;
         }
         for (key, value) in [("message_rate", self.message_rate), ("connection_rate", self.connection_rate)] {
             if value.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
-                return Err(format!("site {:?}: {key} must be a positive number", self.pattern));
+                return Err(SettingError::new(site, format!("{key} must be a positive number")));
             }
         }
         if self.connections_max == Some(0) || self.messages_per_connection_max == Some(0) {
-            return Err(format!("site {:?}: limits must be at least 1", self.pattern));
+            return Err(SettingError::new(site, "limits must be at least 1"));
         }
         Ok(())
     }
 }
 
-pub fn parse_tls(text: &str) -> Result<TlsMode, String> {
+/// A `tls` setting's mode; the error's key is `tls` (see [`SettingError::under`]).
+pub fn parse_tls(text: &str) -> Result<TlsMode, SettingError> {
     match text {
         "opportunistic" => Ok(TlsMode::Opportunistic),
         "required" => Ok(TlsMode::Required),
         "required_insecure" => Ok(TlsMode::RequiredInsecure),
         "disabled" => Ok(TlsMode::Disabled),
-        other => Err(format!("tls: {other:?} is not opportunistic, required, required_insecure or disabled")),
+        other => Err(SettingError::new(
+            "tls",
+            format!("{other:?} is not opportunistic, required, required_insecure or disabled"),
+        )),
     }
 }
 

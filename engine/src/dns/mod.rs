@@ -34,6 +34,16 @@ impl Route {
     }
 }
 
+/// Why the resolver could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolverError {
+    #[error("dns.nameservers: none configured (ringmail does not use the system resolver)")]
+    NoNameservers,
+    #[error("dns: {0}")]
+    Build(hickory_resolver::net::NetError),
+}
+
 /// Why a domain has no route.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -78,9 +88,9 @@ impl std::fmt::Debug for MxResolver {
 
 impl MxResolver {
     /// `port`: where MX hosts listen (25, or a test fleet's port). Needs a tokio runtime.
-    pub fn new(section: &DnsSection, port: u16) -> Result<MxResolver, String> {
+    pub fn new(section: &DnsSection, port: u16) -> Result<MxResolver, ResolverError> {
         let config = if section.nameservers.is_empty() {
-            return Err("dns.nameservers: none configured (ringmail does not use the system resolver)".into());
+            return Err(ResolverError::NoNameservers);
         } else {
             let servers = section
                 .nameservers
@@ -99,7 +109,7 @@ impl MxResolver {
         builder.options_mut().timeout = Duration::from_millis(section.timeout_ms);
         builder.options_mut().attempts = 2;
         builder.options_mut().cache_size = section.cache_size as u64;
-        let resolver = builder.build().map_err(|error| format!("dns: {error}"))?;
+        let resolver = builder.build().map_err(ResolverError::Build)?;
         Ok(MxResolver {
             resolver: Arc::new(resolver),
             port,

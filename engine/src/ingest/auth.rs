@@ -35,15 +35,16 @@ pub struct Users {
 
 impl Users {
     /// `name:hash` per line; `#` comments and blank lines skipped. Errors name the line.
-    pub fn load(path: &std::path::Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("smtp.users_file {}: {e}", path.display()))?;
+    pub fn load(path: &std::path::Path) -> Result<Users, UsersError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| UsersError::Read { path: path.to_path_buf(), source })?;
         let mut hashes = HashMap::new();
         for (number, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = |why: &str| format!("{}:{}: {why}", path.display(), number + 1);
+            let bad = |why: &str| UsersError::Line { path: path.to_path_buf(), line: number + 1, problem: why.into() };
             let (name, hash) = line.split_once(':').ok_or_else(|| bad("expected name:argon2-hash"))?;
             argon2::PasswordHash::new(hash).map_err(|e| bad(&format!("not a password hash: {e}")))?;
             hashes.insert(name.to_string(), hash.to_string());
@@ -73,14 +74,25 @@ impl Users {
     }
 }
 
+/// Why `smtp.users_file` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsersError {
+    #[error("smtp.users_file {}: {source}", .path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    /// A line that is not `name:argon2-hash`.
+    #[error("{}:{line}: {problem}", .path.display())]
+    Line { path: std::path::PathBuf, line: usize, problem: String },
+    /// Hashing the stand-in password for unknown names failed.
+    #[error("hashing a password: {0}")]
+    Hash(#[from] argon2::password_hash::Error),
+}
+
 /// A PHC-format argon2id hash of `password`, for the users file.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     use argon2::password_hash::{PasswordHasher, SaltString};
-    let salt = SaltString::encode_b64(&fastrand::u128(..).to_le_bytes()).map_err(|e| e.to_string())?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    let salt = SaltString::encode_b64(&fastrand::u128(..).to_le_bytes())?;
+    argon2::Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
 }
 
 /// One check waiting for a worker.

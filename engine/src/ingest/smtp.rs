@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::auth::{AuthBusy, AuthPool};
 use super::{has_header, rfc5322_date};
-use crate::config::SmtpSection;
+use crate::config::{SettingError, SmtpSection};
 use crate::io::connect::Allowlist;
 use crate::io::serve::{Accepted, Decision, ServeHandler};
 use crate::io::tls::server_config;
@@ -68,24 +68,33 @@ pub fn start(
         return Ok(Listening::default());
     }
     let relay = Allowlist::parse(section.relay_networks.iter().map(String::as_str))
-        .map_err(|e| ListenerError::Setting(format!("smtp.relay_networks: {e}")))?;
+        .map_err(|e| ListenerError::Setting(SettingError::new("smtp.relay_networks", e.to_string())))?;
     let tls = match (&section.tls_certificate, &section.tls_key) {
         (Some(certificate), Some(key)) => {
             let chain = CertificateDer::pem_file_iter(certificate)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ListenerError::Setting(format!("smtp.tls_certificate {}: {e}", certificate.display())))?;
+                .map_err(|e| {
+                    ListenerError::Setting(SettingError::new(
+                        "smtp.tls_certificate",
+                        format!("{}: {e}", certificate.display()),
+                    ))
+                })?;
             match chain.first().and_then(|leaf| crate::io::certificate::not_after(leaf)) {
                 Some(expiry) => ingest.metrics.tls_certificate_expiry.store(expiry, Ordering::Relaxed),
                 None => tracing::warn!(path = %certificate.display(), "could not read the certificate's expiry"),
             }
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| ListenerError::Setting(format!("smtp.tls_key {}: {e}", key.display())))?;
-            Some(server_config(chain, key).map_err(|e| ListenerError::Setting(format!("smtp TLS: {e}")))?)
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                ListenerError::Setting(SettingError::new("smtp.tls_key", format!("{}: {e}", key.display())))
+            })?;
+            Some(
+                server_config(chain, key)
+                    .map_err(|e| ListenerError::Setting(SettingError::new("smtp.tls_certificate", e.to_string())))?,
+            )
         }
         _ => None,
     };
     let users = match &section.users_file {
-        Some(path) => Arc::new(Users::load(path).map_err(ListenerError::Setting)?),
+        Some(path) => Arc::new(Users::load(path)?),
         None => Arc::new(Users::default()),
     };
     let mut config = ServerConfig::new(section.hostname.clone().unwrap_or_else(|| "ringmail.localdomain".into()));
@@ -124,9 +133,7 @@ pub fn start(
     }
     let auth = match users.is_empty() {
         true => None,
-        false => {
-            Some(Arc::new(AuthPool::start().map_err(|e| ListenerError::Setting(format!("SMTP AUTH workers: {e}")))?))
-        }
+        false => Some(Arc::new(AuthPool::start().map_err(ListenerError::AuthWorkers)?)),
     };
     let open = Arc::new(Mutex::new(Open::default()));
     let limits = (section.connections_max, section.connections_per_ip_max);
@@ -165,7 +172,7 @@ pub fn start(
                     Err(error) => running.failed(&format!("the SMTP listener loop failed: {error}")),
                 }
             })
-            .map_err(|e| ListenerError::Loop(format!("thread ringmail-smtp-{index}: {e}")))?;
+            .map_err(|source| ListenerError::Thread { index, source })?;
         handles.push(handle);
     }
     crate::health::await_started(&started_rx, handles.len(), LISTENER_START_TIMEOUT, "SMTP listener", backend.name())
@@ -190,16 +197,25 @@ const LISTENER_START_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ListenerError {
-    /// A setting of `[smtp]` the listener cannot use (a certificate, a key, the
-    /// users file, a relay network); the message names the key and the file.
-    #[error("{0}")]
-    Setting(String),
+    /// A setting of `[smtp]` the listener cannot use (a certificate, a key, a
+    /// relay network); the message names the key and the file.
+    #[error(transparent)]
+    Setting(SettingError),
+    /// `smtp.users_file` cannot be used.
+    #[error(transparent)]
+    Users(#[from] super::auth::UsersError),
     /// A listen address could not be bound.
     #[error("{key} {address}: {source}")]
     Bind { key: &'static str, address: SocketAddr, source: std::io::Error },
-    /// A listener thread or its socket loop could not start.
-    #[error("{0}")]
-    Loop(String),
+    /// The AUTH worker threads could not be spawned.
+    #[error("SMTP AUTH workers: {0}")]
+    AuthWorkers(std::io::Error),
+    /// A listener thread could not be spawned.
+    #[error("thread ringmail-smtp-{index}: {source}")]
+    Thread { index: usize, source: std::io::Error },
+    /// A listener's socket loop could not start.
+    #[error(transparent)]
+    Loop(#[from] crate::health::PartStartError),
 }
 
 /// A listening socket with SO_REUSEPORT (and SO_REUSEADDR), backlog 1024.

@@ -28,18 +28,30 @@ impl Network {
     }
 }
 
-impl std::str::FromStr for Network {
-    type Err = String;
+/// A network (`10.0.0.0/8`, `::1`) that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    #[error("{0:?}: not an IP address")]
+    Address(String),
+    #[error("{0:?}: bad prefix")]
+    Prefix(String),
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for Network {
+    type Err = NetworkError;
+
+    fn from_str(text: &str) -> Result<Self, NetworkError> {
         let (address, prefix) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
         };
-        let address: IpAddr = address.parse().map_err(|_| format!("{text:?}: not an IP address"))?;
+        let address: IpAddr = address.parse().map_err(|_| NetworkError::Address(text.into()))?;
         let max = if address.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(prefix) => prefix.parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("{text:?}: bad prefix"))?,
+            Some(prefix) => {
+                prefix.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| NetworkError::Prefix(text.into()))?
+            }
             None => max,
         };
         // An IPv4-mapped network is the IPv4 network it maps (addresses are
@@ -138,8 +150,8 @@ impl Allowlist {
         Allowlist { networks: Some(networks), internal_needs_entry: false }
     }
 
-    pub fn parse<'a>(cidrs: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
-        let networks = cidrs.into_iter().map(str::parse).collect::<Result<Vec<Network>, String>>()?;
+    pub fn parse<'a>(cidrs: impl IntoIterator<Item = &'a str>) -> Result<Self, NetworkError> {
+        let networks = cidrs.into_iter().map(str::parse).collect::<Result<Vec<Network>, NetworkError>>()?;
         Ok(Allowlist { networks: Some(networks), internal_needs_entry: false })
     }
 
@@ -147,7 +159,7 @@ impl Allowlist {
     /// (loopback, private, link-local, unique-local, ...) only where an entry
     /// narrower than /0 names it, so a remote domain's MX record cannot point
     /// ringmail at this host or its network (Postfix refuses such MX hosts too).
-    pub fn delivery<'a>(cidrs: Option<impl IntoIterator<Item = &'a str>>) -> Result<Self, String> {
+    pub fn delivery<'a>(cidrs: Option<impl IntoIterator<Item = &'a str>>) -> Result<Self, NetworkError> {
         let mut list = match cidrs {
             Some(cidrs) => Allowlist::parse(cidrs)?,
             None => Allowlist::anywhere(),

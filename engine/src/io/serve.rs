@@ -227,10 +227,10 @@ pub fn serve_on<H: ServeHandler>(
     listeners: Vec<TcpListener>,
     handler: &mut H,
     stop: &AtomicBool,
-    started: impl FnOnce(Result<(), String>),
+    started: impl FnOnce(io::Result<()>),
 ) -> io::Result<()> {
     let server = Server::<H::Conn>::new(backend, listeners);
-    started(server.as_ref().map(|_| ()).map_err(ToString::to_string));
+    started(server.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string())));
     let mut server = server?;
     let mut result = Ok(());
     while result.is_ok() && !stop.load(Ordering::Relaxed) {

@@ -85,36 +85,41 @@ pub fn classify(text: &str) -> Category {
     RULES.iter().find(|(needle, _)| lower.contains(needle)).map(|(_, category)| *category).unwrap_or(Category::Other)
 }
 
-impl std::str::FromStr for Category {
-    type Err = String;
+/// A category name that is none of [`Category`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a category ({names})", names = Category::ALL.map(Category::name).join(", "))]
+pub struct UnknownCategory(pub String);
 
-    fn from_str(text: &str) -> Result<Category, String> {
-        let all = [
-            Category::InvalidRecipient,
-            Category::MailboxFull,
-            Category::SpamBlock,
-            Category::Reputation,
-            Category::RateLimited,
-            Category::Policy,
-            Category::Dns,
-            Category::Tls,
-            Category::Connection,
-            Category::Routing,
-            Category::Other,
-        ];
-        all.into_iter().find(|c| c.name().eq_ignore_ascii_case(text)).ok_or_else(|| {
-            let names: Vec<&str> = all.iter().map(|c| c.name()).collect();
-            format!("{text:?} is not a category ({})", names.join(", "))
-        })
+impl Category {
+    pub const ALL: [Category; 11] = [
+        Category::InvalidRecipient,
+        Category::MailboxFull,
+        Category::SpamBlock,
+        Category::Reputation,
+        Category::RateLimited,
+        Category::Policy,
+        Category::Dns,
+        Category::Tls,
+        Category::Connection,
+        Category::Routing,
+        Category::Other,
+    ];
+}
+
+impl std::str::FromStr for Category {
+    type Err = UnknownCategory;
+
+    fn from_str(text: &str) -> Result<Category, UnknownCategory> {
+        Category::ALL.into_iter().find(|c| c.name().eq_ignore_ascii_case(text)).ok_or(UnknownCategory(text.into()))
     }
 }
 
-pub use crate::config::BounceRule;
+pub use crate::config::{BounceRule, SettingError};
 
 /// What the configuration says that only policy can judge (bounce rule categories),
 /// for `check-config` and a reload: a configuration that passes `Config::load` and
 /// this runs.
-pub fn check(config: &crate::config::Config) -> Result<(), String> {
+pub fn check(config: &crate::config::Config) -> Result<(), SettingError> {
     Classifier::new(&config.bounce_rules).map(|_| ())
 }
 
@@ -125,12 +130,12 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(rules: &[BounceRule]) -> Result<Classifier, String> {
+    pub fn new(rules: &[BounceRule]) -> Result<Classifier, SettingError> {
         let rules = rules
             .iter()
             .map(|rule| Ok((rule.pattern.to_ascii_lowercase(), rule.category.parse::<Category>()?)))
-            .collect::<Result<_, String>>()
-            .map_err(|e| format!("bounce_rule: {e}"))?;
+            .collect::<Result<_, UnknownCategory>>()
+            .map_err(|e| SettingError::new("bounce_rule", e.to_string()))?;
         Ok(Classifier { rules })
     }
 
@@ -199,7 +204,8 @@ mod tests {
         assert_eq!(classifier.classify("421 4.7.0 [TSS04] Messages temporarily deferred"), Category::Reputation);
         assert_eq!(classifier.classify("552 5.2.2 mailbox full"), Category::MailboxFull);
         let error = Classifier::new(&[rule("x", "Unknowable")]).unwrap_err();
-        assert!(error.contains("Unknowable") && error.contains("MailboxFull"), "{error}");
+        assert_eq!(error.key, "bounce_rule");
+        assert!(error.problem.contains("Unknowable") && error.problem.contains("MailboxFull"), "{error}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub struct LanePolicy {
 
 impl LanePolicy {
     /// The lane defaults of `[delivery]`, before `[[site]]` rules.
-    pub fn defaults(config: &crate::config::Config) -> Result<LanePolicy, String> {
+    pub fn defaults(config: &crate::config::Config) -> Result<LanePolicy, crate::config::SettingError> {
         Ok(LanePolicy {
             connections_max: config.delivery.connections_per_lane_max,
             messages_per_connection_max: config.delivery.messages_per_connection_max,

@@ -178,7 +178,7 @@ pub struct ShardSettings {
     pub backend: crate::io::Backend,
     /// Told once whether the loop could be set up, with the handle that wakes it when
     /// work arrives (the daemon's start waits for it).
-    pub started: Option<Sender<(usize, Result<RingWaker, String>)>>,
+    pub started: Option<Sender<(usize, std::io::Result<RingWaker>)>>,
     /// Test-only fault: the loop fails as if the kernel broke it once this many
     /// work items have arrived ([`FAULT_VARIABLE`]).
     pub fail_after_works: Option<u64>,
@@ -207,7 +207,8 @@ pub fn run(
 ) -> std::io::Result<()> {
     let ring = Ring::with_backend(settings.backend).and_then(|mut ring| ring.waker().map(|waker| (ring, waker)));
     if let Some(started) = &settings.started {
-        let report = ring.as_ref().map(|(_, waker)| waker.clone()).map_err(ToString::to_string);
+        let report =
+            ring.as_ref().map(|(_, waker)| waker.clone()).map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
         let _ = started.send((settings.index, report));
     }
     let (mut ring, _) = ring?;
