@@ -2,7 +2,10 @@
 //! same injector (Postfix's `smtp-source`, 20 and then 100 sessions, 4 KiB, one
 //! recipient, `-d`) and the same sink (loadgen's, which counts every arrival) on
 //! loopback, in one run, two rounds of ceiling, Postfix, ringmail at each level:
-//! 1. ceiling: `smtp-source` straight into the sink;
+//! 1. ceiling: `smtp-source` straight into the sink; and the synced ceiling: into a
+//!    sink that writes each message to disk and syncs it (group commit) before its
+//!    250, as any durable MTA must: at 20 sessions, which do not pipeline, that sync
+//!    is in every message's round trip;
 //! 2. Postfix relaying to the sink (transport map, tuned for bulk: `in_flow_delay =
 //!    0`, 100 connections per destination, connection cache; it syncs each queue
 //!    file before its 250);
@@ -27,7 +30,9 @@
 //! pipelining injector, since `smtp-source` sends to one address: 10,000 domains over
 //! 100 through the same MX site; `epoll_vs_uring_relay`: a second ringmail forced
 //! onto its epoll backend, run right after the io_uring one in each round, paired as
-//! the other ratios). The backlog is `benches/backlog`.
+//! the other ratios) ceiling_synced_msgs_s=.. vs_ceiling_synced=..
+//! ceiling_synced100_msgs_s=.. vs_ceiling_synced100=..` (the synced ceiling, paired
+//! as the others). The backlog is `benches/backlog`.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
 
 use std::net::SocketAddr;
@@ -93,10 +98,14 @@ struct Run {
 }
 
 fn run(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize, sessions: usize) -> Run {
+    run_to(target, fleet, count, sessions, "rcpt@relay.test")
+}
+
+fn run_to(target: SocketAddr, fleet: &loadgen::sink::Fleet, count: usize, sessions: usize, to: &str) -> Run {
     let before = fleet.state().accepted.len();
     let cpu = machine_cpu();
     let started = Instant::now();
-    smtp_source(target, count, "rcpt@relay.test", sessions);
+    smtp_source(target, count, to, sessions);
     let ingest = count as f64 / started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(600);
     while fleet.state().accepted.len() < before + count {
@@ -204,6 +213,7 @@ fn main() {
             "[[provider]]\nname = \"relay\"\ndomains = [\"relay.test\"]\nmx = [{{ host = \"mx.relay.test\", address = \"127.0.0.71\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
              [[provider]]\nname = \"tls\"\ndomains = [\"tls.test\"]\nmx = [{{ host = \"mx.tls.test\", address = \"127.0.0.76\", port = {port} }}]\nstarttls = true\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
              [[provider]]\nname = \"many\"\ndomains = [{many}]\nmx = [{{ host = \"mx.many.test\", address = \"127.0.0.78\", port = {port} }}]\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
+             [[provider]]\nname = \"synced\"\ndomains = [\"synced.test\"]\nmx = [{{ host = \"mx.synced.test\", address = \"127.0.0.79\", port = {port} }}]\nsync_messages = true\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n\n\
              [[provider]]\nname = \"flaky\"\ndomains = [\"flaky.test\"]\nmx = [{{ host = \"mx.flaky.test\", address = \"127.0.0.77\", port = {port} }}]\nrcpt_tempfail_percent = 10\nrcpt_permfail_percent = 2\nconnections_per_ip_max = 256\nmessages_per_connection_max = 10000000\n"
         ),
         "compare scenario",
@@ -213,6 +223,7 @@ fn main() {
     let dns = loadgen::dns::start(zone, "127.0.0.1:0".parse().unwrap()).unwrap();
     let fleet = loadgen::sink::start(&scenario).unwrap();
     let sink = fleet.listeners[0].1;
+    let synced_sink = fleet.listeners.iter().find(|(name, _)| name == "synced").expect("the synced sink").1;
 
     // ringmail in its own process, and a second one forced onto epoll
     // (RINGMAIL_IO_BACKEND) for epoll_vs_uring_relay.
@@ -248,6 +259,7 @@ fn main() {
     // sessions and then at 100: each is compared with a ceiling measured minutes
     // apart at most, on a machine whose speed drifts.
     let mut ceiling_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    let mut synced_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut ringmail_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut postfix_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut epoll_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
@@ -258,6 +270,17 @@ fn main() {
             let ceiling = run(sink, &fleet, count, sessions);
             println!("round {round}, {sessions} sessions, ceiling (smtp-source -> sink): {:.0}/s", ceiling.end_to_end);
             ceiling_runs[level].push(ceiling);
+            let counts = fleet.state().counts.clone();
+            let synced = run_to(synced_sink, &fleet, count, sessions, "rcpt@synced.test");
+            let after = fleet.state().counts.clone();
+            println!(
+                "round {round}, {sessions} sessions, synced ceiling (smtp-source -> sink syncing each message): \
+                 {:.0}/s, {:.1} messages per sync",
+                synced.end_to_end,
+                (after.synced_messages - counts.synced_messages) as f64
+                    / (after.disk_syncs - counts.disk_syncs).max(1) as f64
+            );
+            synced_runs[level].push(synced);
             if let Ok(postfix) = &postfix {
                 let result = run(postfix.address, &fleet, count, sessions);
                 println!(
@@ -379,9 +402,12 @@ fn main() {
         for round in 0..ringmail_runs[level].len() {
             let one = |runs: &[Run]| runs.get(round).map(|r| r.end_to_end).unwrap_or(0.0);
             let (r, c, p) = (one(&ringmail_runs[level]), one(&ceiling_runs[level]), one(&postfix_runs[level]));
+            let s = one(&synced_runs[level]);
             println!(
-                "round {round}, {sessions} sessions: ringmail/ceiling {:.2}, ringmail/postfix {:.2}",
+                "round {round}, {sessions} sessions: ringmail/ceiling {:.2}, ringmail/synced ceiling {:.2}, \
+                 ringmail/postfix {:.2}",
                 r / c.max(1.0),
+                r / s.max(1.0),
                 if p > 0.0 { r / p } else { 0.0 }
             );
         }
@@ -426,6 +452,10 @@ fn main() {
             ("domains10k_ratio", format!("{domains10k_ratio:.2}")),
             ("epoll_vs_uring_relay", format!("{:.2}", paired(&epoll_runs[0], &ringmail_runs[0]))),
             ("epoll_vs_uring_relay100", format!("{:.2}", paired(&epoll_runs[1], &ringmail_runs[1]))),
+            ("ceiling_synced_msgs_s", format!("{:.0}", best(&synced_runs[0], |r| r.end_to_end))),
+            ("vs_ceiling_synced", format!("{:.2}", paired(&ringmail_runs[0], &synced_runs[0]))),
+            ("ceiling_synced100_msgs_s", format!("{:.0}", best(&synced_runs[1], |r| r.end_to_end))),
+            ("vs_ceiling_synced100", format!("{:.2}", paired(&ringmail_runs[1], &synced_runs[1]))),
         ],
     );
     println!("{line}");

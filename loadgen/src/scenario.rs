@@ -123,6 +123,11 @@ pub struct Provider {
     /// Also publish AAAA ::1 for the MX hosts.
     #[serde(default)]
     pub ipv6: bool,
+    /// Write each message to disk and sync it before its 250, as a durable MTA
+    /// does (a preallocated file in the temporary directory, written in place,
+    /// synced in groups): a ceiling with the disk's sync in every message.
+    #[serde(default)]
+    pub sync_messages: bool,
 }
 
 /// How a provider's domains answer in DNS.

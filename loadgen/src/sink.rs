@@ -56,6 +56,10 @@ pub struct SinkCounts {
     pub tls_refusals: u64,
     /// MAIL FROM commands received (a client that stopped before it sent none).
     pub mail_commands: u64,
+    /// Messages written and synced before their reply (`sync_messages`), and the
+    /// syncs that took them.
+    pub synced_messages: u64,
+    pub disk_syncs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -123,12 +127,17 @@ pub fn start(scenario: &Scenario) -> std::io::Result<Fleet> {
     let (certificate, key, (ca, ca_pem)) = certificates(names).map_err(std::io::Error::other)?;
     let tls = server_config(vec![certificate], key).map_err(std::io::Error::other)?;
     let thread_state = Arc::clone(&state);
+    let disk = match scenario.providers.iter().any(|p| p.sync_messages) {
+        true => Some(DiskSync::start(Arc::clone(&state))?),
+        false => None,
+    };
     std::thread::Builder::new().name("loadgen-sink".into()).spawn(move || {
         tokio_uring::start(async move {
             let mut loops = Vec::new();
             for (provider, listener) in bound {
                 let (state, tls) = (Arc::clone(&thread_state), Arc::clone(&tls));
-                loops.push(tokio_uring::spawn(accept_loop(provider, listener, state, tls)));
+                let disk = disk.clone().filter(|_| provider.sync_messages);
+                loops.push(tokio_uring::spawn(accept_loop(provider, listener, state, tls, disk)));
             }
             for task in loops {
                 let _ = task.await;
@@ -161,11 +170,72 @@ fn unreachable_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// The synced writes of `sync_messages` providers: one thread writes what the
+/// sessions hand it into a preallocated file, in place (wrapping at
+/// [`SYNC_FILE_BYTES`]), syncs once for all of them, then answers each. Group
+/// commit, so that the ceiling is the disk's and not one sync after another.
+#[derive(Clone)]
+struct DiskSync {
+    jobs: std::sync::mpsc::SyncSender<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+/// The synced file's size: written round, so the sync never grows it.
+const SYNC_FILE_BYTES: u64 = 64 << 20;
+/// Messages waiting for the disk (a session has one at a time).
+const SYNC_QUEUE: usize = 4096;
+
+impl DiskSync {
+    fn start(state: Arc<Mutex<SinkState>>) -> std::io::Result<DiskSync> {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        let mut file = tempfile::tempfile()?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..SYNC_FILE_BYTES >> 20 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        let (jobs, waiting) =
+            std::sync::mpsc::sync_channel::<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>(SYNC_QUEUE);
+        std::thread::Builder::new().name("loadgen-sink-sync".into()).spawn(move || {
+            let mut offset = 0u64;
+            while let Ok(first) = waiting.recv() {
+                let batch: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
+                let mut written = true;
+                for (data, _) in &batch {
+                    let data = &data[..data.len().min(SYNC_FILE_BYTES as usize)];
+                    if offset + data.len() as u64 > SYNC_FILE_BYTES {
+                        offset = 0;
+                    }
+                    written &= file.write_all_at(data, offset).is_ok();
+                    offset += data.len() as u64;
+                }
+                let synced = written && file.sync_data().is_ok();
+                if synced {
+                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.counts.disk_syncs += 1;
+                    state.counts.synced_messages += batch.len() as u64;
+                }
+                for (_, done) in batch {
+                    let _ = done.send(synced);
+                }
+            }
+        })?;
+        Ok(DiskSync { jobs })
+    }
+
+    /// Whether `data` is on disk.
+    async fn write(&self, data: Vec<u8>) -> bool {
+        let (done, synced) = tokio::sync::oneshot::channel();
+        self.jobs.send((data, done)).is_ok() && synced.await.unwrap_or(false)
+    }
+}
+
 async fn accept_loop(
     provider: Arc<Provider>,
     listener: std::net::TcpListener,
     state: Arc<Mutex<SinkState>>,
     tls: Arc<rustls::ServerConfig>,
+    disk: Option<DiskSync>,
 ) {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
     let mut config = ServerConfig::new(provider.mx[0].host.clone());
@@ -191,8 +261,8 @@ async fn accept_loop(
                 true
             }
         };
-        let (provider, state, config, tls) =
-            (Arc::clone(&provider), Arc::clone(&state), Arc::clone(&config), Arc::clone(&tls));
+        let (provider, state, config, tls, disk) =
+            (Arc::clone(&provider), Arc::clone(&state), Arc::clone(&config), Arc::clone(&tls), disk.clone());
         tokio_uring::spawn(async move {
             let now = Instant::now();
             if !admitted {
@@ -202,7 +272,7 @@ async fn accept_loop(
                 return;
             }
             let key = (provider.name.clone(), client);
-            let mut handler = Behaviour::new(provider, Arc::clone(&state), client);
+            let mut handler = Behaviour::new(provider, Arc::clone(&state), client, disk);
             let session = ServerSession::new(config, false, now);
             run_server(Connection::Plain(stream), session, Some(tls), &mut handler).await;
             let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -229,11 +299,12 @@ struct Behaviour {
     rng: fastrand::Rng,
     sender: String,
     messages: usize,
+    disk: Option<DiskSync>,
 }
 
 impl Behaviour {
-    fn new(provider: Arc<Provider>, state: Arc<Mutex<SinkState>>, client: IpAddr) -> Self {
-        Behaviour { provider, state, client, rng: fastrand::Rng::new(), sender: String::new(), messages: 0 }
+    fn new(provider: Arc<Provider>, state: Arc<Mutex<SinkState>>, client: IpAddr, disk: Option<DiskSync>) -> Self {
+        Behaviour { provider, state, client, rng: fastrand::Rng::new(), sender: String::new(), messages: 0, disk }
     }
 
     fn state(&self) -> MutexGuard<'_, SinkState> {
@@ -363,7 +434,12 @@ impl ServerHandler for Behaviour {
         match event {
             ServerEvent::Mail { from } => self.mail(from, tls),
             ServerEvent::Recipient { to } => self.recipient(&to),
-            ServerEvent::Message(message) => self.message(message),
+            ServerEvent::Message(message) => match &self.disk {
+                Some(disk) if !disk.write(message.data.clone()).await => {
+                    Verdict::Reject(reply("451 4.3.0 Could not store the message"))
+                }
+                _ => self.message(message),
+            },
             _ => Verdict::Accept,
         }
     }

@@ -112,6 +112,18 @@ fn connections_beyond_the_per_ip_limit_get_421_and_tls_can_be_required() {
 }
 
 #[test]
+fn a_syncing_sink_writes_each_message_to_disk_before_its_250() {
+    let (scenario, address) = scenario("sync_messages = true");
+    let fleet = loadgen::sink::start(&scenario).unwrap();
+    let report = send(address, TlsMode::Disabled, &["a@bigmail.test", "b@bigmail.test", "c@bigmail.test"]);
+    assert!((0..3).all(|i| outcome(&report, i).is_delivered()), "{report:?}");
+    let counts = fleet.state().counts.clone();
+    assert_eq!((counts.accepted, counts.synced_messages), (3, 3));
+    // One session, one message at a time: a sync each.
+    assert_eq!(counts.disk_syncs, 3);
+}
+
+#[test]
 fn a_busy_port_gets_a_clear_error() {
     let (scenario, address) = scenario("");
     let _holder = std::net::TcpListener::bind(address).unwrap();
