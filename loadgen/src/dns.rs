@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -91,6 +91,11 @@ impl Zone {
                     DnsMode::Nxdomain | DnsMode::Servfail => {}
                 }
             }
+        }
+        for record in &scenario.txt {
+            let strings =
+                record.value.as_bytes().chunks(255).map(|chunk| String::from_utf8_lossy(chunk).into_owned()).collect();
+            zone.add(&record.name, RData::TXT(TXT::new(strings)))?;
         }
         Ok(zone)
     }

@@ -91,6 +91,7 @@ mod tests {
             tls: false,
             provider: "p".into(),
             at: SystemTime::now(),
+            raw: None,
         }
     }
 

@@ -34,6 +34,19 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 pub struct Scenario {
     #[serde(rename = "provider")]
     pub providers: Vec<Provider>,
+    /// TXT records the scenario's DNS serves besides the providers' (DKIM keys,
+    /// SPF, DMARC).
+    #[serde(default, rename = "txt")]
+    pub txt: Vec<TxtRecord>,
+}
+
+/// One TXT record: `name` answers `value` (split into strings of at most 255
+/// octets on the wire, as long DKIM keys must be).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TxtRecord {
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -123,6 +136,10 @@ pub struct Provider {
     /// Also publish AAAA ::1 for the MX hosts.
     #[serde(default)]
     pub ipv6: bool,
+    /// Keep the bytes of every accepted message (`Accepted::raw`), for checks of
+    /// what was sent (a DKIM verifier).
+    #[serde(default)]
+    pub keep_messages: bool,
     /// Write each message to disk and sync it before its 250, as a durable MTA
     /// does (a preallocated file in the temporary directory, written in place,
     /// synced in groups): a ceiling with the disk's sync in every message.

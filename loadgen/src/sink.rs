@@ -36,6 +36,8 @@ pub struct Accepted {
     pub tls: bool,
     pub provider: String,
     pub at: SystemTime,
+    /// The message as it arrived (`keep_messages` providers only).
+    pub raw: Option<Arc<Vec<u8>>>,
 }
 
 /// Counts per outcome, for the report.
@@ -395,6 +397,7 @@ impl Behaviour {
         let body_bytes =
             message.data.windows(4).position(|w| w == b"\r\n\r\n").map(|at| message.data.len() - at - 4).unwrap_or(0);
         let at = SystemTime::now();
+        let raw = self.provider.keep_messages.then(|| Arc::new(message.data.clone()));
         let mut state = self.state();
         for recipient in message.recipients {
             state.counts.accepted += 1;
@@ -407,6 +410,7 @@ impl Behaviour {
                 tls: message.tls,
                 provider: self.provider.name.clone(),
                 at,
+                raw: raw.clone(),
             });
         }
         Verdict::Accept
