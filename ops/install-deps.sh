@@ -13,9 +13,11 @@
 #   e2fsprogs     mkfs.ext4 / e2fsck: the store-fault tests mount an ext4 image
 #                 they freeze (fsfreeze, util-linux) or make fail
 #   iproute2      ip netns: tests that need IPv6 /64 addresses make a namespace
+#   python3-dkim  dkimpy: the independent verifier of the DKIM signatures ringmail
+#                 makes (run with /usr/bin/python3), openssl makes the test keys
 set -euo pipefail
 
-packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base curl e2fsprogs iproute2 util-linux)
+packages=(libclang-dev g++ make postfix swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base curl e2fsprogs iproute2 util-linux python3-dkim openssl)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -183,14 +183,26 @@ impl Engine {
         )?;
 
         let shedding = Arc::new(Shedding::new(Arc::clone(&store), config.ingest.memory_max_mb << 20));
+        let signing_threads = match config.ingest.signing_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let signer = crate::dkim::pool::SignerPool::start(
+            signing_threads,
+            config.ingest.signing_queue_max,
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+        )?;
         let ingest = crate::ingest::smtp::Ingest {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
             shedding: Arc::clone(&shedding),
             receptions: receptions_tx.clone(),
             stop: Arc::clone(&stop),
+            signer: Arc::clone(&signer),
         };
         let smtp_threads = if config.smtp.threads == 0 { config.shard_count() } else { config.smtp.threads };
+        let http_ingest = ingest.clone();
         let listening = crate::ingest::smtp::start(&config.smtp, smtp_threads, backend, ingest)?;
         threads.extend(listening.threads);
         let smtp = listening.addresses;
@@ -216,8 +228,7 @@ impl Engine {
             pools: config.egress.iter().map(|source| source.pool.clone()).collect(),
         };
         let arrivals = shedding.arrivals();
-        let (http, http_stop, http_thread) =
-            start_http(&config, &store, &metrics, shedding, admin, Arc::clone(&live), receptions_tx)?;
+        let (http, http_stop, http_thread) = start_http(&config, http_ingest, admin, Arc::clone(&live))?;
         threads.push(http_thread);
 
         let scheduler_config = Arc::clone(&config);
@@ -393,14 +404,12 @@ fn shard_settings(
 
 type HttpParts = (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>);
 
+/// The HTTP API on its own thread, taking mail as the SMTP listener does (`ingest`).
 fn start_http(
     config: &Config,
-    store: &Arc<Store>,
-    metrics: &Arc<Metrics>,
-    shedding: Arc<Shedding>,
+    ingest: crate::ingest::smtp::Ingest,
     admin: crate::admin::Admin,
     live: Arc<crate::live::Live>,
-    receptions: crossbeam_channel::Sender<crate::log::Record>,
 ) -> Result<HttpParts, StartError> {
     let listen = config.http.listen;
     let listener = std::net::TcpListener::bind(listen).map_err(StartError::io(format!("http.listen {listen}")))?;
@@ -408,9 +417,9 @@ fn start_http(
     let address = listener.local_addr().map_err(StartError::io("http.listen"))?;
     let guard = Arc::new(crate::http_guard::Guard::new(live, address));
     let router = crate::ingest::http::router(
-        Arc::clone(store),
-        Arc::clone(metrics),
-        shedding,
+        Arc::clone(&ingest.store),
+        Arc::clone(&ingest.metrics),
+        ingest.shedding,
         crate::ingest::http::HttpSettings {
             body_max: config.http.body_max_bytes,
             recipients_max: config.http.recipients_max,
@@ -421,7 +430,8 @@ fn start_http(
                 fuel: config.http.template_fuel,
             },
         },
-        receptions,
+        ingest.receptions,
+        ingest.signer,
     )
     .merge(crate::admin::router(admin))
     // Outermost: every request passes the door before any route reads it.

@@ -16,6 +16,7 @@ pub use queue_store;
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod dkim;
 pub mod dns;
 pub mod health;
 pub mod http_guard;

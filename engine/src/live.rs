@@ -109,6 +109,12 @@ impl Live {
             applied.egress = new.egress.clone();
             report.applied.push("egress");
         }
+        // Keys are read again on every reload (a key file rotated in place shows no
+        // change in the file): messages stored already keep their signatures.
+        if !old.dkim.is_empty() || !new.dkim.is_empty() {
+            applied.dkim = new.dkim.clone();
+            report.applied.push("dkim");
+        }
         let (o, n) = (&old.delivery, &new.delivery);
         let lane_keys = |d: &crate::config::DeliverySection| {
             format!(

@@ -519,6 +519,7 @@ fn log_admin_bounce(admin: &Admin, terminal: &TerminalRecord) {
         tenant: envelope.tenant.clone(),
         campaign: envelope.campaign.clone(),
         meta: crate::log::meta(&envelope.metadata, &terminal.recipient.metadata),
+        dkim: Vec::new(),
     };
     // The log channel is bounded: never wait; a dropped record is counted.
     if admin.log.try_send(record).is_err() {

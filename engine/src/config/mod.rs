@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 mod rules;
 
-pub use rules::{parse_tls, BounceRule, SiteRule};
+pub use rules::{parse_tls, BounceRule, DkimEntry, SiteRule, DKIM_HEADERS};
 
 use crate::io::connect::Allowlist;
 use crate::smtp::TlsMode;
@@ -51,6 +51,11 @@ pub struct Config {
     #[serde(default, rename = "bounce_rule")]
     #[cfg_attr(test, serde(skip_serializing))]
     pub bounce_rules: Vec<BounceRule>,
+    /// DKIM signatures to add at ingest; several for one domain sign it several
+    /// times (RSA and Ed25519 together is the recommended setup).
+    #[serde(default, rename = "dkim")]
+    #[cfg_attr(test, serde(skip_serializing))]
+    pub dkim: Vec<DkimEntry>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -102,13 +107,29 @@ fn default_sync_wait_max_ms() -> u64 {
 }
 
 /// Load shedding shared by the SMTP listener and the HTTP inject API.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct IngestSection {
     /// Resident memory (MiB) above which ingest refuses new mail; 0: no limit.
     #[serde(default)]
     pub memory_max_mb: u64,
+    /// Threads that make DKIM signatures (0: one per core). Only with `[[dkim]]`.
+    #[serde(default)]
+    pub signing_threads: usize,
+    /// Messages waiting for a signer; beyond it ingest answers busy (451 / 503).
+    #[serde(default = "default_signing_queue")]
+    pub signing_queue_max: usize,
+}
+
+fn default_signing_queue() -> usize {
+    4096
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection { memory_max_mb: 0, signing_threads: 0, signing_queue_max: default_signing_queue() }
+    }
 }
 
 fn default_store_path() -> PathBuf {
@@ -784,6 +805,15 @@ impl Config {
         }
         if self.egress.iter().any(|source| source.weight == 0) {
             return Err(SettingError::new("egress.weight", "must be at least 1"));
+        }
+        for entry in &self.dkim {
+            entry.check(self.retry.max_age_seconds)?;
+        }
+        if self.ingest.signing_queue_max == 0 {
+            return Err(SettingError::new("ingest.signing_queue_max", "must be at least 1"));
+        }
+        if self.ingest.signing_threads > 256 {
+            return Err(SettingError::new("ingest.signing_threads", "at most 256"));
         }
         Ok(())
     }

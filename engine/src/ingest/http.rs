@@ -26,6 +26,7 @@
 //! not stored in `failed_recipients` ("not queued (why); send it again").
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -33,7 +34,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use queue_store::{Store, StoreError};
+use queue_store::{NewMessage, Store, StoreError};
 use serde::Serialize;
 
 use super::inject::{BadRequest, Built, Expansion, InjectRequest, Problem};
@@ -77,6 +78,8 @@ struct Api {
     keys_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Inject requests at work at most (`http.requests_max`), their tasks included.
     tasks: Arc<tokio::sync::Semaphore>,
+    /// DKIM signing before the messages are stored.
+    signer: Arc<crate::dkim::pool::SignerPool>,
 }
 
 /// A request's hold on its idempotency key; let go when dropped.
@@ -159,6 +162,7 @@ pub fn router(
     shedding: Arc<Shedding>,
     settings: HttpSettings,
     receptions: crossbeam_channel::Sender<Record>,
+    signer: Arc<crate::dkim::pool::SignerPool>,
 ) -> Router {
     let body_max = settings.body_max;
     Router::new()
@@ -174,7 +178,68 @@ pub fn router(
             settings: Arc::new(settings),
             receptions,
             keys_in_flight: Arc::default(),
+            signer,
         })
+}
+
+/// How long a chunk's messages may wait for room in the signers' queue before the
+/// request is answered busy.
+const SIGNING_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// The chunk's messages signed where a `[[dkim]]` entry applies (in order), and
+/// the signatures of each. While the signers' queue is full, the oldest of this
+/// chunk's messages under way is awaited first (or, with none, a moment passes),
+/// for at most [`SIGNING_WAIT_MAX`].
+async fn sign_chunk(
+    signer: &crate::dkim::pool::SignerPool,
+    messages: Vec<NewMessage>,
+) -> Result<(Vec<NewMessage>, Vec<Vec<crate::dkim::SignatureNote>>), crate::dkim::SignError> {
+    use crate::dkim::pool::Submitted;
+    use crate::dkim::{SignError, SignatureNote, Signed};
+    type Answer = tokio::sync::oneshot::Receiver<Result<Signed, SignError>>;
+    fn settle(
+        out: &mut [(NewMessage, Vec<SignatureNote>)],
+        index: usize,
+        answer: Result<Result<Signed, SignError>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<(), SignError> {
+        let signed = answer.unwrap_or(Err(SignError::Stopped))?;
+        out[index].0.body = signed.message;
+        out[index].1 = signed.signatures;
+        Ok(())
+    }
+    let mut out: Vec<(NewMessage, Vec<SignatureNote>)> = Vec::with_capacity(messages.len());
+    let mut waiting: std::collections::VecDeque<(usize, Answer)> = std::collections::VecDeque::new();
+    let deadline = tokio::time::Instant::now() + SIGNING_WAIT_MAX;
+    for mut message in messages {
+        let index = out.len();
+        let mut body = std::mem::take(&mut message.body);
+        let tenant = message.tenant.clone();
+        out.push((message, Vec::new()));
+        loop {
+            match signer.submit(body, tenant.clone())? {
+                Submitted::Unsigned(unsigned) => {
+                    out[index].0.body = unsigned;
+                    break;
+                }
+                Submitted::Queued(answer) => {
+                    waiting.push_back((index, answer));
+                    break;
+                }
+                Submitted::Busy(back) if tokio::time::Instant::now() < deadline => {
+                    body = back;
+                    match waiting.pop_front() {
+                        Some((done, answer)) => settle(&mut out, done, answer.await)?,
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Submitted::Busy(_) => return Err(SignError::Busy(signer.queue_max())),
+            }
+        }
+    }
+    while let Some((index, answer)) = waiting.pop_front() {
+        settle(&mut out, index, answer.await)?;
+    }
+    Ok(out.into_iter().unzip())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -368,6 +433,8 @@ async fn store_in_chunks(
             }
         };
         let Built { messages, accepted: _, failed_recipients, errors } = built;
+        let chunk_recipients: Vec<String> =
+            messages.iter().flat_map(|m| m.recipients.iter().map(|r| r.address.clone())).collect();
         progress.failed_recipients.extend(failed_recipients);
         progress.errors.extend(errors);
         let last = expansion.done();
@@ -386,12 +453,31 @@ async fn store_in_chunks(
             }
             break;
         }
+        // Signed before they are stored; signers too busy for too long end the
+        // request as a store refusal would (nothing of this chunk is stored).
+        let (messages, signatures) = match sign_chunk(&api.signer, messages).await {
+            Ok(signed) => signed,
+            Err(sign_error) if !stored_before || keyed => {
+                Metrics::count(&api.metrics.rejected_requests, 1);
+                return busy(sign_error.to_string());
+            }
+            Err(sign_error) => {
+                let rest = expansion.remaining().map(str::to_string);
+                return partly(
+                    &api,
+                    progress,
+                    chunk_recipients.into_iter().chain(rest).collect(),
+                    &sign_error.to_string(),
+                );
+            }
+        };
         let recipients: usize = messages.iter().map(|m| m.recipients.len()).sum();
         let receptions: Vec<_> = messages
             .iter()
-            .map(|m| {
+            .zip(signatures)
+            .map(|(m, signatures)| {
                 let recipients: Vec<_> = m.recipients.iter().map(|r| (r.address.clone(), r.metadata.clone())).collect();
-                (m.sender.clone(), m.tenant.clone(), m.campaign.clone(), m.metadata.clone(), recipients)
+                (m.sender.clone(), m.tenant.clone(), m.campaign.clone(), m.metadata.clone(), recipients, signatures)
             })
             .collect();
         let count = messages.len();
@@ -440,7 +526,7 @@ async fn store_in_chunks(
                 api.shedding.note_arrival();
                 Metrics::count(&api.metrics.injected_messages, count as u64);
                 Metrics::count(&api.metrics.injected_recipients, recipients as u64);
-                for (id, (sender, tenant, campaign, metadata, recipients)) in ids.iter().zip(receptions) {
+                for (id, (sender, tenant, campaign, metadata, recipients, signatures)) in ids.iter().zip(receptions) {
                     let id = id.to_string();
                     let response =
                         crate::log::Response { code: 250, enhanced_code: None, content: "queued (HTTP inject)".into() };
@@ -452,6 +538,7 @@ async fn store_in_chunks(
                         tenant: tenant.as_deref(),
                         campaign: campaign.as_deref(),
                         metadata: &metadata,
+                        dkim: &signatures,
                     };
                     send_receptions(&api.receptions, &api.metrics.log_records_dropped, reception, recipients);
                 }

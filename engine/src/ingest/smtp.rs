@@ -37,6 +37,8 @@ pub struct Ingest {
     pub shedding: Arc<super::Shedding>,
     pub receptions: crossbeam_channel::Sender<Record>,
     pub stop: Arc<AtomicBool>,
+    /// DKIM signing before the message is stored (a pass-through without `[[dkim]]`).
+    pub signer: Arc<crate::dkim::pool::SignerPool>,
 }
 
 /// What a listening address is for.
@@ -455,19 +457,51 @@ impl Handler {
         let sender = message.from.clone();
         let recipients = message.recipients.clone();
         let body = with_trace_headers(&message, self.peer, tls);
-        let new = NewMessage {
-            sender: message.from,
-            recipients: message.recipients.into_iter().map(NewRecipient::new).collect(),
-            body,
-            tenant: None,
-            campaign: None,
-            metadata: Vec::new(),
-        };
         let started = Instant::now();
-        let submitted = self.ingest.store.submit_enqueue(vec![new]);
+        // Signed before it is stored (by a signer thread, awaited here, never done
+        // on this io_uring thread); a full signer queue is "busy" like any shedding.
+        let signing = match self.ingest.signer.submit(body, None) {
+            Ok(crate::dkim::pool::Submitted::Busy(_)) => {
+                Err(crate::dkim::SignError::Busy(self.ingest.signer.queue_max()))
+            }
+            other => other,
+        };
+        let signing = match signing {
+            Ok(signing) => signing,
+            Err(error) => {
+                Metrics::count(&self.ingest.metrics.rejected_requests, 1);
+                tracing::debug!(peer = %self.peer, %error, "SMTP message refused");
+                return Decision::Now(Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply()));
+            }
+        };
         let stalled = self.ingest.store.stall_signal();
         let (ingest, peer) = (self.ingest.clone(), self.peer);
         Decision::Later(Box::pin(async move {
+            let (body, signatures) = match signing {
+                crate::dkim::pool::Submitted::Unsigned(body) => (body, Vec::new()),
+                crate::dkim::pool::Submitted::Busy(_) => {
+                    let error = crate::dkim::SignError::Busy(ingest.signer.queue_max());
+                    return Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply());
+                }
+                crate::dkim::pool::Submitted::Queued(answer) => {
+                    match answer.await.unwrap_or(Err(crate::dkim::SignError::Stopped)) {
+                        Ok(signed) => (signed.message, signed.signatures),
+                        Err(error) => {
+                            Metrics::count(&ingest.metrics.rejected_requests, 1);
+                            return Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply());
+                        }
+                    }
+                }
+            };
+            let new = NewMessage {
+                sender: message.from,
+                recipients: message.recipients.into_iter().map(NewRecipient::new).collect(),
+                body,
+                tenant: None,
+                campaign: None,
+                metadata: Vec::new(),
+            };
+            let submitted = ingest.store.submit_enqueue(vec![new]);
             // Bounded (`store.sync_wait_max_ms`): hung storage gets a 451, not a
             // client held until its own timeout.
             let result = match submitted {
@@ -482,7 +516,7 @@ impl Handler {
                     let id = ids.first().map(ToString::to_string).unwrap_or_default();
                     Metrics::count(&ingest.metrics.injected_messages, 1);
                     Metrics::count(&ingest.metrics.injected_recipients, recipients.len() as u64);
-                    log_reception(&ingest, peer, &id, &sender, recipients);
+                    log_reception(&ingest, peer, &id, &sender, recipients, &signatures);
                     Verdict::AcceptWith(reply(250, (2, 0, 0), &format!("Ok: queued as {id}")))
                 }
                 Err(StoreError::Invalid { reason, .. }) => {
@@ -498,7 +532,14 @@ impl Handler {
     }
 }
 
-fn log_reception(ingest: &Ingest, peer: SocketAddr, id: &str, sender: &str, recipients: Vec<String>) {
+fn log_reception(
+    ingest: &Ingest,
+    peer: SocketAddr,
+    id: &str,
+    sender: &str,
+    recipients: Vec<String>,
+    signatures: &[crate::dkim::SignatureNote],
+) {
     let response = Response { code: 250, enhanced_code: Some("2.0.0".into()), content: "queued (SMTP)".into() };
     let metadata = Vec::new();
     let reception = Reception {
@@ -509,6 +550,7 @@ fn log_reception(ingest: &Ingest, peer: SocketAddr, id: &str, sender: &str, reci
         tenant: None,
         campaign: None,
         metadata: &metadata,
+        dkim: signatures,
     };
     let recipients = recipients.into_iter().map(|recipient| (recipient, Vec::new()));
     send_receptions(&ingest.receptions, &ingest.metrics.log_records_dropped, reception, recipients);

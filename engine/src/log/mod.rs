@@ -49,6 +49,9 @@ pub struct Record {
     /// The message's metadata, then the recipient's (which wins on a shared key).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub meta: std::collections::BTreeMap<String, String>,
+    /// `Reception`: the DKIM signatures added at ingest (`d`, `s`, `a`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dkim: Vec<crate::dkim::SignatureNote>,
 }
 
 /// The message's metadata overlaid with the recipient's.
@@ -93,6 +96,8 @@ pub struct Reception<'a> {
     pub tenant: Option<&'a str>,
     pub campaign: Option<&'a str>,
     pub metadata: &'a queue_store::Metadata,
+    /// The DKIM signatures added at ingest.
+    pub dkim: &'a [crate::dkim::SignatureNote],
 }
 
 /// Queues one `Reception` record per recipient for the log writer (the completer).
@@ -125,6 +130,7 @@ pub fn send_receptions(
             tenant: reception.tenant.map(str::to_string),
             campaign: reception.campaign.map(str::to_string),
             meta: meta(reception.metadata, &metadata),
+            dkim: reception.dkim.to_vec(),
         };
         if channel.try_send(record).is_err() {
             dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -27,6 +27,14 @@ pub struct Metrics {
     /// data to that reply (the store's sync included), in microseconds.
     pub smtp_data_replies: AtomicU64,
     pub smtp_data_reply_micros: AtomicU64,
+    /// DKIM signatures made, per algorithm; messages signed and the signer
+    /// threads' time on them (microseconds); messages waiting for a signer.
+    pub dkim_signatures_rsa: AtomicU64,
+    pub dkim_signatures_ed25519: AtomicU64,
+    pub dkim_signed_messages: AtomicU64,
+    pub dkim_sign_micros: AtomicU64,
+    pub dkim_failures: AtomicU64,
+    pub dkim_queue_depth: AtomicU64,
     /// `notAfter` of the SMTP listener's certificate (seconds since the epoch); 0: none.
     pub tls_certificate_expiry: AtomicU64,
     /// Which threads run, and the socket backend (`/healthz` reads it too).
@@ -114,6 +122,23 @@ impl Metrics {
                 "Delivery log records dropped (log channel full)",
                 &self.log_records_dropped,
             ),
+            ("ringmail_dkim_signatures_rsa_total", "DKIM signatures made with rsa-sha256", &self.dkim_signatures_rsa),
+            (
+                "ringmail_dkim_signatures_ed25519_total",
+                "DKIM signatures made with ed25519-sha256",
+                &self.dkim_signatures_ed25519,
+            ),
+            (
+                "ringmail_dkim_sign_seconds_count",
+                "Messages signed (each with all its signatures)",
+                &self.dkim_signed_messages,
+            ),
+            ("ringmail_dkim_sign_seconds_sum", "Signer threads' time spent signing messages", &self.dkim_sign_micros),
+            (
+                "ringmail_dkim_failures_total",
+                "Messages a signer could not sign (refused at ingest, never sent unsigned)",
+                &self.dkim_failures,
+            ),
         ];
         for (name, help, counter) in counters {
             let value = load(counter);
@@ -136,6 +161,7 @@ impl Metrics {
                 oldest.unwrap_or(0.0),
             ),
             ("ringmail_resident_memory_bytes", "Resident memory of the daemon", resident_bytes() as f64),
+            ("ringmail_dkim_queue_depth", "Messages waiting for a DKIM signer", load(&self.dkim_queue_depth) as f64),
             (
                 "ringmail_store_healthy",
                 "1 when the queue store accepts writes",

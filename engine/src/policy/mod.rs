@@ -120,7 +120,10 @@ pub use crate::config::{BounceRule, SettingError};
 /// for `check-config` and a reload: a configuration that passes `Config::load` and
 /// this runs.
 pub fn check(config: &crate::config::Config) -> Result<(), SettingError> {
-    Classifier::new(&config.bounce_rules).map(|_| ())
+    Classifier::new(&config.bounce_rules)?;
+    // Every `[[dkim]]` key loads (a reload with one that does not changes nothing).
+    crate::dkim::Signing::load(config)?;
+    Ok(())
 }
 
 /// The configured rules, then the built-in ones.

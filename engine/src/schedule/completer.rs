@@ -232,6 +232,7 @@ impl Completer {
             tenant: attempt.envelope.tenant.clone(),
             campaign: attempt.envelope.campaign.clone(),
             meta: crate::log::meta(&attempt.envelope.metadata, &attempt.metadata),
+            dkim: Vec::new(),
         };
         self.log.write(&record);
     }

@@ -1,0 +1,280 @@
+//! DKIM signing at ingest (RFC 6376; Ed25519 by RFC 8463; RSA keys of at least
+//! 1,024 bits by RFC 8301): the `[[dkim]]` entries compiled into [`Signing`], and
+//! the [`pool::SignerPool`] of threads that applies them before a message is
+//! stored, so that the stored message is the signed one and a retry never signs
+//! again. Canonicalisation, hashing and the signature itself are `mail-auth`'s (on
+//! the aws-lc-rs provider rustls uses); which entries apply, the key loading and the
+//! threads are ringmail's.
+
+pub mod pool;
+
+use std::path::Path;
+
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::PrivateKeyDer;
+
+use crate::config::{Config, DkimEntry, SettingError, DKIM_HEADERS};
+
+/// RFC 8301: verifiers may refuse RSA keys under 1,024 bits; signers must not use them.
+pub const RSA_BITS_MIN: usize = 1024;
+
+/// What one message was signed with, for the Reception record: `d=`, `s=`, `a=`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SignatureNote {
+    pub d: String,
+    pub s: String,
+    pub a: &'static str,
+}
+
+/// A message after signing: the signature header fields on top of it, and what
+/// they were.
+#[derive(Debug, Default)]
+pub struct Signed {
+    pub message: Vec<u8>,
+    pub signatures: Vec<SignatureNote>,
+}
+
+/// Why a message could not be signed (it is then refused, never sent unsigned).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    #[error("DKIM signing failed for {entry}: {reason}")]
+    Failed { entry: String, reason: String },
+    /// Every signer thread is busy and the queue is full.
+    #[error("DKIM signers busy ({0} messages waiting)")]
+    Busy(usize),
+    /// The signer threads are gone (the engine is stopping).
+    #[error("DKIM signers stopped")]
+    Stopped,
+}
+
+enum Key {
+    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Ed25519(DkimSigner<Ed25519Key, Done>),
+}
+
+/// One compiled `[[dkim]]` entry.
+struct Signer {
+    name: String,
+    domain: String,
+    selector: String,
+    from_domains: Vec<String>,
+    tenant: Option<String>,
+    key: Key,
+}
+
+impl Signer {
+    fn applies(&self, from_domain: &str, tenant: Option<&str>) -> bool {
+        if self.tenant.as_deref().is_some_and(|wanted| Some(wanted) != tenant) {
+            return false;
+        }
+        match self.from_domains.is_empty() {
+            true => {
+                from_domain == self.domain
+                    || from_domain.strip_suffix(&self.domain).is_some_and(|head| head.ends_with('.'))
+            }
+            false => self.from_domains.iter().any(|domain| domain == from_domain),
+        }
+    }
+
+    fn algorithm(&self) -> &'static str {
+        match self.key {
+            Key::Rsa(_) => "rsa-sha256",
+            Key::Ed25519(_) => "ed25519-sha256",
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<String, SignError> {
+        let signature = match &self.key {
+            Key::Rsa(signer) => signer.sign(message),
+            Key::Ed25519(signer) => signer.sign(message),
+        };
+        signature
+            .map(|signature| signature.to_header())
+            .map_err(|error| SignError::Failed { entry: self.name.clone(), reason: error.to_string() })
+    }
+}
+
+/// The `[[dkim]]` entries of one configuration, keys loaded.
+#[derive(Default)]
+pub struct Signing {
+    signers: Vec<Signer>,
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.signers.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("Signing").field("signers", &names).finish()
+    }
+}
+
+impl Signing {
+    /// Loads every entry's key; the first that fails is the error (naming the
+    /// entry and the file).
+    pub fn load(config: &Config) -> Result<Signing, SettingError> {
+        let signers = config.dkim.iter().map(compile).collect::<Result<_, _>>()?;
+        Ok(Signing { signers })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signers.is_empty()
+    }
+
+    /// Whether any entry applies to mail of this tenant whose From is in `from_domain`.
+    pub fn applies(&self, from_domain: &str, tenant: Option<&str>) -> bool {
+        self.signers.iter().any(|signer| signer.applies(from_domain, tenant))
+    }
+
+    /// `message` with a DKIM-Signature field on top for every entry that applies
+    /// (by its header From domain and `tenant`); unchanged when none does.
+    pub fn sign(&self, message: Vec<u8>, tenant: Option<&str>) -> Result<Signed, SignError> {
+        let Some(from_domain) = header_from_domain(&message) else {
+            return Ok(Signed { message, signatures: Vec::new() });
+        };
+        let mut fields = String::new();
+        let mut signatures = Vec::new();
+        for signer in self.signers.iter().filter(|signer| signer.applies(&from_domain, tenant)) {
+            fields.push_str(&signer.sign(&message)?);
+            signatures.push(SignatureNote {
+                d: signer.domain.clone(),
+                s: signer.selector.clone(),
+                a: signer.algorithm(),
+            });
+        }
+        if signatures.is_empty() {
+            return Ok(Signed { message, signatures });
+        }
+        let mut signed = Vec::with_capacity(fields.len() + message.len());
+        signed.extend_from_slice(fields.as_bytes());
+        signed.extend_from_slice(&message);
+        Ok(Signed { message: signed, signatures })
+    }
+}
+
+fn compile(entry: &DkimEntry) -> Result<Signer, SettingError> {
+    let name = entry.name();
+    let problem = |what: String| SettingError::new(&name, format!("key {}: {what}", entry.key.display()));
+    let der = read_key(&entry.key).map_err(problem)?;
+    let mut headers: Vec<String> = match entry.headers.is_empty() {
+        true => DKIM_HEADERS.iter().map(|h| h.to_string()).collect(),
+        false => entry.headers.clone(),
+    };
+    // From once more than it can appear: a From added on the way breaks the
+    // signature (mail-auth signs a listed field that is not there as absent).
+    headers.push("From".into());
+    let expire = entry.expire_seconds.unwrap_or(0);
+    let key = match entry.algorithm.as_str() {
+        "ed25519-sha256" => {
+            let PrivateKeyDer::Pkcs8(pkcs8) = der else {
+                return Err(problem("an Ed25519 key must be PKCS#8 (BEGIN PRIVATE KEY)".into()));
+            };
+            let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
+                .map_err(|error| problem(format!("not an Ed25519 key: {error}")))?;
+            Key::Ed25519(
+                DkimSigner::from_key(key)
+                    .domain(&entry.domain)
+                    .selector(&entry.selector)
+                    .headers(headers.iter().map(String::as_str))
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed)
+                    .expiration(expire),
+            )
+        }
+        _ => {
+            let bits = rsa_bits(&der).map_err(|error| match error.contains("RFC 8301") {
+                true => problem(error),
+                false => problem(format!("not an RSA key: {error}")),
+            })?;
+            if bits < RSA_BITS_MIN {
+                return Err(problem(format!("an RSA key of {bits} bits; at least {RSA_BITS_MIN} (RFC 8301)")));
+            }
+            let key =
+                RsaKey::<Sha256>::from_key_der(der).map_err(|error| problem(format!("not an RSA key: {error}")))?;
+            Key::Rsa(
+                DkimSigner::from_key(key)
+                    .domain(&entry.domain)
+                    .selector(&entry.selector)
+                    .headers(headers.iter().map(String::as_str))
+                    .header_canonicalization(Canonicalization::Relaxed)
+                    .body_canonicalization(Canonicalization::Relaxed)
+                    .expiration(expire),
+            )
+        }
+    };
+    Ok(Signer {
+        name,
+        domain: entry.domain.to_ascii_lowercase(),
+        selector: entry.selector.clone(),
+        from_domains: entry.from_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+        tenant: entry.tenant.clone(),
+        key,
+    })
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| match error {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls::pki_types::pem::Error::NoItemsFound => "no private key in the file (PEM expected)".into(),
+        other => other.to_string(),
+    })
+}
+
+/// The modulus size of an RSA private key (PKCS#1 or PKCS#8), in bits.
+fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+    let pair = match der {
+        PrivateKeyDer::Pkcs1(der) => aws_lc_rs::rsa::KeyPair::from_der(der.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(der) => aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der()),
+        _ => return Err("neither PKCS#1 nor PKCS#8".into()),
+    };
+    pair.map(|pair| pair.public_modulus_len() * 8).map_err(|error| match error.to_string().as_str() {
+        "TooSmall" => format!("an RSA key under {RSA_BITS_MIN} bits (RFC 8301)"),
+        other => other.to_string(),
+    })
+}
+
+/// The domain of the header From address (lowercase), if the message has one: the
+/// first `From:` field, unfolded, its address in angle brackets or bare.
+pub fn header_from_domain(message: &[u8]) -> Option<String> {
+    let head_end = message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |at| at + 2);
+    let head = &message[..head_end];
+    let mut lines = head.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if !line[..colon].trim_ascii().eq_ignore_ascii_case(b"from") {
+            continue;
+        }
+        let mut value = line[colon + 1..].to_vec();
+        while let Some(next) = lines.peek().filter(|next| next.first().is_some_and(|b| *b == b' ' || *b == b'\t')) {
+            value.extend_from_slice(next.strip_suffix(b"\r").unwrap_or(next));
+            lines.next();
+        }
+        let value = String::from_utf8_lossy(&value);
+        let address = match (value.rfind('<'), value.rfind('>')) {
+            (Some(open), Some(close)) if open < close => &value[open + 1..close],
+            _ => value.trim(),
+        };
+        let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.').to_ascii_lowercase();
+        return (!domain.is_empty()).then_some(domain);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_from_domain_is_found_folded_or_bare() {
+        let message = b"Subject: x\r\nFROM: \"A, B\" <a@Mail.Example.COM>\r\nTo: c@d.test\r\n\r\nFrom: x@body.test\r\n";
+        assert_eq!(header_from_domain(message).as_deref(), Some("mail.example.com"));
+        let folded = b"From: Someone\r\n <someone@example.test>\r\n\r\nbody";
+        assert_eq!(header_from_domain(folded).as_deref(), Some("example.test"));
+        assert_eq!(header_from_domain(b"From: bare@example.test\r\n\r\n").as_deref(), Some("example.test"));
+        assert_eq!(header_from_domain(b"To: a@b.test\r\n\r\nFrom: body@x.test\r\n"), None);
+        assert_eq!(header_from_domain(b"From: nobody\r\n\r\n"), None);
+    }
+}
