@@ -55,6 +55,14 @@ pub struct ChaosConfig {
     pub drain: Duration,
     /// The run fails above this resident-memory slope (MiB a minute, second half).
     pub rss_slope_max: f64,
+    /// Leave the daemon's allocator as it is by default. Otherwise the daemon runs
+    /// with mimalloc returning freed memory to the system at once
+    /// (`MIMALLOC_PURGE_DELAY=0`, unless that is set already), so that resident
+    /// memory follows the memory in use: with the default one-second delay, a
+    /// process keeps the pages of each new high of its load for minutes, and its
+    /// resident memory rises in steps over its first minutes (to a level, not a
+    /// leak), which the second half of a 10-minute run still sees.
+    pub allocator_defaults: bool,
     /// Print a progress line this often.
     pub report_every: Duration,
 }
@@ -255,6 +263,9 @@ impl Drop for Disk {
     }
 }
 
+/// mimalloc's delay before it gives freed memory back to the system (ms).
+const PURGE_DELAY: &str = "MIMALLOC_PURGE_DELAY";
+
 /// The daemon as a child; killed and reaped on drop.
 struct Daemon {
     child: Option<Child>,
@@ -262,19 +273,19 @@ struct Daemon {
     config: PathBuf,
     output: PathBuf,
     http: SocketAddr,
+    /// `MIMALLOC_PURGE_DELAY=0` for the child ([`ChaosConfig::allocator_defaults`]).
+    purge_at_once: bool,
 }
 
 impl Daemon {
     fn start(&mut self) -> anyhow::Result<()> {
         let output = std::fs::OpenOptions::new().create(true).append(true).open(&self.output)?;
-        let child = Command::new(&self.exe)
-            .arg("engine")
-            .arg("--config")
-            .arg(&self.config)
-            .env("RUST_LOG", "warn")
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .spawn()?;
+        let mut command = Command::new(&self.exe);
+        command.arg("engine").arg("--config").arg(&self.config).env("RUST_LOG", "warn");
+        if self.purge_at_once && std::env::var_os(PURGE_DELAY).is_none() {
+            command.env(PURGE_DELAY, "0");
+        }
+        let child = command.stdout(output.try_clone()?).stderr(output).spawn()?;
         self.child = Some(child);
         Ok(())
     }
@@ -384,6 +395,7 @@ pub fn run(config: &ChaosConfig) -> anyhow::Result<ChaosResult> {
         config: config_path,
         output: config.dir.join("engine.out"),
         http,
+        purge_at_once: !config.allocator_defaults,
     };
     daemon.start()?;
     anyhow::ensure!(daemon.wait_up(), "the daemon did not come up (see {})", daemon.output.display());

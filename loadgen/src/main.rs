@@ -107,6 +107,11 @@ enum Command {
         /// (MiB/min).
         #[arg(long, default_value_t = 1.0)]
         rss_slope_max: f64,
+        /// Run the daemon with its allocator's defaults (by default it runs with
+        /// MIMALLOC_PURGE_DELAY=0, so that resident memory follows the memory in use;
+        /// ops/README.md says why).
+        #[arg(long)]
+        allocator_defaults: bool,
     },
     /// Run ringmail's engine in this process until SIGTERM (for tests that kill it).
     #[command(hide = true)]
@@ -321,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             anyhow::ensure!((1..=10_000_000).contains(&messages), "--messages: between 1 and 10000000");
             loadgen::demo::run(messages, dir)
         }
-        Command::Chaos { duration, rate, seed, dir, no_disk, drain_seconds, rss_slope_max } => {
+        Command::Chaos { duration, rate, seed, dir, no_disk, drain_seconds, rss_slope_max, allocator_defaults } => {
             let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)?;
             if !no_disk && !root {
                 anyhow::bail!("--no-disk is needed when not root (the disk is a tmpfs this command mounts)");
@@ -339,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 fill_disk: !no_disk,
                 drain: Duration::from_secs(drain_seconds),
                 rss_slope_max,
+                allocator_defaults,
                 report_every: Duration::from_secs(5),
             };
             let result = loadgen::chaos::run(&config)?;
