@@ -134,6 +134,10 @@ impl Signing {
         let Some(from_domain) = header_from_domain(&message) else {
             return Ok(Signed { message, signatures: Vec::new() });
         };
+        if !self.applies(&from_domain, tenant) {
+            return Ok(Signed { message, signatures: Vec::new() });
+        }
+        let message = crlf_normalized(message);
         let mut fields = String::new();
         let mut signatures = Vec::new();
         for signer in self.signers.iter().filter(|signer| signer.applies(&from_domain, tenant)) {
@@ -162,9 +166,10 @@ fn compile(entry: &DkimEntry) -> Result<Signer, SettingError> {
         true => DKIM_HEADERS.iter().map(|h| h.to_string()).collect(),
         false => entry.headers.clone(),
     };
-    // From once more than it can appear: a From added on the way breaks the
-    // signature (mail-auth signs a listed field that is not there as absent).
-    headers.push("From".into());
+    // Every field once more than it appears (mail-auth signs each instance present
+    // and a listed name it finds no more of as absent): a second Subject, From or
+    // List-Unsubscribe added on the way breaks the signature.
+    headers.extend(headers.clone());
     let expire = entry.expire_seconds.unwrap_or(0);
     let key = match entry.algorithm.as_str() {
         "ed25519-sha256" => {
@@ -235,32 +240,56 @@ fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
     })
 }
 
-/// The domain of the header From address (lowercase), if the message has one: the
-/// first `From:` field, unfolded, its address in angle brackets or bare.
+/// The domain of the header From address (lowercase), as a receiver's DMARC check
+/// reads it (`mail_auth`'s parse, the one its DMARC check uses). `None` unless
+/// there is exactly one From field, named exactly so (the signer matches names
+/// exactly: `From :` would be signed as absent), with one mailbox.
 pub fn header_from_domain(message: &[u8]) -> Option<String> {
-    let head_end = message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |at| at + 2);
-    let head = &message[..head_end];
-    let mut lines = head.split(|&b| b == b'\n').peekable();
-    while let Some(line) = lines.next() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if !line[..colon].trim_ascii().eq_ignore_ascii_case(b"from") {
-            continue;
-        }
-        let mut value = line[colon + 1..].to_vec();
-        while let Some(next) = lines.peek().filter(|next| next.first().is_some_and(|b| *b == b' ' || *b == b'\t')) {
-            value.extend_from_slice(next.strip_suffix(b"\r").unwrap_or(next));
-            lines.next();
-        }
-        let value = String::from_utf8_lossy(&value);
-        let address = match (value.rfind('<'), value.rfind('>')) {
-            (Some(open), Some(close)) if open < close => &value[open + 1..close],
-            _ => value.trim(),
-        };
-        let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.').to_ascii_lowercase();
-        return (!domain.is_empty()).then_some(domain);
+    let parsed = mail_auth::AuthenticatedMessage::parse(message)?;
+    let named = |exact: bool| {
+        parsed
+            .headers
+            .iter()
+            .filter(|(name, _)| match exact {
+                true => name.eq_ignore_ascii_case(b"from"),
+                false => name.trim_ascii().eq_ignore_ascii_case(b"from"),
+            })
+            .count()
+    };
+    if named(true) != 1 || named(false) != 1 {
+        return None;
     }
-    None
+    let [address] = parsed.from.as_slice() else { return None };
+    let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.').to_ascii_lowercase();
+    let valid = !domain.is_empty() && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    valid.then_some(domain)
+}
+
+/// `message` with every line ending CRLF: delivery sends a bare CR or LF as CRLF,
+/// and the signature must cover what is sent.
+fn crlf_normalized(message: Vec<u8>) -> Vec<u8> {
+    let clean = message.iter().enumerate().all(|(at, &b)| match b {
+        b'\r' => message.get(at + 1) == Some(&b'\n'),
+        b'\n' => at > 0 && message[at - 1] == b'\r',
+        _ => true,
+    });
+    if clean {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len() + 64);
+    let mut at = 0;
+    while at < message.len() {
+        match message[at] {
+            b'\r' if message.get(at + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                at += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        at += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -276,5 +305,51 @@ mod tests {
         assert_eq!(header_from_domain(b"From: bare@example.test\r\n\r\n").as_deref(), Some("example.test"));
         assert_eq!(header_from_domain(b"To: a@b.test\r\n\r\nFrom: body@x.test\r\n"), None);
         assert_eq!(header_from_domain(b"From: nobody\r\n\r\n"), None);
+        // Comments, a comment that looks like an address, group syntax.
+        assert_eq!(header_from_domain(b"From: a@ours.test (The Team)\r\n\r\n").as_deref(), Some("ours.test"));
+        let comment = b"From: (<evil@other.test>) Real <a@ours.test>\r\n\r\n";
+        assert_eq!(header_from_domain(comment).as_deref(), Some("ours.test"));
+        assert_eq!(header_from_domain(b"From: Team: a@ours.test;\r\n\r\n").as_deref(), Some("ours.test"));
+        // A "From:" inside another field's folded value is not the From field.
+        let folded_subject = b"Subject: hello\r\n From: a@evil.test\r\nFrom: news@ours.test\r\n\r\n";
+        assert_eq!(header_from_domain(folded_subject).as_deref(), Some("ours.test"));
+        // Not one author: two From fields, two mailboxes, a name the signer does
+        // not read as From.
+        assert_eq!(header_from_domain(b"From: a@ours.test\r\nFrom: b@other.test\r\n\r\n"), None);
+        assert_eq!(header_from_domain(b"From: a@ours.test, b@other.test\r\n\r\n"), None);
+        assert_eq!(header_from_domain(b"From : a@ours.test\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn line_endings_become_crlf_before_signing() {
+        assert_eq!(crlf_normalized(b"a\r\nb\r\n".to_vec()), b"a\r\nb\r\n");
+        assert_eq!(crlf_normalized(b"a\nb\rc\r\n".to_vec()), b"a\r\nb\r\nc\r\n");
+    }
+
+    #[test]
+    fn an_entry_covers_its_domain_and_subdomains_only() {
+        let signer = |from_domains: Vec<String>, tenant: Option<String>| Signer {
+            name: "t".into(),
+            domain: "example.com".into(),
+            selector: "s".into(),
+            from_domains,
+            tenant,
+            key: Key::Ed25519(
+                DkimSigner::from_key(
+                    Ed25519Key::from_seed_and_public_key(&[1; 32], &[0; 32])
+                        .or_else(|_| Ed25519Key::from_pkcs8_der(&Ed25519Key::generate_pkcs8().unwrap()))
+                        .unwrap(),
+                )
+                .domain("example.com")
+                .selector("s")
+                .headers(["From"]),
+            ),
+        };
+        let plain = signer(Vec::new(), None);
+        assert!(plain.applies("example.com", None) && plain.applies("news.example.com", Some("any")));
+        assert!(!plain.applies("badexample.com", None) && !plain.applies("example.com.evil.test", None));
+        let listed = signer(vec!["brand.test".into()], Some("acme".into()));
+        assert!(listed.applies("brand.test", Some("acme")));
+        assert!(!listed.applies("brand.test", None) && !listed.applies("example.com", Some("acme")));
     }
 }

@@ -86,7 +86,7 @@ impl SignerPool {
     /// domain and `tenant`); never waits.
     pub fn submit(&self, message: Vec<u8>, tenant: Option<String>) -> Result<Submitted, SignError> {
         self.follow_reloads();
-        if !self.active.load(Ordering::Relaxed) {
+        if !self.active.load(Ordering::Acquire) {
             return Ok(Submitted::Unsigned(message));
         }
         let applies = header_from_domain(&message).is_some_and(|from| self.current().applies(&from, tenant.as_deref()));
@@ -94,13 +94,20 @@ impl SignerPool {
             return Ok(Submitted::Unsigned(message));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        // Counted before the send: a signer may take the job (and count it off)
+        // before `try_send` returns.
+        self.metrics.dkim_queue_depth.fetch_add(1, Ordering::Relaxed);
+        let refused = |metrics: &Metrics| metrics.dkim_queue_depth.fetch_sub(1, Ordering::Relaxed);
         match self.jobs.try_send(Job { message, tenant, reply }) {
-            Ok(()) => {
-                self.metrics.dkim_queue_depth.fetch_add(1, Ordering::Relaxed);
-                Ok(Submitted::Queued(answer))
+            Ok(()) => Ok(Submitted::Queued(answer)),
+            Err(crossbeam_channel::TrySendError::Full(job)) => {
+                refused(&self.metrics);
+                Ok(Submitted::Busy(job.message))
             }
-            Err(crossbeam_channel::TrySendError::Full(job)) => Ok(Submitted::Busy(job.message)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(SignError::Stopped),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                refused(&self.metrics);
+                Err(SignError::Stopped)
+            }
         }
     }
 
@@ -126,8 +133,11 @@ impl SignerPool {
         }
         match Signing::load(&self.live.current()) {
             Ok(signing) => {
-                self.active.store(!signing.is_empty(), Ordering::Relaxed);
+                // The new entries first, then the switch: mail that sees the pool
+                // active finds them.
+                let active = !signing.is_empty();
                 *self.signing.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(signing);
+                self.active.store(active, Ordering::Release);
                 tracing::info!(generation, "DKIM keys loaded");
             }
             Err(error) => tracing::error!(%error, "reloaded DKIM keys: keeping the previous ones"),
@@ -144,7 +154,10 @@ fn work(waiting: &crossbeam_channel::Receiver<Job>, signing: &RwLock<Arc<Signing
         }
         let signing = Arc::clone(&signing.read().unwrap_or_else(std::sync::PoisonError::into_inner));
         let started = Instant::now();
-        let signed = signing.sign(job.message, job.tenant.as_deref());
+        // A panic in a signature is that message's failure, not the thread's end.
+        let signed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signing.sign(job.message, job.tenant.as_deref())))
+                .unwrap_or_else(|_| Err(SignError::Failed { entry: "a signer".into(), reason: "it panicked".into() }));
         match &signed {
             Ok(signed) => {
                 for note in &signed.signatures {

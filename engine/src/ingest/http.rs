@@ -185,6 +185,9 @@ pub fn router(
 /// How long a chunk's messages may wait for room in the signers' queue before the
 /// request is answered busy.
 const SIGNING_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Messages one request has with the signers at once: a large personalised request
+/// leaves the rest of the queue to the SMTP listener and other requests.
+const SIGNING_PER_REQUEST_MAX: usize = 256;
 
 /// The chunk's messages signed where a `[[dkim]]` entry applies (in order), and
 /// the signatures of each. While the signers' queue is full, the oldest of this
@@ -211,6 +214,11 @@ async fn sign_chunk(
     let mut waiting: std::collections::VecDeque<(usize, Answer)> = std::collections::VecDeque::new();
     let deadline = tokio::time::Instant::now() + SIGNING_WAIT_MAX;
     for mut message in messages {
+        if waiting.len() >= SIGNING_PER_REQUEST_MAX {
+            if let Some((done, answer)) = waiting.pop_front() {
+                settle(&mut out, done, answer.await)?;
+            }
+        }
         let index = out.len();
         let mut body = std::mem::take(&mut message.body);
         let tenant = message.tenant.clone();
@@ -459,7 +467,12 @@ async fn store_in_chunks(
             Ok(signed) => signed,
             Err(sign_error) if !stored_before || keyed => {
                 Metrics::count(&api.metrics.rejected_requests, 1);
-                return busy(sign_error.to_string());
+                let refusal = super::refusal::Refusal::from(&sign_error);
+                let mut response = error(refusal.http_status(), refusal.to_string());
+                if let Some(seconds) = refusal.retry_after_seconds() {
+                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+                }
+                return response;
             }
             Err(sign_error) => {
                 let rest = expansion.remaining().map(str::to_string);

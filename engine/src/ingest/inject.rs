@@ -78,9 +78,29 @@ pub struct Builder {
     /// Extra header fields, `name: value` (templated).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `List-Unsubscribe` (RFC 2369) from a mailto address and/or a URL (both
+    /// templated, per recipient); with an https URL also
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+    #[serde(default)]
+    pub list_unsubscribe: Option<ListUnsubscribe>,
+    /// `Feedback-ID` (templated): what a provider's feedback loop reports back.
+    #[serde(default)]
+    pub feedback_id: Option<String>,
     /// Not supported yet: refused with a reason rather than dropped.
     #[serde(default)]
     pub attachments: Vec<Value>,
+}
+
+/// Where a recipient unsubscribes: at least one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListUnsubscribe {
+    /// An address (`unsubscribe+{{ id }}@example.com`), without `mailto:`.
+    #[serde(default)]
+    pub mailto: Option<String>,
+    /// An https (one-click) or http URL.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +249,28 @@ impl Expansion {
                         return bad(format!("content.headers: \"{name}\" is not a header field name"));
                     }
                     templates.add(&format!("header:{name}"), value)?;
+                }
+                let named = |wanted: &str| builder.headers.keys().any(|name| name.eq_ignore_ascii_case(wanted));
+                if let Some(unsubscribe) = &builder.list_unsubscribe {
+                    if named("List-Unsubscribe") || named("List-Unsubscribe-Post") {
+                        return bad("content: list_unsubscribe and a List-Unsubscribe header; give one".into());
+                    }
+                    if unsubscribe.mailto.is_none() && unsubscribe.url.is_none() {
+                        return bad("content.list_unsubscribe: a mailto address, a url, or both".into());
+                    }
+                    for (name, text) in
+                        [("unsubscribe:mailto", &unsubscribe.mailto), ("unsubscribe:url", &unsubscribe.url)]
+                    {
+                        if let Some(text) = text {
+                            templates.add(name, text)?;
+                        }
+                    }
+                }
+                if let Some(feedback_id) = &builder.feedback_id {
+                    if named("Feedback-ID") {
+                        return bad("content: feedback_id and a Feedback-ID header; give one".into());
+                    }
+                    templates.add("feedback_id", feedback_id)?;
                 }
                 for (field, mailbox) in [("from", &builder.from), ("reply_to", &builder.reply_to)] {
                     if let Some(mailbox) = mailbox {
@@ -502,6 +544,7 @@ fn field_of(name: &str) -> String {
     match name.strip_prefix("header:") {
         Some(header) => format!("content.headers.{header}"),
         None if name == "content" => "content".into(),
+        None if name.starts_with("unsubscribe:") => format!("content.list_unsubscribe.{}", &name[12..]),
         None => format!("content.{name}"),
     }
 }
@@ -523,11 +566,16 @@ fn is_field_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-/// A raw message with CRLF line ends and a `Message-ID:` when it has none.
+/// A raw message with CRLF line ends, and a `Message-ID:` and a `Date:` when it
+/// has none.
 fn raw_message(raw: &str, host: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 64);
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32 + 128);
     if !super::has_header(raw.as_bytes(), b"message-id") {
         out.extend_from_slice(format!("Message-ID: <{}@{host}>\r\n", unique()).as_bytes());
+    }
+    if !super::has_header(raw.as_bytes(), b"date") {
+        let date = super::rfc5322_date(crate::log::now_ms() / 1000);
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
     crlf_into(raw, &mut out);
     if !out.ends_with(b"\r\n") {
@@ -605,6 +653,35 @@ fn compose(
     for name in builder.headers.keys() {
         let value = rendered.get(&format!("header:{name}")).map(String::as_str).unwrap_or_default();
         field(name, value)?;
+    }
+    let mailto = rendered.get("unsubscribe:mailto").map(|address| address.trim());
+    let url = rendered.get("unsubscribe:url").map(|url| url.trim());
+    if mailto.is_some() || url.is_some() {
+        let mut targets = Vec::new();
+        if let Some(address) = mailto {
+            let plain =
+                address.contains('@') && address.bytes().all(|b| b.is_ascii_graphic() && !b"<>,\"".contains(&b));
+            if !plain {
+                return Err(format!("content.list_unsubscribe.mailto: {address:?} is not an address"));
+            }
+            targets.push(format!("<mailto:{address}>"));
+        }
+        if let Some(url) = url {
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+            if !scheme_ok || !url.bytes().all(|b| b.is_ascii_graphic() && !b"<>\"".contains(&b)) {
+                return Err(format!("content.list_unsubscribe.url: {url:?} is not an http(s) URL"));
+            }
+            targets.push(format!("<{url}>"));
+        }
+        field("List-Unsubscribe", &targets.join(", "))?;
+        // RFC 8058: one-click only over https, and signed with the message (the
+        // default DKIM header list covers both fields).
+        if url.is_some_and(|url| url.starts_with("https://")) {
+            field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")?;
+        }
+    }
+    if let Some(feedback_id) = rendered.get("feedback_id") {
+        field("Feedback-ID", feedback_id)?;
     }
     head.push_str("MIME-Version: 1.0\r\n");
     let parts: Vec<(&str, &String)> = [
@@ -848,6 +925,76 @@ mod tests {
         assert_eq!(built.messages.len(), 2);
         assert!(text(&built.messages[0]).contains("Subject: Hello Ann\r\n\r\nCode 1\r\n"));
         assert!(text(&built.messages[1]).contains("Subject: Hello Bob\r\n\r\nCode global\r\n"));
+    }
+
+    #[test]
+    fn bulk_sender_headers_per_recipient() {
+        let content = serde_json::json!({
+            "from": {"email": "news@s.test"},
+            "subject": "s",
+            "text_body": "t",
+            "list_unsubscribe": {"mailto": "unsub+{{ id }}@s.test", "url": "https://s.test/u/{{ id }}"},
+            "feedback_id": "{{ campaign }}:acme:news",
+        });
+        let built = build(
+            request(serde_json::json!({
+                "envelope_sender": "a@s.test",
+                "content": content,
+                "substitutions": {"campaign": "spring"},
+                "recipients": [{"email": "x@d.test", "substitutions": {"id": "x1"}}, {"email": "y@d.test", "substitutions": {"id": "y2"}}],
+            })),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        let first = text(&built.messages[0]);
+        assert!(first.contains("List-Unsubscribe: <mailto:unsub+x1@s.test>, <https://s.test/u/x1>\r\n"), "{first}");
+        assert!(first.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{first}");
+        assert!(first.contains("Feedback-ID: spring:acme:news\r\n"), "{first}");
+        assert!(text(&built.messages[1]).contains("<https://s.test/u/y2>"));
+        // Mailto only, or plain http: no one-click.
+        let only = |unsubscribe: serde_json::Value| {
+            let content =
+                serde_json::json!({"from": {"email": "n@s.test"}, "text_body": "t", "list_unsubscribe": unsubscribe});
+            let built = build(
+                request(
+                    serde_json::json!({"envelope_sender": "a@s.test", "content": content, "recipients": [{"email": "x@d.test"}]}),
+                ),
+                &Limits::default(),
+                "h",
+            );
+            built.map(|built| text(&built.messages[0])).map_err(|error| error.0)
+        };
+        let mailto = only(serde_json::json!({"mailto": "u@s.test"})).unwrap();
+        assert!(
+            mailto.contains("List-Unsubscribe: <mailto:u@s.test>\r\n") && !mailto.contains("One-Click"),
+            "{mailto}"
+        );
+        assert!(!only(serde_json::json!({"url": "http://s.test/u"})).unwrap().contains("One-Click"));
+        // Refused: nothing to unsubscribe with, a header given twice; a bad URL or
+        // address fails that recipient.
+        assert!(only(serde_json::json!({})).unwrap_err().contains("mailto address, a url"));
+        let bad_url = build(
+            request(serde_json::json!({"envelope_sender": "a@s.test",
+                "content": {"text_body": "t", "list_unsubscribe": {"url": "javascript:alert(1)"}},
+                "recipients": [{"email": "x@d.test"}]})),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert!(
+            bad_url.messages.is_empty() && bad_url.errors[0].contains("not an http(s) URL"),
+            "{:?}",
+            bad_url.errors
+        );
+        let twice = build(
+            request(serde_json::json!({"envelope_sender": "a@s.test",
+                "content": {"text_body": "t", "headers": {"List-Unsubscribe": "<mailto:x@s.test>"}, "list_unsubscribe": {"mailto": "u@s.test"}},
+                "recipients": [{"email": "x@d.test"}]})),
+            &Limits::default(),
+            "h",
+        );
+        assert!(twice.unwrap_err().0.contains("give one"));
     }
 
     #[test]

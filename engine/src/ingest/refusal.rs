@@ -42,6 +42,15 @@ impl From<&StoreError> for Refusal {
     }
 }
 
+impl From<&crate::dkim::SignError> for Refusal {
+    fn from(error: &crate::dkim::SignError) -> Refusal {
+        match error {
+            crate::dkim::SignError::Failed { .. } => Refusal::Failed(error.to_string()),
+            _ => Refusal::Busy(error.to_string()),
+        }
+    }
+}
+
 impl Refusal {
     /// The HTTP status of the inject and admin APIs.
     pub fn http_status(&self) -> StatusCode {

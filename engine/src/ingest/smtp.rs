@@ -471,7 +471,7 @@ impl Handler {
             Err(error) => {
                 Metrics::count(&self.ingest.metrics.rejected_requests, 1);
                 tracing::debug!(peer = %self.peer, %error, "SMTP message refused");
-                return Decision::Now(Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply()));
+                return Decision::Now(Verdict::Reject(super::refusal::Refusal::from(&error).smtp_reply()));
             }
         };
         let stalled = self.ingest.store.stall_signal();
@@ -488,7 +488,7 @@ impl Handler {
                         Ok(signed) => (signed.message, signed.signatures),
                         Err(error) => {
                             Metrics::count(&ingest.metrics.rejected_requests, 1);
-                            return Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply());
+                            return Verdict::Reject(super::refusal::Refusal::from(&error).smtp_reply());
                         }
                     }
                 }
@@ -561,7 +561,9 @@ fn log_reception(
 /// `smtp.message_size_max` plus this, so SIZE is what the client may send.
 pub const TRACE_HEADERS_MAX: u64 = 2048;
 
-/// The message with a `Received:` header on top, and a `Message-ID:` when it has none.
+/// The message with a `Received:` header on top, and a `Message-ID:` and a `Date:`
+/// when it has none (RFC 5322 requires both; a signature made without them would
+/// break if a later hop added them).
 fn with_trace_headers(message: &ReceivedMessage, peer: SocketAddr, tls: bool) -> Vec<u8> {
     let now = crate::log::now_ms();
     let with = if tls { "ESMTPS" } else { "ESMTP" };
@@ -571,6 +573,9 @@ fn with_trace_headers(message: &ReceivedMessage, peer: SocketAddr, tls: bool) ->
             .into_bytes();
     if !has_header(&message.data, b"message-id") {
         out.extend_from_slice(format!("Message-ID: <{now}.{}@ringmail>\r\n", fastrand::u64(..)).as_bytes());
+    }
+    if !has_header(&message.data, b"date") {
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
     out.extend_from_slice(&message.data);
     out
