@@ -7,8 +7,9 @@
 //! signed; the raw message for three recipients is signed once; the Reception
 //! records name the signatures; an added Subject breaks both signatures (every
 //! signed field is oversigned). Then a reload swaps the RSA key for one under a new
-//! selector: later mail carries it and verifies. (Mail queued before the reload was
-//! signed before it was stored, so it keeps its signatures.)
+//! selector: later mail carries it and verifies, and a message queued before the
+//! reload (its domain suspended) is delivered after it with its old signatures,
+//! still verifying.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -264,26 +265,49 @@ fn every_message_is_signed_with_rsa_and_ed25519_and_verifies_elsewhere() {
         assert_eq!(notes, ["sender.test rsa rsa-sha256", "sender.test ed ed25519-sha256"]);
     }
 
-    // Key rotation: a reload takes a new RSA key under a new selector.
+    // Key rotation: a reload takes a new RSA key under a new selector. A message
+    // queued before it (its domain suspended) is delivered after it as it was
+    // signed: with the old selector, still verifying.
+    let admin = ringmail::admin::client::AdminClient::new(&format!("http://{}", engine.http), None);
+    let held = ringmail::admin::api::SuspendRequest { domain: Some("dest.test".into()), ..Default::default() };
+    admin.suspend(&held).unwrap();
+    let before = serde_json::json!({
+        "envelope_sender": "bounces@sender.test",
+        "content": "From: raw@sender.test\r\nSubject: queued before the reload\r\n\r\nbody\r\n",
+        "recipients": [{ "email": "held@dest.test" }],
+    });
+    assert_eq!(inject_json(engine.http, &before).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(fleet.state().accepted.iter().all(|a| a.recipient != "held@dest.test"), "held while suspended");
     std::fs::write(&config_path, toml("rsa2", &rsa2)).unwrap();
     engine.live.reload().unwrap();
+    let reloaded = std::time::SystemTime::now();
+    let resume = ringmail::admin::api::DomainRequest { domain: Some("dest.test".into()), ..Default::default() };
+    admin.resume(&resume).unwrap();
     let after = serde_json::json!({
         "envelope_sender": "bounces@sender.test",
         "content": "From: raw@sender.test\r\nSubject: after the reload\r\n\r\nbody\r\n",
         "recipients": [{ "email": "after@dest.test" }],
     });
     assert_eq!(inject_json(engine.http, &after).0, 200);
-    settle(&fleet, &engine, total + 1, 30);
+    settle(&fleet, &engine, total + 2, 30);
     let state = fleet.state();
-    let last = state.accepted.iter().find(|a| a.recipient == "after@dest.test").unwrap();
-    let last = String::from_utf8_lossy(last.raw.as_ref().unwrap()).to_string();
+    let copy = |to: &str| {
+        let accepted = state.accepted.iter().find(|a| a.recipient == to).unwrap_or_else(|| panic!("{to} delivered"));
+        assert!(accepted.at >= reloaded, "{to} delivered after the reload");
+        String::from_utf8_lossy(accepted.raw.as_ref().unwrap()).to_string()
+    };
+    let (last, held) = (copy("after@dest.test"), copy("held@dest.test"));
     drop(state);
     assert!(last.contains("s=rsa2;"), "signed with the new selector: {last}");
+    assert!(held.contains("s=rsa;") && !held.contains("s=rsa2;"), "queued before the reload, signed before: {held}");
     let folder = dir.path().join("after");
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("after"), &last).unwrap();
+    std::fs::write(folder.join("held"), &held).unwrap();
     let verdicts = verify_all(dns.address.port(), &folder);
     assert_eq!(verdicts["after"], "11");
+    assert_eq!(verdicts["held"], "11", "delivered after the reload, it still verifies with the old key");
     engine.shutdown();
 }
 
