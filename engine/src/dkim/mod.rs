@@ -10,7 +10,7 @@ pub mod pool;
 
 use std::path::Path;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls::pki_types::pem::PemObject;
@@ -129,18 +129,16 @@ impl Signing {
     }
 
     /// `message` with a DKIM-Signature field on top for every entry that applies
-    /// (by its header From domain and `tenant`); unchanged when none does.
-    pub fn sign(&self, message: Vec<u8>, tenant: Option<&str>) -> Result<Signed, SignError> {
-        let Some(from_domain) = header_from_domain(&message) else {
-            return Ok(Signed { message, signatures: Vec::new() });
-        };
-        if !self.applies(&from_domain, tenant) {
+    /// to `from_domain` (its [`header_from_domain`]) and `tenant`; unchanged when
+    /// none does.
+    pub fn sign(&self, message: Vec<u8>, from_domain: &str, tenant: Option<&str>) -> Result<Signed, SignError> {
+        if !self.applies(from_domain, tenant) {
             return Ok(Signed { message, signatures: Vec::new() });
         }
         let message = crlf_normalized(message);
         let mut fields = String::new();
         let mut signatures = Vec::new();
-        for signer in self.signers.iter().filter(|signer| signer.applies(&from_domain, tenant)) {
+        for signer in self.signers.iter().filter(|signer| signer.applies(from_domain, tenant)) {
             fields.push_str(&signer.sign(&message)?);
             signatures.push(SignatureNote {
                 d: signer.domain.clone(),
@@ -170,7 +168,6 @@ fn compile(entry: &DkimEntry) -> Result<Signer, SettingError> {
     // and a listed name it finds no more of as absent): a second Subject, From or
     // List-Unsubscribe added on the way breaks the signature.
     headers.extend(headers.clone());
-    let expire = entry.expire_seconds.unwrap_or(0);
     let key = match entry.algorithm.as_str() {
         "ed25519-sha256" => {
             let PrivateKeyDer::Pkcs8(pkcs8) = der else {
@@ -178,35 +175,16 @@ fn compile(entry: &DkimEntry) -> Result<Signer, SettingError> {
             };
             let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
                 .map_err(|error| problem(format!("not an Ed25519 key: {error}")))?;
-            Key::Ed25519(
-                DkimSigner::from_key(key)
-                    .domain(&entry.domain)
-                    .selector(&entry.selector)
-                    .headers(headers.iter().map(String::as_str))
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed)
-                    .expiration(expire),
-            )
+            Key::Ed25519(signer(key, entry, &headers))
         }
         _ => {
-            let bits = rsa_bits(&der).map_err(|error| match error.contains("RFC 8301") {
-                true => problem(error),
-                false => problem(format!("not an RSA key: {error}")),
-            })?;
+            let bits = rsa_bits(&der).map_err(problem)?;
             if bits < RSA_BITS_MIN {
                 return Err(problem(format!("an RSA key of {bits} bits; at least {RSA_BITS_MIN} (RFC 8301)")));
             }
             let key =
                 RsaKey::<Sha256>::from_key_der(der).map_err(|error| problem(format!("not an RSA key: {error}")))?;
-            Key::Rsa(
-                DkimSigner::from_key(key)
-                    .domain(&entry.domain)
-                    .selector(&entry.selector)
-                    .headers(headers.iter().map(String::as_str))
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed)
-                    .expiration(expire),
-            )
+            Key::Rsa(signer(key, entry, &headers))
         }
     };
     Ok(Signer {
@@ -219,6 +197,17 @@ fn compile(entry: &DkimEntry) -> Result<Signer, SettingError> {
     })
 }
 
+/// The entry's signer for `key`: relaxed/relaxed, `x=` when it expires, never `l=`.
+fn signer<T: SigningKey>(key: T, entry: &DkimEntry, headers: &[String]) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(&entry.domain)
+        .selector(&entry.selector)
+        .headers(headers.iter().map(String::as_str))
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+        .expiration(entry.expire_seconds.unwrap_or(0))
+}
+
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|error| match error {
         rustls::pki_types::pem::Error::Io(io) => io.to_string(),
@@ -227,16 +216,17 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// The modulus size of an RSA private key (PKCS#1 or PKCS#8), in bits.
+/// The modulus size of an RSA private key (PKCS#1 or PKCS#8), in bits; else what
+/// is wrong with it, as the error says it.
 fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
     let pair = match der {
         PrivateKeyDer::Pkcs1(der) => aws_lc_rs::rsa::KeyPair::from_der(der.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(der) => aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der()),
-        _ => return Err("neither PKCS#1 nor PKCS#8".into()),
+        _ => return Err("not an RSA key: neither PKCS#1 nor PKCS#8".into()),
     };
     pair.map(|pair| pair.public_modulus_len() * 8).map_err(|error| match error.to_string().as_str() {
         "TooSmall" => format!("an RSA key under {RSA_BITS_MIN} bits (RFC 8301)"),
-        other => other.to_string(),
+        other => format!("not an RSA key: {other}"),
     })
 }
 

@@ -12,6 +12,8 @@ use crate::metrics::Metrics;
 
 struct Job {
     message: Vec<u8>,
+    /// Its header From domain, found by [`SignerPool::submit`].
+    from_domain: String,
     tenant: Option<String>,
     reply: tokio::sync::oneshot::Sender<Result<Signed, SignError>>,
 }
@@ -89,16 +91,14 @@ impl SignerPool {
         if !self.active.load(Ordering::Acquire) {
             return Ok(Submitted::Unsigned(message));
         }
-        let applies = header_from_domain(&message).is_some_and(|from| self.current().applies(&from, tenant.as_deref()));
-        if !applies {
-            return Ok(Submitted::Unsigned(message));
-        }
+        let from_domain = header_from_domain(&message).filter(|from| self.current().applies(from, tenant.as_deref()));
+        let Some(from_domain) = from_domain else { return Ok(Submitted::Unsigned(message)) };
         let (reply, answer) = tokio::sync::oneshot::channel();
         // Counted before the send: a signer may take the job (and count it off)
         // before `try_send` returns.
         self.metrics.dkim_queue_depth.fetch_add(1, Ordering::Relaxed);
         let refused = |metrics: &Metrics| metrics.dkim_queue_depth.fetch_sub(1, Ordering::Relaxed);
-        match self.jobs.try_send(Job { message, tenant, reply }) {
+        match self.jobs.try_send(Job { message, from_domain, tenant, reply }) {
             Ok(()) => Ok(Submitted::Queued(answer)),
             Err(crossbeam_channel::TrySendError::Full(job)) => {
                 refused(&self.metrics);
@@ -155,9 +155,10 @@ fn work(waiting: &crossbeam_channel::Receiver<Job>, signing: &RwLock<Arc<Signing
         let signing = Arc::clone(&signing.read().unwrap_or_else(std::sync::PoisonError::into_inner));
         let started = Instant::now();
         // A panic in a signature is that message's failure, not the thread's end.
-        let signed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signing.sign(job.message, job.tenant.as_deref())))
-                .unwrap_or_else(|_| Err(SignError::Failed { entry: "a signer".into(), reason: "it panicked".into() }));
+        let signed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            signing.sign(job.message, &job.from_domain, job.tenant.as_deref())
+        }))
+        .unwrap_or_else(|_| Err(SignError::Failed { entry: "a signer".into(), reason: "it panicked".into() }));
         match &signed {
             Ok(signed) => {
                 for note in &signed.signatures {

@@ -316,7 +316,7 @@ async fn inject(
                     return refuse(StatusCode::UNPROCESSABLE_ENTITY, why.into());
                 }
                 Ok(None) => Some((hold, fingerprint)),
-                Err(error) => return refusal(&error),
+                Err(error) => return refusal(super::refusal::Refusal::from(&error)),
             }
         }
     };
@@ -467,12 +467,7 @@ async fn store_in_chunks(
             Ok(signed) => signed,
             Err(sign_error) if !stored_before || keyed => {
                 Metrics::count(&api.metrics.rejected_requests, 1);
-                let refusal = super::refusal::Refusal::from(&sign_error);
-                let mut response = error(refusal.http_status(), refusal.to_string());
-                if let Some(seconds) = refusal.retry_after_seconds() {
-                    response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-                }
-                return response;
+                return refusal(super::refusal::Refusal::from(&sign_error));
             }
             Err(sign_error) => {
                 let rest = expansion.remaining().map(str::to_string);
@@ -559,7 +554,7 @@ async fn store_in_chunks(
             }
             Err(store_error) if !stored_before || keyed => {
                 Metrics::count(&api.metrics.rejected_requests, 1);
-                return refusal(&store_error);
+                return refusal(super::refusal::Refusal::from(&store_error));
             }
             Err(store_error) => {
                 let chunk: Vec<String> = receptions.into_iter().flat_map(|r| r.4).map(|(address, _)| address).collect();
@@ -602,9 +597,9 @@ fn partly(api: &Api, mut progress: Progress, rest: Vec<String>, why: &str) -> Re
     (StatusCode::OK, Json(progress.answer())).into_response()
 }
 
-/// Why the store refused, as the client should hear it (`ingest::refusal`).
-fn refusal(store_error: &StoreError) -> Response {
-    let refusal = super::refusal::Refusal::from(store_error);
+/// Why mail was refused (the store, the signers), as the client should hear it
+/// (`ingest::refusal`).
+fn refusal(refusal: super::refusal::Refusal) -> Response {
     let mut response = error(refusal.http_status(), refusal.to_string());
     if let Some(seconds) = refusal.retry_after_seconds() {
         response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
