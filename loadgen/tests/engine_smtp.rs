@@ -67,11 +67,12 @@ fn swaks_and_smtp_source_through_the_smtp_listener_and_no_open_relay() {
 }
 
 /// Whether the server answered `code` in a swaks transcript (`<-` plain, `<~` in
-/// TLS): not a bare substring, which a port number such as 42355 contains.
+/// TLS, then `*` when swaks did not expect it): not a bare substring, which a port
+/// number such as 42355 contains.
 fn replied(transcript: &str, code: &str) -> bool {
     transcript.lines().any(|line| {
-        let reply = line.strip_prefix("<-").or_else(|| line.strip_prefix("<~")).map(str::trim_start);
-        reply.is_some_and(|reply| reply.starts_with(code))
+        let reply = line.strip_prefix("<-").or_else(|| line.strip_prefix("<~"));
+        reply.is_some_and(|reply| reply.trim_start_matches('*').trim_start().starts_with(code))
     })
 }
 
