@@ -82,6 +82,7 @@ fn transaction(serial: usize) -> Transaction {
         sender: "bench@sender.test".into(),
         recipients: vec![format!("user{serial}@d{}.test", serial % 100)],
         message: message.into(),
+        head: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn where_seccomp_blocks_io_uring_epoll_is_chosen_and_delivers() {
                 sender: "s@ringmail.test".into(),
                 recipients: vec!["r@d.test".into()],
                 message: b"Subject: seccomp\r\n\r\nbody\r\n".to_vec().into(),
+                head: None,
             }],
         };
         let reports = backend.deliver_all(vec![job], &Allowlist::loopback()).unwrap();

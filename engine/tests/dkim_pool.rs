@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ringmail::dkim::pool::{SignerPool, Submitted};
+use ringmail::dkim::Draft;
 
 #[test]
 fn a_full_queue_hands_the_message_back_and_the_pool_recovers() {
@@ -32,10 +33,10 @@ fn a_full_queue_hands_the_message_back_and_the_pool_recovers() {
 
     let (mut queued, mut busy) = (Vec::new(), 0);
     for i in 0..200 {
-        match pool.submit(message(i), None).unwrap() {
+        match pool.submit(Draft::whole(message(i)), None).unwrap() {
             Submitted::Queued(answer) => queued.push(answer),
             Submitted::Busy(back) => {
-                assert_eq!(back, message(i), "the message comes back as it was");
+                assert_eq!(back.message, message(i), "the message comes back as it was");
                 busy += 1;
             }
             Submitted::Unsigned(_) => panic!("an entry applies: never passed through unsigned"),
@@ -51,7 +52,7 @@ fn a_full_queue_hands_the_message_back_and_the_pool_recovers() {
     assert_eq!(metrics.dkim_queue_depth.load(Ordering::Relaxed), 0, "every queued message counted off");
 
     // After the burst: taken again; another domain's mail never waits for a signer.
-    assert!(matches!(pool.submit(message(0), None).unwrap(), Submitted::Queued(_)));
+    assert!(matches!(pool.submit(Draft::whole(message(0)), None).unwrap(), Submitted::Queued(_)));
     let other = b"From: x@other.test\r\n\r\nbody\r\n".to_vec();
-    assert!(matches!(pool.submit(other, None).unwrap(), Submitted::Unsigned(_)));
+    assert!(matches!(pool.submit(Draft::whole(other), None).unwrap(), Submitted::Unsigned(_)));
 }

@@ -216,6 +216,7 @@ impl Schedule {
             recipient_count: 0,
             body_len: 3,
             body_crc32: 0,
+            heads: false,
         });
         let spread = Duration::from_millis(self.rng.u64(0..=30_000));
         let mut times: Vec<Instant> = (0..works).map(|_| self.start + spread.mul_f64(self.rng.f64())).collect();
@@ -235,6 +236,7 @@ impl Schedule {
                 // Nothing is claimed from a store here: no leases or holds to carry.
                 leases: Vec::new(),
                 hold: None,
+                head: None,
                 envelope: Arc::clone(&envelope),
                 body: Arc::from(&b"x\r\n"[..]),
                 lane: self.lane_keys[lane].clone(),
@@ -589,6 +591,7 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
         recipient_count: 1,
         body_len: 1,
         body_crc32: 0,
+        heads: false,
     });
     for index in 0..8 {
         lanes.add(
@@ -596,6 +599,7 @@ fn a_dead_primary_costs_one_connect_then_the_secondary_takes_the_lane() {
                 keys: vec![RecipientKey { message: MessageId::from_u64(1), index }],
                 leases: Vec::new(),
                 hold: None,
+                head: None,
                 recipients: vec![format!("r{index}@mx.test")],
                 metadata: vec![Vec::new()],
                 attempts: vec![0],
@@ -647,6 +651,7 @@ fn one_recipient_work(site: &str) -> Work {
         recipient_count: 1,
         body_len: 1,
         body_crc32: 0,
+        heads: false,
     });
     let route = Arc::new(Route {
         site: site.into(),
@@ -657,6 +662,7 @@ fn one_recipient_work(site: &str) -> Work {
         keys: vec![RecipientKey { message: MessageId::from_u64(1), index: 0 }],
         leases: Vec::new(),
         hold: None,
+        head: None,
         recipients: vec![format!("r@{site}")],
         metadata: vec![Vec::new()],
         attempts: vec![0],

@@ -147,6 +147,7 @@ fn deliver(port: u16, tls_mode: TlsMode) -> ClientReport {
         sender: "sender@ringmail.test".into(),
         recipients: vec!["user@d.test".into()],
         message: b"Subject: postfix interop\r\n\r\n.dotted\r\nbody\r\n".to_vec().into(),
+        head: None,
     };
     tokio_uring::start(async {
         let stream = connect_uring(address, &ConnectOptions::default(), &Allowlist::loopback()).await.unwrap();

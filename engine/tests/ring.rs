@@ -31,6 +31,7 @@ fn transactions(first: usize, count: usize) -> Vec<Transaction> {
                 sender: "sender@ringmail.test".into(),
                 recipients: vec![format!("r{i}@d.test")],
                 message: message.into_bytes().into(),
+                head: None,
             }
         })
         .collect()

@@ -300,7 +300,7 @@ fn random_transactions(rng: &mut fastrand::Rng) -> Vec<Transaction> {
                 };
                 message.extend_from_slice(line.as_bytes());
             }
-            Transaction { sender: "s@sender.test".into(), recipients, message: message.into() }
+            Transaction { sender: "s@sender.test".into(), recipients, message: message.into(), head: None }
         })
         .collect()
 }
@@ -368,6 +368,7 @@ fn a_421_at_every_stage_defers_the_recipients_and_closes() {
             sender: "s@x.test".into(),
             recipients: vec!["a@d.test".into(), "b@d.test".into()],
             message: b"Subject: x\r\n\r\nbody\r\n".to_vec().into(),
+            head: None,
         };
         let run = Run::new(Fault::Closing(stage), vec![transaction], true).run();
         check_invariants(&run);
@@ -391,6 +392,7 @@ fn a_server_that_never_answers_times_out_in_the_right_phase() {
         sender: "s@x.test".into(),
         recipients: vec!["a@d.test".into()],
         message: b"x\r\n".to_vec().into(),
+        head: None,
     };
     let cases = [(0, "greeting", 300), (1, "EHLO", 300), (2, "transaction", 300)];
     for (silent_from, phase, seconds) in cases {

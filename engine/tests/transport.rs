@@ -27,7 +27,7 @@ fn transactions(count: usize) -> Vec<Transaction> {
             Transaction {
                 sender: "sender@ringmail.test".into(),
                 recipients: vec![format!("a{i}@d.test"), format!("b{i}@d.test")],
-                message: message.into_bytes().into(),
+                message: message.into_bytes().into(), head: None,
             }
         })
         .collect()
@@ -239,6 +239,7 @@ fn a_message_larger_than_the_tls_buffer_goes_through_starttls() {
         sender: "sender@ringmail.test".into(),
         recipients: vec!["big@d.test".into()],
         message: body.into_bytes().into(),
+        head: None,
     }];
     let tls = ClientTls::new(&Verification::Verify { extra_roots: vec![pki.root.clone()] }).unwrap();
     let report = deliver_uring(address, None, &tls, client_session(TlsMode::Required, true), &sent);

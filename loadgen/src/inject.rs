@@ -103,7 +103,7 @@ pub(crate) fn build(plan: &Plan) -> Vec<Transaction> {
             while message.len() < size {
                 message.extend_from_slice(b"The quick brown fox jumps over the lazy dog. 0123456789\r\n");
             }
-            Transaction { sender: plan.sender.clone(), recipients, message: message.into() }
+            Transaction { sender: plan.sender.clone(), recipients, message: message.into(), head: None }
         })
         .collect()
 }

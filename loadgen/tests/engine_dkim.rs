@@ -4,7 +4,10 @@
 //! raw for three recipients, SMTP from `smtp-source`), every message is signed with
 //! RSA-2048 and Ed25519 at once, and every copy the sink took verifies, both
 //! signatures; a copy altered after signing fails; mail from another domain is not
-//! signed; the raw message for three recipients is signed once; the Reception
+//! signed; the raw message for three recipients is signed once; a campaign of one
+//! body with a header block per recipient (To, Subject, a one-click URL) is stored
+//! once, its body hashed once and each recipient's header set signed, and every
+//! recipient's copy verifies; the Reception
 //! records name the signatures; an added Subject breaks both signatures (every
 //! signed field is oversigned). Then a reload swaps the RSA key for one under a new
 //! selector: later mail carries it and verifies, and a message queued before the
@@ -177,6 +180,23 @@ fn every_message_is_signed_with_rsa_and_ed25519_and_verifies_elsewhere() {
         "recipients": [{ "email": "unsigned@dest.test" }],
     });
     assert_eq!(inject_json(engine.http, &other).0, 200);
+    // A campaign whose body is the same for everyone and whose header fields are
+    // not (To, Subject, a one-click URL each): one message stored, a header block
+    // per recipient beside it, the body hashed once, each header set signed.
+    const SHARED: usize = 300;
+    let recipients: Vec<serde_json::Value> = (0..SHARED)
+        .map(|i| serde_json::json!({ "email": format!("fan{i}@dest.test"), "substitutions": { "id": i } }))
+        .collect();
+    let shared = serde_json::json!({
+        "envelope_sender": "bounces@sender.test",
+        "content": { "from": { "email": "news@sender.test" }, "subject": "Issue {{ id }}",
+                     "text_body": "The same news for every fan.\r\n",
+                     "html_body": "<p>The same news for every fan.</p>",
+                     "list_unsubscribe": { "url": "https://sender.test/u/{{ id }}" } },
+        "recipients": recipients,
+    });
+    let (status, answer) = inject_json(engine.http, &shared);
+    assert_eq!(status, 200, "{answer}");
     // 400 messages over SMTP (smtp-source writes From: <bulk@sender.test>).
     const SMTP: usize = 400;
     let status = Command::new("/usr/sbin/smtp-source")
@@ -185,14 +205,33 @@ fn every_message_is_signed_with_rsa_and_ed25519_and_verifies_elsewhere() {
         .status()
         .expect("smtp-source (Debian package postfix)");
     assert!(status.success());
-    let total = BUILT + 3 + 1 + SMTP;
+    let total = BUILT + 3 + 1 + SHARED + SMTP;
     settle(&fleet, &engine, total, 60);
     let (_, metrics) = http_get(engine.http, "/metrics");
-    let signed = (BUILT + 1 + SMTP) as u64;
-    assert_eq!(metric(&metrics, "ringmail_dkim_signatures_rsa_total "), signed, "one RSA signature per stored message");
-    assert_eq!(metric(&metrics, "ringmail_dkim_signatures_ed25519_total "), signed);
-    assert_eq!(metric(&metrics, "ringmail_dkim_sign_seconds_count "), signed, "the raw message signed once");
+    // Stored messages signed: each personalised one, the raw one, the shared one, SMTP's.
+    let messages = (BUILT + 1 + 1 + SMTP) as u64;
+    // Signatures: one per message, but one per header block for the shared one.
+    let signatures = (BUILT + 1 + SHARED + SMTP) as u64;
+    assert_eq!(metric(&metrics, "ringmail_dkim_signatures_rsa_total "), signatures, "per message, per header block");
+    assert_eq!(metric(&metrics, "ringmail_dkim_signatures_ed25519_total "), signatures);
+    assert_eq!(metric(&metrics, "ringmail_dkim_sign_seconds_count "), messages, "the raw and shared messages once");
+    assert_eq!(metric(&metrics, "ringmail_dkim_body_hashes_total "), messages, "one body hash per stored message");
     assert_eq!(metric(&metrics, "ringmail_dkim_failures_total "), 0);
+    let fan = |i: usize| {
+        let state = fleet.state();
+        let wanted = format!("fan{i}@dest.test");
+        let copy = state.accepted.iter().find(|a| a.recipient == wanted).expect("delivered");
+        String::from_utf8_lossy(copy.raw.as_ref().unwrap()).to_string()
+    };
+    let (fan3, fan4) = (fan(3), fan(4));
+    assert!(fan3.contains("To: fan3@dest.test\r\n") && fan3.contains("Subject: Issue 3\r\n"), "{fan3}");
+    assert!(fan3.contains("List-Unsubscribe: <https://sender.test/u/3>\r\n"), "{fan3}");
+    assert!(fan4.contains("<https://sender.test/u/4>") && !fan4.contains("/u/3>"), "{fan4}");
+    let bh = |copy: &str| -> Vec<String> {
+        let unfolded = copy.replace("\r\n\t", "").replace("\r\n ", " ");
+        unfolded.split("bh=").skip(1).map(|rest| rest.split(';').next().unwrap().trim().to_string()).collect()
+    };
+    assert_eq!(bh(&fan3), bh(&fan4), "one body, one body hash");
 
     // Every copy the sink took, to files; one more altered after signing.
     let folder = dir.path().join("received");
@@ -254,7 +293,7 @@ fn every_message_is_signed_with_rsa_and_ed25519_and_verifies_elsewhere() {
         .into_iter()
         .filter(|r| r["type"] == "Reception" && r["sender"] == "bounces@sender.test")
         .collect();
-    assert_eq!(receptions.len(), BUILT + 3);
+    assert_eq!(receptions.len(), BUILT + 3 + SHARED);
     for record in &receptions {
         let notes: Vec<String> = record["dkim"]
             .as_array()

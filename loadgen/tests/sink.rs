@@ -40,6 +40,7 @@ fn send(address: SocketAddr, tls: TlsMode, recipients: &[&str]) -> ClientReport 
             sender: "sender@ringmail.test".into(),
             recipients: vec![r.to_string()],
             message: format!("Message-ID: <{i}.{r}@loadgen.test>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes().into(),
+            head: None,
         })
         .collect();
     let client_tls = ClientTls::new(&Verification::Opportunistic { extra_roots: Vec::new() }).unwrap();

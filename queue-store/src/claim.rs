@@ -107,7 +107,8 @@ impl Writer {
             let mut shown = record.clone();
             shown.state = RecipientState::InFlight;
             let (lease, view) = Lease::new();
-            claimed.push(Claimed { key, envelope: Arc::clone(&envelope), recipient: shown, lease });
+            // A header block is read with the body, by whoever reads the body.
+            claimed.push(Claimed { key, envelope: Arc::clone(&envelope), recipient: shown, head: None, lease });
             tables.in_flight.insert(key, InFlight::new(envelope, record, view));
         }
         drop(tables);

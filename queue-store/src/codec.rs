@@ -10,6 +10,29 @@ const FORMAT_VERSION: u8 = 1;
 const TAG_ENVELOPE: u8 = b'E';
 const TAG_RECIPIENT: u8 = b'R';
 const CRC_LEN: usize = 4;
+/// The envelope's optional flags byte (format version 2): its recipients have header blocks.
+const ENVELOPE_FLAG_HEADS: u8 = 1;
+
+/// A recipient's header block as stored in the bodies family: the bytes and a
+/// CRC-32 over them.
+pub(crate) fn encode_head(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len() + CRC_LEN);
+    out.extend_from_slice(head);
+    out.extend_from_slice(&crc32fast::hash(head).to_be_bytes());
+    out
+}
+
+/// A stored header block, its checksum checked.
+pub(crate) fn decode_head(raw: &[u8]) -> Result<&[u8], DecodeError> {
+    if raw.len() < CRC_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    let (head, crc) = raw.split_at(raw.len() - CRC_LEN);
+    match crc32fast::hash(head) == u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+        true => Ok(head),
+        false => Err(DecodeError::Checksum),
+    }
+}
 
 /// Why a stored record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +185,10 @@ impl<'a> Decoder<'a> {
         Ok(pairs)
     }
 
+    fn at_end(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
     fn end(self) -> Result<(), DecodeError> {
         match self.buf.len() - self.at {
             0 => Ok(()),
@@ -185,6 +212,11 @@ pub(crate) fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
     out.u32(envelope.recipient_count);
     out.u64(envelope.body_len);
     out.u32(envelope.body_crc32);
+    // Added with format version 2, written only when set: an envelope without
+    // header blocks is byte for byte what version 1 wrote.
+    if envelope.heads {
+        out.u8(ENVELOPE_FLAG_HEADS);
+    }
     out.finish()
 }
 
@@ -200,7 +232,15 @@ pub(crate) fn decode_envelope(id: MessageId, raw: &[u8]) -> Result<Envelope, Dec
         recipient_count: input.u32()?,
         body_len: input.u64()?,
         body_crc32: input.u32()?,
+        heads: false,
     };
+    let mut envelope = envelope;
+    if !input.at_end() {
+        match input.u8()? {
+            ENVELOPE_FLAG_HEADS => envelope.heads = true,
+            _ => return Err(DecodeError::Field("envelope flags")),
+        }
+    }
     input.end()?;
     if envelope.recipient_count == 0 {
         return Err(DecodeError::Field("recipient count"));
@@ -267,9 +307,19 @@ mod tests {
             recipient_count: 2,
             body_len: 4096,
             body_crc32: 0xdead_beef,
+            heads: false,
         };
         let raw = encode_envelope(&envelope);
-        assert_eq!(decode_envelope(envelope.id, &raw), Ok(envelope));
+        assert_eq!(decode_envelope(envelope.id, &raw), Ok(envelope.clone()));
+        let with_heads = Envelope { heads: true, ..envelope };
+        let raw_heads = encode_envelope(&with_heads);
+        assert_eq!(raw_heads.len(), raw.len() + 1, "one flags byte, only when set");
+        assert_eq!(decode_envelope(with_heads.id, &raw_heads), Ok(with_heads));
+        let head = b"To: a@b.test\r\n".to_vec();
+        assert_eq!(decode_head(&encode_head(&head)), Ok(&head[..]));
+        let mut bad = encode_head(&head);
+        bad[0] ^= 1;
+        assert_eq!(decode_head(&bad), Err(DecodeError::Checksum));
         let record = sample_recipient();
         assert_eq!(decode_recipient(&encode_recipient(&record)), Ok(record));
     }

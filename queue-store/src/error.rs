@@ -64,6 +64,8 @@ pub enum Invalid {
     Sender { reason: &'static str },
     #[error("recipient {index}: {reason}")]
     Recipient { index: usize, reason: &'static str },
+    #[error("recipient {index}: {reason}")]
+    Head { index: usize, reason: &'static str },
     #[error("{field} is {len} bytes, the limit is {max}")]
     FieldTooLong { field: &'static str, len: usize, max: usize },
     #[error("batch has {count} messages, the limit is {max}")]

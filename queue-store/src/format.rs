@@ -18,8 +18,12 @@ use crate::db::{cf, CF_META};
 use crate::error::StoreError;
 
 /// The format this code writes. Version 1: the families of `db::COLUMN_FAMILIES`,
-/// records as `codec` encodes them.
-pub const FORMAT_VERSION: u32 = 1;
+/// records as `codec` encodes them. Version 2: an envelope may end in a flags byte
+/// (its recipients have header blocks) and the bodies family may hold a header block
+/// at `id ++ index` beside the body at `id`; nothing of version 1 changes, so the
+/// step from 1 has nothing to rewrite. It exists so that an older ringmail refuses
+/// a store that may hold header blocks instead of quarantining their envelopes.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const META_FORMAT_VERSION: &[u8] = b"format_version";
 
@@ -31,10 +35,10 @@ struct Upgrade {
     run: fn(&mut DB, &StoreConfig) -> Result<(), StoreError>,
 }
 
-/// The steps, in order (none yet: version 1 is the first versioned layout). A new
-/// column family `x` at version 2 would be
-/// `Upgrade { from: 1, what: "create x", run: |db, config| Ok(db.create_cf("x", &cf_options("x", config))?) }`.
-const UPGRADES: &[Upgrade] = &[];
+/// The steps, in order. A new column family `x` at version 3 would be
+/// `Upgrade { from: 2, what: "create x", run: |db, config| Ok(db.create_cf("x", &cf_options("x", config))?) }`.
+const UPGRADES: &[Upgrade] =
+    &[Upgrade { from: 1, what: "per-recipient header blocks (nothing to rewrite)", run: |_db, _config| Ok(()) }];
 
 const _: () = {
     // The steps cover every version below the current one, in order.

@@ -61,7 +61,7 @@ pub use store::{Store, LIST_LIMIT_MAX};
 pub use types::{
     domain_of, AdminReport, Applied, Claimed, Envelope, Idempotency, IdempotentRecord, Lease, MessageId, MessageView,
     Metadata, NewMessage, NewRecipient, Outcome, RecipientKey, RecipientRecord, RecipientState, Selector, StateChange,
-    StateCounts, TerminalKind, TerminalRecord, IDEMPOTENCY_KEY_MAX,
+    StateCounts, TerminalKind, TerminalRecord, HEAD_MAX_BYTES, IDEMPOTENCY_KEY_MAX,
 };
 pub use validate::address as check_address;
 

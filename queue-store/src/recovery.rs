@@ -181,10 +181,22 @@ impl Scan<'_> {
         self.quarantine_body(id)
     }
 
+    /// The message's body and its recipients' header blocks (`id` and `id ++ index`
+    /// in the bodies family) go with it.
     fn quarantine_body(&mut self, id: MessageId) -> Result<(), StoreError> {
-        let key = envelope_key(id);
-        if let Some(body) = self.db.get_cf(cf(self.db, CF_BODIES), key)? {
-            self.quarantine(CF_BODIES, &key, &body, "body of a quarantined message".into());
+        let prefix = envelope_key(id);
+        let mode = IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let mut found = Vec::new();
+        for item in self.db.iterator_cf(cf(self.db, CF_BODIES), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            found.push((key, value));
+        }
+        for (key, value) in found {
+            let what = if key.len() == prefix.len() { "body" } else { "header block" };
+            self.quarantine(CF_BODIES, &key, &value, format!("{what} of a quarantined message"));
         }
         Ok(())
     }

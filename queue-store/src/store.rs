@@ -521,6 +521,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A recipient's header block (`None`: it has none), its checksum checked.
+    pub fn head(&self, key: RecipientKey) -> Result<Option<Vec<u8>>, StoreError> {
+        let raw_key = recipient_key(key);
+        let Some(raw) = self.db.get_cf(cf(&self.db, CF_BODIES), raw_key)? else { return Ok(None) };
+        match crate::codec::decode_head(&raw) {
+            Ok(head) => Ok(Some(head.to_vec())),
+            Err(reason) => {
+                self.shared.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                Err(corrupt(&raw_key, reason))
+            }
+        }
+    }
+}
+
 fn corrupt(key: &[u8], reason: DecodeError) -> StoreError {
     StoreError::Corrupt { key: key.iter().map(|byte| format!("{byte:02x}")).collect(), reason }
 }

@@ -82,11 +82,20 @@ pub struct NewRecipient {
     /// `local@domain`; the domain part decides the shard and the destination.
     pub address: String,
     pub metadata: Metadata,
+    /// This recipient's own header block (complete `Name: value` fields, each ending
+    /// in CRLF), sent before the message's shared bytes: what differs per recipient
+    /// of a message stored once (a one-click unsubscribe URL, a personalised
+    /// `To:`, the DKIM signature over them). Empty: none. At most [`HEAD_MAX_BYTES`].
+    pub head: Vec<u8>,
 }
+
+/// The largest per-recipient header block the store takes: a few header fields and
+/// their signatures, never a body.
+pub const HEAD_MAX_BYTES: usize = 16 * 1024;
 
 impl NewRecipient {
     pub fn new(address: impl Into<String>) -> Self {
-        NewRecipient { address: address.into(), metadata: Vec::new() }
+        NewRecipient { address: address.into(), metadata: Vec::new(), head: Vec::new() }
     }
 }
 
@@ -147,6 +156,9 @@ pub struct Envelope {
     pub body_len: u64,
     /// CRC-32 of the body, checked on every read.
     pub body_crc32: u32,
+    /// Whether recipients of this message have their own header blocks
+    /// ([`NewRecipient::head`]), stored beside the body.
+    pub heads: bool,
 }
 
 /// One recipient as stored.
@@ -210,6 +222,9 @@ pub struct Claimed {
     pub key: RecipientKey,
     pub envelope: Arc<Envelope>,
     pub recipient: RecipientRecord,
+    /// The recipient's own header block, sent before the shared body (`None`: the
+    /// message has none for it).
+    pub head: Option<Arc<[u8]>>,
     /// Carry it with the recipient until its outcome is recorded ([`Lease`]).
     pub lease: Lease,
 }

@@ -27,8 +27,38 @@ pub(crate) fn message(message: &NewMessage, limits: &Limits) -> Result<(), Inval
     for (index, recipient) in message.recipients.iter().enumerate() {
         address(&recipient.address, limits).map_err(|reason| Invalid::Recipient { index, reason })?;
         metadata(&recipient.metadata, limits)?;
+        head(&recipient.head).map_err(|reason| Invalid::Head { index, reason })?;
     }
     Ok(())
+}
+
+/// A header block is whole header fields: each line ends in CRLF, none is empty
+/// (that would end the header section early), the first is not a continuation.
+fn head(head: &[u8]) -> Result<(), &'static str> {
+    if head.is_empty() {
+        return Ok(());
+    }
+    if head.len() > crate::types::HEAD_MAX_BYTES {
+        return Err("header block over 16 KiB");
+    }
+    if !head.ends_with(b"\r\n") || head.starts_with(b" ") || head.starts_with(b"\t") || head.starts_with(b"\r") {
+        return Err("header block is not whole header fields");
+    }
+    let fields = &head[..head.len() - 2];
+    let mut lines = fields.split(|&byte| byte == b'\n');
+    if lines.any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.is_empty() || line.contains(&b'\r')
+    }) || has_bare_line_feed(fields)
+    {
+        return Err("header block has an empty line or a bare line feed");
+    }
+    Ok(())
+}
+
+/// Whether a line feed in `bytes` is not preceded by a carriage return.
+fn has_bare_line_feed(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, &byte)| byte == b'\n' && (at == 0 || bytes[at - 1] != b'\r'))
 }
 
 fn field(name: &'static str, text: &str, max: usize) -> Result<(), Invalid> {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
-use crate::codec::{encode_envelope, encode_recipient};
+use crate::codec::{encode_envelope, encode_head, encode_recipient};
 use crate::config::{Durability, StoreConfig};
 use crate::db::{cf, CF_BODIES, CF_DOMAINS, CF_DUE, CF_ENVELOPES, CF_META, META_IDEMPOTENCY_PREFIX, META_NEXT_ID};
 use crate::error::{Health, StoreError, TransitionError};
@@ -66,9 +66,13 @@ struct Added {
     handed: Option<Handed>,
 }
 
+/// A recipient's header block, when it has one.
+type Head = Option<Arc<[u8]>>;
+
 struct Handed {
     envelope: Arc<Envelope>,
-    records: Vec<(RecipientKey, RecipientRecord)>,
+    /// Each recipient, with its header block when it has one.
+    records: Vec<(RecipientKey, RecipientRecord, Head)>,
     body: Arc<[u8]>,
 }
 
@@ -429,9 +433,17 @@ impl Writer {
             recipient_count: message.recipients.len() as u32,
             body_len: message.body.len() as u64,
             body_crc32: crc32fast::hash(&message.body),
+            heads: message.recipients.iter().any(|recipient| !recipient.head.is_empty()),
         };
         batch.put_cf(cf(&self.db, CF_ENVELOPES), envelope_key(id), encode_envelope(&envelope));
         batch.put_cf(cf(&self.db, CF_BODIES), envelope_key(id), &message.body);
+        // Header blocks beside the body: `id ++ index` in the bodies family.
+        for (index, recipient) in message.recipients.iter().enumerate() {
+            if !recipient.head.is_empty() {
+                let key = RecipientKey { message: id, index: index as u32 };
+                batch.put_cf(cf(&self.db, CF_BODIES), recipient_key(key), encode_head(&recipient.head));
+            }
+        }
         // Validated on submit: every address has a domain.
         let domains: Vec<String> =
             message.recipients.iter().map(|recipient| domain_of(&recipient.address).unwrap_or_default()).collect();
@@ -442,6 +454,7 @@ impl Writer {
         let mut records = Vec::with_capacity(if handed { domains.len() } else { 0 });
         for (index, ((recipient, domain), held)) in message.recipients.into_iter().zip(domains).zip(held).enumerate() {
             let key = RecipientKey { message: id, index: index as u32 };
+            let head = (!recipient.head.is_empty()).then(|| Arc::<[u8]>::from(recipient.head));
             let state = if held { RecipientState::Suspended } else { RecipientState::Queued };
             let record = RecipientRecord {
                 address: recipient.address,
@@ -457,7 +470,7 @@ impl Writer {
                 // The record without its due key: the scheduler holds it in flight.
                 batch.put_cf(cf(&self.db, CF_ENVELOPES), recipient_key(key), encode_recipient(&record));
                 states.push((record.domain.clone(), RecipientState::InFlight));
-                records.push((key, record));
+                records.push((key, record, head));
             } else {
                 self.put_recipient(batch, key, &record);
                 states.push((record.domain, state));
@@ -491,11 +504,12 @@ impl Writer {
             recipients += message.states.len() as u64;
             let Some(handed) = message.handed else { continue };
             let mut shown = Vec::with_capacity(handed.records.len());
-            for (key, record) in handed.records {
+            for (key, record, head) in handed.records {
                 let mut in_flight = record.clone();
                 in_flight.state = RecipientState::InFlight;
                 let (lease, view) = Lease::new();
-                shown.push(Claimed { key, envelope: Arc::clone(&handed.envelope), recipient: in_flight, lease });
+                let envelope = Arc::clone(&handed.envelope);
+                shown.push(Claimed { key, envelope, recipient: in_flight, head, lease });
                 tables.in_flight.insert(key, InFlight::new(Arc::clone(&handed.envelope), record, view));
             }
             handed_over += shown.len() as u64;
@@ -614,6 +628,9 @@ impl Writer {
     ) -> TerminalRecord {
         batch.delete_cf(cf(&self.db, CF_ENVELOPES), recipient_key(key));
         batch.delete_cf(cf(&self.db, CF_DOMAINS), domain_key(&record.domain, key));
+        if envelope.heads {
+            batch.delete_cf(cf(&self.db, CF_BODIES), recipient_key(key));
+        }
         if from != Some(RecipientState::InFlight) {
             self.delete_due(batch, key, &record);
         }

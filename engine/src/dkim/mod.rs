@@ -10,9 +10,10 @@ pub mod pool;
 
 use std::path::Path;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
+use mail_auth::common::crypto::{Ed25519Key, HashAlgorithm, RsaKey, Sha256, SigningKey};
+use mail_auth::common::headers::{HeaderStream, HeaderWriter, Writable, Writer};
+use mail_auth::dkim::canonicalize::CanonicalHeaders;
+use mail_auth::dkim::{Canonicalization, DkimSigner, Done, Signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 
@@ -29,12 +30,43 @@ pub struct SignatureNote {
     pub a: &'static str,
 }
 
-/// A message after signing: the signature header fields on top of it, and what
-/// they were.
+/// A message to sign: its bytes, and the header blocks of its recipients when each
+/// has its own (a body stored once for many, `queue_store::NewRecipient::head`).
+#[derive(Debug, Default)]
+pub struct Draft {
+    pub message: Vec<u8>,
+    pub heads: Vec<Vec<u8>>,
+}
+
+impl Draft {
+    /// A message whose recipients share every header field.
+    pub fn whole(message: Vec<u8>) -> Draft {
+        Draft { message, heads: Vec::new() }
+    }
+}
+
+/// A message after signing: without header blocks, the signature fields on top of
+/// the message; with them, on top of each block (each recipient's header set signed
+/// on its own, the shared body hashed once). And what the signatures were.
 #[derive(Debug, Default)]
 pub struct Signed {
     pub message: Vec<u8>,
+    pub heads: Vec<Vec<u8>>,
     pub signatures: Vec<SignatureNote>,
+    /// Body hashes computed (`bh=`): one per message signed, however many
+    /// signatures and recipients.
+    pub body_hashes: u64,
+}
+
+impl Signed {
+    fn unsigned(draft: Draft) -> Signed {
+        Signed { message: draft.message, heads: draft.heads, signatures: Vec::new(), body_hashes: 0 }
+    }
+
+    /// Signatures made: one per entry for the message, or per entry and header block.
+    pub fn signature_count(&self) -> u64 {
+        self.signatures.len() as u64 * self.heads.len().max(1) as u64
+    }
 }
 
 /// Why a message could not be signed (it is then refused, never sent unsigned).
@@ -87,15 +119,71 @@ impl Signer {
         }
     }
 
-    fn sign(&self, message: &[u8]) -> Result<String, SignError> {
+    /// The DKIM-Signature field over `fields` (the message's header fields in order,
+    /// as `mail_auth` parses them) with the body hash `bh`, made at `now`.
+    fn sign(&self, fields: &[(&[u8], &[u8])], bh: &[u8], now: u64) -> Result<String, SignError> {
         let signature = match &self.key {
-            Key::Rsa(signer) => signer.sign(message),
-            Key::Ed25519(signer) => signer.sign(message),
+            Key::Rsa(signer) => sign_fields(signer, fields, bh, now),
+            Key::Ed25519(signer) => sign_fields(signer, fields, bh, now),
         };
         signature
             .map(|signature| signature.to_header())
             .map_err(|error| SignError::Failed { entry: self.name.clone(), reason: error.to_string() })
     }
+}
+
+/// `mail_auth`'s signing step (`DkimSigner::sign`) with the body hash given
+/// rather than computed: the canonicalisation of the header fields, the signature
+/// field's own text and the key operation are all `mail_auth`'s; what differs is
+/// only that `bh=` comes from [`body_hash`], once per body, not once per signature
+/// and recipient.
+fn sign_fields<T: SigningKey>(
+    signer: &DkimSigner<T, Done>,
+    fields: &[(&[u8], &[u8])],
+    bh: &[u8],
+    now: u64,
+) -> mail_auth::Result<Signature> {
+    let (_, headers, signed, _) = signer.template.canonicalize(Fields(fields.iter()));
+    let mut signature = signer.template.clone();
+    signature.bh = bh.to_vec();
+    signature.t = now;
+    signature.x = if signature.x > 0 { now + signature.x } else { 0 };
+    signature.h = signed;
+    signature.b = signer.key.sign(Signable { headers, signature: &signature })?;
+    Ok(signature)
+}
+
+/// Header fields as `mail_auth`'s canonicalisation reads them.
+struct Fields<'a, 'x>(std::slice::Iter<'a, (&'x [u8], &'x [u8])>);
+
+impl<'x> HeaderStream<'x> for Fields<'_, 'x> {
+    fn next_header(&mut self) -> Option<(&'x [u8], &'x [u8])> {
+        self.0.next().copied()
+    }
+
+    fn body(&mut self) -> &'x [u8] {
+        b"" // the body hash is given
+    }
+}
+
+/// What the signature's `b=` covers: the signed header fields, then the
+/// DKIM-Signature field itself without its `b=` value (RFC 6376 §3.7).
+struct Signable<'a> {
+    headers: CanonicalHeaders<'a>,
+    signature: &'a Signature,
+}
+
+impl Writable for Signable<'_> {
+    fn write(self, writer: &mut impl Writer) {
+        self.headers.write(writer);
+        self.signature.write(writer, false);
+    }
+}
+
+/// The relaxed body hash (SHA-256, RFC 6376 §3.4.4 and §3.7) of the body of `message`:
+/// what `bh=` says for every entry (both algorithms hash with SHA-256).
+fn body_hash(body: &[u8]) -> Vec<u8> {
+    HashAlgorithm::Sha256.hash(Canonicalization::Relaxed.canonical_body(body, u64::MAX)).as_ref().to_vec()
 }
 
 /// The `[[dkim]]` entries of one configuration, keys loaded.
@@ -128,31 +216,52 @@ impl Signing {
         self.signers.iter().any(|signer| signer.applies(from_domain, tenant))
     }
 
-    /// `message` with a DKIM-Signature field on top for every entry that applies
-    /// to `from_domain` (its [`header_from_domain`]) and `tenant`; unchanged when
-    /// none does.
-    pub fn sign(&self, message: Vec<u8>, from_domain: &str, tenant: Option<&str>) -> Result<Signed, SignError> {
-        if !self.applies(from_domain, tenant) {
-            return Ok(Signed { message, signatures: Vec::new() });
+    /// The draft with a DKIM-Signature field for every entry that applies to
+    /// `from_domain` (its [`header_from_domain`]) and `tenant`: on top of the message,
+    /// or of each recipient's header block (its fields signed with the message's);
+    /// unchanged when no entry applies.
+    pub fn sign(&self, draft: Draft, from_domain: &str, tenant: Option<&str>) -> Result<Signed, SignError> {
+        let signers: Vec<&Signer> = self.signers.iter().filter(|signer| signer.applies(from_domain, tenant)).collect();
+        if signers.is_empty() {
+            return Ok(Signed::unsigned(draft));
         }
-        let message = crlf_normalized(message);
-        let mut fields = String::new();
-        let mut signatures = Vec::new();
-        for signer in self.signers.iter().filter(|signer| signer.applies(from_domain, tenant)) {
-            fields.push_str(&signer.sign(&message)?);
-            signatures.push(SignatureNote {
-                d: signer.domain.clone(),
-                s: signer.selector.clone(),
-                a: signer.algorithm(),
-            });
+        let message = crlf_normalized(draft.message);
+        let heads: Vec<Vec<u8>> = draft.heads.into_iter().map(crlf_normalized).collect();
+        let unparsable =
+            || SignError::Failed { entry: signers[0].name.clone(), reason: "the message has no header fields".into() };
+        let parsed = mail_auth::AuthenticatedMessage::parse(&message).ok_or_else(unparsable)?;
+        let bh = body_hash(message.get(parsed.body_offset as usize..).unwrap_or_default());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let signatures: Vec<SignatureNote> = signers
+            .iter()
+            .map(|signer| SignatureNote { d: signer.domain.clone(), s: signer.selector.clone(), a: signer.algorithm() })
+            .collect();
+        let fields_for = |fields: &[(&[u8], &[u8])]| -> Result<String, SignError> {
+            let mut out = String::new();
+            for signer in &signers {
+                out.push_str(&signer.sign(fields, &bh, now)?);
+            }
+            Ok(out)
+        };
+        if heads.is_empty() {
+            let fields = fields_for(&parsed.headers)?;
+            let mut signed = Vec::with_capacity(fields.len() + message.len());
+            signed.extend_from_slice(fields.as_bytes());
+            signed.extend_from_slice(&message);
+            return Ok(Signed { message: signed, heads, signatures, body_hashes: 1 });
         }
-        if signatures.is_empty() {
-            return Ok(Signed { message, signatures });
+        let mut signed_heads = Vec::with_capacity(heads.len());
+        for head in &heads {
+            // The recipient's fields first, as they are sent, then the message's.
+            let combined =
+                mail_auth::AuthenticatedMessage::parse_with_opts(&message, Some(head), true).ok_or_else(unparsable)?;
+            let fields = fields_for(&combined.headers)?;
+            let mut out = Vec::with_capacity(fields.len() + head.len());
+            out.extend_from_slice(fields.as_bytes());
+            out.extend_from_slice(head);
+            signed_heads.push(out);
         }
-        let mut signed = Vec::with_capacity(fields.len() + message.len());
-        signed.extend_from_slice(fields.as_bytes());
-        signed.extend_from_slice(&message);
-        Ok(Signed { message: signed, signatures })
+        Ok(Signed { message, heads: signed_heads, signatures, body_hashes: 1 })
     }
 }
 

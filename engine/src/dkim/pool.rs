@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use super::{header_from_domain, SignError, Signed, Signing};
+use super::{header_from_domain, Draft, SignError, Signed, Signing};
 use crate::metrics::Metrics;
 
 struct Job {
-    message: Vec<u8>,
+    draft: Draft,
     /// Its header From domain, found by [`SignerPool::submit`].
     from_domain: String,
     tenant: Option<String>,
@@ -22,11 +22,11 @@ struct Job {
 #[derive(Debug)]
 pub enum Submitted {
     /// No `[[dkim]]` entry applies to it: here it is, as it was.
-    Unsigned(Vec<u8>),
+    Unsigned(Draft),
     /// Queued for a signer; the signed message (or why not) comes on this.
     Queued(tokio::sync::oneshot::Receiver<Result<Signed, SignError>>),
     /// The queue is full (`ingest.signing_queue_max`): the message back, unsigned.
-    Busy(Vec<u8>),
+    Busy(Draft),
 }
 
 /// The signer threads and what they sign with.
@@ -84,25 +84,26 @@ impl SignerPool {
         Ok(pool)
     }
 
-    /// Hands `message` to a signer when an entry applies to it (by its header From
-    /// domain and `tenant`); never waits.
-    pub fn submit(&self, message: Vec<u8>, tenant: Option<String>) -> Result<Submitted, SignError> {
+    /// Hands the draft to a signer when an entry applies to it (by its header From
+    /// domain, in the message's shared fields, and `tenant`); never waits.
+    pub fn submit(&self, draft: Draft, tenant: Option<String>) -> Result<Submitted, SignError> {
         self.follow_reloads();
         if !self.active.load(Ordering::Acquire) {
-            return Ok(Submitted::Unsigned(message));
+            return Ok(Submitted::Unsigned(draft));
         }
-        let from_domain = header_from_domain(&message).filter(|from| self.current().applies(from, tenant.as_deref()));
-        let Some(from_domain) = from_domain else { return Ok(Submitted::Unsigned(message)) };
+        let from_domain =
+            header_from_domain(&draft.message).filter(|from| self.current().applies(from, tenant.as_deref()));
+        let Some(from_domain) = from_domain else { return Ok(Submitted::Unsigned(draft)) };
         let (reply, answer) = tokio::sync::oneshot::channel();
         // Counted before the send: a signer may take the job (and count it off)
         // before `try_send` returns.
         self.metrics.dkim_queue_depth.fetch_add(1, Ordering::Relaxed);
         let refused = |metrics: &Metrics| metrics.dkim_queue_depth.fetch_sub(1, Ordering::Relaxed);
-        match self.jobs.try_send(Job { message, from_domain, tenant, reply }) {
+        match self.jobs.try_send(Job { draft, from_domain, tenant, reply }) {
             Ok(()) => Ok(Submitted::Queued(answer)),
             Err(crossbeam_channel::TrySendError::Full(job)) => {
                 refused(&self.metrics);
-                Ok(Submitted::Busy(job.message))
+                Ok(Submitted::Busy(job.draft))
             }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
                 refused(&self.metrics);
@@ -156,18 +157,20 @@ fn work(waiting: &crossbeam_channel::Receiver<Job>, signing: &RwLock<Arc<Signing
         let started = Instant::now();
         // A panic in a signature is that message's failure, not the thread's end.
         let signed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            signing.sign(job.message, &job.from_domain, job.tenant.as_deref())
+            signing.sign(job.draft, &job.from_domain, job.tenant.as_deref())
         }))
         .unwrap_or_else(|_| Err(SignError::Failed { entry: "a signer".into(), reason: "it panicked".into() }));
         match &signed {
             Ok(signed) => {
+                let copies = signed.heads.len().max(1) as u64;
                 for note in &signed.signatures {
                     let counter = match note.a {
                         "ed25519-sha256" => &metrics.dkim_signatures_ed25519,
                         _ => &metrics.dkim_signatures_rsa,
                     };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                    counter.fetch_add(copies, Ordering::Relaxed);
                 }
+                metrics.dkim_body_hashes.fetch_add(signed.body_hashes, Ordering::Relaxed);
                 metrics.dkim_signed_messages.fetch_add(1, Ordering::Relaxed);
                 metrics.dkim_sign_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }

@@ -198,15 +198,22 @@ async fn sign_chunk(
     messages: Vec<NewMessage>,
 ) -> Result<(Vec<NewMessage>, Vec<Vec<crate::dkim::SignatureNote>>), crate::dkim::SignError> {
     use crate::dkim::pool::Submitted;
-    use crate::dkim::{SignError, SignatureNote, Signed};
+    use crate::dkim::{Draft, SignError, SignatureNote, Signed};
     type Answer = tokio::sync::oneshot::Receiver<Result<Signed, SignError>>;
+    /// The message's bytes (and its recipients' header blocks) back in place.
+    fn put_back(message: &mut NewMessage, draft: Draft) {
+        message.body = draft.message;
+        for (recipient, head) in message.recipients.iter_mut().zip(draft.heads) {
+            recipient.head = head;
+        }
+    }
     fn settle(
         out: &mut [(NewMessage, Vec<SignatureNote>)],
         index: usize,
         answer: Result<Result<Signed, SignError>, tokio::sync::oneshot::error::RecvError>,
     ) -> Result<(), SignError> {
         let signed = answer.unwrap_or(Err(SignError::Stopped))?;
-        out[index].0.body = signed.message;
+        put_back(&mut out[index].0, Draft { message: signed.message, heads: signed.heads });
         out[index].1 = signed.signatures;
         Ok(())
     }
@@ -220,13 +227,18 @@ async fn sign_chunk(
             }
         }
         let index = out.len();
-        let mut body = std::mem::take(&mut message.body);
+        // Header blocks go with the message when its recipients have them (all or none).
+        let heads = match message.recipients.iter().any(|recipient| !recipient.head.is_empty()) {
+            true => message.recipients.iter_mut().map(|recipient| std::mem::take(&mut recipient.head)).collect(),
+            false => Vec::new(),
+        };
+        let mut draft = Draft { message: std::mem::take(&mut message.body), heads };
         let tenant = message.tenant.clone();
         out.push((message, Vec::new()));
         loop {
-            match signer.submit(body, tenant.clone())? {
+            match signer.submit(draft, tenant.clone())? {
                 Submitted::Unsigned(unsigned) => {
-                    out[index].0.body = unsigned;
+                    put_back(&mut out[index].0, unsigned);
                     break;
                 }
                 Submitted::Queued(answer) => {
@@ -234,7 +246,7 @@ async fn sign_chunk(
                     break;
                 }
                 Submitted::Busy(back) if tokio::time::Instant::now() < deadline => {
-                    body = back;
+                    draft = back;
                     match waiting.pop_front() {
                         Some((done, answer)) => settle(&mut out, done, answer.await)?,
                         None => tokio::time::sleep(Duration::from_millis(1)).await,

@@ -5,9 +5,13 @@
 //! as KumoMTA) rendered per recipient. ringmail's additions: `tenant`, `campaign`
 //! and message-level `metadata`, carried into the queue and every log record.
 //!
-//! [`build`] turns a request into queue-store messages: one per recipient when
-//! anything is personalised (a template, or the builder's `To:`), else one message
-//! with all the recipients (the body stored once). A recipient that cannot be
+//! [`build`] turns a request into queue-store messages: raw content without
+//! templates is one message with all the recipients (stored once); the builder
+//! whose body parts are not templates is one message too, each recipient with a
+//! header block of its own beside it (To, Subject, Message-ID, List-Unsubscribe,
+//! Feedback-ID, the extra headers: `../shared/DESIGN.md`, durability rule 4); a
+//! template in raw content or in a body part makes one message per recipient. A
+//! recipient that cannot be
 //! accepted (bad address, a template error, a header made unsafe by a substitution)
 //! fails alone, with its reason; the others go on.
 
@@ -169,8 +173,10 @@ pub struct Expansion {
     request: InjectRequest,
     content: Content,
     templates: Templates,
-    /// One message per recipient (templates, or the builder).
-    personal: bool,
+    /// How recipients map to stored messages.
+    shape: Shape,
+    /// [`Shape::Heads`]: the message every recipient shares (fields and body).
+    shared_body: Option<Vec<u8>>,
     message_meta: Metadata,
     host: String,
     limits: Limits,
@@ -282,8 +288,23 @@ impl Expansion {
             }
         }
         let message_meta = metadata(&request.metadata);
-        // One message per recipient when each gets its own body.
-        let personal = templates.any || matches!(content, Content::Builder(_));
+        // One message per recipient when each gets its own body; one message for all
+        // with a header block each when only their header fields differ.
+        let plain_body = ["text_body", "html_body", "amp_html_body"].iter().all(|name| !templates.is_template(name));
+        let shape = match &content {
+            Content::Raw(_) if !templates.any => Shape::Shared,
+            Content::Builder(_) if plain_body && request.recipients.len() > 1 => Shape::Heads,
+            _ => Shape::Personal,
+        };
+        let shared_body = match (&content, shape) {
+            (Content::Builder(builder), Shape::Heads) => {
+                let mut body = shared_fields(builder).map_err(|why| BadRequest(why, Problem::Invalid))?.into_bytes();
+                mime_content(&templates.plain, &mut body);
+                Some(body)
+            }
+            _ => None,
+        };
+        let personal = shape == Shape::Personal;
         // Known before rendering: each personalised recipient's message is at least
         // as long as the content's text.
         let expansion = |bytes: u64| {
@@ -303,7 +324,8 @@ impl Expansion {
             request,
             content,
             templates,
-            personal,
+            shape,
+            shared_body,
             message_meta,
             host: host.to_string(),
             limits: limits.clone(),
@@ -348,15 +370,8 @@ impl Expansion {
     /// error (the request grew past `http.expansion_max_bytes`) nothing of the chunk
     /// is kept: its recipients are still [`Expansion::remaining`].
     pub fn next_chunk(&mut self, bytes_max: u64) -> Result<Built, BadRequest> {
-        let (request, content, templates, personal, host, limits, bounds) = (
-            &self.request,
-            &self.content,
-            &self.templates,
-            self.personal,
-            self.host.as_str(),
-            &self.limits,
-            &self.bounds,
-        );
+        let (request, content, templates, shape, host, limits, bounds) =
+            (&self.request, &self.content, &self.templates, self.shape, self.host.as_str(), &self.limits, &self.bounds);
         let message_meta = &self.message_meta;
         let expansion = |bytes: u64| {
             let why = format!(
@@ -389,12 +404,48 @@ impl Expansion {
                 fail(&mut built, why.to_string());
                 continue;
             }
-            let new_recipient =
-                NewRecipient { address: recipient.email.clone(), metadata: metadata(&recipient.metadata) };
-            if !personal {
+            let mut new_recipient = NewRecipient {
+                address: recipient.email.clone(),
+                metadata: metadata(&recipient.metadata),
+                head: Vec::new(),
+            };
+            if shape != Shape::Personal {
+                if shape == Shape::Heads {
+                    let Content::Builder(builder) = &content else { unreachable!("header blocks are the builder's") };
+                    let mut context = request.substitutions.clone();
+                    context.extend(recipient.substitutions.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let head = templates
+                        .render(&Value::Object(context))
+                        .and_then(|rendered| personal_fields(builder, recipient, &rendered, host));
+                    match head {
+                        Ok(head) if head.len() > queue_store::HEAD_MAX_BYTES => {
+                            fail(&mut built, format!("header fields of {} bytes, over 16 KiB", head.len()));
+                            continue;
+                        }
+                        Ok(head) => new_recipient.head = head.into_bytes(),
+                        Err(why) => {
+                            fail(&mut built, why);
+                            continue;
+                        }
+                    }
+                    let added = new_recipient.head.len() as u64
+                        + if shared.is_none() { self.shared_body.as_ref().map_or(0, |b| b.len() as u64) } else { 0 };
+                    self.expanded = self.expanded.saturating_add(added);
+                    if self.expanded > bounds.expansion_max {
+                        let over = self.expanded;
+                        self.next = chunk_start;
+                        return expansion(over);
+                    }
+                    chunk_bytes = chunk_bytes.saturating_add(added);
+                }
+                let shared_body = &self.shared_body;
                 let (message, indexes) = shared.get_or_insert_with(|| {
-                    let Content::Raw(raw) = &content else { unreachable!("personal is false only for raw content") };
-                    (new_message(raw_message(raw, host)), Vec::new())
+                    let body = match (content, shared_body) {
+                        (_, Some(body)) => body.clone(),
+                        (Content::Raw(raw), None) => raw_message(raw, host),
+                        (Content::Builder(_), None) => unreachable!("the builder's shared body is made in prepare"),
+                    };
+                    (new_message(body), Vec::new())
                 });
                 message.recipients.push(new_recipient);
                 indexes.push(index);
@@ -447,6 +498,19 @@ impl Expansion {
         }
         Ok(built)
     }
+}
+
+/// How a request's recipients become stored messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// Raw content without templates: one message for all recipients.
+    Shared,
+    /// The builder with plain body parts: one message for all recipients, each with
+    /// a header block of its own (To, Subject, Message-ID, List-Unsubscribe ...).
+    Heads,
+    /// One message per recipient (templates in the content or body parts, or one
+    /// recipient).
+    Personal,
 }
 
 enum Content {
@@ -521,6 +585,11 @@ impl Templates {
         self.names.push(name.to_string());
         self.any = true;
         Ok(())
+    }
+
+    /// Whether the field `name` is a template (rendered per recipient).
+    fn is_template(&self, name: &str) -> bool {
+        self.names.iter().any(|known| known == name)
     }
 
     /// Every field, rendered with `context` where it is a template.
@@ -624,35 +693,58 @@ fn compose(
     rendered: &BTreeMap<String, String>,
     host: &str,
 ) -> Result<Vec<u8>, String> {
-    let mut head = String::with_capacity(512);
-    let mut field = |name: &str, value: &str| -> Result<(), String> {
-        if value.contains(['\r', '\n']) {
-            return Err(format!("header {name}: a line break in its value"));
-        }
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(&encode_unstructured(value, name.len() + 2));
-        head.push_str("\r\n");
-        Ok(())
-    };
+    let mut out = shared_fields(builder)?.into_bytes();
+    out.extend_from_slice(personal_fields(builder, recipient, rendered, host)?.as_bytes());
+    mime_content(rendered, &mut out);
+    Ok(out)
+}
+
+/// `name: value` CRLF onto `head`, the value encoded as RFC 2047 words where it
+/// must be; a line break in the value is refused.
+fn push_field(head: &mut String, name: &str, value: &str) -> Result<(), String> {
+    if value.contains(['\r', '\n']) {
+        return Err(format!("header {name}: a line break in its value"));
+    }
+    head.push_str(name);
+    head.push_str(": ");
+    head.push_str(&encode_unstructured(value, name.len() + 2));
+    head.push_str("\r\n");
+    Ok(())
+}
+
+/// The builder's fields that are the same for every recipient: From, Reply-To, Date.
+fn shared_fields(builder: &Builder) -> Result<String, String> {
+    let mut head = String::with_capacity(256);
     if let Some(from) = &builder.from {
-        field("From", &mailbox(&from.email, from.name.as_deref()))?;
+        push_field(&mut head, "From", &mailbox(&from.email, from.name.as_deref()))?;
     }
     if let Some(reply_to) = &builder.reply_to {
-        field("Reply-To", &mailbox(&reply_to.email, reply_to.name.as_deref()))?;
+        push_field(&mut head, "Reply-To", &mailbox(&reply_to.email, reply_to.name.as_deref()))?;
     }
-    field("To", &mailbox(&recipient.email, recipient.name.as_deref()))?;
+    push_field(&mut head, "Date", &super::rfc5322_date(crate::log::now_ms() / 1000))?;
+    Ok(head)
+}
+
+/// The builder's fields of one recipient: To, Subject, Message-ID, the extra
+/// headers, List-Unsubscribe (and List-Unsubscribe-Post), Feedback-ID.
+fn personal_fields(
+    builder: &Builder,
+    recipient: &Recipient,
+    rendered: &BTreeMap<String, String>,
+    host: &str,
+) -> Result<String, String> {
+    let mut head = String::with_capacity(512);
+    push_field(&mut head, "To", &mailbox(&recipient.email, recipient.name.as_deref()))?;
     if let Some(subject) = rendered.get("subject") {
-        field("Subject", subject)?;
+        push_field(&mut head, "Subject", subject)?;
     }
-    field("Date", &super::rfc5322_date(crate::log::now_ms() / 1000))?;
     let custom = |wanted: &str| builder.headers.keys().any(|name| name.eq_ignore_ascii_case(wanted));
     if !custom("Message-ID") {
-        field("Message-ID", &format!("<{}@{host}>", unique()))?;
+        push_field(&mut head, "Message-ID", &format!("<{}@{host}>", unique()))?;
     }
     for name in builder.headers.keys() {
         let value = rendered.get(&format!("header:{name}")).map(String::as_str).unwrap_or_default();
-        field(name, value)?;
+        push_field(&mut head, name, value)?;
     }
     let mailto = rendered.get("unsubscribe:mailto").map(|address| address.trim());
     let url = rendered.get("unsubscribe:url").map(|url| url.trim());
@@ -673,17 +765,22 @@ fn compose(
             }
             targets.push(format!("<{url}>"));
         }
-        field("List-Unsubscribe", &targets.join(", "))?;
+        push_field(&mut head, "List-Unsubscribe", &targets.join(", "))?;
         // RFC 8058: one-click only over https, and signed with the message (the
         // default DKIM header list covers both fields).
         if url.is_some_and(|url| url.starts_with("https://")) {
-            field("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")?;
+            push_field(&mut head, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click")?;
         }
     }
     if let Some(feedback_id) = rendered.get("feedback_id") {
-        field("Feedback-ID", feedback_id)?;
+        push_field(&mut head, "Feedback-ID", feedback_id)?;
     }
-    head.push_str("MIME-Version: 1.0\r\n");
+    Ok(head)
+}
+
+/// MIME-Version, the content's type and the body parts, onto `out`.
+fn mime_content(rendered: &BTreeMap<String, String>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"MIME-Version: 1.0\r\n");
     let parts: Vec<(&str, &String)> = [
         ("text/plain", rendered.get("text_body")),
         ("text/x-amp-html", rendered.get("amp_html_body")),
@@ -692,10 +789,9 @@ fn compose(
     .into_iter()
     .filter_map(|(kind, text)| text.map(|text| (kind, text)))
     .collect();
-    let mut out = head.into_bytes();
     match parts.as_slice() {
         [] => out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n\r\n"),
-        [(kind, text)] => part(&mut out, kind, text),
+        [(kind, text)] => part(out, kind, text),
         parts => {
             let boundary = format!("=_ringmail_{:016x}", fastrand::u64(..));
             out.extend_from_slice(
@@ -703,13 +799,12 @@ fn compose(
             );
             for (kind, text) in parts {
                 out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-                part(&mut out, kind, text);
+                part(out, kind, text);
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         }
     }
-    Ok(out)
 }
 
 /// One body part: its header and its text, 7bit when it can be, quoted-printable
@@ -881,8 +976,73 @@ mod tests {
         assert_eq!(remaining, ["u2@x.test", "u3@x.test", "u4@x.test", "u5@x.test"], "none of the failed chunk is lost");
     }
 
+    /// What the first recipient of `message` is sent.
     fn text(message: &NewMessage) -> String {
-        String::from_utf8(message.body.clone()).unwrap()
+        sent(message, 0)
+    }
+
+    /// What recipient `index` of `message` is sent: its header block, then the message.
+    fn sent(message: &NewMessage, index: usize) -> String {
+        let head = message.recipients.get(index).map_or(&[][..], |recipient| &recipient.head[..]);
+        String::from_utf8([head, &message.body[..]].concat()).unwrap()
+    }
+
+    #[test]
+    fn a_builder_campaign_is_one_message_with_a_header_block_each() {
+        let content = serde_json::json!({
+            "from": {"email": "news@s.test", "name": "News"},
+            "subject": "Hello {{ name }}",
+            "text_body": "the same for everyone",
+            "html_body": "<p>the same for everyone</p>",
+            "list_unsubscribe": {"url": "https://s.test/u/{{ id }}"},
+        });
+        let recipients: Vec<serde_json::Value> = (0..3)
+            .map(|i| serde_json::json!({"email": format!("r{i}@d.test"), "substitutions": {"id": i, "name": format!("R{i}")}}))
+            .collect();
+        let built = build(
+            request(serde_json::json!({"envelope_sender": "a@s.test", "content": content, "recipients": recipients})),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(built.messages.len(), 1, "one message stored");
+        let message = &built.messages[0];
+        assert_eq!((message.recipients.len(), built.accepted[0].clone()), (3, vec![0, 1, 2]));
+        let body = String::from_utf8(message.body.clone()).unwrap();
+        assert!(body.starts_with("From: News <news@s.test>\r\nDate: "), "{body}");
+        assert!(body.contains("MIME-Version: 1.0\r\n") && body.contains("the same for everyone"), "{body}");
+        assert!(!body.contains("To:") && !body.contains("Subject:") && !body.contains("List-Unsubscribe"), "{body}");
+        let mut ids = std::collections::HashSet::new();
+        for (i, recipient) in message.recipients.iter().enumerate() {
+            let head = String::from_utf8(recipient.head.clone()).unwrap();
+            assert!(head.starts_with(&format!("To: r{i}@d.test\r\nSubject: Hello R{i}\r\nMessage-ID: <")), "{head}");
+            assert!(head.contains(&format!("List-Unsubscribe: <https://s.test/u/{i}>\r\n")), "{head}");
+            assert!(head.ends_with("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{head}");
+            ids.insert(head.lines().find(|l| l.starts_with("Message-ID")).unwrap().to_string());
+        }
+        assert_eq!(ids.len(), 3, "a Message-ID each");
+        // A template in a body part: one message each, no header blocks.
+        let personal = build(
+            request(serde_json::json!({"envelope_sender": "a@s.test",
+                "content": {"from": {"email": "n@s.test"}, "text_body": "hi {{ name }}"},
+                "recipients": [{"email": "x@d.test", "substitutions": {"name": "X"}}, {"email": "y@d.test"}]})),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!(personal.messages.len(), 2);
+        assert!(personal.messages.iter().all(|m| m.recipients[0].head.is_empty()));
+        // A header field a substitution breaks fails that recipient alone.
+        let broken = build(
+            request(serde_json::json!({"envelope_sender": "a@s.test",
+                "content": {"from": {"email": "n@s.test"}, "subject": "{{ s }}", "text_body": "t"},
+                "recipients": [{"email": "x@d.test", "substitutions": {"s": "ok"}}, {"email": "y@d.test", "substitutions": {"s": "a\r\nBcc: z@evil.test"}}]})),
+            &Limits::default(),
+            "h",
+        )
+        .unwrap();
+        assert_eq!((broken.messages.len(), broken.messages[0].recipients.len()), (1, 1));
+        assert_eq!(broken.failed_recipients, ["y@d.test"]);
     }
 
     #[test]
@@ -951,7 +1111,7 @@ mod tests {
         assert!(first.contains("List-Unsubscribe: <mailto:unsub+x1@s.test>, <https://s.test/u/x1>\r\n"), "{first}");
         assert!(first.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"), "{first}");
         assert!(first.contains("Feedback-ID: spring:acme:news\r\n"), "{first}");
-        assert!(text(&built.messages[1]).contains("<https://s.test/u/y2>"));
+        assert!(sent(&built.messages[0], 1).contains("<https://s.test/u/y2>"));
         // Mailto only, or plain http: no one-click.
         let only = |unsubscribe: serde_json::Value| {
             let content =

@@ -460,12 +460,14 @@ impl Handler {
         let started = Instant::now();
         // Signed before it is stored (by a signer thread, awaited here, never done
         // on this io_uring thread); a full signer queue is "busy" like any shedding.
-        let signing = match self.ingest.signer.submit(body, None) {
-            Ok(crate::dkim::pool::Submitted::Busy(_)) => {
-                Err(crate::dkim::SignError::Busy(self.ingest.signer.queue_max()))
-            }
-            other => other,
+        use crate::dkim::pool::Submitted;
+        let signing = match self.ingest.signer.submit(crate::dkim::Draft::whole(body), None) {
+            Ok(Submitted::Unsigned(draft)) => Ok(Ok(draft.message)),
+            Ok(Submitted::Queued(answer)) => Ok(Err(answer)),
+            Ok(Submitted::Busy(_)) => Err(crate::dkim::SignError::Busy(self.ingest.signer.queue_max())),
+            Err(error) => Err(error),
         };
+        // Ok(body): nothing to sign; Err(answer): a signer's answer to await.
         let signing = match signing {
             Ok(signing) => signing,
             Err(error) => {
@@ -478,20 +480,14 @@ impl Handler {
         let (ingest, peer) = (self.ingest.clone(), self.peer);
         Decision::Later(Box::pin(async move {
             let (body, signatures) = match signing {
-                crate::dkim::pool::Submitted::Unsigned(body) => (body, Vec::new()),
-                crate::dkim::pool::Submitted::Busy(_) => {
-                    let error = crate::dkim::SignError::Busy(ingest.signer.queue_max());
-                    return Verdict::Reject(super::refusal::Refusal::Busy(error.to_string()).smtp_reply());
-                }
-                crate::dkim::pool::Submitted::Queued(answer) => {
-                    match answer.await.unwrap_or(Err(crate::dkim::SignError::Stopped)) {
-                        Ok(signed) => (signed.message, signed.signatures),
-                        Err(error) => {
-                            Metrics::count(&ingest.metrics.rejected_requests, 1);
-                            return Verdict::Reject(super::refusal::Refusal::from(&error).smtp_reply());
-                        }
+                Ok(body) => (body, Vec::new()),
+                Err(answer) => match answer.await.unwrap_or(Err(crate::dkim::SignError::Stopped)) {
+                    Ok(signed) => (signed.message, signed.signatures),
+                    Err(error) => {
+                        Metrics::count(&ingest.metrics.rejected_requests, 1);
+                        return Verdict::Reject(super::refusal::Refusal::from(&error).smtp_reply());
                     }
-                }
+                },
             };
             let new = NewMessage {
                 sender: message.from,

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub dkim_sign_micros: AtomicU64,
     pub dkim_failures: AtomicU64,
     pub dkim_queue_depth: AtomicU64,
+    /// Body hashes (`bh=`) computed: one per message signed, however many
+    /// signatures and per-recipient header blocks it has.
+    pub dkim_body_hashes: AtomicU64,
     /// `notAfter` of the SMTP listener's certificate (seconds since the epoch); 0: none.
     pub tls_certificate_expiry: AtomicU64,
     /// Which threads run, and the socket backend (`/healthz` reads it too).
@@ -134,6 +137,11 @@ impl Metrics {
                 &self.dkim_signed_messages,
             ),
             ("ringmail_dkim_sign_seconds_sum", "Signer threads' time spent signing messages", &self.dkim_sign_micros),
+            (
+                "ringmail_dkim_body_hashes_total",
+                "DKIM body hashes computed (one per message signed, shared by its signatures and header blocks)",
+                &self.dkim_body_hashes,
+            ),
             (
                 "ringmail_dkim_failures_total",
                 "Messages a signer could not sign (refused at ingest, never sent unsigned)",

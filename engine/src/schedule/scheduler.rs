@@ -234,12 +234,40 @@ impl Scheduler {
                     }
                 },
             };
-            let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
             let hold = holds.get(&message);
+            if recipients[0].envelope.heads {
+                // Each recipient with a header block of its own is a transaction of its own.
+                for recipient in self.with_heads(recipients) {
+                    self.hand_over(std::slice::from_ref(&recipient), &route, &body, hold);
+                }
+                continue;
+            }
+            let per_transaction = self.live.current().delivery.recipients_per_transaction_max.max(1);
             for chunk in recipients.chunks(per_transaction) {
                 self.hand_over(chunk, &route, &body, hold);
             }
         }
+    }
+
+    /// The recipients with their header blocks: handed-over mail brought them, claimed
+    /// mail reads them beside the body. One that cannot be read is failed (transient,
+    /// as an unreadable body is) and left out.
+    fn with_heads(&self, recipients: Vec<Claimed>) -> Vec<Claimed> {
+        let mut ready = Vec::with_capacity(recipients.len());
+        for mut recipient in recipients {
+            if recipient.head.is_none() {
+                match self.store.head(recipient.key) {
+                    Ok(head) => recipient.head = head.map(Arc::from),
+                    Err(error) => {
+                        let reason = format!("the stored header block could not be read: {error}");
+                        self.fail(&recipient, AttemptResult::Transient(reason));
+                        continue;
+                    }
+                }
+            }
+            ready.push(recipient);
+        }
+        ready
     }
 
     fn hand_over(&self, recipients: &[Claimed], route: &Arc<Route>, body: &Arc<[u8]>, hold: Option<&Arc<BodyHold>>) {
@@ -261,6 +289,8 @@ impl Scheduler {
             attempts: recipients.iter().map(|c| c.recipient.attempts).collect(),
             envelope: Arc::clone(&recipients[0].envelope),
             body: Arc::clone(body),
+            // One recipient when it has a header block (`route_and_hand`).
+            head: recipients[0].head.clone(),
             route: Arc::clone(route),
             ehlo_name,
             lane,

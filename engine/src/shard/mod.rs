@@ -65,6 +65,9 @@ pub struct Work {
     pub attempts: Vec<u32>,
     pub envelope: Arc<Envelope>,
     pub body: Arc<[u8]>,
+    /// The recipient's own header block, sent before the body (a `Work` with one
+    /// has one recipient).
+    pub head: Option<Arc<[u8]>>,
     pub lane: LaneKey,
     pub route: Arc<Route>,
     /// The EHLO name for the egress source.
@@ -397,6 +400,7 @@ fn transaction(work: &Work) -> Transaction {
         sender: work.envelope.sender.clone(),
         recipients: work.recipients.clone(),
         message: Arc::clone(&work.body),
+        head: work.head.clone(),
     }
 }
 

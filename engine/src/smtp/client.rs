@@ -132,9 +132,27 @@ pub struct Transaction {
     pub recipients: Vec<String>,
     /// The RFC 5322 message; line ends are normalised and dots stuffed on the way out.
     pub message: Arc<[u8]>,
+    /// Header fields sent before `message` (a recipient's own header block beside a
+    /// body stored once for many): whole fields, each ending in CRLF.
+    pub head: Option<Arc<[u8]>>,
 }
 
 impl Transaction {
+    /// The head (if any) and the message, in the order they are sent.
+    fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        self.head.as_deref().into_iter().chain(std::iter::once(&self.message[..]))
+    }
+
+    /// Whether any byte sent has the high bit set.
+    fn is_8bit(&self) -> bool {
+        self.parts().any(data::is_8bit)
+    }
+
+    /// The octets sent for head and message, the end-of-data line excluded.
+    fn stuffed_len(&self) -> usize {
+        self.parts().map(data::stuffed_len).sum()
+    }
+
     /// Whether the envelope needs SMTPUTF8 (a non-ASCII address, RFC 6531).
     pub fn needs_smtputf8(&self) -> bool {
         !self.sender.is_ascii() || self.recipients.iter().any(|r| !r.is_ascii())
@@ -510,7 +528,7 @@ impl ClientSession {
         }
         // RFC 6152: 8-bit content only to a server that says 8BITMIME. Converting it
         // here would break a DKIM signature made at ingest: refused instead.
-        if !self.capabilities.eight_bit_mime && data::is_8bit(&transaction.message) {
+        if !self.capabilities.eight_bit_mime && transaction.is_8bit() {
             return Some(
                 "554 5.6.3 the message has 8-bit content and the server does not offer 8BITMIME \
                  (RFC 6152); ringmail does not convert at delivery"
@@ -518,8 +536,8 @@ impl ClientSession {
             );
         }
         match self.capabilities.size {
-            Some(limit) if limit > 0 && data::stuffed_len(&transaction.message) as u64 > limit => {
-                let size = data::stuffed_len(&transaction.message);
+            Some(limit) if limit > 0 && transaction.stuffed_len() as u64 > limit => {
+                let size = transaction.stuffed_len();
                 Some(format!("the message ({size} octets) exceeds the server's SIZE {limit}"))
             }
             _ => None,
@@ -528,8 +546,8 @@ impl ClientSession {
 
     fn begin(&mut self, transaction: Transaction, now: Instant) {
         let parameters = MailParameters {
-            size: self.capabilities.size.map(|_| data::stuffed_len(&transaction.message) as u64),
-            body_8bit: self.capabilities.eight_bit_mime && data::is_8bit(&transaction.message),
+            size: self.capabilities.size.map(|_| transaction.stuffed_len() as u64),
+            body_8bit: self.capabilities.eight_bit_mime && transaction.is_8bit(),
             smtputf8: transaction.needs_smtputf8(),
         };
         let pipelined = self.config.pipelining && self.capabilities.pipelining;
@@ -778,6 +796,9 @@ impl ClientSession {
             }
             Some(Expect::Dot { real }) => {
                 if real {
+                    if let Some(head) = &active.transaction.head {
+                        data::stuff_lines(head, &mut self.out);
+                    }
                     data::stuff(&active.transaction.message, &mut self.out);
                 } else {
                     self.out.extend_from_slice(data::END_OF_DATA);
@@ -922,6 +943,7 @@ mod tests {
             sender: "s@x.test".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
             message: message.to_vec().into(),
+            head: None,
         }
     }
 

@@ -8,6 +8,13 @@ pub const END_OF_DATA: &[u8] = b".\r\n";
 /// (a bare LF or bare CR becomes CRLF), a line that starts with `.` gets another
 /// `.`, and the text ends with CRLF (added if missing) and then `.` CRLF.
 pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
+    stuff_lines(message, out);
+    out.extend_from_slice(END_OF_DATA);
+}
+
+/// [`stuff`] without the end-of-data line: for a part sent before the rest of the
+/// message (it ends in a line end, as `stuff` makes every part do).
+pub fn stuff_lines(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
     let mut rest = message;
     while !rest.is_empty() {
@@ -26,7 +33,6 @@ pub fn stuff(message: &[u8], out: &mut Vec<u8>) {
         let ending = if rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n') { 2 } else { 1 };
         rest = &rest[end + ending..];
     }
-    out.extend_from_slice(END_OF_DATA);
 }
 
 /// How many octets `stuff` writes for `message`, the end-of-data line excluded: the
