@@ -3,7 +3,8 @@
 //! All integers are big-endian so that RocksDB's bytewise order is numeric order:
 //! - envelopes CF: `id` (8 bytes) is a message envelope; `id ++ index` (12 bytes) is
 //!   one recipient of it, so a prefix scan over `id` reads the whole message.
-//! - bodies CF: `id` (8 bytes).
+//! - bodies CF: `id` (8 bytes) is a message body; `id ++ index` (12 bytes) is one
+//!   recipient's header block (format version 2), beside it.
 //! - due CF: `shard (2) ++ due_ms (8) ++ id (8) ++ index (4)`, so one shard's due
 //!   recipients are a contiguous range in due order.
 //! - domains CF: `domain ++ 0x00 ++ id (8) ++ index (4)`, one domain's recipients in

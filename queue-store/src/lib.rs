@@ -64,6 +64,7 @@ pub use types::{
     StateCounts, TerminalKind, TerminalRecord, HEAD_MAX_BYTES, IDEMPOTENCY_KEY_MAX,
 };
 pub use validate::address as check_address;
+pub use validate::head as check_head;
 
 /// Column family names, for tools that open the database directly (backups, tests).
 pub mod column_families {

@@ -32,9 +32,11 @@ pub(crate) fn message(message: &NewMessage, limits: &Limits) -> Result<(), Inval
     Ok(())
 }
 
-/// A header block is whole header fields: each line ends in CRLF, none is empty
-/// (that would end the header section early), the first is not a continuation.
-fn head(head: &[u8]) -> Result<(), &'static str> {
+/// Whether `head` is whole header fields, as a recipient's header block must be:
+/// each line ends in CRLF and has at most 998 octets (RFC 5322 §2.1.1), a line is
+/// a `name:` field or the continuation of one (starts with a space or tab, and is
+/// not only white space), none is empty (that would end the header section early).
+pub fn head(head: &[u8]) -> Result<(), &'static str> {
     if head.is_empty() {
         return Ok(());
     }
@@ -45,13 +47,28 @@ fn head(head: &[u8]) -> Result<(), &'static str> {
         return Err("header block is not whole header fields");
     }
     let fields = &head[..head.len() - 2];
-    let mut lines = fields.split(|&byte| byte == b'\n');
-    if lines.any(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        line.is_empty() || line.contains(&b'\r')
-    }) || has_bare_line_feed(fields)
-    {
+    if has_bare_line_feed(fields) {
         return Err("header block has an empty line or a bare line feed");
+    }
+    for line in fields.split(|&byte| byte == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() || line.contains(&b'\r') {
+            return Err("header block has an empty line or a bare line feed");
+        }
+        if line.len() > 998 {
+            return Err("header block has a line over 998 octets");
+        }
+        let continuation = line[0] == b' ' || line[0] == b'\t';
+        if continuation && line.iter().all(|b| *b == b' ' || *b == b'\t') {
+            return Err("header block has a line of white space only");
+        }
+        let named = line
+            .iter()
+            .position(|&b| b == b':')
+            .is_some_and(|colon| colon > 0 && line[..colon].iter().all(|b| b.is_ascii_graphic() && *b != b':'));
+        if !continuation && !named {
+            return Err("header block has a line that is not a header field");
+        }
     }
     Ok(())
 }

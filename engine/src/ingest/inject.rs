@@ -254,6 +254,9 @@ impl Expansion {
                     if !is_field_name(name) {
                         return bad(format!("content.headers: \"{name}\" is not a header field name"));
                     }
+                    if let Some(owner) = reserved_field(name) {
+                        return bad(format!("content.headers: \"{name}\" is {owner}"));
+                    }
                     templates.add(&format!("header:{name}"), value)?;
                 }
                 let named = |wanted: &str| builder.headers.keys().any(|name| name.eq_ignore_ascii_case(wanted));
@@ -290,7 +293,7 @@ impl Expansion {
         let message_meta = metadata(&request.metadata);
         // One message per recipient when each gets its own body; one message for all
         // with a header block each when only their header fields differ.
-        let plain_body = ["text_body", "html_body", "amp_html_body"].iter().all(|name| !templates.is_template(name));
+        let plain_body = BODY_PARTS.iter().all(|name| !templates.is_template(name));
         let shape = match &content {
             Content::Raw(_) if !templates.any => Shape::Shared,
             Content::Builder(_) if plain_body && request.recipients.len() > 1 => Shape::Heads,
@@ -300,6 +303,12 @@ impl Expansion {
             (Content::Builder(builder), Shape::Heads) => {
                 let mut body = shared_fields(builder).map_err(|why| BadRequest(why, Problem::Invalid))?.into_bytes();
                 mime_content(&templates.plain, &mut body);
+                // What is rendered per recipient from now on: header fields only, none
+                // longer than a header block (the body is in the shared message).
+                for name in BODY_PARTS {
+                    templates.plain.remove(name);
+                }
+                templates.output_max = HEAD_UNSIGNED_MAX as u64;
                 Some(body)
             }
             _ => None,
@@ -417,11 +426,11 @@ impl Expansion {
                     let head = templates
                         .render(&Value::Object(context))
                         .and_then(|rendered| personal_fields(builder, recipient, &rendered, host));
+                    let head = head.and_then(|head| match head.len() > HEAD_UNSIGNED_MAX {
+                        true => Err(format!("header fields of {} bytes, over 12 KiB", head.len())),
+                        false => queue_store::check_head(head.as_bytes()).map(|()| head).map_err(str::to_string),
+                    });
                     match head {
-                        Ok(head) if head.len() > queue_store::HEAD_MAX_BYTES => {
-                            fail(&mut built, format!("header fields of {} bytes, over 16 KiB", head.len()));
-                            continue;
-                        }
                         Ok(head) => new_recipient.head = head.into_bytes(),
                         Err(why) => {
                             fail(&mut built, why);
@@ -449,7 +458,12 @@ impl Expansion {
                 });
                 message.recipients.push(new_recipient);
                 indexes.push(index);
-                if message.recipients.len() >= limits.recipients_per_message_max as usize {
+                let most = match shape {
+                    // One signing job signs every block of its message: bounded.
+                    Shape::Heads => (limits.recipients_per_message_max as usize).min(HEADS_PER_MESSAGE_MAX),
+                    _ => limits.recipients_per_message_max as usize,
+                };
+                if message.recipients.len() >= most {
                     if let Some((message, indexes)) = shared.take() {
                         built.messages.push(message);
                         built.accepted.push(indexes);
@@ -500,6 +514,19 @@ impl Expansion {
     }
 }
 
+/// The builder's body parts: plain ones go in the shared message of [`Shape::Heads`].
+const BODY_PARTS: [&str; 3] = ["text_body", "html_body", "amp_html_body"];
+
+/// A recipient's header fields before signing, at most: the store takes blocks of
+/// `queue_store::HEAD_MAX_BYTES` (16 KiB), and the DKIM signatures added on top
+/// take about 1 KiB an entry.
+const HEAD_UNSIGNED_MAX: usize = 12 * 1024;
+
+/// Recipients of one stored message with header blocks, at most: a signer signs
+/// all of a message's blocks in one job (1,000 RSA-2048 signatures, about half a
+/// second of one core), and the blocks are read with it.
+const HEADS_PER_MESSAGE_MAX: usize = 1000;
+
 /// How a request's recipients become stored messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
@@ -533,12 +560,15 @@ struct Templates {
 struct Bounded {
     out: Vec<u8>,
     max: u64,
+    /// Whether a write was refused for the limit.
+    over: bool,
 }
 
 impl std::io::Write for Bounded {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         if (self.out.len() + bytes.len()) as u64 > self.max {
-            return Err(std::io::Error::other("the rendered text is over the message size limit"));
+            self.over = true;
+            return Err(std::io::Error::other("the rendered text is over its limit"));
         }
         self.out.extend_from_slice(bytes);
         Ok(bytes.len())
@@ -597,10 +627,11 @@ impl Templates {
         let mut out = self.plain.clone();
         for name in &self.names {
             let template = self.environment.get_template(name).map_err(|e| e.to_string())?;
-            let mut output = Bounded { out: Vec::new(), max: self.output_max };
-            template
-                .render_captured_to(context, &mut output)
-                .map_err(|error| format!("{}: {error}", field_of(name)))?;
+            let mut output = Bounded { out: Vec::new(), max: self.output_max, over: false };
+            template.render_captured_to(context, &mut output).map_err(|error| match output.over {
+                true => format!("{}: the rendered text is over {} bytes", field_of(name), self.output_max),
+                false => format!("{}: {error}", field_of(name)),
+            })?;
             let text =
                 String::from_utf8(output.out).map_err(|_| format!("{}: rendered text is not UTF-8", field_of(name)))?;
             out.insert(name.clone(), text);
@@ -633,6 +664,24 @@ fn metadata(map: &Map<String, Value>) -> Metadata {
 
 fn is_field_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// Why `name` may not be one of the builder's extra headers: the fields the builder
+/// writes itself, and those that speak for the message's authenticity or its path
+/// (a second From under the sender's DKIM signature is the classic spoof).
+fn reserved_field(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        "from" | "sender" | "reply-to" | "to" | "subject" | "date" | "mime-version" => {
+            Some("written by the builder (use its own field)")
+        }
+        "dkim-signature" | "authentication-results" | "received" | "return-path" | "received-spf" => {
+            Some("added by the mail system, not by the sender")
+        }
+        _ if lower.starts_with("content-") => Some("written by the builder (use its own field)"),
+        _ if lower.starts_with("arc-") => Some("added by the mail system, not by the sender"),
+        _ => None,
+    }
 }
 
 /// A raw message with CRLF line ends, and a `Message-ID:` and a `Date:` when it
@@ -1043,6 +1092,34 @@ mod tests {
         .unwrap();
         assert_eq!((broken.messages.len(), broken.messages[0].recipients.len()), (1, 1));
         assert_eq!(broken.failed_recipients, ["y@d.test"]);
+        // So does one whose fields would not fit a header block, or make a line
+        // over 998 octets; the others go on.
+        let long = |recipients: serde_json::Value| {
+            build(
+                request(serde_json::json!({"envelope_sender": "a@s.test",
+                    "content": {"from": {"email": "n@s.test"}, "subject": "{{ s }}", "text_body": "t"},
+                    "recipients": recipients})),
+                &Limits::default(),
+                "h",
+            )
+            .unwrap()
+        };
+        let words = "word ".repeat(3000); // 15 KB, foldable
+        let built = long(serde_json::json!([{"email": "x@d.test", "substitutions": {"s": "ok"}},
+            {"email": "y@d.test", "substitutions": {"s": words}}, {"email": "z@d.test", "substitutions": {"s": "x".repeat(1200)}}]));
+        assert_eq!(built.failed_recipients, ["y@d.test", "z@d.test"], "{:?}", built.errors);
+        assert!(built.errors[0].contains("over 12288 bytes") && built.errors[1].contains("998"), "{:?}", built.errors);
+        // The builder's own fields and the mail system's are not extra headers.
+        for name in ["From", "sender", "DKIM-Signature", "Content-Type", "ARC-Seal", "Received"] {
+            let refused = build(
+                request(serde_json::json!({"envelope_sender": "a@s.test",
+                    "content": {"from": {"email": "n@s.test"}, "text_body": "t", "headers": {name: "x@evil.test"}},
+                    "recipients": [{"email": "x@d.test"}, {"email": "y@d.test"}]})),
+                &Limits::default(),
+                "h",
+            );
+            assert!(refused.unwrap_err().0.contains("content.headers"), "{name}");
+        }
     }
 
     #[test]

@@ -250,13 +250,15 @@ impl Scheduler {
     }
 
     /// The recipients with their header blocks: handed-over mail brought them, claimed
-    /// mail reads them beside the body. One that cannot be read is failed (transient,
-    /// as an unreadable body is) and left out.
+    /// mail reads them beside the body (one batched read). One that cannot be read
+    /// is failed (transient, as an unreadable body is) and left out.
     fn with_heads(&self, recipients: Vec<Claimed>) -> Vec<Claimed> {
+        let missing: Vec<_> = recipients.iter().filter(|r| r.head.is_none()).map(|r| r.key).collect();
+        let mut read = self.store.heads(&missing).into_iter();
         let mut ready = Vec::with_capacity(recipients.len());
         for mut recipient in recipients {
             if recipient.head.is_none() {
-                match self.store.head(recipient.key) {
+                match read.next().unwrap_or(Ok(None)) {
                     Ok(head) => recipient.head = head.map(Arc::from),
                     Err(error) => {
                         let reason = format!("the stored header block could not be read: {error}");
