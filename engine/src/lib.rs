@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod dkim;
 pub mod dns;
+pub mod doctor;
 pub mod health;
 pub mod http_guard;
 pub mod ingest;

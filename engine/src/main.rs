@@ -34,6 +34,16 @@ enum Command {
     },
     /// Operate a running daemon over its admin API (queue, suspend, bounce, backup ...).
     Ctl(ctl::Ctl),
+    /// Check the sending setup as receivers will: DKIM keys, SPF, DMARC and
+    /// alignment, reverse DNS, blocklists (through the configured resolver). Exit
+    /// status 1 when any check fails.
+    Doctor {
+        #[arg(long)]
+        config: PathBuf,
+        /// The findings as JSON (an array of {check, subject, status, detail}).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,7 +59,11 @@ fn main() -> ExitCode {
         let filter = tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }));
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if let Command::Doctor { config, json } = &command {
+        return doctor(config, *json);
+    }
+    let result = match command {
         Command::Serve { config: path } => Config::load(&path)
             .map_err(|e| e.to_string())
             .and_then(|config| ringmail::daemon::serve(config, path).map_err(|e| e.to_string())),
@@ -63,6 +77,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Ctl(ctl) => ctl::run(ctl),
+        Command::Doctor { .. } => unreachable!("handled above"),
         Command::CheckConfig { config } => Config::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|loaded| ringmail::policy::check(&loaded).map_err(|e| format!("{}: {e}", config.display())))
@@ -75,4 +90,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `ringmail doctor`: the findings as a table (or JSON); 0 when nothing fails, 1
+/// when a check fails, 2 when the checks could not run (the configuration).
+fn doctor(path: &std::path::Path, json: bool) -> ExitCode {
+    let run = Config::load(path).map_err(|e| e.to_string()).and_then(|config| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("a runtime for the lookups: {e}"))?;
+        runtime.block_on(ringmail::doctor::run(&config))
+    });
+    let findings = match run {
+        Ok(findings) => findings,
+        Err(error) => {
+            eprintln!("ringmail: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let (text, status) = ringmail::doctor::report(&findings, json);
+    print!("{text}");
+    ExitCode::from(status)
 }

@@ -203,3 +203,33 @@ fn serve_answers_refuses_bad_input_clearly_and_stops_on_sigterm() {
     };
     assert!(status.success(), "a clean stop: {status:?}");
 }
+
+#[test]
+fn doctor_reports_in_a_table_or_json_and_exits_by_the_worst_finding() {
+    let dir = tempfile::tempdir().unwrap();
+    // A nameserver that never answers: the egress address's PTR check fails with
+    // "DNS timeout", and the exit status is 1.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = dir.path().join("doctor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\nnameservers = [\"{}\"]\ntimeout_ms = 200\n[[egress]]\naddress = \"127.0.0.90\"\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let output = ringmail(&["doctor", "--config", config.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    assert!(table.contains("PTR") && table.contains("FAIL") && table.contains("DNS timeout"), "{table}");
+    let output = ringmail(&["doctor", "--json", "--config", config.to_str().unwrap()]);
+    let findings: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(findings[0]["check"], "PTR");
+    assert_eq!(findings[0]["status"], "FAIL");
+    // A mistake in [doctor] is the configuration's: named, exit status 2.
+    std::fs::write(&config, "[dns]\nnameservers = [\"127.0.0.1:53\"]\n[doctor]\ndnsbls = []\n").unwrap();
+    let output = ringmail(&["doctor", "--config", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("dnsbls"), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo, Server};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -97,6 +97,13 @@ impl Zone {
                 record.value.as_bytes().chunks(255).map(|chunk| String::from_utf8_lossy(chunk).into_owned()).collect();
             zone.add(&record.name, RData::TXT(TXT::new(strings)))?;
         }
+        for record in &scenario.addresses {
+            zone.add_address(&record.name, record.address)?;
+        }
+        for record in &scenario.ptr {
+            let reverse = Name::from(record.address).to_ascii();
+            zone.add(&reverse, RData::PTR(PTR(fqdn(&record.name)?)))?;
+        }
         Ok(zone)
     }
 
@@ -113,6 +120,26 @@ impl Zone {
         self.names.entry(key(name)).or_insert(Behaviour::Answer);
         self.records.entry((key(name), record_type)).or_default().push(record);
         Ok(())
+    }
+
+    /// Whether `name` (not itself in the zone) is under a name of the zone, or under
+    /// the parent of one when that parent has two labels or more (`a.b.test` makes
+    /// the zone answer for `*.b.test`; `b.test` does not make it answer for `*.test`).
+    fn encloses(&self, name: &str) -> bool {
+        let mut rest = name;
+        while let Some((_, parent)) = rest.split_once('.') {
+            if self.names.contains_key(parent) {
+                return true;
+            }
+            let labels = parent.split('.').count();
+            if labels >= 2
+                && self.names.keys().any(|known| known.strip_suffix(parent).is_some_and(|head| head.ends_with('.')))
+            {
+                return true;
+            }
+            rest = parent;
+        }
+        false
     }
 
     /// The zone in master-file form, sorted, for `loadgen dns --print`.
@@ -150,6 +177,17 @@ impl RequestHandler for ZoneHandler {
         let name = key(&query.name().to_string());
         let behaviour = self.zone.names.get(&name).copied();
         match behaviour {
+            // Under a name the zone has (or beside one, under its parent): no such
+            // name, as the authority of that domain would say (a DMARC record at
+            // `_dmarc.news.example.test` that is not published, a blocklist's
+            // unlisted address).
+            None if self.zone.encloses(&name) => {
+                let code = match self.outage.load(Ordering::Relaxed) {
+                    true => ResponseCode::ServFail,
+                    false => ResponseCode::NXDomain,
+                };
+                return respond_error(request, code, response_handle).await;
+            }
             // Not ours: a name outside the zone is refused, as an authority would.
             None => return respond_error(request, ResponseCode::Refused, response_handle).await,
             Some(_) if self.outage.load(Ordering::Relaxed) => {

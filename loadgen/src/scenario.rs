@@ -38,6 +38,29 @@ pub struct Scenario {
     /// SPF, DMARC).
     #[serde(default, rename = "txt")]
     pub txt: Vec<TxtRecord>,
+    /// Address records besides the MX hosts' (a PTR name's forward record, a
+    /// blocklist's listing).
+    #[serde(default, rename = "a")]
+    pub addresses: Vec<AddressRecord>,
+    /// Reverse records: `address` has the PTR `name`.
+    #[serde(default, rename = "ptr")]
+    pub ptr: Vec<PtrRecord>,
+}
+
+/// `name` has the address `address` (A or AAAA).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AddressRecord {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// `address`'s reverse name (in-addr.arpa or ip6.arpa) points at `name`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PtrRecord {
+    pub address: IpAddr,
+    pub name: String,
 }
 
 /// One TXT record: `name` answers `value` (split into strings of at most 255

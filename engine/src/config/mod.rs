@@ -56,6 +56,24 @@ pub struct Config {
     #[serde(default, rename = "dkim")]
     #[cfg_attr(test, serde(skip_serializing))]
     pub dkim: Vec<DkimEntry>,
+    /// What `ringmail doctor` checks besides what the rest of the file names.
+    #[serde(default)]
+    pub doctor: DoctorSection,
+}
+
+/// `[doctor]`: `ringmail doctor`'s own settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct DoctorSection {
+    /// DNS blocklist zones each egress address is looked up in (e.g.
+    /// "zen.spamhaus.org"); none by default (most need an account at volume).
+    #[serde(default)]
+    pub dnsbl: Vec<String>,
+    /// Envelope-sender (MAIL FROM) domains whose SPF record must authorise every
+    /// egress address; default: the From domains of the `[[dkim]]` entries.
+    #[serde(default)]
+    pub envelope_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

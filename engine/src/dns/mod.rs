@@ -108,6 +108,9 @@ impl MxResolver {
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         builder.options_mut().timeout = Duration::from_millis(section.timeout_ms);
         builder.options_mut().attempts = 2;
+        // The configured nameservers only: never /etc/hosts (a host entry must not
+        // route mail, and tests must not depend on the machine's file).
+        builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         builder.options_mut().cache_size = section.cache_size as u64;
         let resolver = builder.build().map_err(ResolverError::Build)?;
         Ok(MxResolver {
