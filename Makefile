@@ -21,7 +21,7 @@ build: deps
 # daemon-level tests again with io_uring blocked by a seccomp filter (as in a
 # container whose profile forbids it): the engine must run them on epoll.
 DAEMON_TESTS = --test engine --test engine_admin --test engine_crash \
-	--test engine_ingest --test engine_rules --test engine_shard_down --test engine_smtp --test engine_store_format --test engine_latency --test engine_tls --test engine_http_guard --test engine_loop --test engine_inject_bounds --test engine_dns_stall --test engine_slowloris --test engine_memory --test engine_inject_stream --test engine_dkim
+	--test engine_ingest --test engine_rules --test engine_shard_down --test engine_smtp --test engine_store_format --test engine_latency --test engine_tls --test engine_http_guard --test engine_loop --test engine_inject_bounds --test engine_dns_stall --test engine_slowloris --test engine_memory --test engine_inject_stream --test engine_dkim --test engine_heads
 test: deps
 	$(CARGO) test --workspace
 	RINGMAIL_TEST_BLOCK_IO_URING=1 $(CARGO) test --workspace $(DAEMON_TESTS)

@@ -522,7 +522,9 @@ impl Store {
 }
 
 impl Store {
-    /// A recipient's header block (`None`: it has none), its checksum checked.
+    /// A recipient's header block, its checksum checked: empty when the recipient has
+    /// none, `None` when none is stored (a message without blocks, or a fault in one
+    /// with them).
     pub fn head(&self, key: RecipientKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.heads(&[key]).pop().unwrap_or(Ok(None))
     }

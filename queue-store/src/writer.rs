@@ -437,9 +437,11 @@ impl Writer {
         };
         batch.put_cf(cf(&self.db, CF_ENVELOPES), envelope_key(id), encode_envelope(&envelope));
         batch.put_cf(cf(&self.db, CF_BODIES), envelope_key(id), &message.body);
-        // Header blocks beside the body: `id ++ index` in the bodies family.
-        for (index, recipient) in message.recipients.iter().enumerate() {
-            if !recipient.head.is_empty() {
+        // Header blocks beside the body: `id ++ index` in the bodies family, one for
+        // every recipient of a message that has any (an empty one for a recipient
+        // without), so that a block that is not there is a fault, never "none".
+        if envelope.heads {
+            for (index, recipient) in message.recipients.iter().enumerate() {
                 let key = RecipientKey { message: id, index: index as u32 };
                 batch.put_cf(cf(&self.db, CF_BODIES), recipient_key(key), encode_head(&recipient.head));
             }

@@ -258,8 +258,15 @@ impl Scheduler {
         let mut ready = Vec::with_capacity(recipients.len());
         for mut recipient in recipients {
             if recipient.head.is_none() {
-                match read.next().unwrap_or(Ok(None)) {
-                    Ok(head) => recipient.head = head.map(Arc::from),
+                // A message with blocks has one for every recipient (empty: none);
+                // one that is missing is a fault, not a message to send without it.
+                let head = match read.next().unwrap_or(Ok(None)) {
+                    Ok(Some(head)) => Ok(head),
+                    Ok(None) => Err("no header block is stored for it".to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                match head {
+                    Ok(head) => recipient.head = (!head.is_empty()).then(|| Arc::from(head)),
                     Err(error) => {
                         let reason = format!("the stored header block could not be read: {error}");
                         self.fail(&recipient, AttemptResult::Transient(reason));
