@@ -11,10 +11,8 @@
 //! a FAIL or WARN line with its reason, never a crash; a DNS timeout says so.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
@@ -75,25 +73,8 @@ pub async fn run(config: &Config) -> Result<Vec<Finding>, String> {
     if config.dns.nameservers.is_empty() {
         return Err("dns.nameservers: doctor looks names up through the configured resolver only".into());
     }
-    let servers = config
-        .dns
-        .nameservers
-        .iter()
-        .map(|address| {
-            let mut server = NameServerConfig::udp_and_tcp(address.ip());
-            for connection in &mut server.connections {
-                connection.port = address.port();
-            }
-            server
-        })
-        .collect();
-    let mut options = ResolverOpts::default();
-    options.timeout = Duration::from_millis(config.dns.timeout_ms);
-    options.attempts = 2;
-    // The configured nameservers only: not /etc/hosts either.
-    options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-    let dns = MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), options)
-        .map_err(|error| format!("the resolver: {error}"))?;
+    let (resolver, options) = crate::dns::configured(&config.dns).map_err(|error| error.to_string())?;
+    let dns = MessageAuthenticator::new(resolver, options).map_err(|error| format!("the resolver: {error}"))?;
     let doctor = Doctor { config, dns };
     let mut findings = Vec::new();
     for entry in &config.dkim {
@@ -266,7 +247,7 @@ impl Doctor<'_> {
             Ok(bytes) => bytes,
             Err(error) => return fail(format!("p= is not base64: {error}")),
         };
-        let (public, description) = match public_key(&entry.key, &entry.algorithm) {
+        let (public, rsa_bits) = match crate::dkim::public_key(&entry.key, &entry.algorithm) {
             Ok(key) => key,
             Err(why) => return fail(format!("key {}: {why}", entry.key.display())),
         };
@@ -277,17 +258,15 @@ impl Doctor<'_> {
                 entry.key.display()
             ));
         }
-        match description {
-            KeyKind::Rsa(bits) if bits < 2048 => finding(
+        match rsa_bits {
+            Some(bits) if bits < 2048 => finding(
                 "DKIM",
                 name,
                 Status::Warn,
                 format!("published and matching, but RSA {bits} bits: use 2048 (RFC 8301 allows 1024 only for now)"),
             ),
-            KeyKind::Rsa(bits) => {
-                finding("DKIM", name, Status::Pass, format!("published and matching (RSA {bits} bits)"))
-            }
-            KeyKind::Ed25519 => finding("DKIM", name, Status::Pass, "published and matching (Ed25519)"),
+            Some(bits) => finding("DKIM", name, Status::Pass, format!("published and matching (RSA {bits} bits)")),
+            None => finding("DKIM", name, Status::Pass, "published and matching (Ed25519)"),
         }
     }
 
@@ -620,37 +599,6 @@ impl Doctor<'_> {
             Err(error) => finding("blocklist", subject, Status::Warn, format!("{} asking {zone}", failure(&error))),
         }
     }
-}
-
-enum KeyKind {
-    Rsa(usize),
-    Ed25519,
-}
-
-/// The public half of the private key in `path`, in the forms a record may publish:
-/// SubjectPublicKeyInfo and PKCS#1 RSAPublicKey for RSA, the 32 bytes for Ed25519.
-fn public_key(path: &Path, algorithm: &str) -> Result<(Vec<Vec<u8>>, KeyKind), String> {
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::KeyPair;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::PrivateKeyDer;
-    let der = PrivateKeyDer::from_pem_file(path).map_err(|error| error.to_string())?;
-    if algorithm == "ed25519-sha256" {
-        let PrivateKeyDer::Pkcs8(pkcs8) = der else { return Err("an Ed25519 key must be PKCS#8".into()) };
-        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8.secret_pkcs8_der())
-            .map_err(|error| format!("not an Ed25519 key: {error}"))?;
-        return Ok((vec![pair.public_key().as_ref().to_vec()], KeyKind::Ed25519));
-    }
-    let pair = match &der {
-        PrivateKeyDer::Pkcs1(der) => aws_lc_rs::rsa::KeyPair::from_der(der.secret_pkcs1_der()),
-        PrivateKeyDer::Pkcs8(der) => aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der()),
-        _ => return Err("not an RSA key".into()),
-    }
-    .map_err(|error| format!("not an RSA key: {error}"))?;
-    let bits = pair.public_modulus_len() * 8;
-    let pkcs1 = pair.public_key().as_ref().to_vec();
-    let spki = pair.public_key().as_der().map_err(|_| "its public key does not encode".to_string())?;
-    Ok((vec![spki.as_ref().to_vec(), pkcs1], KeyKind::Rsa(bits)))
 }
 
 /// What `ringmail doctor` prints (the table, or JSON) and its exit status: 1 when a

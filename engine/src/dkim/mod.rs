@@ -339,18 +339,42 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// The modulus size of an RSA private key (PKCS#1 or PKCS#8), in bits; else what
-/// is wrong with it, as the error says it.
-fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+/// The RSA key pair of a private key (PKCS#1 or PKCS#8); else what is wrong with
+/// it, as the error says it.
+fn rsa_pair(der: &PrivateKeyDer<'_>) -> Result<aws_lc_rs::rsa::KeyPair, String> {
     let pair = match der {
         PrivateKeyDer::Pkcs1(der) => aws_lc_rs::rsa::KeyPair::from_der(der.secret_pkcs1_der()),
         PrivateKeyDer::Pkcs8(der) => aws_lc_rs::rsa::KeyPair::from_pkcs8(der.secret_pkcs8_der()),
         _ => return Err("not an RSA key: neither PKCS#1 nor PKCS#8".into()),
     };
-    pair.map(|pair| pair.public_modulus_len() * 8).map_err(|error| match error.to_string().as_str() {
+    pair.map_err(|error| match error.to_string().as_str() {
         "TooSmall" => format!("an RSA key under {RSA_BITS_MIN} bits (RFC 8301)"),
         other => format!("not an RSA key: {other}"),
     })
+}
+
+/// The modulus size of an RSA private key, in bits.
+fn rsa_bits(der: &PrivateKeyDer<'_>) -> Result<usize, String> {
+    rsa_pair(der).map(|pair| pair.public_modulus_len() * 8)
+}
+
+/// The public half of the private key in `path`, in the forms a DKIM record may
+/// publish it (SubjectPublicKeyInfo and PKCS#1 RSAPublicKey for RSA, the 32 bytes for
+/// Ed25519, RFC 8463), and the RSA modulus size in bits (`None`: Ed25519).
+pub fn public_key(path: &Path, algorithm: &str) -> Result<(Vec<Vec<u8>>, Option<usize>), String> {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair;
+    let der = read_key(path)?;
+    if algorithm == "ed25519-sha256" {
+        let PrivateKeyDer::Pkcs8(pkcs8) = der else { return Err("an Ed25519 key must be PKCS#8".into()) };
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8.secret_pkcs8_der())
+            .map_err(|error| format!("not an Ed25519 key: {error}"))?;
+        return Ok((vec![pair.public_key().as_ref().to_vec()], None));
+    }
+    let pair = rsa_pair(&der)?;
+    let pkcs1 = pair.public_key().as_ref().to_vec();
+    let spki = pair.public_key().as_der().map_err(|_| "its public key does not encode".to_string())?;
+    Ok((vec![spki.as_ref().to_vec(), pkcs1], Some(pair.public_modulus_len() * 8)))
 }
 
 /// The domain of the header From address (lowercase), as a receiver's DMARC check

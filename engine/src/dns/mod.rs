@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::Resolver;
@@ -86,31 +86,38 @@ impl std::fmt::Debug for MxResolver {
     }
 }
 
+/// The hickory configuration for `[dns]`: its nameservers (each on its own port),
+/// its timeout, two attempts, and never /etc/hosts (a host entry must not route
+/// mail, and tests must not depend on the machine's file). `ringmail doctor` asks
+/// through the same.
+pub fn configured(section: &DnsSection) -> Result<(ResolverConfig, ResolverOpts), ResolverError> {
+    if section.nameservers.is_empty() {
+        return Err(ResolverError::NoNameservers);
+    }
+    let servers = section
+        .nameservers
+        .iter()
+        .map(|address| {
+            let mut server = NameServerConfig::udp_and_tcp(address.ip());
+            for connection in &mut server.connections {
+                connection.port = address.port();
+            }
+            server
+        })
+        .collect();
+    let mut options = ResolverOpts::default();
+    options.timeout = Duration::from_millis(section.timeout_ms);
+    options.attempts = 2;
+    options.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    Ok((ResolverConfig::from_name_servers(servers), options))
+}
+
 impl MxResolver {
     /// `port`: where MX hosts listen (25, or a test fleet's port). Needs a tokio runtime.
     pub fn new(section: &DnsSection, port: u16) -> Result<MxResolver, ResolverError> {
-        let config = if section.nameservers.is_empty() {
-            return Err(ResolverError::NoNameservers);
-        } else {
-            let servers = section
-                .nameservers
-                .iter()
-                .map(|address| {
-                    let mut server = NameServerConfig::udp_and_tcp(address.ip());
-                    for connection in &mut server.connections {
-                        connection.port = address.port();
-                    }
-                    server
-                })
-                .collect();
-            ResolverConfig::from_name_servers(servers)
-        };
+        let (config, options) = configured(section)?;
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
-        builder.options_mut().timeout = Duration::from_millis(section.timeout_ms);
-        builder.options_mut().attempts = 2;
-        // The configured nameservers only: never /etc/hosts (a host entry must not
-        // route mail, and tests must not depend on the machine's file).
-        builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        *builder.options_mut() = options;
         builder.options_mut().cache_size = section.cache_size as u64;
         let resolver = builder.build().map_err(ResolverError::Build)?;
         Ok(MxResolver {
