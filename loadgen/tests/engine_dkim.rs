@@ -15,46 +15,13 @@
 //! still verifying.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use loadgen::scenario::Scenario;
 
 mod common;
-use common::{dns_for, engine_toml, free_port, http_get, inject_json, log_records, settle};
-
-/// `openssl` with `args`, which must succeed.
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let output = Command::new("openssl").args(args).output().expect("openssl");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    output.stdout
-}
-
-/// A new private key (PEM) in `dir`, and the `p=` of its DKIM record.
-fn key(dir: &Path, name: &str, algorithm: &str) -> (PathBuf, String) {
-    let pem = dir.join(format!("{name}.pem"));
-    let der = dir.join(format!("{name}.pub.der"));
-    match algorithm {
-        "rsa" => openssl(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            pem.to_str().unwrap(),
-        ]),
-        _ => openssl(&["genpkey", "-algorithm", "ed25519", "-out", pem.to_str().unwrap()]),
-    };
-    openssl(&["pkey", "-in", pem.to_str().unwrap(), "-pubout", "-outform", "DER", "-out", der.to_str().unwrap()]);
-    if algorithm != "rsa" {
-        // RFC 8463: the bare 32-byte key, not its SubjectPublicKeyInfo.
-        let spki = std::fs::read(&der).unwrap();
-        std::fs::write(&der, &spki[spki.len() - 32..]).unwrap();
-    }
-    let p = String::from_utf8(openssl(&["base64", "-A", "-in", der.to_str().unwrap()])).unwrap();
-    (pem, p)
-}
+use common::{dkim_key as key, dns_for, engine_toml, free_port, http_get, inject_json, log_records, openssl, settle};
 
 const VERIFY: &str = r#"
 import os, sys, dkim, dns.resolver

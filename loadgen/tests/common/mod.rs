@@ -190,3 +190,37 @@ impl Drop for Namespace {
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
+
+/// `openssl` with `args`, which must succeed.
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    let output = std::process::Command::new("openssl").args(args).output().expect("openssl");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+/// A new private key (PEM) in `dir`, RSA-2048 (`"rsa"`) or Ed25519, and the `p=` of
+/// its DKIM record.
+pub fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (std::path::PathBuf, String) {
+    let pem = dir.join(format!("{name}.pem"));
+    let der = dir.join(format!("{name}.pub.der"));
+    match algorithm {
+        "rsa" => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            pem.to_str().unwrap(),
+        ]),
+        _ => openssl(&["genpkey", "-algorithm", "ed25519", "-out", pem.to_str().unwrap()]),
+    };
+    openssl(&["pkey", "-in", pem.to_str().unwrap(), "-pubout", "-outform", "DER", "-out", der.to_str().unwrap()]);
+    if algorithm != "rsa" {
+        // RFC 8463: the bare 32-byte key, not its SubjectPublicKeyInfo.
+        let spki = std::fs::read(&der).unwrap();
+        std::fs::write(&der, &spki[spki.len() - 32..]).unwrap();
+    }
+    let p = String::from_utf8(openssl(&["base64", "-A", "-in", der.to_str().unwrap()])).unwrap();
+    (pem, p)
+}
