@@ -36,10 +36,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark aborts on a failed setup step
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use benches::bench_line;
+use benches::{bench_line, EngineProcess};
 use loadgen::postfix::{Postfix, PostfixConfig};
 use loadgen::scenario::Scenario;
 
@@ -148,8 +148,6 @@ fn engine_figures(http: SocketAddr) -> [f64; 4] {
     ]
 }
 
-struct Engine(Child);
-
 /// `ringmail serve` (the compare-engine binary) on its own queue under `dir`,
 /// listening for SMTP on `ip`, on the socket backend `backend`; its SMTP and HTTP
 /// addresses once it listens.
@@ -159,7 +157,7 @@ fn start_ringmail(
     port: u16,
     dns: SocketAddr,
     backend: &str,
-) -> (Engine, SocketAddr, SocketAddr) {
+) -> (EngineProcess, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).unwrap();
     let smtp_port = std::net::TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port();
     let ringmail_address: SocketAddr = format!("{ip}:{smtp_port}").parse().unwrap();
@@ -180,27 +178,10 @@ fn start_ringmail(
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_compare-engine"))
-        .arg(&config)
-        .env("RINGMAIL_IO_BACKEND", backend)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let engine = Engine(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(ringmail_address).is_err() {
-        assert!(Instant::now() < deadline, "ringmail ({backend}) did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_compare-engine"));
+    let engine = EngineProcess::start(exe, &config, &[("RINGMAIL_IO_BACKEND", backend)], &[ringmail_address])
+        .unwrap_or_else(|error| panic!("ringmail ({backend}): {error}"));
     (engine, ringmail_address, http_address)
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
 }
 
 fn main() {
@@ -264,7 +245,7 @@ fn main() {
     let mut ringmail_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut postfix_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     let mut epoll_runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
-    let (cpu_before, _) = process_usage(engine.0.id());
+    let (cpu_before, _) = process_usage(engine.id());
     let mut relayed = 0;
     for round in 0..2 {
         for (level, sessions) in [SESSIONS, SESSIONS_MANY].into_iter().enumerate() {
@@ -371,7 +352,7 @@ fn main() {
     let domains_10k = spread(10_000, 2);
     let domains10k_ratio = domains_10k / domains_100.max(1.0);
     println!("loadgen injector: 100 domains {domains_100:.0}/s, 10,000 domains {domains_10k:.0}/s");
-    let (cpu_after, rss_mb) = process_usage(engine.0.id());
+    let (cpu_after, rss_mb) = process_usage(engine.id());
     relayed += 5 * count; // STARTTLS, plaintext beside it, flaky, 100 and 10,000 domains
     let ringmail_cpu_us = (cpu_after - cpu_before) * 1e6 / relayed as f64;
     drop(engine);

@@ -23,11 +23,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::bench_line;
+use benches::{bench_line, EngineProcess};
 use loadgen::scenario::Scenario;
 use ringmail::dkim::pool::{SignerPool, Submitted};
 use ringmail::dkim::Draft;
@@ -133,18 +133,9 @@ fn openssl_rsa2048() -> f64 {
         .unwrap_or_else(|| panic!("no rsa2048 sign/s in openssl speed's output: {text}"))
 }
 
-struct Engine(Child);
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ringmail serve` (the compare-engine binary) on a fresh queue under `dir` with
 /// `extra` configuration; its SMTP and HTTP addresses.
-fn start_ringmail(dir: &Path, port: u16, dns: SocketAddr, extra: &str) -> (Engine, SocketAddr, SocketAddr) {
+fn start_ringmail(dir: &Path, port: u16, dns: SocketAddr, extra: &str) -> (EngineProcess, SocketAddr, SocketAddr) {
     std::fs::create_dir_all(dir).unwrap();
     let smtp: SocketAddr = std::net::TcpListener::bind("127.0.0.72:0").unwrap().local_addr().unwrap();
     let http: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -162,18 +153,8 @@ fn start_ringmail(dir: &Path, port: u16, dns: SocketAddr, extra: &str) -> (Engin
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_compare-engine"))
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let engine = Engine(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(smtp).is_err() || std::net::TcpStream::connect(http).is_err() {
-        assert!(Instant::now() < deadline, "ringmail did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_compare-engine"));
+    let engine = EngineProcess::start(exe, &config, &[], &[smtp, http]).unwrap();
     (engine, smtp, http)
 }
 

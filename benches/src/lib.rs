@@ -92,6 +92,48 @@ pub fn on_sinks(scenario: &loadgen::scenario::Scenario, port: u16) -> anyhow::Re
     Ok(OnSinks { dns, fleet, dir, config })
 }
 
+/// A `ringmail serve` process (the benches' compare-engine binary), stopped with
+/// SIGTERM when dropped.
+#[derive(Debug)]
+pub struct EngineProcess(std::process::Child);
+
+impl EngineProcess {
+    /// Starts `exe` with `config` (and `env`, its output discarded) and waits, at most
+    /// 30 seconds, until every address of `listening` takes connections.
+    pub fn start(
+        exe: &std::path::Path,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        listening: &[std::net::SocketAddr],
+    ) -> anyhow::Result<EngineProcess> {
+        let child = std::process::Command::new(exe)
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let engine = EngineProcess(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while listening.iter().any(|address| std::net::TcpStream::connect(address).is_err()) {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "ringmail did not listen on {listening:?}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(engine)
+    }
+
+    /// The process id (for its CPU time and memory).
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
